@@ -1,0 +1,71 @@
+"""The errors the daemon itself answers with: one catalogue, one place.
+
+On the wire a daemon error is a RET_ERR body ``mytimerd.<Name>: <sentence>``.
+Library errors never start with ``mytimerd.``, so a client can tell them apart.
+The catalogue below is part of the interface: ``mytimerd.describe`` lists it and
+the README documents it from here.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+PREFIX: Final = "mytimerd."
+
+#: Every error name the daemon can send, with what it means.
+CATALOGUE: Final[dict[str, str]] = {
+    "UnknownMethod": "No method of that name; the message lists the methods there are.",
+    "InvalidCBOR": (
+        "The payload is not one well-formed CBOR item of the accepted subset: "
+        "definite lengths only, no tags, valid UTF-8, no duplicate map keys, "
+        "bounded nesting, nothing after the item."
+    ),
+    "InvalidParameter": (
+        "The payload is valid CBOR but does not match the method's request schema: "
+        "wrong type, unknown key or value out of range. The message starts with the "
+        "path of the offending value (e.g. req.delayMs)."
+    ),
+    "MethodNameTooLong": (
+        "The method name is longer than --max-method-len; the connection is closed."
+    ),
+    "FrameTooLarge": (
+        "The payload is longer than --max-payload; it is not read and the connection "
+        "is closed."
+    ),
+    "TooManyConnections": (
+        "The daemon already serves --max-connections connections; this one is "
+        "answered once and closed."
+    ),
+    "Timeout": "The library did not answer within --timeout seconds.",
+    "ShuttingDown": "The daemon is stopping and takes no new requests.",
+    "Internal": "A bug in mytimerd; the daemon's log has the details.",
+}
+
+
+class DaemonError(Exception):
+    """An error answered by the daemon as ``mytimerd.<name>: <message>``."""
+
+    def __init__(self, name: str, message: str) -> None:
+        if name not in CATALOGUE:
+            raise ValueError(f"undocumented daemon error name {name!r}")
+        super().__init__(f"{PREFIX}{name}: {message}")
+        self.name = name
+        self.message = message
+
+    def body(self) -> bytes:
+        """The RET_ERR body for this error."""
+        return str(self).encode()
+
+
+def parse_error_body(body: bytes) -> tuple[str | None, str]:
+    """Split a RET_ERR body into (daemon error name or None, message).
+
+    A body that does not start with ``mytimerd.<Name>: `` is a library error and
+    is returned whole, decoded leniently (the real library can send invalid UTF-8).
+    """
+    text = body.decode("utf-8", "replace")
+    if text.startswith(PREFIX):
+        name, sep, message = text[len(PREFIX) :].partition(": ")
+        if sep and name.isidentifier():
+            return name, message
+    return None, text

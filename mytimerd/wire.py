@@ -1,0 +1,188 @@
+"""The mytimerd framing, without any I/O (sans-IO, like h11).
+
+Frames (all integers big-endian)::
+
+    request:  [u32 method_len][method][u32 payload_len][payload]
+    response: [i32 ret][u32 body_len][body]
+
+Parsers are fed bytes as they arrive and hand back complete frames; encoders
+return bytes. Both the daemon and the client use this module, so the two ends
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+RET_OK: Final = 0
+RET_ERR: Final = 1
+
+_U32: Final = struct.Struct(">I")
+_RESPONSE_HEAD: Final = struct.Struct(">iI")
+
+#: Largest length a u32 length field can carry.
+U32_MAX: Final = 0xFFFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One request frame: the raw method name and the raw CBOR payload."""
+
+    method: bytes
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """One response frame: ``ret`` (RET_OK/RET_ERR) and the raw body."""
+
+    ret: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MethodNameTooLong:
+    """The peer announced a method name longer than the limit.
+
+    The parser stops here: the name is not read, so the stream cannot be
+    resynchronised and the connection must be answered and closed.
+    """
+
+    length: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class FrameTooLarge:
+    """The peer announced a payload or body longer than the limit.
+
+    As with :class:`MethodNameTooLong`, the payload is never read.
+    """
+
+    method: bytes
+    length: int
+    limit: int
+
+
+RequestEvent = Request | MethodNameTooLong | FrameTooLarge
+
+
+def encode_request(method: str | bytes, payload: bytes) -> bytes:
+    """Return the request frame for ``method`` with CBOR ``payload``."""
+    name = method.encode() if isinstance(method, str) else method
+    return b"".join((_U32.pack(len(name)), name, _U32.pack(len(payload)), payload))
+
+
+def encode_response(ret: int, body: bytes) -> bytes:
+    """Return the response frame for result code ``ret`` and ``body``."""
+    return _RESPONSE_HEAD.pack(ret, len(body)) + body
+
+
+class RequestParser:
+    """Incremental parser for request frames (the server side).
+
+    ``feed()`` returns every complete frame in the bytes seen so far. After it
+    returns a :class:`MethodNameTooLong` or :class:`FrameTooLarge` event the
+    parser is ``broken`` and ignores further input: the caller answers that
+    error and closes the connection.
+    """
+
+    __slots__ = ("_buf", "_pos", "max_method_len", "max_payload", "broken")
+
+    def __init__(self, max_method_len: int, max_payload: int) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+        self.max_method_len = max_method_len
+        self.max_payload = max_payload
+        self.broken = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a returned frame."""
+        return len(self._buf) - self._pos
+
+    def feed(self, data: bytes) -> list[RequestEvent]:
+        """Add ``data`` and return the frames (or the fatal error) it completes."""
+        if self.broken:
+            return []
+        buf = self._buf
+        buf += data
+        pos = self._pos
+        end = len(buf)
+        out: list[RequestEvent] = []
+        while end - pos >= 4:
+            (mlen,) = _U32.unpack_from(buf, pos)
+            if mlen > self.max_method_len:
+                self.broken = True
+                out.append(MethodNameTooLong(mlen, self.max_method_len))
+                break
+            head = pos + 4 + mlen
+            if end - head < 4:
+                break
+            (plen,) = _U32.unpack_from(buf, head)
+            if plen > self.max_payload:
+                self.broken = True
+                out.append(FrameTooLarge(bytes(buf[pos + 4 : head]), plen, self.max_payload))
+                break
+            stop = head + 4 + plen
+            if stop > end:
+                break
+            out.append(Request(bytes(buf[pos + 4 : head]), bytes(buf[head + 4 : stop])))
+            pos = stop
+        # Compact only when the consumed prefix dominates, so a pipelined burst
+        # is not copied once per frame.
+        if pos == end:
+            buf.clear()
+            pos = 0
+        elif pos > 65536 and pos * 2 > end:
+            del buf[:pos]
+            pos = 0
+        self._pos = pos
+        return out
+
+
+class ResponseParser:
+    """Incremental parser for response frames (the client side).
+
+    Raises :class:`ProtocolError` when the peer sends something no server
+    speaking this protocol would send.
+    """
+
+    __slots__ = ("_buf", "max_body")
+
+    def __init__(self, max_body: int = U32_MAX) -> None:
+        self._buf = bytearray()
+        self.max_body = max_body
+
+    def feed(self, data: bytes) -> list[Response]:
+        """Add ``data`` and return the responses it completes."""
+        buf = self._buf
+        buf += data
+        out: list[Response] = []
+        pos = 0
+        end = len(buf)
+        while end - pos >= 8:
+            ret, blen = _RESPONSE_HEAD.unpack_from(buf, pos)
+            if blen > self.max_body:
+                raise ProtocolError(
+                    f"response body of {blen} bytes exceeds the limit of {self.max_body}"
+                )
+            stop = pos + 8 + blen
+            if stop > end:
+                break
+            out.append(Response(ret, bytes(buf[pos + 8 : stop])))
+            pos = stop
+        if pos:
+            del buf[:pos]
+        return out
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete response held back."""
+        return len(self._buf)
+
+
+class ProtocolError(Exception):
+    """The peer broke the framing."""
