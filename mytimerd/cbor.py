@@ -30,10 +30,8 @@ class CBORError(ValueError):
     """The payload is not acceptable CBOR; ``str()`` is the precise reason."""
 
 
-
-
 class _Decoder:
-    __slots__ = ("data", "pos", "path")
+    __slots__ = ("data", "path", "pos")
 
     def __init__(self, data: bytes) -> None:
         self.data = data

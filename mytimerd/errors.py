@@ -29,8 +29,7 @@ CATALOGUE: Final[dict[str, str]] = {
         "The method name is longer than --max-method-len; the connection is closed."
     ),
     "FrameTooLarge": (
-        "The payload is longer than --max-payload; it is not read and the connection "
-        "is closed."
+        "The payload is longer than --max-payload; it is not read and the connection is closed."
     ),
     "TooManyConnections": (
         "The daemon already serves --max-connections connections; this one is "

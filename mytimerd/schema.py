@@ -172,9 +172,7 @@ class Struct(Type):
             spec = self.by_name.get(key)
             if spec is None:
                 known = ", ".join(f.name for f in self.fields) or "no keys"
-                raise invalid(
-                    path or "request", f"unknown key {key!r} ({self.name} has: {known})"
-                )
+                raise invalid(path or "request", f"unknown key {key!r} ({self.name} has: {known})")
             if item is None or item is cbor.UNDEFINED:
                 if spec.option:
                     continue

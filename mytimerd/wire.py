@@ -89,7 +89,7 @@ class RequestParser:
     error and closes the connection.
     """
 
-    __slots__ = ("_buf", "_pos", "max_method_len", "max_payload", "broken")
+    __slots__ = ("_buf", "_pos", "broken", "max_method_len", "max_payload")
 
     def __init__(self, max_method_len: int, max_payload: int) -> None:
         self._buf = bytearray()
