@@ -1,0 +1,152 @@
+"""Fixtures for the native libmy_timer tests: build once, load via cffi (ABI mode)."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import cffi
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.support.native import HEADER, build_native  # noqa: E402
+
+SPEC_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "spec"
+
+PROTOTYPES = """
+void    *my_timer_create_cbor(const uint8_t *reqCbor, size_t reqCborLen, FFICallBack cb, void *userData);
+int      my_timer_echo_cbor    (void *ctx, FFICallBack cb, void *userData, const uint8_t *reqCbor, size_t reqCborLen);
+int      my_timer_version_cbor (void *ctx, FFICallBack cb, void *userData, const uint8_t *reqCbor, size_t reqCborLen);
+int      my_timer_complex_cbor (void *ctx, FFICallBack cb, void *userData, const uint8_t *reqCbor, size_t reqCborLen);
+int      my_timer_schedule_cbor(void *ctx, FFICallBack cb, void *userData, const uint8_t *reqCbor, size_t reqCborLen);
+int      my_timer_destroy(void *ctx);
+uint64_t my_timer_add_event_listener(void *ctx, const char *eventName, FFICallBack cb, void *userData);
+int      my_timer_remove_event_listener(void *ctx, uint64_t listenerId);
+"""
+
+
+def cffi_region() -> str:
+    """The header's CFFI-BEGIN..CFFI-END region (typedef and RET_* defines)."""
+    text = HEADER.read_text()
+    m = re.search(r"/\* CFFI-BEGIN \*/(.*)/\* CFFI-END \*/", text, re.S)
+    assert m, "CFFI region missing from the header"
+    return m.group(1)
+
+
+@dataclass
+class Result:
+    code: int
+    body: bytes
+    thread: int
+    at: float
+
+
+@dataclass
+class Sink:
+    """Collects callbacks delivered for one userData handle."""
+
+    results: list[Result] = field(default_factory=list)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def wait(self, n: int = 1, timeout: float = 5.0) -> list[Result]:
+        with self.cond:
+            ok = self.cond.wait_for(lambda: len(self.results) >= n, timeout)
+        assert ok, f"expected {n} callbacks, got {len(self.results)}"
+        return list(self.results)
+
+
+class Native:
+    """The loaded library plus a callback dispatcher keyed by userData."""
+
+    def __init__(self, path: Path) -> None:
+        self.ffi = cffi.FFI()
+        self.ffi.cdef(cffi_region() + PROTOTYPES)
+        self.lib = self.ffi.dlopen(str(path))
+        self._sinks: dict[int, Sink] = {}
+        self._next = 1
+        self._mu = threading.Lock()
+        self.order: list[tuple[int, int]] = []  # (handle, code) in delivery order
+        self.active = 0
+        self.overlaps = 0
+
+        @self.ffi.callback("void(int, const char *, size_t, void *)")
+        def _cb(code: int, msg: Any, length: int, ud: Any) -> None:
+            handle = int(self.ffi.cast("uintptr_t", ud))
+            body = bytes(self.ffi.buffer(msg, length)) if length else b""
+            with self._mu:
+                self.active += 1
+                if self.active > 1:
+                    self.overlaps += 1
+                sink = self._sinks.get(handle)
+                self.order.append((handle, code))
+            if sink is not None:
+                with sink.cond:
+                    sink.results.append(Result(code, body, threading.get_ident(), time.monotonic()))
+                    sink.cond.notify_all()
+            hook = self.hooks.get(handle)
+            if hook is not None:
+                hook(code, body)
+            with self._mu:
+                self.active -= 1
+
+        self.cb = _cb
+        self.hooks: dict[int, Any] = {}
+
+    def sink(self) -> tuple[Any, Sink]:
+        """A fresh (userData, Sink) pair."""
+        with self._mu:
+            h = self._next
+            self._next += 1
+            s = Sink()
+            self._sinks[h] = s
+        return self.ffi.cast("void *", h), s
+
+    def create(self, name: str | None = "demo", payload: bytes | None = None) -> tuple[Any, Sink]:
+        import cbor2
+
+        if payload is None:
+            payload = cbor2.dumps({"config": {"name": name}})
+        ud, s = self.sink()
+        ctx = self.lib.my_timer_create_cbor(payload, len(payload), self.cb, ud)
+        return ctx, s
+
+    def call(self, method: str, ctx: Any, payload: bytes) -> tuple[int, Sink]:
+        ud, s = self.sink()
+        fn = getattr(self.lib, f"my_timer_{method}_cbor")
+        rc = fn(ctx, self.cb, ud, payload, len(payload))
+        return rc, s
+
+
+@pytest.fixture(scope="session")
+def vectors() -> dict[str, Any]:
+    path = SPEC_DIR / "abi-vectors.json"
+    if not path.is_file():
+        pytest.fail(f"spec vectors missing: {path.resolve()} (expected ../shared/spec next to the repo)")
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="session")
+def so_path() -> Path:
+    return build_native("release")
+
+
+@pytest.fixture(scope="session")
+def native(so_path: Path) -> Native:
+    return Native(so_path)
+
+
+@pytest.fixture
+def ctx(native: Native) -> Iterator[Any]:
+    c, s = native.create("demo")
+    assert c != native.ffi.NULL
+    r = s.wait(1)[0]
+    assert r.code == 0
+    yield c
+    assert native.lib.my_timer_destroy(c) == 0
