@@ -1,0 +1,825 @@
+/*
+ * loadgen.c - epoll load generator for the mytimerd framing.
+ *
+ * Modes (one per run):
+ *   closed loop  (default)  : N connections, each keeps --depth requests in
+ *                             flight, for --duration seconds after --warmup.
+ *                             Latency is measured from the actual send.
+ *   open loop    (--rate R) : R calls/s in total, spread evenly over the N
+ *                             connections, each call sent at (or as soon as
+ *                             possible after) its scheduled time; latency is
+ *                             measured from the *scheduled* time, so a stalled
+ *                             server is not hidden (coordinated omission).
+ *   fixed count  (--count K): every connection sends K requests (pipelined up
+ *                             to --depth) as soon as it is connected; reports
+ *                             the wall time from the first connect() to the
+ *                             last answer (burst and cold-start scenarios).
+ *
+ * --idle M opens M extra connections (blocking connects) that never send
+ * anything and are held open for the whole run; with --wait-stdin the program
+ * prints an "idle_ready" JSON line and waits for a line on stdin before the
+ * measured phase (so a harness can sample the server's memory in between).
+ *
+ * Every response is verified: ret must be 0 (RET_OK) and the body must equal
+ * the version reply (method version) or be the echo reply for the message
+ * sent (method echo); anything else counts as a mismatch (an error).
+ *
+ * Output: one JSON line on stdout. --latency-out FILE writes every recorded
+ * latency (microseconds, one per line). Targets must be unix sockets or
+ * loopback TCP addresses.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NS 1000000000ull
+#define MAX_BODY (16u << 20)
+#define LAT_CAP (16u * 1024 * 1024) /* recorded samples at most (128 MiB) */
+#define TIMER_TAG UINT64_MAX
+
+enum { C_RETRY, C_CONNECTING, C_OPEN, C_DONE, C_DEAD };
+enum { M_CLOSED, M_OPEN, M_COUNT };
+
+struct conn {
+    int fd;
+    int state;
+    uint32_t events;
+    uint8_t *in;
+    size_t in_len, in_cap;
+    uint8_t *out;
+    size_t out_off, out_len, out_cap;
+    uint64_t *q; /* timestamps of in-flight requests (FIFO ring) */
+    size_t q_head, q_len, q_cap;
+    uint64_t sent, answered;
+    uint64_t next_sched;
+};
+
+/* options */
+static int o_mode = M_CLOSED;
+static const char *o_unix, *o_host, *o_port;
+static long o_conns = 1, o_depth = 1, o_count = 1, o_idle = 0, o_max_inflight = 4096;
+static double o_duration = 5, o_warmup = 1, o_rate = 0, o_timeout = 10, o_drain = 2;
+static const char *o_method = "version", *o_message = "hello over the wire", *o_lat_out;
+static long o_delay_ms = 0;
+static int o_wait_stdin = 0;
+
+/* state */
+static struct conn *g_c;
+static int g_ep, g_tfd = -1;
+static uint8_t *g_req;
+static size_t g_req_len;
+static uint8_t g_expect[512];
+static size_t g_expect_len;
+static int g_is_echo;
+static struct sockaddr_storage g_sa;
+static socklen_t g_sa_len;
+static uint64_t *g_lat;
+static size_t g_lat_n, g_lat_cap;
+static uint64_t g_rec_from, g_rec_to; /* record answers whose timestamp is in [from, to) */
+static uint64_t g_answered_total, g_answered_window, g_mismatch, g_conn_errors,
+    g_connect_fail, g_unanswered, g_dropped_lat;
+static uint64_t g_first_connect, g_last_answer;
+static int g_sending = 1;
+static volatile sig_atomic_t g_stop;
+
+static void on_signal(int s) {
+    (void)s;
+    g_stop = 1;
+}
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * NS + (uint64_t)ts.tv_nsec;
+}
+
+static void die(const char *m) {
+    perror(m);
+    exit(1);
+}
+
+static void fail(const char *m) {
+    fprintf(stderr, "loadgen: %s\n", m);
+    exit(2);
+}
+
+static uint32_t be32(const uint8_t *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static void put32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+/* --- tiny CBOR encoder (heads, text strings, ints) --- */
+static size_t cbor_head(uint8_t *p, unsigned major, uint64_t v) {
+    uint8_t m = (uint8_t)(major << 5);
+    if (v < 24) {
+        p[0] = m | (uint8_t)v;
+        return 1;
+    } else if (v <= 0xff) {
+        p[0] = m | 24;
+        p[1] = (uint8_t)v;
+        return 2;
+    } else if (v <= 0xffff) {
+        p[0] = m | 25;
+        p[1] = (uint8_t)(v >> 8);
+        p[2] = (uint8_t)v;
+        return 3;
+    } else if (v <= 0xffffffffull) {
+        p[0] = m | 26;
+        put32(p + 1, (uint32_t)v);
+        return 5;
+    }
+    p[0] = m | 27;
+    for (int i = 0; i < 8; i++) p[1 + i] = (uint8_t)(v >> (56 - 8 * i));
+    return 9;
+}
+
+static size_t cbor_text(uint8_t *p, const char *s) {
+    size_t n = strlen(s);
+    size_t h = cbor_head(p, 3, n);
+    memcpy(p + h, s, n);
+    return h + n;
+}
+
+static size_t cbor_int(uint8_t *p, long v) {
+    if (v >= 0) return cbor_head(p, 0, (uint64_t)v);
+    return cbor_head(p, 1, (uint64_t)(-(v + 1)));
+}
+
+static void build_request(void) {
+    uint8_t payload[512];
+    size_t pl = 0;
+    if (!strcmp(o_method, "version")) {
+        payload[pl++] = 0xa0;
+        static const uint8_t vb[] = {0x70, 'n', 'i', 'm', '-', 't', 'i', 'm', 'e',
+                                     'r', ' ', 'v', '0', '.', '1', '.', '0'};
+        memcpy(g_expect, vb, sizeof vb);
+        g_expect_len = sizeof vb;
+    } else if (!strcmp(o_method, "echo")) {
+        if (strlen(o_message) > 200) fail("--message too long (max 200 bytes)");
+        g_is_echo = 1;
+        payload[pl++] = 0xa1;
+        pl += cbor_text(payload + pl, "req");
+        payload[pl++] = 0xa2;
+        pl += cbor_text(payload + pl, "message");
+        pl += cbor_text(payload + pl, o_message);
+        pl += cbor_text(payload + pl, "delayMs");
+        pl += cbor_int(payload + pl, o_delay_ms);
+        /* expected body prefix: {"echoed": msg, "timerName": <any text>} */
+        size_t e = 0;
+        g_expect[e++] = 0xa2;
+        e += cbor_text(g_expect + e, "echoed");
+        e += cbor_text(g_expect + e, o_message);
+        e += cbor_text(g_expect + e, "timerName");
+        g_expect_len = e;
+    } else {
+        fail("--method must be version or echo");
+    }
+    size_t ml = strlen(o_method);
+    g_req_len = 8 + ml + pl;
+    g_req = malloc(g_req_len);
+    if (!g_req) die("malloc");
+    put32(g_req, (uint32_t)ml);
+    memcpy(g_req + 4, o_method, ml);
+    put32(g_req + 4 + ml, (uint32_t)pl);
+    memcpy(g_req + 8 + ml, payload, pl);
+}
+
+static int body_ok(int32_t ret, const uint8_t *b, uint32_t n) {
+    if (ret != 0) return 0;
+    if (!g_is_echo) return n == g_expect_len && memcmp(b, g_expect, n) == 0;
+    if (n < g_expect_len + 1 || memcmp(b, g_expect, g_expect_len) != 0) return 0;
+    /* the rest must be exactly one text string */
+    const uint8_t *p = b + g_expect_len;
+    size_t rest = n - g_expect_len;
+    if ((p[0] >> 5) != 3) return 0;
+    uint8_t ai = p[0] & 31;
+    uint64_t len;
+    size_t h;
+    if (ai < 24) {
+        len = ai;
+        h = 1;
+    } else if (ai == 24 && rest >= 2) {
+        len = p[1];
+        h = 2;
+    } else if (ai == 25 && rest >= 3) {
+        len = ((uint64_t)p[1] << 8) | p[2];
+        h = 3;
+    } else if (ai == 26 && rest >= 5) {
+        len = be32(p + 1);
+        h = 5;
+    } else {
+        return 0;
+    }
+    return h + len == rest;
+}
+
+/* --- addresses --- */
+static void resolve_target(void) {
+    memset(&g_sa, 0, sizeof g_sa);
+    if (o_unix) {
+        struct sockaddr_un *su = (struct sockaddr_un *)&g_sa;
+        if (strlen(o_unix) >= sizeof su->sun_path) fail("unix path too long");
+        su->sun_family = AF_UNIX;
+        strcpy(su->sun_path, o_unix);
+        g_sa_len = sizeof *su;
+        return;
+    }
+    if (!o_host || !o_port) fail("need --unix PATH or --tcp HOST PORT");
+    const char *host = strcmp(o_host, "localhost") == 0 ? "127.0.0.1" : o_host;
+    int port = atoi(o_port);
+    if (port <= 0 || port > 65535) fail("bad port");
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&g_sa;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&g_sa;
+    if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
+        if ((ntohl(s4->sin_addr.s_addr) >> 24) != 127) fail("only loopback TCP targets (127.0.0.0/8)");
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)port);
+        g_sa_len = sizeof *s4;
+    } else if (inet_pton(AF_INET6, host, &s6->sin6_addr) == 1) {
+        if (!IN6_IS_ADDR_LOOPBACK(&s6->sin6_addr)) fail("only loopback TCP targets (::1)");
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)port);
+        g_sa_len = sizeof *s6;
+    } else {
+        fail("bad host (numeric loopback address or localhost)");
+    }
+}
+
+/* --- connection plumbing --- */
+static void set_events(struct conn *c, uint32_t ev) {
+    if (c->events == ev) return;
+    struct epoll_event e = {.events = ev, .data.u64 = (uint64_t)(c - g_c)};
+    if (epoll_ctl(g_ep, EPOLL_CTL_MOD, c->fd, &e) == 0) c->events = ev;
+}
+
+static void conn_kill(struct conn *c) {
+    if (c->state == C_DEAD) return;
+    if (c->state == C_OPEN || c->state == C_CONNECTING) g_conn_errors += c->q_len;
+    if (c->fd >= 0) {
+        epoll_ctl(g_ep, EPOLL_CTL_DEL, c->fd, NULL);
+        close(c->fd);
+    }
+    c->fd = -1;
+    c->q_len = 0;
+    c->state = C_DEAD;
+}
+
+static void start_connect(struct conn *c) {
+    if (c->fd < 0) {
+        c->fd = socket(g_sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (c->fd < 0) {
+            g_connect_fail++;
+            c->state = C_DEAD;
+            return;
+        }
+        if (g_sa.ss_family != AF_UNIX) {
+            int one = 1;
+            setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        }
+    }
+    if (!g_first_connect) g_first_connect = now_ns();
+    int r = connect(c->fd, (struct sockaddr *)&g_sa, g_sa_len);
+    uint32_t ev;
+    if (r == 0) {
+        c->state = C_OPEN;
+        ev = EPOLLIN;
+    } else if (errno == EINPROGRESS) {
+        c->state = C_CONNECTING;
+        ev = EPOLLOUT;
+    } else if (errno == EAGAIN) { /* unix socket backlog full: retry later */
+        c->state = C_RETRY;
+        return;
+    } else {
+        g_connect_fail++;
+        close(c->fd);
+        c->fd = -1;
+        c->state = C_DEAD;
+        return;
+    }
+    struct epoll_event e = {.events = ev, .data.u64 = (uint64_t)(c - g_c)};
+    if (epoll_ctl(g_ep, EPOLL_CTL_ADD, c->fd, &e) < 0) die("epoll_ctl add");
+    c->events = ev;
+}
+
+static void q_push(struct conn *c, uint64_t ts) {
+    if (c->q_len == c->q_cap) {
+        size_t ncap = c->q_cap ? c->q_cap * 2 : 64;
+        uint64_t *n = malloc(ncap * sizeof *n);
+        if (!n) die("malloc");
+        for (size_t i = 0; i < c->q_len; i++) n[i] = c->q[(c->q_head + i) % c->q_cap];
+        free(c->q);
+        c->q = n;
+        c->q_cap = ncap;
+        c->q_head = 0;
+    }
+    c->q[(c->q_head + c->q_len) % c->q_cap] = ts;
+    c->q_len++;
+}
+
+static uint64_t q_pop(struct conn *c) {
+    uint64_t ts = c->q[c->q_head];
+    c->q_head = (c->q_head + 1) % c->q_cap;
+    c->q_len--;
+    return ts;
+}
+
+static void enqueue(struct conn *c, uint64_t ts) {
+    if (c->out_off > 0 && c->out_off == c->out_len) c->out_off = c->out_len = 0;
+    if (c->out_len + g_req_len > c->out_cap) {
+        if (c->out_off > 0) {
+            memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
+            c->out_len -= c->out_off;
+            c->out_off = 0;
+        }
+        size_t cap = c->out_cap ? c->out_cap : 4096;
+        while (cap < c->out_len + g_req_len) cap *= 2;
+        if (cap != c->out_cap) {
+            uint8_t *n = realloc(c->out, cap);
+            if (!n) die("realloc");
+            c->out = n;
+            c->out_cap = cap;
+        }
+    }
+    memcpy(c->out + c->out_len, g_req, g_req_len);
+    c->out_len += g_req_len;
+    q_push(c, ts);
+    c->sent++;
+}
+
+static void flush(struct conn *c) {
+    if (c->state != C_OPEN) return;
+    while (c->out_off < c->out_len) {
+        ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
+        if (n > 0) {
+            c->out_off += (size_t)n;
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            break;
+        } else {
+            conn_kill(c);
+            return;
+        }
+    }
+    set_events(c, EPOLLIN | (c->out_off < c->out_len ? EPOLLOUT : 0));
+}
+
+static void record(uint64_t ts, uint64_t t) {
+    if (ts < g_rec_from || ts >= g_rec_to) return;
+    g_answered_window++;
+    if (g_lat_n == g_lat_cap) {
+        if (g_lat_cap >= LAT_CAP) {
+            g_dropped_lat++;
+            return;
+        }
+        size_t ncap = g_lat_cap ? g_lat_cap * 2 : 65536;
+        uint64_t *n = realloc(g_lat, ncap * sizeof *n);
+        if (!n) {
+            g_dropped_lat++;
+            return;
+        }
+        g_lat = n;
+        g_lat_cap = ncap;
+    }
+    g_lat[g_lat_n++] = t > ts ? t - ts : 0;
+}
+
+/* the closed loop / count mode refill after answers */
+static void refill(struct conn *c, uint64_t t) {
+    if (!g_sending || c->state != C_OPEN) return;
+    if (o_mode == M_CLOSED) {
+        while ((long)c->q_len < o_depth) enqueue(c, t);
+    } else if (o_mode == M_COUNT) {
+        while ((long)c->q_len < o_depth && (long)c->sent < o_count) enqueue(c, t);
+    }
+}
+
+static void on_readable(struct conn *c) {
+    for (int rounds = 0; rounds < 8; rounds++) {
+        if (c->in_cap - c->in_len < 4096) {
+            size_t cap = c->in_cap ? c->in_cap * 2 : 16384;
+            uint8_t *n = realloc(c->in, cap);
+            if (!n) die("realloc");
+            c->in = n;
+            c->in_cap = cap;
+        }
+        ssize_t n = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+        if (n == 0) {
+            conn_kill(c);
+            return;
+        }
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+            conn_kill(c);
+            return;
+        }
+        c->in_len += (size_t)n;
+        uint64_t t = now_ns();
+        size_t pos = 0;
+        while (c->in_len - pos >= 8) {
+            int32_t ret = (int32_t)be32(c->in + pos);
+            uint32_t blen = be32(c->in + pos + 4);
+            if (blen > MAX_BODY) {
+                g_mismatch++;
+                conn_kill(c);
+                return;
+            }
+            if (c->in_len - pos < 8 + (size_t)blen) break;
+            if (c->q_len == 0) { /* answer to nothing we asked */
+                g_mismatch++;
+                conn_kill(c);
+                return;
+            }
+            uint64_t ts = q_pop(c);
+            c->answered++;
+            g_answered_total++;
+            g_last_answer = t;
+            if (!body_ok(ret, c->in + pos + 8, blen))
+                g_mismatch++;
+            else
+                record(ts, t);
+            pos += 8 + (size_t)blen;
+        }
+        if (pos) {
+            memmove(c->in, c->in + pos, c->in_len - pos);
+            c->in_len -= pos;
+        }
+        refill(c, t);
+        if (o_mode == M_COUNT && (long)c->answered >= o_count) {
+            c->state = C_DONE;
+            epoll_ctl(g_ep, EPOLL_CTL_DEL, c->fd, NULL);
+            close(c->fd);
+            c->fd = -1;
+            return;
+        }
+        if ((size_t)n < 4096) break;
+    }
+    flush(c);
+}
+
+static void on_connected(struct conn *c) {
+    int err = 0;
+    socklen_t l = sizeof err;
+    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &l) < 0 || err != 0) {
+        g_connect_fail++;
+        conn_kill(c);
+        return;
+    }
+    c->state = C_OPEN;
+    set_events(c, EPOLLIN);
+}
+
+static void arm_timer(uint64_t at) {
+    struct itimerspec its;
+    memset(&its, 0, sizeof its);
+    if (at == 0) at = 1;
+    its.it_value.tv_sec = (time_t)(at / NS);
+    its.it_value.tv_nsec = (long)(at % NS);
+    timerfd_settime(g_tfd, TFD_TIMER_ABSTIME, &its, NULL);
+}
+
+static void poll_events(int timeout_ms) {
+    struct epoll_event evs[512];
+    int n = epoll_wait(g_ep, evs, 512, timeout_ms);
+    if (n < 0) {
+        if (errno == EINTR) return;
+        die("epoll_wait");
+    }
+    for (int i = 0; i < n; i++) {
+        if (evs[i].data.u64 == TIMER_TAG) {
+            uint64_t x;
+            if (read(g_tfd, &x, sizeof x) < 0) { /* spurious: ignore */
+            }
+            continue;
+        }
+        struct conn *c = &g_c[evs[i].data.u64];
+        if (c->fd < 0) continue;
+        uint32_t e = evs[i].events;
+        if (c->state == C_CONNECTING) {
+            if (e & (EPOLLOUT | EPOLLERR | EPOLLHUP)) on_connected(c);
+            if (c->state == C_OPEN && o_mode == M_COUNT) {
+                refill(c, now_ns());
+                flush(c);
+            }
+            continue;
+        }
+        if (c->state != C_OPEN) continue;
+        if (e & (EPOLLIN | EPOLLERR | EPOLLHUP)) on_readable(c);
+        if (c->state == C_OPEN && (e & EPOLLOUT)) flush(c);
+    }
+}
+
+static int cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double pct(double p) {
+    if (!g_lat_n) return -1;
+    size_t i = (size_t)(p / 100.0 * (double)(g_lat_n - 1) + 0.5);
+    if (i >= g_lat_n) i = g_lat_n - 1;
+    return (double)g_lat[i] / 1000.0;
+}
+
+static int *g_idle_fds;
+static long g_idle_ok;
+
+static void open_idle(void) {
+    g_idle_fds = calloc((size_t)o_idle, sizeof *g_idle_fds);
+    if (!g_idle_fds) die("calloc");
+    uint64_t t0 = now_ns(), limit = t0 + (uint64_t)(o_timeout * 3 * NS);
+    long failed = 0;
+    for (long i = 0; i < o_idle; i++) {
+        g_idle_fds[i] = -1;
+        if (g_stop || now_ns() > limit) {
+            failed++;
+            continue;
+        }
+        int fd = socket(g_sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            failed++;
+            continue;
+        }
+        struct timeval tv = {.tv_sec = 5, .tv_usec = 0};
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        if (connect(fd, (struct sockaddr *)&g_sa, g_sa_len) < 0) {
+            close(fd);
+            failed++;
+            continue;
+        }
+        g_idle_fds[i] = fd;
+        g_idle_ok++;
+    }
+    printf("{\"event\":\"idle_ready\",\"idle\":%ld,\"failed\":%ld,\"ms\":%.1f}\n", g_idle_ok, failed,
+           (double)(now_ns() - t0) / 1e6);
+    fflush(stdout);
+}
+
+static long idle_dropped(void) {
+    long dropped = 0;
+    for (long i = 0; i < o_idle; i++) {
+        if (g_idle_fds[i] < 0) continue;
+        struct pollfd p = {.fd = g_idle_fds[i], .events = POLLIN};
+        if (poll(&p, 1, 0) == 1) dropped++; /* EOF/reset/data on a silent connection */
+    }
+    return dropped;
+}
+
+static void usage(void) {
+    fprintf(stderr,
+            "usage: loadgen (--unix PATH | --tcp HOST PORT) [--conns N] [--depth D]\n"
+            "               [--duration S] [--warmup S]          closed loop (default)\n"
+            "               [--rate CALLS_PER_S] [--drain S]      open loop\n"
+            "               [--count K] [--timeout S]             fixed count per connection\n"
+            "               [--method version|echo] [--message TEXT] [--delay-ms MS]\n"
+            "               [--idle M [--wait-stdin]] [--max-inflight N] [--latency-out FILE]\n");
+}
+
+int main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int more = i + 1 < argc;
+        if (!strcmp(a, "--unix") && more) o_unix = argv[++i];
+        else if (!strcmp(a, "--tcp") && i + 2 < argc) { o_host = argv[++i]; o_port = argv[++i]; }
+        else if (!strcmp(a, "--conns") && more) o_conns = atol(argv[++i]);
+        else if (!strcmp(a, "--depth") && more) o_depth = atol(argv[++i]);
+        else if (!strcmp(a, "--duration") && more) o_duration = atof(argv[++i]);
+        else if (!strcmp(a, "--warmup") && more) o_warmup = atof(argv[++i]);
+        else if (!strcmp(a, "--rate") && more) { o_rate = atof(argv[++i]); o_mode = M_OPEN; }
+        else if (!strcmp(a, "--drain") && more) o_drain = atof(argv[++i]);
+        else if (!strcmp(a, "--count") && more) { o_count = atol(argv[++i]); o_mode = M_COUNT; }
+        else if (!strcmp(a, "--timeout") && more) o_timeout = atof(argv[++i]);
+        else if (!strcmp(a, "--method") && more) o_method = argv[++i];
+        else if (!strcmp(a, "--message") && more) o_message = argv[++i];
+        else if (!strcmp(a, "--delay-ms") && more) o_delay_ms = atol(argv[++i]);
+        else if (!strcmp(a, "--idle") && more) o_idle = atol(argv[++i]);
+        else if (!strcmp(a, "--wait-stdin")) o_wait_stdin = 1;
+        else if (!strcmp(a, "--max-inflight") && more) o_max_inflight = atol(argv[++i]);
+        else if (!strcmp(a, "--latency-out") && more) o_lat_out = argv[++i];
+        else if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(); return 0; }
+        else { usage(); return 2; }
+    }
+    if (o_conns < 1 || o_conns > 100000) fail("--conns out of range");
+    if (o_depth < 1 || o_depth > 100000) fail("--depth out of range");
+    if (o_idle < 0 || o_idle > 1000000) fail("--idle out of range");
+    if (o_duration <= 0 || o_duration > 600 || o_warmup < 0 || o_warmup > 600) fail("bad --duration/--warmup");
+    if (o_timeout <= 0 || o_timeout > 600 || o_drain < 0 || o_drain > 60) fail("bad --timeout/--drain");
+    if (o_mode == M_OPEN && (o_rate <= 0 || o_rate > 10e6)) fail("bad --rate");
+    if (o_mode == M_COUNT && (o_count < 1 || o_count > 100000000)) fail("bad --count");
+    if (o_max_inflight < 1) fail("bad --max-inflight");
+
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    signal(SIGPIPE, SIG_IGN);
+    prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0); /* precise open-loop send times */
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    build_request();
+    resolve_target();
+    g_ep = epoll_create1(EPOLL_CLOEXEC);
+    if (g_ep < 0) die("epoll_create1");
+    g_tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (g_tfd < 0) die("timerfd_create");
+    struct epoll_event te = {.events = EPOLLIN, .data.u64 = TIMER_TAG};
+    if (epoll_ctl(g_ep, EPOLL_CTL_ADD, g_tfd, &te) < 0) die("epoll_ctl timer");
+
+    if (o_idle > 0) {
+        open_idle();
+        if (o_wait_stdin) {
+            char line[64];
+            if (!fgets(line, sizeof line, stdin)) { /* EOF: go on anyway */
+            }
+        }
+    }
+
+    g_c = calloc((size_t)o_conns, sizeof *g_c);
+    if (!g_c) die("calloc");
+    for (long i = 0; i < o_conns; i++) g_c[i].fd = -1;
+
+    uint64_t t_begin = now_ns();
+    uint64_t connect_deadline = t_begin + (uint64_t)(o_timeout * NS);
+    g_rec_from = 0;
+    g_rec_to = UINT64_MAX;
+    for (long i = 0; i < o_conns; i++) {
+        start_connect(&g_c[i]);
+        if (o_mode == M_COUNT && g_c[i].state == C_OPEN) {
+            refill(&g_c[i], now_ns());
+            flush(&g_c[i]);
+        }
+    }
+
+    uint64_t t_start = 0, t_end = 0, hard_end = 0;
+    double elapsed_s = 0;
+    if (o_mode == M_COUNT) {
+        hard_end = t_begin + (uint64_t)(o_timeout * NS);
+        for (long iter = 0; !g_stop; iter++) {
+            long pending = 0, retry = 0;
+            for (long i = 0; i < o_conns; i++) {
+                struct conn *c = &g_c[i];
+                if (c->state == C_RETRY) {
+                    start_connect(c);
+                    if (c->state == C_OPEN) {
+                        refill(c, now_ns());
+                        flush(c);
+                    }
+                }
+                if (c->state == C_RETRY) retry++;
+                if (c->state == C_RETRY || c->state == C_CONNECTING || c->state == C_OPEN) pending++;
+            }
+            if (!pending || now_ns() >= hard_end) break;
+            poll_events(retry ? 1 : 50);
+        }
+        for (long i = 0; i < o_conns; i++) {
+            struct conn *c = &g_c[i];
+            if (c->state != C_DONE) g_unanswered += (uint64_t)(o_count - (long)c->answered);
+        }
+        t_start = g_first_connect;
+        t_end = g_last_answer ? g_last_answer : now_ns();
+        elapsed_s = (double)(t_end - t_start) / 1e9;
+    } else {
+        /* connect everything first */
+        for (;;) {
+            long pending = 0;
+            for (long i = 0; i < o_conns; i++) {
+                if (g_c[i].state == C_RETRY) start_connect(&g_c[i]);
+                if (g_c[i].state == C_RETRY || g_c[i].state == C_CONNECTING) pending++;
+            }
+            if (!pending || g_stop) break;
+            if (now_ns() >= connect_deadline) {
+                for (long i = 0; i < o_conns; i++)
+                    if (g_c[i].state == C_RETRY || g_c[i].state == C_CONNECTING) {
+                        g_connect_fail++;
+                        conn_kill(&g_c[i]);
+                    }
+                break;
+            }
+            poll_events(1);
+        }
+        t_start = now_ns();
+        g_rec_from = t_start + (uint64_t)(o_warmup * NS);
+        g_rec_to = g_rec_from + (uint64_t)(o_duration * NS);
+        t_end = g_rec_to;
+        if (o_mode == M_CLOSED) {
+            for (long i = 0; i < o_conns; i++) {
+                refill(&g_c[i], t_start);
+                flush(&g_c[i]);
+            }
+            while (!g_stop) {
+                uint64_t t = now_ns();
+                if (t >= t_end) break;
+                uint64_t left_ms = (t_end - t) / 1000000 + 1;
+                poll_events(left_ms > 100 ? 100 : (int)left_ms);
+            }
+            g_sending = 0;
+        } else {
+            double interval = (double)o_conns * 1e9 / o_rate;
+            for (long i = 0; i < o_conns; i++)
+                g_c[i].next_sched = t_start + (uint64_t)((double)i * 1e9 / o_rate);
+            uint64_t sched_end = t_end;
+            while (!g_stop) {
+                uint64_t t = now_ns();
+                if (t >= sched_end) break;
+                uint64_t next = sched_end;
+                for (long i = 0; i < o_conns; i++) {
+                    struct conn *c = &g_c[i];
+                    if (c->state != C_OPEN) continue;
+                    int queued = 0;
+                    while (c->next_sched <= t && c->next_sched < sched_end &&
+                           (long)c->q_len < o_max_inflight) {
+                        enqueue(c, c->next_sched);
+                        c->next_sched = t_start + (uint64_t)((double)(c->sent) * interval +
+                                                             (double)i * 1e9 / o_rate);
+                        queued = 1;
+                    }
+                    if (queued) flush(c);
+                    if (c->state == C_OPEN && c->next_sched < next) next = c->next_sched;
+                }
+                if (next <= t) next = t + 20000; /* in-flight cap reached: re-check soon */
+                arm_timer(next);
+                poll_events(100);
+            }
+            g_sending = 0;
+            /* drain: wait for answers to everything sent */
+            uint64_t drain_end = now_ns() + (uint64_t)(o_drain * NS);
+            while (!g_stop && now_ns() < drain_end) {
+                long inflight = 0;
+                for (long i = 0; i < o_conns; i++)
+                    if (g_c[i].state == C_OPEN) inflight += (long)g_c[i].q_len;
+                if (!inflight) break;
+                poll_events(10);
+            }
+            for (long i = 0; i < o_conns; i++) {
+                struct conn *c = &g_c[i];
+                if (c->state == C_OPEN) g_unanswered += c->q_len;
+                /* calls scheduled in the window but never sent count as unanswered too */
+                if (c->state == C_OPEN && c->next_sched < sched_end) {
+                    double left = (double)(sched_end - c->next_sched) / interval;
+                    g_unanswered += (uint64_t)left + 1;
+                }
+            }
+        }
+        elapsed_s = o_duration;
+    }
+
+    long dropped_idle = o_idle > 0 ? idle_dropped() : 0;
+    qsort(g_lat, g_lat_n, sizeof *g_lat, cmp_u64);
+    double sum = 0;
+    for (size_t i = 0; i < g_lat_n; i++) sum += (double)g_lat[i];
+    uint64_t calls = o_mode == M_COUNT ? g_answered_total : g_answered_window;
+    uint64_t errors = g_mismatch + g_conn_errors + g_connect_fail + g_unanswered;
+    const char *mode = o_mode == M_CLOSED ? "closed" : o_mode == M_OPEN ? "open" : "count";
+    printf("{\"mode\":\"%s\",\"method\":\"%s\",\"transport\":\"%s\",\"conns\":%ld,\"depth\":%ld,"
+           "\"rate\":%.1f,\"duration_s\":%.6f,\"calls\":%llu,\"calls_per_s\":%.1f,"
+           "\"errors\":%llu,\"mismatches\":%llu,\"conn_errors\":%llu,\"connect_failures\":%llu,"
+           "\"unanswered\":%llu,\"lat_samples\":%zu,\"lat_us\":{\"p50\":%.1f,\"p90\":%.1f,"
+           "\"p99\":%.1f,\"p999\":%.1f,\"max\":%.1f,\"mean\":%.1f},\"wall_ms\":%.3f,"
+           "\"idle\":%ld,\"idle_connected\":%ld,\"idle_dropped\":%ld,\"interrupted\":%s}\n",
+           mode, o_method, o_unix ? "unix" : "tcp", o_conns, o_depth, o_rate, elapsed_s,
+           (unsigned long long)calls, elapsed_s > 0 ? (double)calls / elapsed_s : 0.0,
+           (unsigned long long)errors, (unsigned long long)g_mismatch,
+           (unsigned long long)g_conn_errors, (unsigned long long)g_connect_fail,
+           (unsigned long long)g_unanswered, g_lat_n, pct(50), pct(90), pct(99), pct(99.9),
+           g_lat_n ? (double)g_lat[g_lat_n - 1] / 1000.0 : -1.0,
+           g_lat_n ? sum / (double)g_lat_n / 1000.0 : -1.0,
+           o_mode == M_COUNT ? elapsed_s * 1000.0 : -1.0, o_idle, g_idle_ok, dropped_idle,
+           g_stop ? "true" : "false");
+    fflush(stdout);
+    if (o_lat_out) {
+        FILE *f = fopen(o_lat_out, "w");
+        if (!f) die("latency-out");
+        for (size_t i = 0; i < g_lat_n; i++) fprintf(f, "%.1f\n", (double)g_lat[i] / 1000.0);
+        fclose(f);
+    }
+    return 0;
+}
