@@ -1,0 +1,37 @@
+"""cffi API-mode build of ``mytimerd._glue`` (run by setup.py).
+
+The ABI's typedef and result codes come from the one public header
+(native/include/my_timer_cbor.h, its CFFI region); the host functions from
+glue/glue.h.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cffi import FFI
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+ABI_HEADER = ROOT / "native" / "include" / "my_timer_cbor.h"
+
+
+def _abi_region() -> str:
+    text = ABI_HEADER.read_text()
+    start = text.index("/* CFFI-BEGIN */") + len("/* CFFI-BEGIN */")
+    return text[start : text.index("/* CFFI-END */")]
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(_abi_region() + (HERE / "glue.h").read_text())
+ffibuilder.set_source(
+    "mytimerd._glue",
+    '#include "my_timer_cbor.h"\n#include "glue.h"\n',
+    sources=[str(HERE / "glue.c")],
+    include_dirs=[str(ROOT / "native" / "include"), str(HERE)],
+    libraries=["dl", "pthread"],
+    extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(tmpdir=str(ROOT / "build" / "glue"), verbose=True)

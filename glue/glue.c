@@ -1,0 +1,405 @@
+/* See glue.h for what this is and why it is shaped this way. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "my_timer_cbor.h"
+#include "glue.h"
+
+#define MT_MAX_METHODS 16
+
+typedef void *(*create_fn)(const uint8_t *, size_t, FFICallBack, void *);
+typedef int (*method_fn)(void *, FFICallBack, void *, const uint8_t *, size_t);
+typedef int (*destroy_fn)(void *);
+
+/* One queued call. Freed when both the call has returned and its final
+   callback has run, whichever is last: the real library may call back before
+   the call returns. */
+struct call {
+    struct call *next;
+    mt_host *host;
+    atomic_int refs;
+    int slot;
+    uint64_t id;
+    size_t len;
+    uint8_t data[];
+};
+
+struct done {
+    struct done *next;
+    uint64_t id;
+    int32_t ret;
+    uint32_t len;
+    uint8_t data[];
+};
+
+struct mt_host {
+    void *dl;
+    const char *suffix;
+    create_fn create;
+    destroy_fn destroy;
+    method_fn methods[MT_MAX_METHODS];
+    int nmethods;
+    void *ctx;
+
+    pthread_mutex_t create_mu;
+    pthread_cond_t create_cv;
+    int created;
+    int create_ret;
+    char create_msg[512];
+
+    pthread_mutex_t submit_mu;
+    pthread_cond_t submit_cv;
+    struct call *submit_head, **submit_tail;
+    int stopping;
+    int submitter_waiting;
+    pthread_t submitter;
+    int submitter_running;
+
+    pthread_mutex_t done_mu;
+    struct done *done_head, **done_tail;
+    int armed;
+    int efd;
+
+    atomic_int_least64_t call_started_ns;
+    atomic_uint_least64_t queued, submitted, completed, stale;
+};
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static struct timespec realtime_in(int timeout_ms) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += timeout_ms / 1000;
+    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec += 1;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return ts;
+}
+
+static void push_done(mt_host *h, uint64_t id, int ret, const char *msg, size_t len) {
+    if (len > UINT32_MAX) {
+        static const char too_big[] = "library result larger than 4 GiB";
+        ret = RET_ERR;
+        msg = too_big;
+        len = sizeof too_big - 1;
+    }
+    struct done *d = malloc(sizeof *d + len);
+    if (!d)
+        return; /* the request times out in the daemon; nothing else to do */
+    d->next = NULL;
+    d->id = id;
+    d->ret = ret;
+    d->len = (uint32_t)len;
+    if (len)
+        memcpy(d->data, msg, len);
+    pthread_mutex_lock(&h->done_mu);
+    *h->done_tail = d;
+    h->done_tail = &d->next;
+    int wake = !h->armed;
+    h->armed = 1;
+    pthread_mutex_unlock(&h->done_mu);
+    atomic_fetch_add(&h->completed, 1);
+    if (wake) {
+        uint64_t one = 1;
+        /* A full counter (never in practice) still leaves the fd readable. */
+        ssize_t n = write(h->efd, &one, sizeof one);
+        (void)n;
+    }
+}
+
+static void release_call(struct call *c) {
+    if (atomic_fetch_sub(&c->refs, 1) == 1)
+        free(c);
+}
+
+static void on_result(int ret, const char *msg, size_t len, void *ud) {
+    struct call *c = ud;
+    if (ret == RET_STALE_WARN) { /* newer nim-ffi: "still running", not final */
+        atomic_fetch_add(&c->host->stale, 1);
+        return;
+    }
+    push_done(c->host, c->id, ret, msg, len);
+    release_call(c);
+}
+
+static void on_create(int ret, const char *msg, size_t len, void *ud) {
+    mt_host *h = ud;
+    if (ret == RET_STALE_WARN)
+        return;
+    pthread_mutex_lock(&h->create_mu);
+    h->created = 1;
+    h->create_ret = ret;
+    size_t n = len < sizeof h->create_msg - 1 ? len : sizeof h->create_msg - 1;
+    if (n && msg)
+        memcpy(h->create_msg, msg, n);
+    h->create_msg[n] = '\0';
+    pthread_cond_broadcast(&h->create_cv);
+    pthread_mutex_unlock(&h->create_mu);
+}
+
+static void *resolve(mt_host *h, const char *name) {
+    char sym[128];
+    snprintf(sym, sizeof sym, "my_timer_%s%s", name, h->suffix);
+    return dlsym(h->dl, sym);
+}
+
+mt_host *mt_open(const char *path, char *err, size_t errlen) {
+    mt_host *h = calloc(1, sizeof *h);
+    if (!h) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    h->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!h->dl) {
+        snprintf(err, errlen, "cannot load %s: %s", path, dlerror());
+        free(h);
+        return NULL;
+    }
+    /* Older nim-ffi builds suffix the CBOR ABI with _cbor and also export a
+       different ABI under the bare names, so the suffix is decided once. */
+    h->suffix = dlsym(h->dl, "my_timer_create_cbor") ? "_cbor" : "";
+    h->create = (create_fn)resolve(h, "create");
+    h->destroy = (destroy_fn)dlsym(h->dl, "my_timer_destroy");
+    if (!h->create || !h->destroy) {
+        snprintf(err, errlen,
+                 "%s is not a libmy_timer CBOR-ABI library "
+                 "(no my_timer_create_cbor/my_timer_create or my_timer_destroy)",
+                 path);
+        dlclose(h->dl);
+        free(h);
+        return NULL;
+    }
+    h->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (h->efd < 0) {
+        snprintf(err, errlen, "eventfd: %s", strerror(errno));
+        dlclose(h->dl);
+        free(h);
+        return NULL;
+    }
+    pthread_mutex_init(&h->create_mu, NULL);
+    pthread_cond_init(&h->create_cv, NULL);
+    pthread_mutex_init(&h->submit_mu, NULL);
+    pthread_cond_init(&h->submit_cv, NULL);
+    pthread_mutex_init(&h->done_mu, NULL);
+    h->submit_tail = &h->submit_head;
+    h->done_tail = &h->done_head;
+    return h;
+}
+
+int mt_bind(mt_host *h, const char *name) {
+    if (h->nmethods == MT_MAX_METHODS)
+        return -1;
+    method_fn fn = (method_fn)resolve(h, name);
+    if (!fn)
+        return -1;
+    h->methods[h->nmethods] = fn;
+    return h->nmethods++;
+}
+
+static void *submitter_main(void *arg) {
+    mt_host *h = arg;
+    for (;;) {
+        pthread_mutex_lock(&h->submit_mu);
+        while (!h->submit_head && !h->stopping) {
+            h->submitter_waiting = 1;
+            pthread_cond_wait(&h->submit_cv, &h->submit_mu);
+            h->submitter_waiting = 0;
+        }
+        struct call *batch = h->submit_head;
+        h->submit_head = NULL;
+        h->submit_tail = &h->submit_head;
+        pthread_mutex_unlock(&h->submit_mu);
+        if (!batch)
+            return NULL; /* stopping and drained */
+        while (batch) {
+            struct call *c = batch;
+            batch = c->next;
+            atomic_fetch_sub(&h->queued, 1);
+            atomic_store(&h->call_started_ns, now_ns());
+            h->methods[c->slot](h->ctx, on_result, c, c->data, c->len);
+            atomic_store(&h->call_started_ns, 0);
+            atomic_fetch_add(&h->submitted, 1);
+            release_call(c);
+        }
+    }
+}
+
+int mt_create(mt_host *h, const uint8_t *req, size_t len, int timeout_ms, char *err,
+              size_t errlen) {
+    h->ctx = h->create(req, len, on_create, h);
+    struct timespec deadline = realtime_in(timeout_ms);
+    pthread_mutex_lock(&h->create_mu);
+    int rc = 0;
+    while (!h->created && rc != ETIMEDOUT)
+        rc = pthread_cond_timedwait(&h->create_cv, &h->create_mu, &deadline);
+    int created = h->created, ret = h->create_ret;
+    pthread_mutex_unlock(&h->create_mu);
+    if (!h->ctx || !created || ret != RET_OK) {
+        if (created)
+            snprintf(err, errlen, "create failed: %s", h->create_msg);
+        else if (!h->ctx)
+            snprintf(err, errlen, "create returned NULL without a callback");
+        else
+            snprintf(err, errlen, "create's callback did not arrive within %d ms", timeout_ms);
+        return -1;
+    }
+    if (pthread_create(&h->submitter, NULL, submitter_main, h) != 0) {
+        snprintf(err, errlen, "cannot start the submitter thread");
+        return -1;
+    }
+    h->submitter_running = 1;
+    return 0;
+}
+
+int mt_submit(mt_host *h, int slot, uint64_t id, const uint8_t *payload, size_t len) {
+    if (slot < 0 || slot >= h->nmethods)
+        return -1;
+    struct call *c = malloc(sizeof *c + len);
+    if (!c)
+        return -1;
+    c->next = NULL;
+    c->host = h;
+    atomic_init(&c->refs, 2);
+    c->slot = slot;
+    c->id = id;
+    c->len = len;
+    if (len)
+        memcpy(c->data, payload, len);
+    pthread_mutex_lock(&h->submit_mu);
+    if (h->stopping || !h->submitter_running) {
+        pthread_mutex_unlock(&h->submit_mu);
+        free(c);
+        return -1;
+    }
+    *h->submit_tail = c;
+    h->submit_tail = &c->next;
+    atomic_fetch_add(&h->queued, 1);
+    int wake = h->submitter_waiting;
+    pthread_mutex_unlock(&h->submit_mu);
+    if (wake)
+        pthread_cond_signal(&h->submit_cv);
+    return 0;
+}
+
+int mt_fd(mt_host *h) { return h->efd; }
+
+int64_t mt_drain(mt_host *h, uint8_t *buf, size_t cap) {
+    uint64_t counter;
+    ssize_t n = read(h->efd, &counter, sizeof counter); /* reset; EAGAIN is fine */
+    (void)n;
+    pthread_mutex_lock(&h->done_mu);
+    struct done *first = h->done_head, *last = NULL, *d = first;
+    size_t used = 0;
+    while (d && used + 16 + d->len <= cap) {
+        used += 16 + d->len;
+        last = d;
+        d = d->next;
+    }
+    if (!last) {
+        if (first) {
+            int64_t need = 16 + (int64_t)first->len;
+            pthread_mutex_unlock(&h->done_mu);
+            return -need;
+        }
+        h->armed = 0;
+        pthread_mutex_unlock(&h->done_mu);
+        return 0;
+    }
+    h->done_head = d;
+    if (!d) {
+        h->done_tail = &h->done_head;
+        h->armed = 0;
+    }
+    last->next = NULL;
+    pthread_mutex_unlock(&h->done_mu);
+    uint8_t *p = buf;
+    for (d = first; d;) {
+        struct done *next = d->next;
+        memcpy(p, &d->id, 8);
+        memcpy(p + 8, &d->ret, 4);
+        memcpy(p + 12, &d->len, 4);
+        memcpy(p + 16, d->data, d->len);
+        p += 16 + d->len;
+        free(d);
+        d = next;
+    }
+    return (int64_t)used;
+}
+
+void mt_get_status(mt_host *h, mt_status *out) {
+    int64_t started = atomic_load(&h->call_started_ns);
+    out->in_call_ns = started ? now_ns() - started : 0;
+    out->queued = atomic_load(&h->queued);
+    out->submitted = atomic_load(&h->submitted);
+    out->completed = atomic_load(&h->completed);
+    out->stale_warnings = atomic_load(&h->stale);
+}
+
+struct destroyer {
+    mt_host *h;
+    int ret;
+};
+
+static void *destroyer_main(void *arg) {
+    struct destroyer *d = arg;
+    d->ret = d->h->destroy(d->h->ctx);
+    return NULL;
+}
+
+int mt_shutdown(mt_host *h, int timeout_ms) {
+    struct timespec deadline = realtime_in(timeout_ms);
+    pthread_mutex_lock(&h->submit_mu);
+    h->stopping = 1;
+    pthread_cond_signal(&h->submit_cv);
+    pthread_mutex_unlock(&h->submit_mu);
+    if (h->submitter_running && pthread_timedjoin_np(h->submitter, NULL, &deadline) != 0)
+        return -1; /* stuck inside a library call: abandon it */
+    h->submitter_running = 0;
+    if (h->ctx) {
+        /* Heap-allocated: an abandoned destroyer thread keeps using it. */
+        struct destroyer *d = malloc(sizeof *d);
+        pthread_t t;
+        if (!d)
+            return -1;
+        d->h = h;
+        d->ret = RET_ERR;
+        if (pthread_create(&t, NULL, destroyer_main, d) != 0) {
+            free(d);
+            return -1;
+        }
+        if (pthread_timedjoin_np(t, NULL, &deadline) != 0) {
+            pthread_detach(t);
+            return -1;
+        }
+        int ret = d->ret;
+        free(d);
+        h->ctx = NULL;
+        if (ret != RET_OK)
+            return 1; /* half-alive context: leave it alone */
+    }
+    /* Every callback has run: release what nobody will drain. */
+    for (struct done *d = h->done_head; d;) {
+        struct done *next = d->next;
+        free(d);
+        d = next;
+    }
+    close(h->efd);
+    free(h);
+    return 0;
+}

@@ -1,0 +1,48 @@
+/*
+ * The daemon's side of the libmy_timer ABI: a host that loads any
+ * ABI-compatible build at run time and moves calls and results between the
+ * asyncio event loop and the library without ever running Python on a
+ * library thread.
+ *
+ * - Calls are queued to one submitter thread, so a library that blocks a
+ *   submitting call (the real one can) never blocks the event loop.
+ * - Results are copied by a C callback into a completion queue; the event
+ *   loop is woken through an eventfd and drains them in batches. No
+ *   ffi.callback() is involved, so this works under MemoryDenyWriteExecute.
+ *
+ * This file is read by cffi's cdef(): declarations only, no preprocessor.
+ */
+
+typedef struct mt_host mt_host;
+
+typedef struct {
+    int64_t in_call_ns;     /* how long the current library call has run, 0 if none */
+    uint64_t queued;        /* calls waiting for the submitter */
+    uint64_t submitted;     /* calls handed to the library */
+    uint64_t completed;     /* final callbacks received */
+    uint64_t stale_warnings;/* RET_STALE_WARN callbacks (newer nim-ffi), not final */
+} mt_status;
+
+/* Load the library at path; NULL with a message in err on failure. */
+mt_host *mt_open(const char *path, char *err, size_t errlen);
+/* Index of method `name` for mt_submit, or -1 if the library lacks it. */
+int mt_bind(mt_host *h, const char *name);
+/* Create the one context and wait for its callback (at most timeout_ms).
+   0 on success; otherwise -1 and a message in err. */
+int mt_create(mt_host *h, const uint8_t *req, size_t len, int timeout_ms,
+              char *err, size_t errlen);
+/* Queue a call of method `slot` with request id `id`; the payload is copied.
+   0 on success, -1 if the host is shutting down or out of memory. */
+int mt_submit(mt_host *h, int slot, uint64_t id, const uint8_t *payload, size_t len);
+/* The eventfd that becomes readable when completions are waiting. */
+int mt_fd(mt_host *h);
+/* Move waiting completions into buf as records
+   [u64 id][i32 ret][u32 len][len bytes] (native byte order).
+   Returns the bytes written; when the first waiting record alone does not fit,
+   returns minus its size so the caller can grow buf. */
+int64_t mt_drain(mt_host *h, uint8_t *buf, size_t cap);
+void mt_get_status(mt_host *h, mt_status *out);
+/* Stop the submitter and destroy the context, waiting at most timeout_ms.
+   0: destroyed; 1: the library returned an error; -1: timed out (the library's
+   threads are abandoned, the host is leaked deliberately). */
+int mt_shutdown(mt_host *h, int timeout_ms);

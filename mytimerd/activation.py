@@ -1,0 +1,186 @@
+"""Listening sockets: taken over from systemd, or bound by the daemon itself."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from .address import Address, TcpAddress, UnixAddress
+
+
+class ActivationError(Exception):
+    """A socket cannot be served; ``str()`` says which and why."""
+
+
+@dataclass
+class Listener:
+    """One listening stream socket.
+
+    ``name`` is systemd's FileDescriptorName (or "bound" for a self-bound
+    socket); ``owned_path`` is set only for a unix socket this process bound,
+    the only kind it may unlink.
+    """
+
+    sock: socket.socket
+    name: str
+    address: str
+    owned_path: Path | None = None
+    owned_inode: int | None = None
+
+    def close(self) -> None:
+        """Close the socket and remove a unix path this process created."""
+        self.sock.close()
+        path = self.owned_path
+        if path is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            # Only unlink the very socket we bound: another instance may have
+            # replaced it since.
+            if path.lstat().st_ino == self.owned_inode:
+                path.unlink()
+
+
+def describe_socket(sock: socket.socket) -> str:
+    """``unix:/path`` or ``tcp:host:port`` for a bound socket."""
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        if isinstance(name, bytes):  # abstract namespace
+            return "unix:@" + name[1:].decode(errors="replace")
+        return f"unix:{name}"
+    return str(TcpAddress(name[0], name[1]))
+
+
+def _check_handed(fd: int, name: str) -> socket.socket:
+    what = f"socket fd {fd} ({name!r})"
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError as exc:
+        raise ActivationError(f"{what}: not an open file descriptor ({exc.strerror})") from None
+    if not stat.S_ISSOCK(mode):
+        raise ActivationError(f"{what} is not a socket; mytimerd serves ListenStream= sockets")
+    sock = socket.socket(fileno=fd)
+    if sock.family not in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6):
+        raise ActivationError(
+            f"{what} has address family {sock.family!r}; mytimerd serves unix, IPv4 and IPv6"
+        )
+    if sock.type != socket.SOCK_STREAM:
+        raise ActivationError(
+            f"{what} is a {sock.type.name} socket; mytimerd serves stream sockets only "
+            "(ListenStream=, not ListenDatagram= or ListenSequentialPacket=)"
+        )
+    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        raise ActivationError(
+            f"{what} is not listening; with Accept=yes systemd hands over connections, "
+            "mytimerd needs Accept=no"
+        )
+    return sock
+
+
+def from_systemd() -> list[Listener] | None:
+    """The sockets systemd passed (LISTEN_FDS), or None when there are none.
+
+    Every socket is checked before any is used, so a unit that hands over
+    something unservable fails at start-up with a message naming it.
+    """
+    if "LISTEN_FDS" not in os.environ:
+        return None
+    from systemd import daemon  # type: ignore[attr-defined]  # late: only socket activation needs it
+
+    # Call only one listen function: each unsets the variables in C.
+    fds: dict[int, str] = daemon.listen_fds_with_names(unset_environment=True)
+    for var in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+        os.environ.pop(var, None)
+    if not fds:
+        return None
+    listeners = []
+    for fd, name in sorted(fds.items()):
+        sock = _check_handed(fd, name)
+        sock.setblocking(False)
+        listeners.append(Listener(sock, name, describe_socket(sock)))
+    return listeners
+
+
+def _bind_unix(path: Path) -> Listener:
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ActivationError(f"{path} exists and is not a socket; refusing to replace it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except ConnectionRefusedError:
+            path.unlink()  # stale: nobody listens on it any more
+        except OSError as exc:
+            raise ActivationError(f"cannot check the existing socket {path}: {exc}") from None
+        else:
+            raise ActivationError(
+                f"another server is listening on {path}; stop it or choose another --unix path"
+            )
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        sock.listen(socket.SOMAXCONN)
+    except OSError as exc:
+        sock.close()
+        raise ActivationError(f"cannot listen on {path}: {exc.strerror}") from None
+    sock.setblocking(False)
+    return Listener(sock, "bound", f"unix:{path}", path, path.lstat().st_ino)
+
+
+def _bind_tcp(host: str, port: int) -> list[Listener]:
+    try:
+        infos = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE | socket.AI_ADDRCONFIG
+        )
+    except socket.gaierror as exc:
+        raise ActivationError(f"cannot resolve {host!r}: {exc.strerror}") from None
+    listeners: list[Listener] = []
+    seen = set()
+    for family, type_, proto, _, sockaddr in infos:
+        if sockaddr[:2] in seen:
+            continue
+        seen.add(sockaddr[:2])
+        sock = socket.socket(family, type_, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(sockaddr)
+            sock.listen(socket.SOMAXCONN)
+        except OSError as exc:
+            sock.close()
+            for other in listeners:
+                other.close()
+            reason = "already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise ActivationError(
+                f"cannot listen on {TcpAddress(str(sockaddr[0]), port)}: {reason}"
+            ) from None
+        sock.setblocking(False)
+        listeners.append(Listener(sock, "bound", describe_socket(sock)))
+    return listeners
+
+
+def bind(addresses: list[Address]) -> list[Listener]:
+    """Bind every address; on any failure close what was bound and raise."""
+    listeners: list[Listener] = []
+    try:
+        for address in addresses:
+            if isinstance(address, UnixAddress):
+                listeners.append(_bind_unix(Path(address.path)))
+            else:
+                listeners.extend(_bind_tcp(address.host, address.port))
+    except ActivationError:
+        for listener in listeners:
+            listener.close()
+        raise
+    return listeners

@@ -1,0 +1,78 @@
+"""Every limit the daemon enforces: name, default, command-line option, doc.
+
+One table: the daemon builds its options from it, ``mytimerd.describe``
+reports it and the README lists it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Final
+
+
+def _limit(default: Any, option: str, unit: str, doc: str) -> Any:
+    return field(default=default, metadata={"option": option, "unit": unit, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The daemon's limits (all have command-line options)."""
+
+    max_method_len: int = _limit(
+        256,
+        "--max-method-len",
+        "bytes",
+        "Longest method name accepted; longer is answered MethodNameTooLong and closed.",
+    )
+    max_payload: int = _limit(
+        1 << 20,
+        "--max-payload",
+        "bytes",
+        "Largest request payload; larger is answered FrameTooLarge (unread) and closed.",
+    )
+    max_connections: int = _limit(
+        16384,
+        "--max-connections",
+        "connections",
+        "Connections served at once; more are answered TooManyConnections and closed.",
+    )
+    max_in_flight: int = _limit(
+        128,
+        "--max-in-flight",
+        "calls",
+        "Calls in flight per connection; past it the daemon stops reading from that "
+        "client until calls complete (backpressure).",
+    )
+    timeout: float = _limit(
+        30.0,
+        "--timeout",
+        "seconds",
+        "Time the library has to answer a call before it is answered Timeout.",
+    )
+    drain_timeout: float = _limit(
+        10.0,
+        "--drain-timeout",
+        "seconds",
+        "On SIGTERM/SIGINT, time in-flight calls get to finish before the daemon exits.",
+    )
+    probe_timeout: float = _limit(
+        5.0,
+        "--probe-timeout",
+        "seconds",
+        "Time the library has to answer the liveness probe (a version call) before the "
+        "daemon reports itself unhealthy and stops pinging systemd's watchdog.",
+    )
+
+    def describe(self) -> dict[str, Any]:
+        """camelCase name -> value, as served by mytimerd.describe."""
+        out = {}
+        for f in fields(self):
+            head, *rest = f.name.split("_")
+            key = head + "".join(part.title() for part in rest)
+            if f.metadata["unit"] == "seconds":
+                key += "Seconds"
+            out[key] = getattr(self, f.name)
+        return out
+
+
+LIMIT_FIELDS: Final = fields(Limits)

@@ -1,0 +1,75 @@
+"""Counters and latency samples behind ``mytimerd.stats``."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict, deque
+from typing import Any, Final
+
+#: Latency samples kept per method (the most recent ones).
+SAMPLES: Final = 4096
+
+OK: Final = "ok"
+LIBRARY_ERROR: Final = "libraryErrors"
+DAEMON_ERROR: Final = "daemonErrors"
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Stats:
+    """What the daemon has done since it started."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.connections_total = 0
+        self.connections_refused = 0
+        self.calls: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self.errors: Counter[str] = Counter()
+        self.latency: defaultdict[str, deque[float]] = defaultdict(lambda: deque(maxlen=SAMPLES))
+        self.late_results = 0
+
+    def record(self, method: str, outcome: str, seconds: float) -> None:
+        """Count one answered call and its latency."""
+        self.calls[method][outcome] += 1
+        self.latency[method].append(seconds)
+
+    def record_error(self, method: str, name: str, seconds: float) -> None:
+        """Count one call answered with the daemon error ``name``."""
+        self.errors[name] += 1
+        self.record(method, DAEMON_ERROR, seconds)
+
+    def uptime(self) -> float:
+        """Seconds since the daemon started."""
+        return time.monotonic() - self.started
+
+    def snapshot(self, open_connections: int, in_flight: int) -> dict[str, Any]:
+        """The mytimerd.stats response."""
+        latency = {}
+        for method, samples in self.latency.items():
+            ordered = sorted(samples)
+            if ordered:
+                latency[method] = {
+                    "count": len(ordered),
+                    "p50": _percentile(ordered, 0.50) * 1000,
+                    "p90": _percentile(ordered, 0.90) * 1000,
+                    "p99": _percentile(ordered, 0.99) * 1000,
+                    "max": ordered[-1] * 1000,
+                }
+        return {
+            "uptimeSeconds": self.uptime(),
+            "connections": {
+                "open": open_connections,
+                "total": self.connections_total,
+                "refused": self.connections_refused,
+            },
+            "inFlight": in_flight,
+            "calls": {
+                method: {k: counts[k] for k in (OK, LIBRARY_ERROR, DAEMON_ERROR)}
+                for method, counts in self.calls.items()
+            },
+            "errors": dict(self.errors),
+            "lateResults": self.late_results,
+            "latencyMs": latency,
+        }
