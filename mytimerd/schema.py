@@ -272,7 +272,13 @@ ECHO_REQUEST: Final = Struct(
 COMPLEX_REQUEST: Final = Struct(
     "ComplexRequest",
     (
-        Field("messages", Array(ECHO_REQUEST), "Messages to count (delays are ignored).", []),
+        Field(
+            "messages",
+            Array(ECHO_REQUEST),
+            "Messages to count (delays are ignored).",
+            [],
+            cli="message",
+        ),
         Field("tags", Array(Text()), "Free-form tags.", [], cli="tag"),
         Field("note", Text(), "A note; an empty string counts as present.", option=True),
         Field("retries", Int(), "Reported back in the summary.", option=True),
