@@ -38,6 +38,8 @@ BUILD = BENCH / "build"
 LOADGEN = BUILD / "loadgen"
 FLOOR = BUILD / "floor_server"
 LOOPBACK = "127.0.0.1"
+PASS_ENV = {"PATH", "HOME", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "LANG", "LC_ALL"}
+PASS_ENV_PREFIXES = ("MYTIMERD", "MY_TIMER", "LIBMY_TIMER")
 
 VERSION_REQ = (7).to_bytes(4, "big") + b"version" + (1).to_bytes(4, "big") + b"\xa0"
 VERSION_RESP = bytes.fromhex("00000000" "00000011" "706e696d2d74696d65722076302e312e30")
@@ -358,9 +360,14 @@ class Bench:
         for i in range(self.reps):
             path = self.workdir / f"cold-{name}-{i}.sock"
             log = self.workdir / f"cold-{name}-{i}.log"
+            # systemd-socket-activate gives the daemon a clean environment: pass on
+            # the variables a Python daemon (or an A/B build) may depend on
+            env_args: list[str] = []
+            for var in sorted(os.environ):
+                if var in PASS_ENV or var.startswith(PASS_ENV_PREFIXES):
+                    env_args += ["-E", var]
             with open(log, "wb") as logf:
-                t_spawn = time.monotonic()
-                p = spawn([ssa, "-l", str(path)] + cmd, stdin=subprocess.DEVNULL,
+                p = spawn([ssa, "-l", str(path)] + env_args + cmd, stdin=subprocess.DEVNULL,
                           stdout=logf, stderr=logf)
             try:
                 deadline = time.monotonic() + 10
@@ -384,9 +391,8 @@ class Bench:
                     spawn_ms.append((time.monotonic() - t_go) * 1000)
             finally:
                 stop(p)
-                _ = t_spawn
         res = {"wall_ms_runs": walls, "wall_ms_median": statistics.median(walls) if walls else None,
-               "harness_ms_runs": [round(x, 1) for x in spawn_ms], "errors": errors}
+               "outer_ms_runs": [round(x, 1) for x in spawn_ms], "errors": errors}
         if failure:
             res["failure"] = failure
         self.raw[key] = res
@@ -409,17 +415,28 @@ class Bench:
                  "--warmup", "0.3", "--drain", "2"]
         base = self.loadgen(f"{key}.baseline", srv.target("unix"), probe, timeout=self.idle_dur + 30)
         res["baseline"] = base
+        # let the server close the probe's connections before taking the baseline
+        settle = time.monotonic() + 2.0
+        while fd_count(pid) > res["fds_before"] and time.monotonic() < settle:
+            time.sleep(0.05)
         fds0 = fd_count(pid)
         wait_s = 15.0 if self.quick else 30.0
 
         def on_ready(ev: dict[str, Any]) -> dict[str, Any]:
+            # wait until the server has accepted the idle connections (its fd count
+            # grew by that many), or its fd count stopped growing for a second
             info: dict[str, Any] = {"idle_ready": ev}
             want = fds0 + int(ev.get("idle", 0))
             deadline = time.monotonic() + wait_s
             fds = fd_count(pid)
+            last_change, last = time.monotonic(), fds
             while fds < want and time.monotonic() < deadline:
                 time.sleep(0.1)
                 fds = fd_count(pid)
+                if fds != last:
+                    last_change, last = time.monotonic(), fds
+                elif time.monotonic() - last_change > 1.0:
+                    break
             info["server_fds_with_idle"] = fds
             info["server_accepted"] = fds - fds0
             time.sleep(0.2)
