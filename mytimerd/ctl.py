@@ -556,6 +556,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return [line(header)] + [line(row) for row in rows]
 
 
+def _error_name(name: str) -> str:
+    """``mytimerd.<Name>`` whether or not the daemon's key carries the prefix."""
+    return name if name.startswith(PREFIX) else PREFIX + name
+
+
 def _render_describe(answer: Mapping[str, Any]) -> list[str]:
     daemon = answer.get("daemon") or {}
     library = answer.get("library") or {}
@@ -578,8 +583,8 @@ def _render_describe(answer: Mapping[str, Any]) -> list[str]:
     errors = answer.get("errors") or {}
     if errors:
         lines.append("errors:")
-        width = max(len(PREFIX + name) for name in errors)
-        lines += [f"  {PREFIX + name:<{width}}  {doc}" for name, doc in errors.items()]
+        width = max(len(_error_name(name)) for name in errors)
+        lines += [f"  {_error_name(name):<{width}}  {doc}" for name, doc in errors.items()]
     return lines + _rest(answer, ("daemon", "library", "timerName", "limits", "methods", "errors"))
 
 
@@ -638,8 +643,8 @@ def _render_stats(answer: Mapping[str, Any]) -> list[str]:
     errors = answer.get("errors") or {}
     if errors:
         lines += ["", "errors:"]
-        width = max(len(PREFIX + name) for name in errors)
-        lines += [f"  {PREFIX + name:<{width}}  {count}" for name, count in errors.items()]
+        width = max(len(_error_name(name)) for name in errors)
+        lines += [f"  {_error_name(name):<{width}}  {count}" for name, count in errors.items()]
     return lines + _rest(
         answer, ("uptimeSeconds", "connections", "inFlight", "calls", "latencyMs", "errors")
     )

@@ -1,0 +1,374 @@
+"""The Python client API: Client and AsyncClient, against a fake server and a real daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from pathlib import Path
+
+import cbor2
+import pytest
+
+from mytimerd import client, wire
+from mytimerd.address import TcpAddress, UnixAddress
+from mytimerd.client import (
+    AsyncClient,
+    BadResponse,
+    CallTimeout,
+    Client,
+    ConnectError,
+    ConnectionLost,
+    DaemonCallError,
+    LibraryError,
+    MytimerError,
+    TransportError,
+)
+from mytimerd.schema import BY_NAME, Struct
+
+from .conftest import Daemon, FakeServer, canned, err, ok
+
+# --- addresses ----------------------------------------------------------------
+
+
+def test_resolve_explicit_beats_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MYTIMER_ADDRESS", "tcp:example.org:1")
+    assert client.resolve_addresses("unix:/x.sock") == [UnixAddress("/x.sock")]
+    assert client.resolve_addresses(TcpAddress("::1", 5)) == [TcpAddress("::1", 5)]
+
+
+def test_resolve_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MYTIMER_ADDRESS", "tcp:[::1]:9099")
+    assert client.resolve_addresses() == [TcpAddress("::1", 9099)]
+    monkeypatch.setenv("MYTIMER_ADDRESS", "bogus")
+    with pytest.raises(ValueError, match="MYTIMER_ADDRESS"):
+        client.resolve_addresses()
+
+
+def test_resolve_defaults_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MYTIMER_ADDRESS", raising=False)
+    monkeypatch.setattr(client, "default_client_paths", lambda: [Path("/a"), Path("/b")])
+    assert client.resolve_addresses() == [UnixAddress("/a"), UnixAddress("/b")]
+
+
+def test_tries_default_paths_in_order(
+    fake: FakeServer, sock_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MYTIMER_ADDRESS", raising=False)
+    missing = sock_dir / "missing.sock"
+    monkeypatch.setattr(client, "default_client_paths", lambda: [missing, fake.path])
+    with Client() as c:
+        assert c.version() == "nim-timer v0.1.0"
+        assert c.address == UnixAddress(str(fake.path))
+
+
+def test_connect_error_lists_every_address(sock_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = [sock_dir / "a.sock", sock_dir / "b.sock"]
+    monkeypatch.delenv("MYTIMER_ADDRESS", raising=False)
+    monkeypatch.setattr(client, "default_client_paths", lambda: paths)
+    with pytest.raises(ConnectError) as info:
+        Client().version()
+    assert [a for a, _ in info.value.attempts] == [UnixAddress(str(p)) for p in paths]
+    assert "No such file or directory" in str(info.value)
+    assert isinstance(info.value, TransportError)
+    assert isinstance(info.value, MytimerError)
+
+
+def test_connect_refused_tcp() -> None:
+    with pytest.raises(ConnectError, match="refused"):
+        Client("tcp:127.0.0.1:1", connect_timeout=2).version()
+
+
+# --- requests -------------------------------------------------------------------
+
+
+def test_typed_methods_send_schema_requests(fake: FakeServer) -> None:
+    with Client(fake.address) as c:
+        assert c.echo("hi", delay_ms=3) == {"echoed": "hi", "timerName": "fake"}
+        c.call("complex", client.complex_request())
+        c.complex(["a", {"message": "b", "delayMs": 2}], tags=["t"], note="", retries=None)
+        assert c.schedule("j", max_attempts=2, retry_on=["x"])["jobId"] == "fake:j"
+        c.schedule("k")
+    assert fake.requests == [
+        ("echo", {"req": {"message": "hi", "delayMs": 3}}),
+        ("complex", {"req": {}}),
+        (
+            "complex",
+            {
+                "req": {
+                    "messages": [{"message": "a"}, {"message": "b", "delayMs": 2}],
+                    "tags": ["t"],
+                    "note": "",
+                }
+            },
+        ),
+        ("schedule", {"job": {"name": "j"}, "retry": {"maxAttempts": 2, "retryOn": ["x"]}}),
+        ("schedule", {"job": {"name": "k"}}),
+    ]
+
+
+def _leaf_names(struct: Struct) -> set[str]:
+    names: set[str] = set()
+    for f in struct.fields:
+        names |= _leaf_names(f.type) if isinstance(f.type, Struct) else {f.name}
+    return names
+
+
+@pytest.mark.parametrize("cls", [Client, AsyncClient])
+@pytest.mark.parametrize("method", ["echo", "complex", "schedule"])
+def test_typed_methods_cover_schema(cls: type, method: str) -> None:
+    """Each typed method takes one argument per leaf field of the request."""
+    params = set(inspect.signature(getattr(cls, method)).parameters) - {"self"}
+    fields = _leaf_names(BY_NAME[method.encode()].request)
+    camel = {"".join(w.title() if i else w for i, w in enumerate(p.split("_"))) for p in params}
+    # schedule's job name is the ``job`` argument, as on the command line (--job).
+    assert camel == (fields - {"name"} | {"job"} if method == "schedule" else fields)
+
+
+# --- errors -----------------------------------------------------------------------
+
+
+def test_library_and_daemon_errors_are_distinct(fake: FakeServer) -> None:
+    with Client(fake.address) as c:
+        with pytest.raises(LibraryError) as lib:
+            c.schedule("")
+        assert lib.value.message == "job name must not be empty"
+        assert lib.value.method == "schedule"
+        with pytest.raises(DaemonCallError) as daemon:
+            c.call("frobnicate")
+        assert daemon.value.name == "UnknownMethod"
+        assert str(daemon.value).startswith("mytimerd.UnknownMethod: no method")
+        assert c.version() == "nim-timer v0.1.0"  # errors leave the connection usable
+    assert fake.connections == 1
+    assert not isinstance(lib.value, DaemonCallError)
+    assert isinstance(lib.value, MytimerError) and isinstance(daemon.value, MytimerError)
+
+
+def test_call_raw_returns_body_bytes(fake: FakeServer) -> None:
+    with Client(fake.address) as c:
+        assert c.call_raw("version", b"\xa0") == cbor2.dumps("nim-timer v0.1.0")
+        assert c.call_raw(b"version", b"\xa0", timeout=5) == cbor2.dumps("nim-timer v0.1.0")
+
+
+@pytest.mark.parametrize(
+    ("answer", "match"),
+    [
+        ((7, b""), "unknown result code 7"),
+        ((wire.RET_OK, b"\xa1"), "not valid CBOR"),
+        ((wire.RET_OK, b"\xa0\x00"), "1 bytes after"),
+    ],
+)
+def test_bad_responses(fake: FakeServer, answer: tuple[int, bytes], match: str) -> None:
+    fake.handler = lambda method, payload: answer
+    with Client(fake.address) as c, pytest.raises(BadResponse, match=match):
+        c.version()
+
+
+def test_timeout_keeps_connection_and_drops_late_answer(fake: FakeServer) -> None:
+    with Client(fake.address, timeout=5) as c:
+        fake.delay = 0.3
+        with pytest.raises(CallTimeout) as info:
+            c.call("echo", client.echo_request("late"), timeout=0.05)
+        assert info.value.seconds == 0.05
+        fake.delay = 0
+        assert c.echo("next")["echoed"] == "next"
+    assert fake.connections == 1
+
+
+def test_connection_lost_then_reconnect(fake: FakeServer) -> None:
+    fake.handler = lambda method, payload: None if method == "echo" else canned(method, payload)
+    with Client(fake.address) as c:
+        with pytest.raises(ConnectionLost, match="closed the connection"):
+            c.echo("x")
+        assert c.version() == "nim-timer v0.1.0"
+    assert fake.connections == 2
+
+
+def test_early_answer_is_the_first_calls(fake: FakeServer) -> None:
+    """A daemon refusing a connection answers before any request."""
+    fake.greeting = wire.encode_response(
+        wire.RET_ERR, b"mytimerd.TooManyConnections: the daemon serves 1 connections"
+    )
+    fake.handler = lambda method, payload: None
+    with Client(fake.address) as c, pytest.raises(DaemonCallError) as info:
+        c.version()
+    assert info.value.name == "TooManyConnections"
+
+    async def run() -> None:
+        async with AsyncClient(fake.address) as ac:
+            with pytest.raises(DaemonCallError, match="TooManyConnections"):
+                await ac.version()
+
+    asyncio.run(run())
+
+
+# --- AsyncClient against the fake -------------------------------------------------
+
+
+def test_async_pipelines_on_one_connection(fake: FakeServer) -> None:
+    async def run() -> list[str]:
+        async with AsyncClient(fake.address) as c:
+            answers = await asyncio.gather(*(c.echo(str(i)) for i in range(200)))
+            return [a["echoed"] for a in answers]
+
+    assert asyncio.run(run()) == [str(i) for i in range(200)]
+    assert fake.connections == 1
+
+
+def test_async_timeout_keeps_order(fake: FakeServer) -> None:
+    async def run() -> None:
+        async with AsyncClient(fake.address, timeout=5) as c:
+            fake.delay = 0.2
+            with pytest.raises(CallTimeout):
+                await c.call("echo", client.echo_request("late"), timeout=0.05)
+            fake.delay = 0
+            assert (await c.echo("next"))["echoed"] == "next"
+
+    asyncio.run(run())
+    assert fake.connections == 1
+
+
+def test_async_connection_lost_fails_every_pending_call(fake: FakeServer) -> None:
+    fake.handler = lambda method, payload: None if method == "echo" else ok("v")
+
+    async def run() -> None:
+        async with AsyncClient(fake.address) as c:
+            results = await asyncio.gather(
+                c.version(), c.echo("x"), c.version(), return_exceptions=True
+            )
+            assert results[0] == "v"
+            assert all(isinstance(r, ConnectionLost) for r in results[1:])
+            assert await c.version() == "v"  # reconnects
+
+    asyncio.run(run())
+    assert fake.connections == 2
+
+
+def test_async_errors_and_raw(fake: FakeServer) -> None:
+    fake.handler = lambda method, payload: (
+        err("boom") if method == "echo" else canned(method, payload)
+    )
+
+    async def run() -> None:
+        async with AsyncClient(fake.address) as c:
+            with pytest.raises(LibraryError, match="boom"):
+                await c.echo("x")
+            with pytest.raises(DaemonCallError) as info:
+                await c.call("nope")
+            assert info.value.name == "UnknownMethod"
+            assert await c.call_raw("version", b"\xa0") == cbor2.dumps("nim-timer v0.1.0")
+
+    asyncio.run(run())
+
+
+def test_async_connect_error(sock_dir: Path) -> None:
+    async def run() -> None:
+        with pytest.raises(ConnectError, match="No such file"):
+            await AsyncClient(f"unix:{sock_dir / 'none.sock'}").version()
+
+    asyncio.run(run())
+
+
+def test_async_close_fails_waiting_calls(fake: FakeServer) -> None:
+    fake.delay = 1
+
+    async def run() -> None:
+        c = AsyncClient(fake.address)
+        pending = asyncio.create_task(c.version())
+        await asyncio.sleep(0.1)
+        await c.close()
+        with pytest.raises(ConnectionLost, match="client closed"):
+            await pending
+
+    asyncio.run(run())
+
+
+# --- against the real daemon --------------------------------------------------------
+
+
+def test_real_typed_methods(daemon: Daemon) -> None:
+    with Client(daemon.address) as c:
+        assert c.version() == "nim-timer v0.1.0"
+        assert c.echo("hello", delay_ms=5) == {"echoed": "hello", "timerName": "mytimerd"}
+        assert c.complex() == {
+            "summary": "received 0 messages, note=<none>, retries=0",
+            "itemCount": 0,
+            "hasNote": False,
+        }
+        assert c.complex(["a", "b"], tags=["t1", "t2"], note="n", retries=3) == {
+            "summary": "received 2 messages, note=n, retries=3",
+            "itemCount": 2,
+            "hasNote": True,
+        }
+        assert c.schedule(
+            "j", payload=["p"], priority=1, max_attempts=3, backoff_ms=100,
+            retry_on=["timeout"], start_at_ms=1000, interval_ms=250, jitter=5,
+        ) == {"jobId": "mytimerd:j", "willRunCount": 240, "firstRunAtMs": 1005,
+              "effectiveBackoffMs": 100}  # fmt: skip
+
+
+def test_real_errors(daemon: Daemon) -> None:
+    with Client(daemon.address) as c:
+        with pytest.raises(LibraryError, match="^job name must not be empty$"):
+            c.schedule()
+        with pytest.raises(LibraryError, match="maxAttempts must be positive"):
+            c.schedule("j")
+        with pytest.raises(DaemonCallError) as info:
+            c.call("echo", {"req": {"delayMs": "5"}})
+        assert info.value.name == "InvalidParameter"
+        assert info.value.message.startswith("req.delayMs")
+        with pytest.raises(DaemonCallError) as unknown:
+            c.call_raw("frobnicate", b"\xa0")
+        assert unknown.value.name == "UnknownMethod"
+
+
+def test_real_daemon_methods(daemon: Daemon) -> None:
+    with Client(daemon.tcp) as c:
+        described = c.describe()
+        assert described["timerName"] == "mytimerd"
+        assert {m["name"] for m in described["methods"]} >= {"version", "mytimerd.ping"}
+        assert c.ping()["healthy"] is True
+        stats = c.stats()
+        assert stats["uptimeSeconds"] > 0
+        assert stats["connections"]["open"] >= 1
+
+
+def test_real_async_pipelining_runs_concurrently(daemon: Daemon) -> None:
+    """Three echoes of 300, 300 and 150 ms pipelined on one connection take ~300 ms."""
+
+    async def run() -> tuple[list[str], float]:
+        async with AsyncClient(daemon.address) as c:
+            start = time.monotonic()
+            answers = await asyncio.gather(c.echo("a", 300), c.echo("b", 300), c.echo("c", 150))
+            return [a["echoed"] for a in answers], time.monotonic() - start
+
+    echoed, elapsed = asyncio.run(run())
+    assert echoed == ["a", "b", "c"]
+    assert elapsed < 0.6
+
+
+def test_real_async_many_calls(daemon: Daemon) -> None:
+    async def run() -> None:
+        async with AsyncClient(daemon.tcp) as c:
+            answers = await asyncio.gather(*(c.echo(f"m{i}") for i in range(300)))
+            assert [a["echoed"] for a in answers] == [f"m{i}" for i in range(300)]
+            assert (await c.stats())["connections"]["open"] >= 1
+
+    asyncio.run(run())
+
+
+def test_real_timeout(daemon: Daemon) -> None:
+    with Client(daemon.address) as c:
+        with pytest.raises(CallTimeout):
+            c.call("echo", client.echo_request("slow", 500), timeout=0.1)
+        assert c.echo("after")["echoed"] == "after"
+
+
+def test_real_daemon_stopping_drops_connection(own_daemon: Daemon) -> None:
+    from .conftest import stop_daemon
+
+    c = Client(own_daemon.address)
+    assert c.echo("x")["timerName"] == "own"
+    stop_daemon(own_daemon)
+    with pytest.raises(TransportError):
+        c.version()
