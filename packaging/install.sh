@@ -72,8 +72,18 @@ say "building venv at $STAGE (final location $VENV) on $PYTHON"
 rm -rf "$STAGE"
 mkdir -p "$(dirname "$STAGE")"
 "$PYTHON" -m venv "$STAGE"
+# build from a scratch copy: the build (make -C native, setuptools) then never
+# writes into the checkout, and runs alongside other builds safely
+BUILD=$(mktemp -d "${TMPDIR:-/tmp}/mytimerd-build.XXXXXX")
+trap 'rm -rf "$BUILD"' EXIT
+tar -C "$SRC" -cf - \
+    --exclude=./.git --exclude=./.venv --exclude=./build --exclude=./dist \
+    --exclude=./native/build --exclude=./bench/build --exclude=./tests/build \
+    --exclude=./mytimerd/_lib --exclude='*.egg-info' --exclude=__pycache__ \
+    --exclude=.mypy_cache --exclude=.ruff_cache --exclude=.pytest_cache . \
+    | tar -C "$BUILD" -xf -
 # shellcheck disable=SC2086
-"$STAGE/bin/python" -m pip install --quiet --no-compile --disable-pip-version-check $PIP_ARGS "$SRC"
+"$STAGE/bin/python" -m pip install --quiet --no-compile --disable-pip-version-check $PIP_ARGS "$BUILD"
 # pip and setuptools are not needed at run time
 "$STAGE/bin/python" -m pip uninstall --quiet --yes pip setuptools >/dev/null 2>&1 || true
 rm -f "$STAGE"/bin/pip "$STAGE"/bin/pip3* "$STAGE"/bin/activate* "$STAGE"/bin/Activate.ps1

@@ -49,6 +49,10 @@ NS_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 _PR_SET_PDEATHSIG = 1
 
+#: mytimerd's units, as install.sh lays them out for PREFIX=/usr/local
+UNITS = ("mytimerd.socket", "mytimerd-tcp.socket", "mytimerd.service")
+UNIT_DIR = "/usr/local/lib/systemd/system"
+
 
 class BootError(RuntimeError):
     """The sandboxed systemd could not be booted."""
