@@ -17,6 +17,7 @@ import math
 import re
 import shlex
 import sys
+import textwrap
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TextIO
@@ -305,8 +306,15 @@ def _add_common(parser: argparse.ArgumentParser, default: Any) -> None:
     )
 
 
-def _examples(lines: Sequence[Sequence[str]]) -> str:
-    return "examples:\n" + "\n".join(f"  {shlex.join([PROG, *argv])}" for argv in lines)
+def _examples(lines: Sequence[Sequence[str] | str]) -> str:
+    """An examples section: argument lists are quoted for the shell, text is kept as is."""
+    shown = (line if isinstance(line, str) else shlex.join([PROG, *line]) for line in lines)
+    return "examples:\n" + "\n".join(f"  {line}" for line in shown)
+
+
+def _paragraphs(*texts: str) -> str:
+    """Texts filled to the terminal's usual width (the raw formatter keeps line breaks)."""
+    return "\n\n".join(textwrap.fill(text, 79) for text in texts)
 
 
 def _exit_codes() -> str:
@@ -330,8 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(common, argparse.SUPPRESS)
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Call mytimerd, the daemon serving libmy_timer: "
-        "one command per method, options from the method's request fields.",
+        description=_paragraphs(
+            "Call mytimerd, the daemon serving libmy_timer: one command per method, "
+            "one option per field of the method's request."
+        ),
         epilog="\n\n".join(
             (
                 _addressing(),
@@ -358,11 +368,14 @@ def build_parser() -> argparse.ArgumentParser:
             command.name,
             parents=[common],
             help=method.doc,
-            description=f"{method.doc}\n\nCalls method {method.name!r}, answered by {handler}."
-            + (
-                " Options left out are left out of the request: the library's defaults apply."
-                if command.params
-                else ""
+            description=_paragraphs(
+                method.doc,
+                f"Calls method {method.name!r}, answered by {handler}."
+                + (
+                    " Options left out are left out of the request: the library's defaults apply."
+                    if command.params
+                    else ""
+                ),
             ),
             epilog=_examples([command.example(), ["--json", *command.example()]])
             + "\n\n"
@@ -387,12 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help=param.help(),
                 )
 
-    call_examples = [
-        [
-            "call",
-            c.method.name,
-            json.dumps(c.method.example) if c.method.example else "{}",
-        ]
+    call_examples: list[Sequence[str] | str] = [
+        ["call", c.method.name, *([json.dumps(c.method.example)] if c.method.example else [])]
         for c in COMMANDS
         if c.method.library
     ]
@@ -400,11 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
         "call",
         parents=[common],
         help="Call any method with a JSON request.",
-        description="Call METHOD with the request given as JSON (default {}; '-' reads it "
-        'from standard input). Bytes may be written {"$bytes": "<base64>"}. Methods: '
-        + ", ".join(m.name for m in METHODS)
-        + ".",
-        epilog=_examples([*call_examples, ["call", "mytimerd.stats", "-"]])
+        description=_paragraphs(
+            "Call METHOD with the request given as JSON (default {}; '-' reads it from "
+            'standard input). Bytes may be written {"$bytes": "<base64>"}.',
+            "Methods: " + ", ".join(m.name for m in METHODS) + ".",
+        ),
+        epilog=_examples([*call_examples, f"echo '{{\"req\": {{}}}}' | {PROG} --json call echo -"])
         + "\n\n"
         + _exit_codes(),
         formatter_class=formatter,
@@ -783,10 +793,14 @@ def _start_hint(addresses: Sequence[Address]) -> str:
     else:
         by_hand = f"mytimerd --unix {first.path}"
         unit = "mytimerd.socket"
-    return (
+    return textwrap.fill(
         f"hint: is mytimerd running? Start it with 'systemctl start {unit}' "
         f"(or 'systemctl --user start {unit}' for your own daemon), or by hand: "
-        f"'{by_hand}'. Point {PROG} elsewhere with --unix, --tcp or ${ADDRESS_ENV}."
+        f"'{by_hand}'. Point {PROG} elsewhere with --unix, --tcp or ${ADDRESS_ENV}.",
+        79,
+        subsequent_indent="      ",
+        break_on_hyphens=False,
+        break_long_words=False,
     )
 
 

@@ -57,14 +57,20 @@ def canned(method: str, payload: bytes) -> Answer:
         return ok({"echoed": req.get("message", ""), "timerName": "fake"})
     if method == "complex":
         messages = request.get("req", {}).get("messages", [])
-        return ok({"summary": f"received {len(messages)} messages", "itemCount": len(messages),
-                   "hasNote": "note" in request.get("req", {})})  # fmt: skip
+        return ok(
+            {
+                "summary": f"received {len(messages)} messages",
+                "itemCount": len(messages),
+                "hasNote": "note" in request.get("req", {}),
+            }
+        )
     if method == "schedule":
         name = request.get("job", {}).get("name", "")
         if not name:
             return err("job name must not be empty")
-        return ok({"jobId": f"fake:{name}", "willRunCount": 1, "firstRunAtMs": 0,
-                   "effectiveBackoffMs": 0})  # fmt: skip
+        return ok(
+            {"jobId": f"fake:{name}", "willRunCount": 1, "firstRunAtMs": 0, "effectiveBackoffMs": 0}
+        )
     return err(f"mytimerd.UnknownMethod: no method {method!r} (try: version, echo)")
 
 
@@ -226,11 +232,22 @@ def start_daemon(sock_dir: Path, *extra: str) -> Daemon:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mytimerd", "--unix", str(path), "--tcp", "127.0.0.1",
-         str(port), "--log-level", "warning", *extra],
+        [
+            sys.executable,
+            "-m",
+            "mytimerd",
+            "--unix",
+            str(path),
+            "--tcp",
+            "127.0.0.1",
+            str(port),
+            "--log-level",
+            "warning",
+            *extra,
+        ],
         cwd=ROOT,
         env=env,
-    )  # fmt: skip
+    )
     try:
         wait_for_socket(path, proc)
         wait_for_tcp(port, proc)

@@ -301,15 +301,26 @@ def test_real_typed_methods(daemon: Daemon) -> None:
             "hasNote": True,
         }
         assert c.schedule(
-            "j", payload=["p"], priority=1, max_attempts=3, backoff_ms=100,
-            retry_on=["timeout"], start_at_ms=1000, interval_ms=250, jitter=5,
-        ) == {"jobId": "mytimerd:j", "willRunCount": 240, "firstRunAtMs": 1005,
-              "effectiveBackoffMs": 100}  # fmt: skip
+            "j",
+            payload=["p"],
+            priority=1,
+            max_attempts=3,
+            backoff_ms=100,
+            retry_on=["timeout"],
+            start_at_ms=1000,
+            interval_ms=250,
+            jitter=5,
+        ) == {
+            "jobId": "mytimerd:j",
+            "willRunCount": 240,
+            "firstRunAtMs": 1005,
+            "effectiveBackoffMs": 100,
+        }
 
 
 def test_real_errors(daemon: Daemon) -> None:
     with Client(daemon.address) as c:
-        with pytest.raises(LibraryError, match="^job name must not be empty$"):
+        with pytest.raises(LibraryError, match=r"^job name must not be empty$"):
             c.schedule()
         with pytest.raises(LibraryError, match="maxAttempts must be positive"):
             c.schedule("j")

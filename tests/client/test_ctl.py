@@ -56,9 +56,16 @@ def test_option_names() -> None:
     assert flags["echo"] == ["MESSAGE", "--delay-ms"]
     assert flags["complex"] == ["--message", "--tag", "--note", "--retries"]
     assert flags["schedule"] == [
-        "--job", "--payload", "--priority", "--max-attempts", "--backoff-ms", "--retry-on",
-        "--start-at-ms", "--interval-ms", "--jitter",
-    ]  # fmt: skip
+        "--job",
+        "--payload",
+        "--priority",
+        "--max-attempts",
+        "--backoff-ms",
+        "--retry-on",
+        "--start-at-ms",
+        "--interval-ms",
+        "--jitter",
+    ]
     assert flags["version"] == flags["describe"] == flags["ping"] == flags["stats"] == []
     assert ctl.kebab("maxAttempts") == "max-attempts"
 
@@ -96,20 +103,68 @@ def test_left_out_options_are_left_out_of_the_request(
     assert run(capsys, *a, "echo", "hi")[0] == 0
     assert run(capsys, *a, "echo", "", "--delay-ms", "-4")[0] == 0
     assert run(capsys, *a, "complex")[0] == 0
-    assert run(capsys, *a, "complex", "--message", "x", "--message", "y", "--tag", "t",
-               "--note", "", "--retries", "2")[0] == 0  # fmt: skip
-    assert run(capsys, *a, "schedule", "--job", "j", "--payload", "p", "--payload", "q",
-               "--max-attempts", "3", "--retry-on", "timeout", "--jitter", "-1")[0] == 0  # fmt: skip
+    assert (
+        run(
+            capsys,
+            *a,
+            "complex",
+            "--message",
+            "x",
+            "--message",
+            "y",
+            "--tag",
+            "t",
+            "--note",
+            "",
+            "--retries",
+            "2",
+        )[0]
+        == 0
+    )
+    assert (
+        run(
+            capsys,
+            *a,
+            "schedule",
+            "--job",
+            "j",
+            "--payload",
+            "p",
+            "--payload",
+            "q",
+            "--max-attempts",
+            "3",
+            "--retry-on",
+            "timeout",
+            "--jitter",
+            "-1",
+        )[0]
+        == 0
+    )
     assert fake.requests == [
         ("echo", {"req": {"message": "hi"}}),
         ("echo", {"req": {"message": "", "delayMs": -4}}),
         ("complex", {}),
-        ("complex", {"req": {"messages": [{"message": "x"}, {"message": "y"}], "tags": ["t"],
-                             "note": "", "retries": 2}}),
-        ("schedule", {"job": {"name": "j", "payload": ["p", "q"]},
-                      "retry": {"maxAttempts": 3, "retryOn": ["timeout"]},
-                      "schedule": {"jitter": -1}}),
-    ]  # fmt: skip
+        (
+            "complex",
+            {
+                "req": {
+                    "messages": [{"message": "x"}, {"message": "y"}],
+                    "tags": ["t"],
+                    "note": "",
+                    "retries": 2,
+                }
+            },
+        ),
+        (
+            "schedule",
+            {
+                "job": {"name": "j", "payload": ["p", "q"]},
+                "retry": {"maxAttempts": 3, "retryOn": ["timeout"]},
+                "schedule": {"jitter": -1},
+            },
+        ),
+    ]
 
 
 def test_call_json_argument_stdin_and_bytes(
@@ -181,15 +236,17 @@ def test_unreachable_exits_3_and_suggests_the_fix(
     assert code == ctl.EXIT_UNREACHABLE == 3
     assert out == ""
     assert f"cannot connect to the daemon at unix:{path}: No such file or directory" in err
-    assert "systemctl start mytimerd.socket" in err
-    assert f"mytimerd --unix {path}" in err
+    hint = " ".join(err.split())  # the hint is wrapped
+    assert "systemctl start mytimerd.socket" in hint
+    assert f"mytimerd --unix {path}" in hint
 
 
 def test_unreachable_tcp_suggests_the_tcp_fix(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "--tcp", "127.0.0.1", "1", "ping")
     assert code == 3
     assert "tcp:127.0.0.1:1" in err and "refused" in err
-    assert "mytimerd --tcp 127.0.0.1 1" in err and "mytimerd-tcp.socket" in err
+    hint = " ".join(err.split())
+    assert "mytimerd --tcp 127.0.0.1 1" in hint and "mytimerd-tcp.socket" in hint
 
 
 def test_dropped_connection_exits_3(capsys: pytest.CaptureFixture[str], fake: FakeServer) -> None:
@@ -329,8 +386,20 @@ def test_real_complex(capsys: pytest.CaptureFixture[str], daemon: Daemon) -> Non
         "itemCount": 0,
         "hasNote": False,
     }
-    code, out, _ = run(capsys, *a, "--message", "a", "--message", "b", "--tag", "t1",
-                       "--note", "n", "--retries", "3")  # fmt: skip
+    code, out, _ = run(
+        capsys,
+        *a,
+        "--message",
+        "a",
+        "--message",
+        "b",
+        "--tag",
+        "t1",
+        "--note",
+        "n",
+        "--retries",
+        "3",
+    )
     assert json.loads(out) == {
         "summary": "received 2 messages, note=n, retries=3",
         "itemCount": 2,
@@ -341,9 +410,27 @@ def test_real_complex(capsys: pytest.CaptureFixture[str], daemon: Daemon) -> Non
 
 
 def test_real_schedule(capsys: pytest.CaptureFixture[str], daemon: Daemon) -> None:
-    code, out, _ = run(capsys, "--unix", str(daemon.path), "--json", "schedule", "--job", "backup",
-                       "--max-attempts", "3", "--backoff-ms", "100", "--retry-on", "timeout",
-                       "--start-at-ms", "1000", "--interval-ms", "250", "--jitter", "5")  # fmt: skip
+    code, out, _ = run(
+        capsys,
+        "--unix",
+        str(daemon.path),
+        "--json",
+        "schedule",
+        "--job",
+        "backup",
+        "--max-attempts",
+        "3",
+        "--backoff-ms",
+        "100",
+        "--retry-on",
+        "timeout",
+        "--start-at-ms",
+        "1000",
+        "--interval-ms",
+        "250",
+        "--jitter",
+        "5",
+    )
     assert code == 0
     assert json.loads(out) == {
         "jobId": "mytimerd:backup",
@@ -390,8 +477,10 @@ def test_real_call(capsys: pytest.CaptureFixture[str], daemon: Daemon) -> None:
     a = ("--unix", str(daemon.path))
     assert run(capsys, *a, "call", "version") == (0, "nim-timer v0.1.0\n", "")
     code, out, _ = run(capsys, *a, "--json", "call", "echo", "-", stdin='{"req": {"message": "s"}}')
+    assert code == 0
     assert json.loads(out) == {"echoed": "s", "timerName": "mytimerd"}
     code, out, _ = run(capsys, *a, "call", "mytimerd.ping")
+    assert code == 0
     assert out.startswith("healthy: yes")
 
 
@@ -410,8 +499,11 @@ def test_real_error_exit_codes(capsys: pytest.CaptureFixture[str], daemon: Daemo
 def test_real_environment_address_subprocess(daemon: Daemon, tmp_path: Path) -> None:
     """The installed console script, addressed through MYTIMER_ADDRESS only."""
     script = Path(sys.executable).with_name("mytimerctl")
-    argv = [str(script)] if script.exists() else [sys.executable, "-c",
-            "import sys; from mytimerd.ctl import main; sys.exit(main())"]  # fmt: skip
+    argv = (
+        [str(script)]
+        if script.exists()
+        else [sys.executable, "-c", "import sys; from mytimerd.ctl import main; sys.exit(main())"]
+    )
     for address in (daemon.address, daemon.tcp):
         done = subprocess.run(
             [*argv, "version"],
@@ -443,9 +535,18 @@ def test_bash_completion(capsys: pytest.CaptureFixture[str]) -> None:
     code, script, _ = run(capsys, "completion", "bash")
     assert code == 0
     assert set(_complete(script, ["mytimerctl", ""])) >= {
-        "version", "echo", "complex", "schedule", "describe", "ping", "stats", "call",
-        "completion", "--unix", "--json",
-    }  # fmt: skip
+        "version",
+        "echo",
+        "complex",
+        "schedule",
+        "describe",
+        "ping",
+        "stats",
+        "call",
+        "completion",
+        "--unix",
+        "--json",
+    }
     assert _complete(script, ["mytimerctl", "sch"]) == ["schedule"]
     assert _complete(script, ["mytimerctl", "--json", "schedule", "--ma"]) == ["--max-attempts"]
     assert _complete(script, ["mytimerctl", "--tcp", "h", "1", "complex", "--m"]) == ["--message"]
