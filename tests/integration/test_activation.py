@@ -71,9 +71,7 @@ def test_handover_unix_and_tcp_with_names(daemon_factory: Factory, sock_dir: Pat
     after SIGTERM it exits 0 and leaves the handed unix path alone."""
     path = sock_dir / "handed.sock"
     port = free_tcp_port()
-    cmd = socket_activate(
-        "-l", str(path), "-l", f"127.0.0.1:{port}", "--fdname=local:network"
-    )
+    cmd = socket_activate("-l", str(path), "-l", f"127.0.0.1:{port}", "--fdname=local:network")
     d = daemon_factory(command=cmd, address=UnixAddress(str(path)))
     tcp = TcpAddress("127.0.0.1", port)
     assert_version(UnixAddress(str(path)))
@@ -108,7 +106,10 @@ def test_handover_datagram_refused(sock_dir: Path, tmp_path: Path) -> None:
     with open(log, "wb") as err:
         proc = subprocess.Popen(
             socket_activate("--datagram", "-l", str(path), "--fdname=dg"),
-            stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=clean_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+            env=clean_env(),
         )
     try:
         wait_until(path.exists, 10, "systemd-socket-activate to bind the datagram socket")
@@ -193,7 +194,13 @@ def test_bind_two_unix_and_tcp(daemon_factory: Factory, sock_dir: Path) -> None:
     a, b = sock_dir / "a.sock", sock_dir / "b.sock"
     port = free_tcp_port()
     d = daemon_factory(
-        "--unix", str(a), "--unix", str(b), "--tcp", "127.0.0.1", str(port),
+        "--unix",
+        str(a),
+        "--unix",
+        str(b),
+        "--tcp",
+        "127.0.0.1",
+        str(port),
         address=UnixAddress(str(a)),
     )
     addresses = [UnixAddress(str(a)), UnixAddress(str(b)), TcpAddress("127.0.0.1", port)]

@@ -25,7 +25,9 @@ def c_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cclient") / "c_client"
     r = subprocess.run(
         [gcc, "-std=c99", "-Wall", "-Wextra", "-Werror", "-O1", str(SOURCE), "-o", str(out)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 0, f"c_client.c does not compile cleanly:\n{r.stderr}"
     return out
@@ -42,7 +44,13 @@ def test_c_client_unix_and_tcp(
     path = sock_dir / "c.sock"
     port = free_tcp_port()
     daemon_factory(
-        "--name", "ipc-server", "--unix", str(path), "--tcp", "127.0.0.1", str(port),
+        "--name",
+        "ipc-server",
+        "--unix",
+        str(path),
+        "--tcp",
+        "127.0.0.1",
+        str(port),
         address=UnixAddress(str(path)),
     )
     for argv in (["unix", str(path)], ["tcp", "127.0.0.1", str(port)]):
@@ -53,20 +61,24 @@ def test_c_client_unix_and_tcp(
         assert r.stdout == expected_output("ipc-server"), argv
 
 
-def test_c_client_reads_ret_err_text(
-    c_client: Path, daemon_factory: Callable[..., Daemon]
-) -> None:
+def test_c_client_reads_ret_err_text(c_client: Path, daemon_factory: Callable[..., Daemon]) -> None:
     """A RET_ERR answer (raw UTF-8 text, not CBOR) reaches the C client intact: the
     spec example's echo payload (43 bytes; the spec's header says 0x2c) exceeds
     ``--max-payload 40``."""
     port = free_tcp_port()
     daemon_factory(
-        "--max-payload", "40", "--tcp", "127.0.0.1", str(port),
+        "--max-payload",
+        "40",
+        "--tcp",
+        "127.0.0.1",
+        str(port),
         address=TcpAddress("127.0.0.1", port),
     )
     r = subprocess.run(
         [str(c_client), "tcp", "127.0.0.1", str(port), MESSAGE],
-        capture_output=True, text=True, timeout=20,
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
     assert r.returncode == 1, r.stdout
     assert r.stdout == "version: nim-timer v0.1.0\n"

@@ -72,8 +72,20 @@ def two_machines() -> Iterator[Net]:
             created.append(ns)
         # Created in the server namespace with its peer in the client namespace:
         # the veth never exists in the machine's own network stack.
-        ip("-n", net.server_ns, "link", "add", "veth-srv", "type", "veth",
-           "peer", "name", "veth-cli", "netns", net.client_ns)
+        ip(
+            "-n",
+            net.server_ns,
+            "link",
+            "add",
+            "veth-srv",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "veth-cli",
+            "netns",
+            net.client_ns,
+        )
         for ns, dev, addr in (
             (net.server_ns, "veth-srv", net.server_ip),
             (net.client_ns, "veth-cli", net.client_ip),
@@ -99,19 +111,30 @@ def test_client_in_other_namespace(two_machines: Net, tmp_path: Path) -> None:
     log = tmp_path / "daemon.log"
     with open(log, "wb") as err:
         daemon = subprocess.Popen(
-            in_ns(net.server_ns, *mytimerd_command(
-                "--name", "server-box", "--tcp", net.server_ip, str(PORT))),
-            stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=clean_env(), cwd=REPO,
+            in_ns(
+                net.server_ns,
+                *mytimerd_command("--name", "server-box", "--tcp", net.server_ip, str(PORT)),
+            ),
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+            env=clean_env(),
+            cwd=REPO,
         )
     try:
         wait_until(
             lambda: daemon.poll() is not None or "ready: serving" in log.read_text(),
-            15, "the daemon in the server namespace to be ready",
+            15,
+            "the daemon in the server namespace to be ready",
         )
         assert daemon.poll() is None, log.read_text()
         r = subprocess.run(
             in_ns(net.client_ns, sys.executable, "-c", CLIENT, net.server_ip, str(PORT)),
-            capture_output=True, text=True, timeout=30, cwd=REPO, env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=REPO,
+            env=clean_env(),
         )
         assert r.returncode == 0, f"{r.stderr}\n--- daemon:\n{log.read_text()}"
         assert r.stdout.splitlines() == [
@@ -121,7 +144,11 @@ def test_client_in_other_namespace(two_machines: Net, tmp_path: Path) -> None:
         # The client namespace has no loopback daemon: the answer came over the veth.
         r = subprocess.run(
             in_ns(net.client_ns, sys.executable, "-c", CLIENT, "127.0.0.1", str(PORT)),
-            capture_output=True, text=True, timeout=30, cwd=REPO, env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=REPO,
+            env=clean_env(),
         )
         assert r.returncode != 0 and "ConnectionRefusedError" in r.stderr, r.stderr
         daemon.terminate()
