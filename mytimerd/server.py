@@ -32,6 +32,10 @@ TICK: Final = 0.1
 #: During a drain, a connection idle this long (nothing in flight, nothing
 #: buffered) is closed; a fresh one gets this long to send its request.
 DRAIN_IDLE_GRACE: Final = 0.5
+#: After a final error (FrameTooLarge, TooManyConnections, ...), how long the
+#: daemon keeps reading and discarding before it closes. Closing a socket with
+#: unread input resets it, and the reset can destroy the answer in flight.
+LINGER: Final = 1.0
 
 
 class Slot:
@@ -60,11 +64,14 @@ class Connection(asyncio.Protocol):
         self.server = server
         self.parser = wire.RequestParser(server.limits.max_method_len, server.limits.max_payload)
         self.queue: collections.deque[Slot] = collections.deque()
+        # Requests received but not started: the in-flight limit holds them.
+        self.backlog: collections.deque[wire.RequestEvent] = collections.deque()
         self.in_flight = 0
         self.transport: asyncio.Transport | None = None
         self.read_paused = False
         self.write_paused = False
         self.close_when_flushed = False
+        self.closing = False
         self.last_active = time.monotonic()
 
     # asyncio callbacks -------------------------------------------------
@@ -79,18 +86,31 @@ class Connection(asyncio.Protocol):
         self.server.connection_lost(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return  # lingering after a final error: discard
         self.last_active = time.monotonic()
+        self.backlog.extend(self.parser.feed(data))
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        """Start received requests while the in-flight limit allows."""
+        backlog = self.backlog
+        limit = self.server.limits.max_in_flight
         handle = self.server.handle
-        for event in self.parser.feed(data):
+        while backlog and self.in_flight < limit:
+            event = backlog.popleft()
             if type(event) is wire.Request:
                 handle(self, event)
             else:
                 self.server.refuse_frame(self, event)  # type: ignore[arg-type]
+                backlog.clear()
         self.flush()
-        if self.in_flight >= self.server.limits.max_in_flight:
+        if backlog or self.in_flight >= limit:
             self._pause_reading()
 
     def eof_received(self) -> bool:
+        if self.closing:
+            return False
         # Keep the write side open: answers to pipelined calls still go out.
         self.close_when_flushed = True
         self.flush()
@@ -110,6 +130,12 @@ class Connection(asyncio.Protocol):
         """Queue an immediate answer behind the calls already in flight."""
         self.queue.append(Slot(frame))
 
+    def refuse(self, frame: bytes) -> None:
+        """Send ``frame`` as the last answer, then close without a reset."""
+        self.answer(frame)
+        self.closing = True
+        self.flush()
+
     def flush(self) -> None:
         """Write every answer that is next in order; close if asked to."""
         transport = self.transport
@@ -122,7 +148,15 @@ class Connection(asyncio.Protocol):
                 out.append(queue.popleft().frame)
             transport.write(b"".join(out))  # type: ignore[arg-type]
             self.last_active = time.monotonic()
-        if self.close_when_flushed and not queue:
+        if queue:
+            return
+        if self.closing:
+            if transport.can_write_eof() and not transport.is_closing():
+                transport.write_eof()
+                self.read_paused = False
+                transport.resume_reading()
+                asyncio.get_running_loop().call_later(LINGER, transport.close)
+        elif self.close_when_flushed:
             transport.close()
 
     def _pause_reading(self) -> None:
@@ -131,13 +165,17 @@ class Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def maybe_resume(self) -> None:
-        """Read again once in-flight calls and the write buffer allow it."""
+        """Start held requests, and read again once the limits allow it."""
+        if self.backlog and not self.closing:
+            self.dispatch()
         if (
-            self.read_paused
+            not self.backlog
+            and self.read_paused
             and not self.write_paused
             and self.in_flight < self.server.limits.max_in_flight
             and self.transport is not None
             and not self.close_when_flushed
+            and not self.closing
         ):
             self.read_paused = False
             self.transport.resume_reading()
@@ -147,6 +185,7 @@ class Connection(asyncio.Protocol):
         t = self.transport
         return (
             not self.queue
+            and not self.backlog
             and self.parser.buffered == 0
             and (t is None or t.get_write_buffer_size() == 0)
         )
@@ -233,9 +272,7 @@ class Server:
                 f"{len(self.connections)} connections are open, the limit "
                 f"(--max-connections) is {self.limits.max_connections}; retry later",
             )
-            conn.answer(wire.encode_response(wire.RET_ERR, err.body()))
-            conn.close_when_flushed = True
-            conn.flush()
+            conn.refuse(wire.encode_response(wire.RET_ERR, err.body()))
             return
         self.connections.add(conn)
 
@@ -301,10 +338,8 @@ class Server:
                 f"method name of {event.length} bytes exceeds the limit of {event.limit}",
             )
             method = "(unknown)"
-        self._answer_error(conn, method, err, time.monotonic())
-        conn.close_when_flushed = True
-        if conn.transport is not None:
-            conn.transport.pause_reading()
+        self.stats.record_error(method, err.name, 0.0)
+        conn.refuse(wire.encode_response(wire.RET_ERR, err.body()))
 
     def _finish(self, call: Call, frame: bytes, outcome: str, error: str | None = None) -> None:
         call.slot.frame = frame

@@ -1,0 +1,144 @@
+"""Every daemon error name and every limit, against a real daemon."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import cbor2
+
+from mytimerd import wire
+from mytimerd.limits import Limits
+from tests.support.daemon import Daemon
+
+
+def test_unknown_method(daemon: Daemon) -> None:
+    with daemon.client() as c:
+        resp = c.call("frobnicate")
+        assert resp.ret == 1
+        assert resp.body.startswith(b"mytimerd.UnknownMethod: no method 'frobnicate' (try: version")
+        assert c.call_value("version") == "nim-timer v0.1.0"  # the connection lives on
+
+
+def test_invalid_cbor_and_parameters_never_reach_the_library(daemon: Daemon) -> None:
+    with daemon.client() as c:
+        assert c.call("echo", b"") == wire.Response(
+            1, b"mytimerd.InvalidCBOR: empty payload: expected one CBOR item (an empty request is a0)")
+        assert c.call("version", b"\xa0\xa0").body == (
+            b"mytimerd.InvalidCBOR: trailing bytes: the item ends at byte 1 of a 2-byte payload")
+        bad = c.call("echo", cbor2.dumps({"req": {"message": "x", "delayMs": 9_300_000_000_000}}))
+        assert bad.body.startswith(b"mytimerd.InvalidParameter: req.delayMs: 9300000000000 is out")
+        sched = c.call("schedule", cbor2.dumps({"schedule": {"startAtMs": 2**63 - 1, "jitter": 9}}))
+        assert sched.body.startswith(b"mytimerd.InvalidParameter: schedule.jitter:")
+        stats = c.call_value("mytimerd.stats")
+    assert isinstance(stats, dict)
+    assert stats["errors"] == {"InvalidCBOR": 2, "InvalidParameter": 2}
+    assert stats["calls"]["echo"]["daemonErrors"] == 2
+
+
+def test_library_errors_pass_through_verbatim(daemon: Daemon) -> None:
+    with daemon.client() as c:
+        resp = c.call("schedule", cbor2.dumps({"job": {"name": ""}, "retry": {"maxAttempts": 1}}))
+    assert resp == wire.Response(1, b"job name must not be empty")
+
+
+def test_method_name_too_long_is_answered_and_closed(daemon_factory: Callable[..., Daemon]) -> None:
+    d = daemon_factory("--max-method-len", "17")
+    with d.client() as c:
+        assert c.call("mytimerd.describe").ret == 0  # 17 bytes: at the limit
+        resp = c.call("x" * 18)
+        assert resp.body == (
+            b"mytimerd.MethodNameTooLong: method name of 18 bytes exceeds the limit of 17")
+        assert c.at_eof()
+
+
+def test_frame_too_large_is_answered_without_reading_the_payload(
+    daemon_factory: Callable[..., Daemon],
+) -> None:
+    d = daemon_factory("--max-payload", "64")
+    with d.client() as c:
+        assert c.call("echo", cbor2.dumps({"req": {"message": "y" * 48}})).ret == 0  # 64 bytes
+        # Only the header: the answer must come without the 5 MB payload.
+        c.send(wire.encode_request("echo", b"")[:-4] + (5_000_000).to_bytes(4, "big"))
+        assert c.recv().body == b"mytimerd.FrameTooLarge: payload of 5000000 bytes exceeds the limit of 64"
+        assert c.at_eof()
+
+
+def test_default_payload_limit_is_one_mebibyte(daemon: Daemon) -> None:
+    assert Limits().max_payload == 1048576
+    message = "z" * (1048576 - 40)
+    payload = cbor2.dumps({"req": {"message": message}})
+    assert len(payload) <= 1048576
+    with daemon.client() as c:
+        assert c.call_value("echo", {"req": {"message": message}}) == {
+            "echoed": message, "timerName": "demo"}
+        c.send(wire.encode_request("echo", b"")[:-4] + (1048577).to_bytes(4, "big"))
+        assert c.recv().body.startswith(b"mytimerd.FrameTooLarge: payload of 1048577 bytes")
+
+
+def test_too_many_connections(daemon_factory: Callable[..., Daemon]) -> None:
+    d = daemon_factory("--max-connections", "2")
+    a, b = d.client(), d.client()
+    assert a.call("version").ret == 0 and b.call("version").ret == 0
+    with d.client() as third:
+        resp = third.call("version")
+        assert resp.body == (
+            b"mytimerd.TooManyConnections: 2 connections are open, the limit "
+            b"(--max-connections) is 2; retry later")
+        assert third.at_eof()
+    a.close()
+    deadline = time.monotonic() + 5
+    while True:  # the freed place is available again
+        with d.client() as again:
+            if again.call("version").ret == 0:
+                break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    b.close()
+
+
+def test_timeout(daemon_factory: Callable[..., Daemon]) -> None:
+    d = daemon_factory("--timeout", "0.3")
+    with d.client() as c:
+        start = time.monotonic()
+        resp = c.call("echo", cbor2.dumps({"req": {"message": "slow", "delayMs": 2000}}))
+        elapsed = time.monotonic() - start
+        assert resp.body == b"mytimerd.Timeout: echo did not complete within 0.3 s (--timeout)"
+        assert 0.3 <= elapsed < 1.5
+        assert c.call_value("version") == "nim-timer v0.1.0"
+        time.sleep(2)  # the late result is dropped, not delivered
+        stats = c.call_value("mytimerd.stats")
+    assert isinstance(stats, dict)
+    assert stats["lateResults"] == 1 and stats["errors"]["Timeout"] == 1
+
+
+def test_in_flight_limit_applies_backpressure(daemon_factory: Callable[..., Daemon]) -> None:
+    """With --max-in-flight 2, ten pipelined 200 ms echoes run at most two at a time."""
+    d = daemon_factory("--max-in-flight", "2")
+    with d.client() as c, d.client() as observer:
+        start = time.monotonic()
+        for i in range(10):
+            c.request("echo", cbor2.dumps({"req": {"message": str(i), "delayMs": 200}}))
+        peak = 0
+        while time.monotonic() - start < 0.6:
+            stats = observer.call_value("mytimerd.stats")
+            assert isinstance(stats, dict)
+            peak = max(peak, stats["inFlight"])
+            time.sleep(0.02)
+        replies = [cbor2.loads(c.recv().body)["echoed"] for _ in range(10)]
+        elapsed = time.monotonic() - start
+    assert replies == [str(i) for i in range(10)]
+    assert peak == 2
+    assert elapsed >= 0.95  # five rounds of 200 ms
+
+
+def test_limit_options_reject_nonsense(daemon_factory: Callable[..., Daemon]) -> None:
+    import subprocess
+    import sys
+
+    for bad in (["--max-payload", "0"], ["--timeout", "-1"], ["--tcp", "h", "port"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "mytimerd", *bad], capture_output=True, text=True, timeout=30
+        )
+        assert proc.returncode == 2, (bad, proc.stderr)
+        assert "error:" in proc.stderr
