@@ -747,9 +747,8 @@ int main(int argc, char **argv) {
             for (long i = 0; i < o_conns; i++)
                 g_c[i].next_sched = t_start + (uint64_t)((double)i * 1e9 / o_rate);
             uint64_t sched_end = t_end;
-            while (!g_stop) {
+            for (;;) {
                 uint64_t t = now_ns();
-                if (t >= sched_end) break;
                 uint64_t next = sched_end;
                 for (long i = 0; i < o_conns; i++) {
                     struct conn *c = &g_c[i];
@@ -765,6 +764,8 @@ int main(int argc, char **argv) {
                     if (queued) flush(c);
                     if (c->state == C_OPEN && c->next_sched < next) next = c->next_sched;
                 }
+                /* stop after a pass at or past the end, so every call due in the window is sent */
+                if (t >= sched_end || g_stop) break;
                 if (next <= t) next = t + 20000; /* in-flight cap reached: re-check soon */
                 arm_timer(next);
                 poll_events(100);

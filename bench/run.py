@@ -12,10 +12,12 @@ See bench/README.md.
 Only unix sockets and 127.0.0.1 are used. Every child runs in its own process
 group and is killed on exit, Ctrl-C or error.
 """
+
 from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import json
 import os
 import platform
@@ -38,11 +40,20 @@ BUILD = BENCH / "build"
 LOADGEN = BUILD / "loadgen"
 FLOOR = BUILD / "floor_server"
 LOOPBACK = "127.0.0.1"
-PASS_ENV = {"PATH", "HOME", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "LANG", "LC_ALL"}
+PASS_ENV = {
+    "PATH",
+    "HOME",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "VIRTUAL_ENV",
+    "LD_LIBRARY_PATH",
+    "LANG",
+    "LC_ALL",
+}
 PASS_ENV_PREFIXES = ("MYTIMERD", "MY_TIMER", "LIBMY_TIMER")
 
 VERSION_REQ = (7).to_bytes(4, "big") + b"version" + (1).to_bytes(4, "big") + b"\xa0"
-VERSION_RESP = bytes.fromhex("00000000" "00000011" "706e696d2d74696d65722076302e312e30")
+VERSION_RESP = bytes.fromhex("0000000000000011706e696d2d74696d65722076302e312e30")
 
 # issue-6 targets
 T_RATIO_1CONN = 0.30
@@ -66,23 +77,15 @@ def spawn(cmd: list[str], **kw: Any) -> subprocess.Popen[Any]:
 
 def stop(p: subprocess.Popen[Any], grace: float = 3.0) -> None:
     if p.poll() is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(p.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             p.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
     # the group may still hold children even if the leader is gone
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(p.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         p.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
     if p in _children:
         _children.remove(p)
 
@@ -134,7 +137,8 @@ def descendants(pid: int) -> list[int]:
             parent[int(d)] = int(stat.rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             continue
-    out, todo = [], [pid]
+    out: list[int] = []
+    todo = [pid]
     while todo and len(out) < 10000:
         cur = todo.pop()
         kids = [c for c, pp in parent.items() if pp == cur]
@@ -145,7 +149,7 @@ def descendants(pid: int) -> list[int]:
 
 def rss_kb(pid: int) -> int:
     total = 0
-    for p in [pid] + descendants(pid):
+    for p in [pid, *descendants(pid)]:
         try:
             with open(f"/proc/{p}/status") as f:
                 for line in f:
@@ -158,11 +162,9 @@ def rss_kb(pid: int) -> int:
 
 def fd_count(pid: int) -> int:
     total = 0
-    for p in [pid] + descendants(pid):
-        try:
+    for p in [pid, *descendants(pid)]:
+        with contextlib.suppress(OSError):
             total += len(os.listdir(f"/proc/{p}/fd"))
-        except OSError:
-            pass
     return total
 
 
@@ -196,11 +198,9 @@ class Server:
     def start(self, timeout: float = 20.0) -> bool:
         self.stop()
         self.port = free_port()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.unix)
-        except FileNotFoundError:
-            pass
-        argv = self.cmd + ["--unix", self.unix, "--tcp", LOOPBACK, str(self.port)] + self.extra
+        argv = [*self.cmd, "--unix", self.unix, "--tcp", LOOPBACK, str(self.port), *self.extra]
         self.starts += 1
         with open(self.log, "ab") as logf:
             logf.write(f"\n=== start {self.starts}: {shlex.join(argv)}\n".encode())
@@ -244,6 +244,8 @@ class Bench:
         self.raw: dict[str, Any] = {}
         self.notes: list[str] = []
         self.t0 = time.monotonic()
+        self.load0 = [round(x, 2) for x in os.getloadavg()]
+        self.current: Server | None = None  # the server the running scenario targets
         self.budget = 110.0 if self.quick else 300.0
         if self.quick:
             self.dur, self.warm = 1.0, 0.3
@@ -259,11 +261,17 @@ class Bench:
     def over_budget(self) -> bool:
         return time.monotonic() - self.t0 > self.budget
 
-    def loadgen(self, key: str, target: list[str], args: list[str], timeout: float,
-                stdin_go: Any = None) -> dict[str, Any]:
-        cmd = [str(LOADGEN)] + target + args
-        p = spawn(cmd, stdin=subprocess.PIPE if stdin_go else subprocess.DEVNULL,
-                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def loadgen(
+        self, key: str, target: list[str], args: list[str], timeout: float, stdin_go: Any = None
+    ) -> dict[str, Any]:
+        cmd = [str(LOADGEN), *target, *args]
+        p = spawn(
+            cmd,
+            stdin=subprocess.PIPE if stdin_go else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         res: dict[str, Any] = {}
         try:
             if stdin_go:
@@ -279,7 +287,9 @@ class Bench:
             out, err = p.communicate(timeout=timeout)
             lines = [ln for ln in out.splitlines() if ln.startswith("{")]
             if not lines:
-                raise RuntimeError(f"loadgen printed nothing (rc={p.returncode}): {err.strip()[-500:]}")
+                raise RuntimeError(
+                    f"loadgen printed nothing (rc={p.returncode}): {err.strip()[-500:]}"
+                )
             res.update(json.loads(lines[-1]))
         except subprocess.TimeoutExpired:
             res = {"errors": -1, "failure": f"loadgen timed out after {timeout:.0f}s"}
@@ -288,42 +298,91 @@ class Bench:
         finally:
             stop(p, grace=1.0)
         res["cmd"] = shlex.join(cmd)
+        if self.current is not None and self.current.proc is not None and not self.current.alive():
+            rc = self.current.proc.returncode
+            res["server_died"] = rc
+            self.notes.append(
+                f"{self.current.name} exited (rc {rc}) during {key}: {tail(self.current.log, 5)}"
+            )
         self.raw[key] = res
         return res
 
     # ------------------------------------------------------------ scenarios
 
-    def closed(self, srv: Server, transport: str, conns: int, depth: int, method: str = "version",
-               delay: int = 0) -> dict[str, Any]:
+    def closed(
+        self,
+        srv: Server,
+        transport: str,
+        conns: int,
+        depth: int,
+        method: str = "version",
+        delay: int = 0,
+    ) -> dict[str, Any]:
         key = f"{srv.name}.{transport}.{method}.c{conns}.d{depth}"
+        self.current = srv
         if not srv.ensure():
             self.notes.append(f"{key}: server not running: {srv.error}")
-            self.raw[key] = {"errors": -1, "failure": srv.error}
-            return self.raw[key]
-        a = ["--conns", str(conns), "--depth", str(depth), "--duration", str(self.dur),
-             "--warmup", str(self.warm), "--method", method, "--delay-ms", str(delay)]
+            fail: dict[str, Any] = {"errors": -1, "failure": srv.error}
+            self.raw[key] = fail
+            return fail
+        a = [
+            "--conns",
+            str(conns),
+            "--depth",
+            str(depth),
+            "--duration",
+            str(self.dur),
+            "--warmup",
+            str(self.warm),
+            "--method",
+            method,
+            "--delay-ms",
+            str(delay),
+        ]
         r = self.loadgen(key, srv.target(transport), a, timeout=self.dur + self.warm + 30)
-        print(f"  {key:<40} {r.get('calls_per_s', 0):>12,.0f} calls/s  errors {r.get('errors')}",
-              flush=True)
+        print(
+            f"  {key:<40} {r.get('calls_per_s', 0):>12,.0f} calls/s  errors {r.get('errors')}",
+            flush=True,
+        )
         return r
 
-    def open_loop(self, srv: Server, transport: str, rate: float = 5000, conns: int = 16) -> dict[str, Any]:
+    def open_loop(
+        self, srv: Server, transport: str, rate: float = 5000, conns: int = 16
+    ) -> dict[str, Any]:
         key = f"{srv.name}.{transport}.open{int(rate)}"
+        self.current = srv
         if not srv.ensure():
-            self.raw[key] = {"errors": -1, "failure": srv.error}
-            return self.raw[key]
+            fail: dict[str, Any] = {"errors": -1, "failure": srv.error}
+            self.raw[key] = fail
+            return fail
         latfile = self.out / f"lat_{srv.name}_{transport}_{int(rate)}.txt"
-        a = ["--conns", str(conns), "--rate", str(rate), "--duration", str(self.lat_dur),
-             "--warmup", str(self.lat_warm), "--drain", "2", "--latency-out", str(latfile)]
+        a = [
+            "--conns",
+            str(conns),
+            "--rate",
+            str(rate),
+            "--duration",
+            str(self.lat_dur),
+            "--warmup",
+            str(self.lat_warm),
+            "--drain",
+            "2",
+            "--latency-out",
+            str(latfile),
+        ]
         r = self.loadgen(key, srv.target(transport), a, timeout=self.lat_dur + self.lat_warm + 30)
         r["latency_file"] = str(latfile)
         lat = r.get("lat_us", {})
-        print(f"  {key:<40} p50 {lat.get('p50', -1):>9.1f} us  p99 {lat.get('p99', -1):>9.1f} us"
-              f"  errors {r.get('errors')}", flush=True)
+        print(
+            f"  {key:<40} p50 {lat.get('p50', -1):>9.1f} us  p99 {lat.get('p99', -1):>9.1f} us"
+            f"  errors {r.get('errors')}",
+            flush=True,
+        )
         return r
 
     def burst(self, srv: Server, transport: str) -> dict[str, Any]:
         key = f"{srv.name}.{transport}.burst64_echo100"
+        self.current = srv
         walls: list[float] = []
         errors = 0
         runs = []
@@ -331,23 +390,42 @@ class Bench:
             if not srv.ensure():
                 errors = -1
                 break
-            r = self.loadgen(f"{key}.{i}", srv.target(transport),
-                             ["--conns", "64", "--count", "1", "--method", "echo", "--delay-ms", "100",
-                              "--timeout", "10"], timeout=30)
+            r = self.loadgen(
+                f"{key}.{i}",
+                srv.target(transport),
+                [
+                    "--conns",
+                    "64",
+                    "--count",
+                    "1",
+                    "--method",
+                    "echo",
+                    "--delay-ms",
+                    "100",
+                    "--timeout",
+                    "10",
+                ],
+                timeout=30,
+            )
             runs.append(r)
             if r.get("errors", -1) != 0:
                 errors += max(1, r.get("errors", 1))
             if r.get("wall_ms", -1) >= 0:
                 walls.append(r["wall_ms"])
             time.sleep(0.2)
-        res = {"wall_ms_runs": walls, "wall_ms_median": statistics.median(walls) if walls else None,
-               "wall_ms_max": max(walls) if walls else None, "errors": errors}
+        res = {
+            "wall_ms_runs": walls,
+            "wall_ms_median": statistics.median(walls) if walls else None,
+            "wall_ms_max": max(walls) if walls else None,
+            "errors": errors,
+        }
         self.raw[key] = res
         print(f"  {key:<40} wall ms {walls}  errors {errors}", flush=True)
         return res
 
     def cold_start(self, name: str, cmd: list[str]) -> dict[str, Any]:
         key = f"{name}.cold_start"
+        self.current = None
         walls: list[float] = []
         spawn_ms: list[float] = []
         errors = 0
@@ -367,8 +445,12 @@ class Bench:
                 if var in PASS_ENV or var.startswith(PASS_ENV_PREFIXES):
                     env_args += ["-E", var]
             with open(log, "wb") as logf:
-                p = spawn([ssa, "-l", str(path)] + env_args + cmd, stdin=subprocess.DEVNULL,
-                          stdout=logf, stderr=logf)
+                p = spawn(
+                    [ssa, "-l", str(path), *env_args, *cmd],
+                    stdin=subprocess.DEVNULL,
+                    stdout=logf,
+                    stderr=logf,
+                )
             try:
                 deadline = time.monotonic() + 10
                 while time.monotonic() < deadline and "Listening on" not in tail(log, 5):
@@ -381,8 +463,12 @@ class Bench:
                     continue
                 time.sleep(0.05)  # nothing is running behind the socket yet
                 t_go = time.monotonic()
-                r = self.loadgen(f"{key}.{i}", ["--unix", str(path)],
-                                 ["--conns", "1", "--count", "1", "--timeout", "15"], timeout=30)
+                r = self.loadgen(
+                    f"{key}.{i}",
+                    ["--unix", str(path)],
+                    ["--conns", "1", "--count", "1", "--timeout", "15"],
+                    timeout=30,
+                )
                 if r.get("errors", -1) != 0 or r.get("wall_ms", -1) < 0:
                     errors += 1
                     failure = r.get("failure", "") or f"no valid answer: {tail(log)}"
@@ -391,8 +477,12 @@ class Bench:
                     spawn_ms.append((time.monotonic() - t_go) * 1000)
             finally:
                 stop(p)
-        res = {"wall_ms_runs": walls, "wall_ms_median": statistics.median(walls) if walls else None,
-               "outer_ms_runs": [round(x, 1) for x in spawn_ms], "errors": errors}
+        res = {
+            "wall_ms_runs": walls,
+            "wall_ms_median": statistics.median(walls) if walls else None,
+            "outer_ms_runs": [round(x, 1) for x in spawn_ms],
+            "errors": errors,
+        }
         if failure:
             res["failure"] = failure
         self.raw[key] = res
@@ -401,6 +491,7 @@ class Bench:
 
     def idle(self, srv: Server, n_idle: int) -> dict[str, Any]:
         key = f"{srv.name}.unix.idle{n_idle}"
+        self.current = srv
         res: dict[str, Any] = {"idle": n_idle}
         if not srv.start():  # a fresh process, so earlier scenarios do not count
             res.update(errors=-1, failure=srv.error)
@@ -411,9 +502,21 @@ class Bench:
         time.sleep(0.3)
         res["rss_kb_before"] = rss_kb(pid)
         res["fds_before"] = fd_count(pid)
-        probe = ["--conns", "4", "--rate", "1000", "--duration", str(self.idle_dur),
-                 "--warmup", "0.3", "--drain", "2"]
-        base = self.loadgen(f"{key}.baseline", srv.target("unix"), probe, timeout=self.idle_dur + 30)
+        probe = [
+            "--conns",
+            "4",
+            "--rate",
+            "1000",
+            "--duration",
+            str(self.idle_dur),
+            "--warmup",
+            "0.3",
+            "--drain",
+            "2",
+        ]
+        base = self.loadgen(
+            f"{key}.baseline", srv.target("unix"), probe, timeout=self.idle_dur + 30
+        )
         res["baseline"] = base
         # let the server close the probe's connections before taking the baseline
         settle = time.monotonic() + 2.0
@@ -443,9 +546,13 @@ class Bench:
             info["rss_kb_idle"] = rss_kb(pid)
             return info
 
-        during = self.loadgen(f"{key}.during", srv.target("unix"),
-                              ["--idle", str(n_idle), "--wait-stdin"] + probe,
-                              timeout=self.idle_dur + wait_s + 90, stdin_go=on_ready)
+        during = self.loadgen(
+            f"{key}.during",
+            srv.target("unix"),
+            ["--idle", str(n_idle), "--wait-stdin", *probe],
+            timeout=self.idle_dur + wait_s + 90,
+            stdin_go=on_ready,
+        )
         res["during"] = during
         res["rss_kb_idle"] = during.get("rss_kb_idle")
         res["server_accepted"] = during.get("server_accepted")
@@ -455,15 +562,19 @@ class Bench:
         d50 = during.get("lat_us", {}).get("p50")
         res["p50_idle_us"], res["p50_during_us"] = b50, d50
         res["p50_ratio"] = (d50 / b50) if b50 and d50 and b50 > 0 and d50 > 0 else None
-        res["errors"] = (base.get("errors", -1) if base.get("errors", -1) >= 0 else 1) + \
-                        (during.get("errors", -1) if during.get("errors", -1) >= 0 else 1) + \
-                        int(during.get("idle_dropped", 0) or 0) + \
-                        max(0, n_idle - int(during.get("idle_connected", 0) or 0))
+        res["errors"] = (
+            (base.get("errors", -1) if base.get("errors", -1) >= 0 else 1)
+            + (during.get("errors", -1) if during.get("errors", -1) >= 0 else 1)
+            + int(during.get("idle_dropped", 0) or 0)
+            + max(0, n_idle - int(during.get("idle_connected", 0) or 0))
+        )
         self.raw[key] = res
         rss = res.get("rss_kb_idle") or 0
-        print(f"  {key:<40} RSS {res['rss_kb_before'] / 1024:.1f} -> {rss / 1024:.1f} MB, "
-              f"accepted {res['server_accepted']}, p50 {b50} -> {d50} us, errors {res['errors']}",
-              flush=True)
+        print(
+            f"  {key:<40} RSS {res['rss_kb_before'] / 1024:.1f} -> {rss / 1024:.1f} MB, "
+            f"accepted {res['server_accepted']}, p50 {b50} -> {d50} us, errors {res['errors']}",
+            flush=True,
+        )
         srv.stop()
         return res
 
@@ -481,12 +592,16 @@ class Bench:
         n_idle = args.idle_conns
         if hard != resource.RLIM_INFINITY and n_idle + 200 > hard:
             n_idle = max(0, hard - 200)
-            self.notes.append(f"RLIMIT_NOFILE hard limit {hard}: idle connections reduced to {n_idle}")
+            self.notes.append(
+                f"RLIMIT_NOFILE hard limit {hard}: idle connections reduced to {n_idle}"
+            )
 
         print("building bench/ (make -C bench) ...", flush=True)
         subprocess.run(["make", "-s", "-C", str(BENCH)], check=True)
 
-        daemon_cmd = shlex.split(args.daemon_cmd) if args.daemon_cmd else [sys.executable, "-m", "mytimerd"]
+        daemon_cmd = (
+            shlex.split(args.daemon_cmd) if args.daemon_cmd else [sys.executable, "-m", "mytimerd"]
+        )
         daemon_extra = shlex.split(args.daemon_args)
         floor = Server("floor", [str(FLOOR)], [], self.workdir)
         daemon = Server("daemon", daemon_cmd, daemon_extra, self.workdir)
@@ -527,7 +642,7 @@ class Bench:
         if not self.over_budget():
             self.cold_start("floor", [str(FLOOR)])
         if daemon_ok and not self.over_budget():
-            self.cold_start("daemon", daemon_cmd + ["--log-level", "warning"])
+            self.cold_start("daemon", [*daemon_cmd, "--log-level", "warning"])
         if n_idle > 0:
             for srv in servers:
                 if not self.over_budget():
@@ -543,13 +658,21 @@ class Bench:
             "meta": {
                 "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "mode": "quick" if self.quick else "full",
-                "host": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
+                "host": platform.node(),
+                "kernel": platform.release(),
+                "cpus": os.cpu_count(),
                 "python": sys.version.split()[0],
-                "daemon_cmd": shlex.join(daemon_cmd), "daemon_args": shlex.join(daemon_extra),
+                "daemon_cmd": shlex.join(daemon_cmd),
+                "daemon_args": shlex.join(daemon_extra),
                 "daemon_available": daemon_ok,
-                "closed_loop_s": self.dur, "warmup_s": self.warm,
-                "open_loop_s": self.lat_dur, "idle_connections": n_idle,
+                "closed_loop_s": self.dur,
+                "warmup_s": self.warm,
+                "open_loop_s": self.lat_dur,
+                "idle_connections": n_idle,
                 "elapsed_s": round(time.monotonic() - self.t0, 1),
+                "loadavg_start": self.load0,
+                "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+                "server_starts": {"floor": floor.starts, "daemon": daemon.starts},
             },
             "rows": rows,
             "targets": [r for r in rows if r.get("target")],
@@ -589,12 +712,25 @@ class Bench:
             def cps(r: dict[str, Any] | None) -> float | None:
                 return r.get("calls_per_s") if good(r) else None  # type: ignore[union-attr]
 
-            def thr_row(name: str, fr: Any, dr: Any, base: Any, target: float | None, tdesc: str) -> None:
+            def thr_row(
+                name: str,
+                fr: Any,
+                dr: Any,
+                base: Any,
+                target: float | None,
+                tdesc: str,
+                t: str = t,
+            ) -> None:
                 fv, dv, bv = cps(fr), cps(dr), cps(base)
                 ratio = dv / bv if dv is not None and bv else None
                 row: dict[str, Any] = {
-                    "scenario": name, "transport": t, "unit": "calls/s", "floor": fv, "daemon": dv,
-                    "floor_errors": (fr or {}).get("errors"), "daemon_errors": (dr or {}).get("errors"),
+                    "scenario": name,
+                    "transport": t,
+                    "unit": "calls/s",
+                    "floor": fv,
+                    "daemon": dv,
+                    "floor_errors": (fr or {}).get("errors"),
+                    "daemon_errors": (dr or {}).get("errors"),
                     "ratio": ratio,
                 }
                 if target is not None:
@@ -604,11 +740,24 @@ class Bench:
                 rows.append(row)
 
             thr_row("version, 1 conn", f1, d1, f1, T_RATIO_1CONN, f">= {T_RATIO_1CONN:.2f}x floor")
-            thr_row("version, 16 conns", f16, d16, f16, T_RATIO_16CONN, f">= {T_RATIO_16CONN:.2f}x floor")
-            thr_row("version, depth 32, 1 conn", fp, dp, f1, T_RATIO_PIPE,
-                    f">= {T_RATIO_PIPE:.1f}x floor 1 conn")
-            rows[-1]["ratio_to_floor_pipelined"] = (
-                cps(dp) / cps(fp) if cps(dp) is not None and cps(fp) else None)  # type: ignore[operator]
+            thr_row(
+                "version, 16 conns",
+                f16,
+                d16,
+                f16,
+                T_RATIO_16CONN,
+                f">= {T_RATIO_16CONN:.2f}x floor",
+            )
+            thr_row(
+                "version, depth 32, 1 conn",
+                fp,
+                dp,
+                f1,
+                T_RATIO_PIPE,
+                f">= {T_RATIO_PIPE:.1f}x floor 1 conn",
+            )
+            dpv, fpv = cps(dp), cps(fp)
+            rows[-1]["ratio_to_floor_pipelined"] = dpv / fpv if dpv is not None and fpv else None
             thr_row("echo(0), 16 conns", None, de, None, None, "")
 
             fo = raw.get(f"floor.{t}.open5000")
@@ -616,64 +765,103 @@ class Bench:
             for q in ("p50", "p99"):
                 fv = fo["lat_us"][q] if good(fo) else None  # type: ignore[index]
                 dv = do["lat_us"][q] if good(do) else None  # type: ignore[index]
-                rows.append({
-                    "scenario": f"latency {q} @ 5000 calls/s", "transport": t, "unit": "us",
-                    "floor": fv, "daemon": dv, "floor_errors": (fo or {}).get("errors"),
-                    "daemon_errors": (do or {}).get("errors"),
-                    "ratio": dv / fv if dv is not None and fv else None,
-                })
+                rows.append(
+                    {
+                        "scenario": f"latency {q} @ 5000 calls/s",
+                        "transport": t,
+                        "unit": "us",
+                        "floor": fv,
+                        "daemon": dv,
+                        "floor_errors": (fo or {}).get("errors"),
+                        "daemon_errors": (do or {}).get("errors"),
+                        "ratio": dv / fv if dv is not None and fv else None,
+                    }
+                )
 
             b = raw.get(f"daemon.{t}.burst64_echo100")
             bv = b.get("wall_ms_median") if b and b.get("errors") == 0 else None
-            rows.append({
-                "scenario": "64 x echo(100 ms) at once", "transport": t, "unit": "ms (median)",
-                "floor": None, "daemon": bv, "daemon_errors": (b or {}).get("errors"),
-                "daemon_runs": (b or {}).get("wall_ms_runs"), "ratio": None,
-                "target": f"<= {T_BURST_MS:.0f} ms", "threshold": T_BURST_MS,
-                "result": verdict(None if bv is None else bv <= T_BURST_MS),
-            })
+            rows.append(
+                {
+                    "scenario": "64 x echo(100 ms) at once",
+                    "transport": t,
+                    "unit": "ms (median)",
+                    "floor": None,
+                    "daemon": bv,
+                    "daemon_errors": (b or {}).get("errors"),
+                    "daemon_runs": (b or {}).get("wall_ms_runs"),
+                    "ratio": None,
+                    "target": f"<= {T_BURST_MS:.0f} ms",
+                    "threshold": T_BURST_MS,
+                    "result": verdict(None if bv is None else bv <= T_BURST_MS),
+                }
+            )
 
         fc, dc = raw.get("floor.cold_start"), raw.get("daemon.cold_start")
         fcv = fc.get("wall_ms_median") if fc and fc.get("errors") == 0 else None
         dcv = dc.get("wall_ms_median") if dc and dc.get("errors") == 0 else None
-        rows.append({
-            "scenario": "cold start (socket activation)", "transport": "unix", "unit": "ms (median)",
-            "floor": fcv, "daemon": dcv, "floor_errors": (fc or {}).get("errors"),
-            "daemon_errors": (dc or {}).get("errors"), "daemon_runs": (dc or {}).get("wall_ms_runs"),
-            "ratio": dcv / fcv if dcv is not None and fcv else None,
-            "target": f"<= {T_COLD_MS:.0f} ms", "threshold": T_COLD_MS,
-            "result": verdict(None if dcv is None else dcv <= T_COLD_MS),
-        })
+        rows.append(
+            {
+                "scenario": "cold start (socket activation)",
+                "transport": "unix",
+                "unit": "ms (median)",
+                "floor": fcv,
+                "daemon": dcv,
+                "floor_errors": (fc or {}).get("errors"),
+                "daemon_errors": (dc or {}).get("errors"),
+                "daemon_runs": (dc or {}).get("wall_ms_runs"),
+                "ratio": dcv / fcv if dcv is not None and fcv else None,
+                "target": f"<= {T_COLD_MS:.0f} ms",
+                "threshold": T_COLD_MS,
+                "result": verdict(None if dcv is None else dcv <= T_COLD_MS),
+            }
+        )
 
         fi, di = raw.get(f"floor.unix.idle{n_idle}"), raw.get(f"daemon.unix.idle{n_idle}")
 
         def mb(r: dict[str, Any] | None) -> float | None:
             if not r or r.get("errors") != 0 or not r.get("rss_kb_idle"):
                 return None
-            return max(r["rss_kb_idle"], r.get("rss_kb_after") or 0) / 1024.0
+            return float(max(r["rss_kb_idle"], r.get("rss_kb_after") or 0)) / 1024.0
 
         fmb, dmb = mb(fi), mb(di)
-        rows.append({
-            "scenario": f"{n_idle} idle conns: RSS", "transport": "unix", "unit": "MB",
-            "floor": fmb, "daemon": dmb, "floor_errors": (fi or {}).get("errors"),
-            "daemon_errors": (di or {}).get("errors"),
-            "daemon_rss_mb_before": ((di or {}).get("rss_kb_before") or 0) / 1024.0 or None,
-            "ratio": None, "target": f"<= {T_IDLE_RSS_MB:.0f} MB", "threshold": T_IDLE_RSS_MB,
-            "result": verdict(None if dmb is None else dmb <= T_IDLE_RSS_MB),
-        })
+        rows.append(
+            {
+                "scenario": f"{n_idle} idle conns: RSS",
+                "transport": "unix",
+                "unit": "MB",
+                "floor": fmb,
+                "daemon": dmb,
+                "floor_errors": (fi or {}).get("errors"),
+                "daemon_errors": (di or {}).get("errors"),
+                "daemon_rss_mb_before": ((di or {}).get("rss_kb_before") or 0) / 1024.0 or None,
+                "ratio": None,
+                "target": f"<= {T_IDLE_RSS_MB:.0f} MB",
+                "threshold": T_IDLE_RSS_MB,
+                "result": verdict(None if dmb is None else dmb <= T_IDLE_RSS_MB),
+            }
+        )
 
         def p50x(r: dict[str, Any] | None) -> float | None:
             return r.get("p50_ratio") if r and r.get("errors") == 0 else None
 
         fx, dx = p50x(fi), p50x(di)
-        rows.append({
-            "scenario": f"{n_idle} idle conns: p50 during / idle p50", "transport": "unix",
-            "unit": "x (1000 calls/s)", "floor": fx, "daemon": dx,
-            "floor_p50_us": [(fi or {}).get("p50_idle_us"), (fi or {}).get("p50_during_us")],
-            "daemon_p50_us": [(di or {}).get("p50_idle_us"), (di or {}).get("p50_during_us")],
-            "ratio": None, "target": f"<= {T_IDLE_P50_X:.1f}x", "threshold": T_IDLE_P50_X,
-            "result": verdict(None if dx is None else dx <= T_IDLE_P50_X),
-        })
+        rows.append(
+            {
+                "scenario": f"{n_idle} idle conns: p50 during / idle p50",
+                "transport": "unix",
+                "unit": "x (1000 calls/s)",
+                "floor": fx,
+                "daemon": dx,
+                "floor_errors": (fi or {}).get("errors"),
+                "daemon_errors": (di or {}).get("errors"),
+                "floor_p50_us": [(fi or {}).get("p50_idle_us"), (fi or {}).get("p50_during_us")],
+                "daemon_p50_us": [(di or {}).get("p50_idle_us"), (di or {}).get("p50_during_us")],
+                "ratio": None,
+                "target": f"<= {T_IDLE_P50_X:.1f}x",
+                "threshold": T_IDLE_P50_X,
+                "result": verdict(None if dx is None else dx <= T_IDLE_P50_X),
+            }
+        )
         return rows
 
     def print_table(self, result: dict[str, Any]) -> None:
@@ -686,30 +874,58 @@ class Bench:
                 return f"{v:.2f}x"
             return f"{v:,.1f}"
 
-        head = ["scenario", "transport", "unit", "floor", "daemon", "ratio", "errors f/d", "target", "result"]
+        head = [
+            "scenario",
+            "transport",
+            "unit",
+            "floor",
+            "daemon",
+            "ratio",
+            "errors f/d",
+            "target",
+            "result",
+        ]
         table = [head]
         for r in result["rows"]:
             fe = r.get("floor_errors")
             de = r.get("daemon_errors")
             errs = f"{'-' if fe is None else fe}/{'-' if de is None else de}"
-            table.append([
-                r["scenario"], r["transport"], r["unit"], fmt(r.get("floor"), r["unit"]),
-                fmt(r.get("daemon"), r["unit"]),
-                "-" if r.get("ratio") is None else f"{r['ratio']:.2f}x", errs,
-                r.get("target", ""), r.get("result", ""),
-            ])
+            table.append(
+                [
+                    r["scenario"],
+                    r["transport"],
+                    r["unit"],
+                    fmt(r.get("floor"), r["unit"]),
+                    fmt(r.get("daemon"), r["unit"]),
+                    "-" if r.get("ratio") is None else f"{r['ratio']:.2f}x",
+                    errs,
+                    r.get("target", ""),
+                    r.get("result", ""),
+                ]
+            )
         widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
         right = {3, 4, 5, 6}
         m = result["meta"]
         print()
-        print(f"mytimerd benchmark, {m['mode']} run, {m['when']}, {m['cpus']} CPUs, kernel {m['kernel']}")
-        print(f"daemon: {m['daemon_cmd']} {m['daemon_args']}"
-              + ("" if m["daemon_available"] else "   (NOT AVAILABLE: floor only)"))
+        print(
+            f"mytimerd benchmark, {m['mode']} run, {m['when']}, "
+            f"{m['cpus']} CPUs, kernel {m['kernel']}"
+        )
+        print(
+            f"daemon: {m['daemon_cmd']} {m['daemon_args']}"
+            + ("" if m["daemon_available"] else "   (NOT AVAILABLE: floor only)")
+        )
+        print(
+            f"load average at start {m['loadavg_start'][0]}, at end {m['loadavg_end'][0]} "
+            "(a busy machine makes every figure noisier)"
+        )
         print("ratio = daemon / floor in this run (version depth 32: / floor 1 conn unpipelined)")
         print()
         for i, row in enumerate(table):
-            cells = [str(c).rjust(widths[j]) if j in right else str(c).ljust(widths[j])
-                     for j, c in enumerate(row)]
+            cells = [
+                str(c).rjust(widths[j]) if j in right else str(c).ljust(widths[j])
+                for j, c in enumerate(row)
+            ]
             print("  ".join(cells).rstrip())
             if i == 0:
                 print("  ".join("-" * w for w in widths))
@@ -726,7 +942,9 @@ class Bench:
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
         except ImportError:
-            self.notes.append("matplotlib not installed (pip install -r bench/requirements.txt): no plot")
+            self.notes.append(
+                "matplotlib not installed (pip install -r bench/requirements.txt): no plot"
+            )
             print("note: matplotlib not installed: no plot (pip install -r bench/requirements.txt)")
             return None
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
@@ -743,9 +961,16 @@ class Bench:
                     continue
                 n = len(vals)
                 ys = [(i + 1) / n for i in range(n)]
-                label = f"{srv.name} {t} (p50 {r['lat_us']['p50']:.0f}, p99 {r['lat_us']['p99']:.0f} us)"
+                lat = r["lat_us"]
+                label = f"{srv.name} {t} (p50 {lat['p50']:.0f}, p99 {lat['p99']:.0f} us)"
                 ax1.plot(vals, ys, ls, color=styles[srv.name], label=label)
-                ax2.plot(vals, [max(1.0 - y, 0.5 / n) for y in ys], ls, color=styles[srv.name], label=label)
+                ax2.plot(
+                    vals,
+                    [max(1.0 - y, 0.5 / n) for y in ys],
+                    ls,
+                    color=styles[srv.name],
+                    label=label,
+                )
                 drawn += 1
         if not drawn:
             plt.close(fig)
@@ -762,7 +987,9 @@ class Bench:
         ax2.set_ylabel("fraction of calls slower (tail)")
         ax2.set_title("tail (1 - CDF)")
         ax2.grid(True, which="both", alpha=0.3)
-        fig.suptitle(f"mytimerd vs floor, {self.raw and time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+        fig.suptitle(
+            f"mytimerd vs floor, {self.raw and time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+        )
         fig.tight_layout()
         png = self.out / "latency.png"
         fig.savefig(png, dpi=110)
@@ -773,14 +1000,24 @@ class Bench:
 def main() -> int:
     ap = argparse.ArgumentParser(description="mytimerd benchmark harness (floor vs daemon)")
     ap.add_argument("--quick", action="store_true", help="shorter runs (under a minute)")
-    ap.add_argument("--out", default=str(BENCH / "results"), help="results folder (default bench/results)")
-    ap.add_argument("--daemon-cmd", default="",
-                    help="server command to benchmark instead of '<this python> -m mytimerd'; the harness "
-                         "appends --unix PATH --tcp 127.0.0.1 PORT and --daemon-args")
-    ap.add_argument("--daemon-args", default="--max-connections 20000 --log-level warning",
-                    help="extra arguments appended to the daemon command (default: %(default)s)")
+    ap.add_argument(
+        "--out", default=str(BENCH / "results"), help="results folder (default bench/results)"
+    )
+    ap.add_argument(
+        "--daemon-cmd",
+        default="",
+        help="server command to benchmark instead of '<this python> -m mytimerd'; the harness "
+        "appends --unix PATH --tcp 127.0.0.1 PORT and --daemon-args",
+    )
+    ap.add_argument(
+        "--daemon-args",
+        default="--max-connections 20000 --log-level warning",
+        help="extra arguments appended to the daemon command (default: %(default)s)",
+    )
     ap.add_argument("--floor-only", action="store_true", help="do not run the daemon")
-    ap.add_argument("--idle-conns", type=int, default=10000, help="idle connections (default 10000)")
+    ap.add_argument(
+        "--idle-conns", type=int, default=10000, help="idle connections (default 10000)"
+    )
     ap.add_argument("--strict", action="store_true", help="exit 1 if any target FAILs")
     args = ap.parse_args()
     if not 0 <= args.idle_conns <= 100000:
