@@ -203,7 +203,11 @@ def test_bind_two_unix_and_tcp(daemon_factory: Factory, sock_dir: Path) -> None:
         str(port),
         address=UnixAddress(str(a)),
     )
-    addresses = [UnixAddress(str(a)), UnixAddress(str(b)), TcpAddress("127.0.0.1", port)]
+    addresses: list[UnixAddress | TcpAddress] = [
+        UnixAddress(str(a)),
+        UnixAddress(str(b)),
+        TcpAddress("127.0.0.1", port),
+    ]
     for address in addresses:
         assert_version(address)
     reported = {x["address"] for x in listeners(addresses[2])}

@@ -195,11 +195,13 @@ def test_watchdog_for_another_pid_is_not_pinged(
     assert d.stop() == 0, d.log()
 
 
-def test_watchdog_stops_when_library_silent(
-    spawn: Callable[..., Proc], notify: NotifySocket, sock_dir: Path, tmp_path: Path
+@pytest.mark.parametrize("mode", ["silent", "block"])
+def test_watchdog_stops_while_library_stuck(
+    spawn: Callable[..., Proc], notify: NotifySocket, sock_dir: Path, tmp_path: Path, mode: str
 ) -> None:
-    """A library that stops answering: ping says unhealthy, STATUS says so and
-    WATCHDOG=1 stops arriving (systemd would restart the daemon)."""
+    """A library that stops answering (silent) or blocks in a call: ping says unhealthy,
+    STATUS says so and WATCHDOG=1 stops (systemd would restart the daemon); once the
+    library answers again, pings resume, and SIGTERM still exits 0."""
     require(
         (REPO_ROOT / "tests" / "doubles" / "stuck_timer.c").is_file(),
         "tests/doubles/stuck_timer.c (the stuck test double) does not exist yet",
@@ -208,7 +210,7 @@ def test_watchdog_stops_when_library_silent(
     control = tmp_path / "control"
     control.write_text("ok")
     path = sock_dir / "s.sock"
-    spawn(
+    d = spawn(
         "--unix",
         str(path),
         "--library",
@@ -216,13 +218,13 @@ def test_watchdog_stops_when_library_silent(
         "--probe-timeout",
         "0.5",
         "--drain-timeout",
-        "1",
+        "2",
         env={"WATCHDOG_USEC": WATCHDOG_USEC, "STUCK_TIMER_CONTROL": str(control)},
     )
     notify.wait_message("READY=1")
     notify.wait_for(lambda m: m.count("WATCHDOG=1") >= 2, 5, "WATCHDOG=1 while healthy")
     assert ping(path)["healthy"] is True
-    control.write_text("silent")
+    control.write_text(mode)
     wait_until(lambda: ping(path)["healthy"] is False, 10, "ping to report healthy false")
     late = notify.collect(1.2)  # six ping periods
     assert "WATCHDOG=1" not in late, late
@@ -231,6 +233,11 @@ def test_watchdog_stops_when_library_silent(
         3,
         "an UNHEALTHY status line",
     )
+    control.write_text("ok")
+    wait_until(lambda: ping(path)["healthy"] is True, 10, "ping to report healthy again")
+    notify.drain()
+    notify.wait_for(lambda m: "WATCHDOG=1" in m, 5, "WATCHDOG=1 after recovery")
+    assert d.stop() == 0, d.log()
 
 
 @pytest.mark.parametrize("level", ["debug", "warning"])
