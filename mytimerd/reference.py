@@ -1,0 +1,88 @@
+"""The README's reference tables, generated from the one method, limit and
+error tables so the documentation cannot drift from the code.
+
+``python -m mytimerd.reference README.md`` rewrites the generated blocks in
+place; a test fails when they are stale.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from . import errors, schema
+from .limits import Limits
+
+
+def methods_table() -> str:
+    """Markdown: every method, its request and what it answers."""
+    rows = ["| method | request | answer |", "|---|---|---|"]
+    for m in schema.METHODS:
+        if m.request.fields:
+            request = "`{ " + ", ".join(
+                f"{f.name}: {f.type.cddl()}" for f in m.request.fields
+            ) + " }`"
+        else:
+            request = "`{}` (a0)"
+        rows.append(f"| `{m.name}` | {request} | {m.doc} |")
+    structs = []
+    seen = set()
+    for m in schema.METHODS:
+        for f in m.request.fields:
+            if isinstance(f.type, schema.Struct) and f.type.name not in seen:
+                seen.add(f.type.name)
+                for g in f.type.fields:
+                    inner = g.type.item if isinstance(g.type, schema.Array) else g.type
+                    if isinstance(inner, schema.Struct) and inner.name not in seen:
+                        seen.add(inner.name)
+                        structs.append(inner.cddl_rule())
+                structs.append(f.type.cddl_rule())
+    return "\n".join([*rows, "", "```cddl", *structs, "```"])
+
+
+def limits_table() -> str:
+    """Markdown: every limit with its option and default."""
+    rows = ["| option | default | meaning |", "|---|---|---|"]
+    defaults = Limits()
+    for f in fields(Limits):
+        value = getattr(defaults, f.name)
+        rows.append(
+            f"| `{f.metadata['option']}` | {value} {f.metadata['unit']} | {f.metadata['doc']} |"
+        )
+    return "\n".join(rows)
+
+
+def errors_table() -> str:
+    """Markdown: every daemon error name and its meaning."""
+    rows = ["| error | meaning |", "|---|---|"]
+    rows += [f"| `{errors.PREFIX}{n}` | {d} |" for n, d in errors.CATALOGUE.items()]
+    return "\n".join(rows)
+
+
+BLOCKS = {"methods": methods_table, "limits": limits_table, "errors": errors_table}
+
+
+def render(text: str) -> str:
+    """``text`` with every generated block brought up to date."""
+    for name, make in BLOCKS.items():
+        pattern = re.compile(
+            rf"(<!-- generated:{name} -->\n).*?(<!-- end:{name} -->)", re.DOTALL
+        )
+        if not pattern.search(text):
+            raise ValueError(f"no generated block {name!r}")
+        text = pattern.sub(lambda m, make=make: m.group(1) + make() + "\n" + m.group(2), text)
+    return text
+
+
+def main() -> int:
+    """Rewrite the generated blocks of the files named on the command line."""
+    for name in sys.argv[1:]:
+        path = Path(name)
+        path.write_text(render(path.read_text()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
