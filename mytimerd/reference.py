@@ -21,9 +21,9 @@ def methods_table() -> str:
     rows = ["| method | request | answer |", "|---|---|---|"]
     for m in schema.METHODS:
         if m.request.fields:
-            request = "`{ " + ", ".join(
-                f"{f.name}: {f.type.cddl()}" for f in m.request.fields
-            ) + " }`"
+            request = (
+                "`{ " + ", ".join(f"{f.name}: {f.type.cddl()}" for f in m.request.fields) + " }`"
+            )
         else:
             request = "`{}` (a0)"
         rows.append(f"| `{m.name}` | {request} | {m.doc} |")
@@ -67,12 +67,11 @@ BLOCKS = {"methods": methods_table, "limits": limits_table, "errors": errors_tab
 def render(text: str) -> str:
     """``text`` with every generated block brought up to date."""
     for name, make in BLOCKS.items():
-        pattern = re.compile(
-            rf"(<!-- generated:{name} -->\n).*?(<!-- end:{name} -->)", re.DOTALL
-        )
-        if not pattern.search(text):
+        pattern = re.compile(rf"(<!-- generated:{name} -->\n).*?(<!-- end:{name} -->)", re.DOTALL)
+        match = pattern.search(text)
+        if match is None:
             raise ValueError(f"no generated block {name!r}")
-        text = pattern.sub(lambda m, make=make: m.group(1) + make() + "\n" + m.group(2), text)
+        text = text[: match.end(1)] + make() + "\n" + text[match.start(2) :]
     return text
 
 
