@@ -1022,6 +1022,7 @@ def main() -> int:
     args = ap.parse_args()
     if not 0 <= args.idle_conns <= 100000:
         ap.error("--idle-conns must be within 0..100000")
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     signal.signal(signal.SIGTERM, _on_term)
     signal.signal(signal.SIGHUP, _on_term)
     atexit.register(stop_all)
