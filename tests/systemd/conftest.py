@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,5 +88,10 @@ def sd(sandbox: Sandbox) -> Iterator[Sandbox]:
     mytimerd.socket started (the service itself inactive)."""
     _reset(sandbox)
     sandbox.systemctl("start", "mytimerd.socket")
+    since = f"@{time.time() - 1:.0f}"
     yield sandbox
+    # shown by pytest only when the test failed
+    print("---- journal of this test ----")
+    print(sandbox.journal(f"--since={since}", "_TRANSPORT=journal", "_TRANSPORT=stdout",
+                          "_TRANSPORT=syslog") or "(empty)")
     _reset(sandbox)
