@@ -223,3 +223,76 @@ def test_bind_failure_releases_earlier_sockets(sock_dir: Path) -> None:
     result = run_daemon_to_exit(["--unix", str(good), "--unix", str(bad)])
     assert result.returncode == 3, result.stderr
     assert not good.exists(), "the daemon left its half-bound socket behind"
+
+
+def test_handover_accepted_connection_refused(sock_dir: Path, tmp_path: Path) -> None:
+    """With --accept (Accept=yes) the daemon is handed a connection, not a listening
+    socket: it refuses with exit status 3 and says it needs Accept=no."""
+    path = sock_dir / "accept.sock"
+    log = tmp_path / "accept.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            socket_activate("--accept", "-l", str(path)),
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+            env=clean_env(),
+        )
+    try:
+        wait_until(path.exists, 10, "systemd-socket-activate to bind")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(path))
+            # systemd-socket-activate reports its per-connection child's exit status.
+            wait_until(lambda: "died with code" in log.read_text(), 20, "the daemon to exit")
+    finally:
+        proc.kill()
+        proc.wait()
+    text = log.read_text(errors="replace")
+    assert "died with code 3" in text, text
+    assert "is not listening" in text and "Accept=no" in text, text
+
+
+def test_live_socket_with_full_backlog_refused(sock_dir: Path) -> None:
+    """A live server that is not accepting (its backlog full, e.g. a hung instance) is
+    still "another server": refused with exit 3 promptly, not a hang at start-up."""
+    path = sock_dir / "busy.sock"
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    other.bind(str(path))
+    other.listen(0)
+    held: list[socket.socket] = []
+    try:
+        while True:  # fill the backlog: the next connect would block
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.setblocking(False)
+            held.append(c)
+            try:
+                c.connect(str(path))
+            except BlockingIOError:
+                break
+        try:
+            result = run_daemon_to_exit(["--unix", str(path)], timeout=5)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                "mytimerd hung for 5 s probing a unix socket whose listener does not accept"
+            ) from None
+        assert result.returncode == 3, result.stderr
+        assert str(path) in result.stderr, result.stderr
+        assert path.is_socket()
+    finally:
+        for c in held:
+            c.close()
+        other.close()
+
+
+def test_tcp_port_in_use_refused(sock_dir: Path) -> None:
+    """A TCP port another socket listens on: exit 3 naming the address, and the unix
+    socket bound before it is removed again."""
+    port = free_tcp_port()
+    path = sock_dir / "first.sock"
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
+        other.bind(("127.0.0.1", port))
+        other.listen()
+        result = run_daemon_to_exit(["--unix", str(path), "--tcp", "127.0.0.1", str(port)])
+    assert result.returncode == 3, result.stderr
+    assert f"cannot listen on tcp:127.0.0.1:{port}: already in use" in result.stderr
+    assert not path.exists()
