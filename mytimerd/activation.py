@@ -113,19 +113,22 @@ def _bind_unix(path: Path) -> Listener:
     else:
         if not stat.S_ISSOCK(st.st_mode):
             raise ActivationError(f"{path} exists and is not a socket; refusing to replace it")
+        # Non-blocking: a live server with a full backlog (EAGAIN) must not
+        # hang start-up, and counts as live.
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.setblocking(False)
         try:
-            probe.connect(str(path))
-        except ConnectionRefusedError:
+            code = probe.connect_ex(str(path))
+        finally:
+            probe.close()
+        if code == errno.ECONNREFUSED:
             path.unlink()  # stale: nobody listens on it any more
-        except OSError as exc:
-            raise ActivationError(f"cannot check the existing socket {path}: {exc}") from None
-        else:
+        elif code in (0, errno.EAGAIN, errno.EINPROGRESS):
             raise ActivationError(
                 f"another server is listening on {path}; stop it or choose another --unix path"
             )
-        finally:
-            probe.close()
+        else:
+            raise ActivationError(f"cannot check the existing socket {path}: {os.strerror(code)}")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(str(path))
