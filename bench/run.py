@@ -247,43 +247,34 @@ class Bench:
         self.load0 = [round(x, 2) for x in os.getloadavg()]
         self.current: Server | None = None  # the server the running scenario targets
         self.budget = 110.0 if self.quick else 300.0
+        self.rounds = 2 if self.quick else 3
         if self.quick:
-            self.dur, self.warm = 1.0, 0.3
+            self.dur, self.warm = 0.5, 0.2
             self.lat_dur, self.lat_warm = 1.5, 0.5
-            self.idle_dur = 1.0
+            self.idle_dur = 0.8
             self.reps = 2
         else:
-            self.dur, self.warm = 4.0, 1.0
+            self.dur, self.warm = 1.5, 0.3
             self.lat_dur, self.lat_warm = 4.0, 1.0
-            self.idle_dur = 3.0
+            self.idle_dur = 1.5
             self.reps = 3
 
     def over_budget(self) -> bool:
         return time.monotonic() - self.t0 > self.budget
 
     def loadgen(
-        self, key: str, target: list[str], args: list[str], timeout: float, stdin_go: Any = None
+        self, key: str, target: list[str], args: list[str], timeout: float
     ) -> dict[str, Any]:
         cmd = [str(LOADGEN), *target, *args]
         p = spawn(
             cmd,
-            stdin=subprocess.PIPE if stdin_go else subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         res: dict[str, Any] = {}
         try:
-            if stdin_go:
-                assert p.stdin is not None and p.stdout is not None
-                # the first stdout line is the idle_ready event
-                first = p.stdout.readline()  # loadgen bounds its own connect phase
-                extra = stdin_go(json.loads(first) if first.strip() else {})
-                res.update(extra)
-                p.stdin.write("go\n")
-                p.stdin.flush()
-                p.stdin.close()
-                p.stdin = None
             out, err = p.communicate(timeout=timeout)
             lines = [ln for ln in out.splitlines() if ln.startswith("{")]
             if not lines:
@@ -309,22 +300,21 @@ class Bench:
 
     # ------------------------------------------------------------ scenarios
 
-    def closed(
+    def closed_once(
         self,
         srv: Server,
         transport: str,
         conns: int,
         depth: int,
-        method: str = "version",
-        delay: int = 0,
+        method: str,
+        delay: int,
+        rnd: int,
     ) -> dict[str, Any]:
-        key = f"{srv.name}.{transport}.{method}.c{conns}.d{depth}"
+        key = f"{srv.name}.{transport}.{method}.c{conns}.d{depth}.round{rnd}"
         self.current = srv
         if not srv.ensure():
             self.notes.append(f"{key}: server not running: {srv.error}")
-            fail: dict[str, Any] = {"errors": -1, "failure": srv.error}
-            self.raw[key] = fail
-            return fail
+            return {"errors": -1, "failure": srv.error}
         a = [
             "--conns",
             str(conns),
@@ -340,11 +330,43 @@ class Bench:
             str(delay),
         ]
         r = self.loadgen(key, srv.target(transport), a, timeout=self.dur + self.warm + 30)
-        print(
-            f"  {key:<40} {r.get('calls_per_s', 0):>12,.0f} calls/s  errors {r.get('errors')}",
-            flush=True,
-        )
+        del self.raw[key]  # kept in the aggregate below
         return r
+
+    def closed(
+        self,
+        servers: list[Server],
+        transport: str,
+        conns: int,
+        depth: int,
+        method: str = "version",
+        delay: int = 0,
+    ) -> None:
+        """Closed loop, self.rounds rounds; in each round every server is measured
+        in turn. Reported: the round with the median calls/s, and all rounds."""
+        runs: dict[str, list[dict[str, Any]]] = {srv.name: [] for srv in servers}
+        for rnd in range(self.rounds):
+            for srv in servers:
+                if not self.over_budget():
+                    r = self.closed_once(srv, transport, conns, depth, method, delay, rnd)
+                    runs[srv.name].append(r)
+        for srv in servers:
+            key = f"{srv.name}.{transport}.{method}.c{conns}.d{depth}"
+            rs = runs[srv.name]
+            if not rs:
+                continue
+            errors = sum(r["errors"] if r.get("errors", -1) >= 0 else 1 for r in rs)
+            ordered = sorted(rs, key=lambda r: float(r.get("calls_per_s", 0.0)))
+            agg = dict(ordered[(len(ordered) - 1) // 2])
+            agg["errors"] = errors
+            agg["rounds_calls_per_s"] = [r.get("calls_per_s") for r in rs]
+            self.raw[key] = agg
+            rounds = ", ".join(f"{r.get('calls_per_s', 0):,.0f}" for r in rs)
+            print(
+                f"  {key:<40} {agg.get('calls_per_s', 0):>12,.0f} calls/s (rounds {rounds})"
+                f"  errors {errors}",
+                flush=True,
+            )
 
     def open_loop(
         self, srv: Server, transport: str, rate: float = 5000, conns: int = 16
@@ -490,6 +512,9 @@ class Bench:
         return res
 
     def idle(self, srv: Server, n_idle: int) -> dict[str, Any]:
+        """Fresh server; probe p50 idle, open n_idle silent connections (held by one
+        loadgen), RSS, probe p50 twice while they are held, close them, probe again.
+        p50 ratio = median(probes during) / median(probes before and after)."""
         key = f"{srv.name}.unix.idle{n_idle}"
         self.current = srv
         res: dict[str, Any] = {"idle": n_idle}
@@ -503,32 +528,48 @@ class Bench:
         res["rss_kb_before"] = rss_kb(pid)
         res["fds_before"] = fd_count(pid)
         probe = [
-            "--conns",
-            "4",
-            "--rate",
-            "1000",
-            "--duration",
-            str(self.idle_dur),
-            "--warmup",
-            "0.3",
-            "--drain",
-            "2",
-        ]
-        base = self.loadgen(
-            f"{key}.baseline", srv.target("unix"), probe, timeout=self.idle_dur + 30
-        )
-        res["baseline"] = base
-        # let the server close the probe's connections before taking the baseline
-        settle = time.monotonic() + 2.0
-        while fd_count(pid) > res["fds_before"] and time.monotonic() < settle:
-            time.sleep(0.05)
-        fds0 = fd_count(pid)
-        wait_s = 15.0 if self.quick else 30.0
+            "--conns", "4", "--rate", "1000", "--duration", str(self.idle_dur),
+            "--warmup", "0.2", "--drain", "2",
+        ]  # fmt: skip
+        errors = 0
 
-        def on_ready(ev: dict[str, Any]) -> dict[str, Any]:
-            # wait until the server has accepted the idle connections (its fd count
-            # grew by that many), or its fd count stopped growing for a second
-            info: dict[str, Any] = {"idle_ready": ev}
+        def run_probe(name: str) -> float | None:
+            nonlocal errors
+            r = self.loadgen(f"{key}.{name}", srv.target("unix"), probe, timeout=self.idle_dur + 30)
+            if r.get("errors", -1) != 0:
+                errors += max(1, int(r.get("errors", 1)))
+                return None
+            return float(r["lat_us"]["p50"])
+
+        def settle(fds_target: int) -> int:
+            deadline = time.monotonic() + 3.0
+            while fd_count(pid) > fds_target and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return fd_count(pid)
+
+        p_before = run_probe("probe_before")
+        fds0 = settle(res["fds_before"])
+        wait_s = 15.0 if self.quick else 30.0
+        # the holder: opens the idle connections, reports, waits for "go", makes one call
+        holder_cmd = [
+            str(LOADGEN), *srv.target("unix"), "--idle", str(n_idle), "--wait-stdin",
+            "--conns", "1", "--count", "1", "--timeout", "10",
+        ]  # fmt: skip
+        holder = spawn(
+            holder_cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        p_during: list[float | None] = []
+        try:
+            assert holder.stdin is not None and holder.stdout is not None
+            first = holder.stdout.readline()  # loadgen bounds its own connect phase (30 s)
+            ev = json.loads(first) if first.startswith("{") else {}
+            res["idle_ready"] = ev
+            # wait until the server accepted them (its fd count grew by that many) or its
+            # fd count stopped growing for a second
             want = fds0 + int(ev.get("idle", 0))
             deadline = time.monotonic() + wait_s
             fds = fd_count(pid)
@@ -540,39 +581,46 @@ class Bench:
                     last_change, last = time.monotonic(), fds
                 elif time.monotonic() - last_change > 1.0:
                     break
-            info["server_fds_with_idle"] = fds
-            info["server_accepted"] = fds - fds0
+            res["server_accepted"] = fds - fds0
             time.sleep(0.2)
-            info["rss_kb_idle"] = rss_kb(pid)
-            return info
-
-        during = self.loadgen(
-            f"{key}.during",
-            srv.target("unix"),
-            ["--idle", str(n_idle), "--wait-stdin", *probe],
-            timeout=self.idle_dur + wait_s + 90,
-            stdin_go=on_ready,
-        )
-        res["during"] = during
-        res["rss_kb_idle"] = during.get("rss_kb_idle")
-        res["server_accepted"] = during.get("server_accepted")
-        res["rss_kb_after"] = rss_kb(pid) if srv.alive() else None
+            res["rss_kb_idle"] = rss_kb(pid)
+            for i in range(2):
+                p_during.append(run_probe(f"probe_during{i}"))
+            res["rss_kb_after"] = rss_kb(pid) if srv.alive() else None
+            holder.stdin.write("go\n")
+            holder.stdin.flush()
+            holder.stdin.close()
+            holder.stdin = None
+            out, err = holder.communicate(timeout=30)
+            lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+            hres = json.loads(lines[-1]) if lines else {"errors": -1, "failure": err[-300:]}
+        except (subprocess.TimeoutExpired, ValueError, OSError) as e:
+            hres = {"errors": -1, "failure": f"idle holder: {e}"}
+        finally:
+            stop(holder, grace=1.0)
+        res["holder"] = hres
+        if hres.get("errors", -1) != 0:
+            errors += max(1, int(hres.get("errors", 1)))
+        errors += int(hres.get("idle_dropped", 0) or 0)
+        errors += max(0, n_idle - int(hres.get("idle_connected", 0) or 0))
+        settle(fds0)
+        p_after = run_probe("probe_after")
         res["server_alive_after"] = srv.alive()
-        b50 = base.get("lat_us", {}).get("p50")
-        d50 = during.get("lat_us", {}).get("p50")
+        res["p50_us_before_after"] = [p_before, p_after]
+        res["p50_us_during"] = p_during
+        idle_p = [x for x in (p_before, p_after) if x is not None]
+        during_p = [x for x in p_during if x is not None]
+        b50 = statistics.median(idle_p) if idle_p else None
+        d50 = statistics.median(during_p) if during_p else None
         res["p50_idle_us"], res["p50_during_us"] = b50, d50
-        res["p50_ratio"] = (d50 / b50) if b50 and d50 and b50 > 0 and d50 > 0 else None
-        res["errors"] = (
-            (base.get("errors", -1) if base.get("errors", -1) >= 0 else 1)
-            + (during.get("errors", -1) if during.get("errors", -1) >= 0 else 1)
-            + int(during.get("idle_dropped", 0) or 0)
-            + max(0, n_idle - int(during.get("idle_connected", 0) or 0))
-        )
+        res["p50_ratio"] = (d50 / b50) if b50 and d50 else None
+        res["errors"] = errors
         self.raw[key] = res
         rss = res.get("rss_kb_idle") or 0
         print(
             f"  {key:<40} RSS {res['rss_kb_before'] / 1024:.1f} -> {rss / 1024:.1f} MB, "
-            f"accepted {res['server_accepted']}, p50 {b50} -> {d50} us, errors {res['errors']}",
+            f"accepted {res.get('server_accepted')}, p50 idle {[p_before, p_after]} "
+            f"during {p_during} us, errors {errors}",
             flush=True,
         )
         srv.stop()
@@ -617,27 +665,26 @@ class Bench:
             else:
                 self.notes.append(f"daemon unavailable ({shlex.join(daemon_cmd)}): {daemon.error}")
                 print(f"!! daemon unavailable, floor only: {daemon.error}", flush=True)
-            daemon.stop()
-        floor.stop()
         transports = ["unix", "tcp"]
 
+        # Floor and daemon run side by side (the one not measured is idle) and each
+        # scenario is measured on the floor and then at once on the daemon, so that
+        # the noise of this small shared machine hits both figures of a ratio alike.
         print(f"scenarios ({'quick' if self.quick else 'full'}) ...", flush=True)
-        for srv in servers:
-            for t in transports:
-                if self.over_budget():
-                    break
-                self.closed(srv, t, 1, 1)
-                self.closed(srv, t, 16, 1)
-                self.closed(srv, t, 1, 32)
-                if srv is daemon:
-                    self.closed(srv, t, 16, 1, method="echo", delay=0)
-            for t in transports:
+        for t in transports:
+            for conns, depth in ((1, 1), (16, 1), (1, 32)):
+                self.closed(servers, t, conns, depth)
+            if daemon_ok:
+                self.closed([daemon], t, 16, 1, method="echo", delay=0)
+        for t in transports:
+            for srv in servers:
                 if not self.over_budget():
                     self.open_loop(srv, t)
-            if srv is daemon:
-                for t in transports:
-                    if not self.over_budget():
-                        self.burst(srv, t)
+        if daemon_ok:
+            for t in transports:
+                if not self.over_budget():
+                    self.burst(daemon, t)
+        for srv in servers:
             srv.stop()
         if not self.over_budget():
             self.cold_start("floor", [str(FLOOR)])
@@ -666,6 +713,7 @@ class Bench:
                 "daemon_args": shlex.join(daemon_extra),
                 "daemon_available": daemon_ok,
                 "closed_loop_s": self.dur,
+                "closed_loop_rounds": self.rounds,
                 "warmup_s": self.warm,
                 "open_loop_s": self.lat_dur,
                 "idle_connections": n_idle,
