@@ -439,11 +439,10 @@ static void *lib_main(void *arg)
     for (;;) {
         recycle(c, &done);
         for (;;) { /* wait for work */
-            if (c->qhead || c->cancel)
+            if (c->qhead)
                 break;
             if (c->hn) {
-                int64_t now = now_ns();
-                if (c->heap[0]->deadline_ns <= now)
+                if (c->cancel || c->heap[0]->deadline_ns <= now_ns())
                     break;
                 c->sleeping = 1;
                 struct timespec ts = ns_to_ts(c->heap[0]->deadline_ns);

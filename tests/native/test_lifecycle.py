@@ -1,0 +1,173 @@
+"""Destroy draining, the grace period, submit modes and resource hygiene."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import cbor2
+import pytest
+
+from .conftest import Native
+
+
+def echo_req(message: str, delay: int) -> bytes:
+    return cbor2.dumps({"req": {"message": message, "delayMs": delay}})
+
+
+@pytest.fixture
+def env() -> Iterator[dict[str, str]]:
+    """Set environment variables for the duration of a test (read at create)."""
+    saved = dict(os.environ)
+    yield os.environ  # type: ignore[misc]
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def new_ctx(native: Native, name: str = "t") -> Any:
+    c, s = native.create(name)
+    assert c != native.ffi.NULL, s.results
+    assert s.wait()[0].code == 0
+    return c
+
+
+def test_destroy_drains_in_flight(native: Native) -> None:
+    c = new_ctx(native)
+    ev_ud, ev = native.sink()
+    native.lib.my_timer_add_event_listener(c, b"on_echo_fired", native.cb, ev_ud)
+    sinks = [native.call("echo", c, echo_req(str(i), 150))[1] for i in range(5)]
+    _, sched = native.call("schedule", c, cbor2.dumps(
+        {"job": {"name": "j"}, "retry": {"maxAttempts": 1}, "schedule": {}}))
+    t0 = time.monotonic()
+    assert native.lib.my_timer_destroy(c) == 0
+    took = time.monotonic() - t0
+    assert 0.1 < took < 1.0
+    for s in sinks:
+        assert len(s.results) == 1 and s.results[0].code == 0
+    assert len(ev.results) == 5
+    assert sched.results[0].code == 0
+
+
+def test_destroy_grace_cancels_long_requests(native: Native, env: dict[str, str]) -> None:
+    env["MY_TIMER_DESTROY_GRACE_MS"] = "100"
+    c = new_ctx(native)
+    _, long = native.call("echo", c, echo_req("hour", 3_600_000))
+    _, short = native.call("echo", c, echo_req("quick", 20))
+    t0 = time.monotonic()
+    assert native.lib.my_timer_destroy(c) == 0
+    assert time.monotonic() - t0 < 0.5
+    assert [(r.code, r.body) for r in long.results] == [(1, b"echo cancelled: context destroyed")]
+    assert [r.code for r in short.results] == [0]
+
+
+def test_default_grace_is_bounded(native: Native) -> None:
+    c = new_ctx(native)
+    _, long = native.call("echo", c, echo_req("hour", 3_600_000))
+    t0 = time.monotonic()
+    assert native.lib.my_timer_destroy(c) == 0
+    assert 1.4 < time.monotonic() - t0 < 2.5
+    assert long.results[0].code == 1
+
+
+@pytest.mark.parametrize("bad", ["sync", "HANDOFF", "async ", "1"])
+def test_invalid_submit_mode_fails_create(native: Native, env: dict[str, str], bad: str) -> None:
+    env["MY_TIMER_SUBMIT_MODE"] = bad
+    c, s = native.create("x")
+    assert c == native.ffi.NULL
+    assert len(s.results) == 1 and s.results[0].code == 1
+    assert s.results[0].body.decode().startswith("ffiCtor: invalid MY_TIMER_SUBMIT_MODE")
+
+
+@pytest.mark.parametrize("bad", ["-1", "abc", "99999999999"])
+def test_invalid_grace_fails_create(native: Native, env: dict[str, str], bad: str) -> None:
+    env["MY_TIMER_DESTROY_GRACE_MS"] = bad
+    c, s = native.create("x")
+    assert c == native.ffi.NULL
+    assert s.results[0].body.decode().startswith("ffiCtor: invalid MY_TIMER_DESTROY_GRACE_MS")
+
+
+def test_handoff_mode_delivers_before_return(native: Native, env: dict[str, str]) -> None:
+    env["MY_TIMER_SUBMIT_MODE"] = "handoff"
+    c = new_ctx(native, "demo")
+    try:
+        for method, payload in [("version", b"\xa0"), ("version", b""),
+                                ("complex", cbor2.dumps({"req": {}})),
+                                ("echo", echo_req("now", 0)),
+                                ("echo", b"\x80")]:
+            rc, s = native.call(method, c, payload)
+            assert rc == 0
+            assert len(s.results) == 1, method  # already delivered, from the library thread
+            assert s.results[0].thread != threading.get_ident()
+        rc, s = native.call("echo", c, echo_req("later", 30))
+        assert rc == 0 and s.results == []
+        assert s.wait()[0].code == 0
+        # concurrency is unchanged in handoff mode
+        t0 = time.monotonic()
+        sinks = [native.call("echo", c, echo_req("x", 100))[1] for _ in range(64)]
+        assert max(s.wait()[0].at for s in sinks) - t0 < 0.150
+    finally:
+        assert native.lib.my_timer_destroy(c) == 0
+
+
+def test_async_mode_is_default_and_explicit(native: Native, env: dict[str, str]) -> None:
+    for mode in (None, "async"):
+        if mode:
+            env["MY_TIMER_SUBMIT_MODE"] = mode
+        c = new_ctx(native)
+        _, s = native.call("version", c, b"\xa0")
+        assert s.wait()[0].code == 0
+        assert native.lib.my_timer_destroy(c) == 0
+
+
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_thousand_create_destroy_cycles_leave_nothing(native: Native) -> None:
+    # warm up lazily allocated runtime state first
+    native.lib.my_timer_destroy(new_ctx(native))
+    time.sleep(0.05)
+    threads, fds = _threads(), _fds()
+    ffi, lib = native.ffi, native.lib
+    ud, s = native.sink()
+    payload = cbor2.dumps({"config": {"name": "cycle"}})
+    for i in range(1000):
+        c = lib.my_timer_create_cbor(payload, len(payload), native.cb, ud)
+        assert c != ffi.NULL
+        if i % 3 == 0:
+            lib.my_timer_version_cbor(c, native.cb, ud, b"\xa0", 1)
+        if i % 5 == 0:
+            lib.my_timer_echo_cbor(c, native.cb, ud, echo_req("e", 1), len(echo_req("e", 1)))
+        assert lib.my_timer_destroy(c) == 0
+    # every create and every call got exactly one callback before destroy returned
+    assert len(s.results) == 1000 + 334 + 200
+    assert _threads() == threads
+    assert _fds() == fds
+
+
+def test_destroy_concurrent_with_calls(native: Native) -> None:
+    """Calls racing destroy either run (one callback) or see an invalid ctx."""
+    for _ in range(20):
+        c = new_ctx(native)
+        stop = threading.Event()
+        sinks = []
+
+        def hammer() -> None:
+            while not stop.is_set():
+                sinks.append(native.call("echo", c, echo_req("h", 0))[1])
+
+        t = threading.Thread(target=hammer)
+        t.start()
+        time.sleep(0.005)
+        assert native.lib.my_timer_destroy(c) == 0
+        stop.set()
+        t.join()
+        for s in sinks:
+            assert len(s.results) == 1
