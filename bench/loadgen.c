@@ -784,7 +784,7 @@ int main(int argc, char **argv) {
                 struct conn *c = &g_c[i];
                 if (c->state == C_OPEN) g_unanswered += c->q_len;
                 /* calls scheduled in the window but never sent count as unanswered too */
-                if (c->state == C_OPEN && c->next_sched < sched_end) {
+                if (c->next_sched < sched_end) { /* also a connection lost mid-run */
                     double left = (double)(sched_end - c->next_sched) / interval;
                     g_unanswered += (uint64_t)left + 1;
                 }

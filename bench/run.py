@@ -209,7 +209,7 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                self.error = f"exited with {self.proc.returncode}: {tail(self.log)}"
+                self.error = f"exited with {self.proc.returncode}: {tail(self.log, 4)}"
                 return False
             if version_call(socket.AF_UNIX, self.unix, 0.5) and version_call(
                 socket.AF_INET, (LOOPBACK, self.port), 0.5
@@ -217,7 +217,7 @@ class Server:
                 self.error = ""
                 return True
             time.sleep(0.05)
-        self.error = f"not answering version within {timeout:.0f}s: {tail(self.log)}"
+        self.error = f"not answering version within {timeout:.0f}s: {tail(self.log, 4)}"
         self.stop()
         return False
 
@@ -701,6 +701,12 @@ class Bench:
         stop_all()
 
         rows = self.rows(daemon_ok, n_idle)
+        notes: list[str] = []
+        for n in self.notes:
+            n = n if len(n) <= 400 else n[:400] + " ..."
+            if n not in notes:
+                notes.append(n)
+        self.notes = notes
         result = {
             "meta": {
                 "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -804,6 +810,13 @@ class Bench:
                 T_RATIO_PIPE,
                 f">= {T_RATIO_PIPE:.1f}x floor 1 conn",
             )
+            for row, dr_, base_ in ((-3, d1, f1), (-2, d16, f16), (-1, dp, f1)):
+                fl = (base_ or {}).get("rounds_calls_per_s") or []
+                dl = (dr_ or {}).get("rounds_calls_per_s") or []
+                if fl and dl and good(dr_) and good(base_):
+                    rows[row]["ratio_per_round"] = [
+                        d / f if f else None for f, d in zip(fl, dl, strict=False)
+                    ]
             dpv, fpv = cps(dp), cps(fp)
             rows[-1]["ratio_to_floor_pipelined"] = dpv / fpv if dpv is not None and fpv else None
             thr_row("echo(0), 16 conns", None, de, None, None, "")
