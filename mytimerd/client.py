@@ -384,6 +384,7 @@ class Client:
                 raise expired()
             return left
 
+        send_error: str | None = None
         try:
             sock.settimeout(remaining())
             sock.sendall(frame)
@@ -392,7 +393,9 @@ class Client:
             self.close()
             raise expired() from None
         except OSError as exc:
-            raise self._lost(f"sending failed: {_reason(exc)}") from None
+            # The daemon may have answered and closed (e.g. TooManyConnections):
+            # its answer can still be read, and says more than EPIPE.
+            send_error = f"sending failed: {_reason(exc)}"
         self._owed += 1
         while True:
             while self._ready:
@@ -406,9 +409,9 @@ class Client:
             except TimeoutError:
                 raise expired() from None
             except OSError as exc:
-                raise self._lost(f"receiving failed: {_reason(exc)}") from None
+                raise self._lost(send_error or f"receiving failed: {_reason(exc)}") from None
             if not data:
-                raise self._lost("the daemon closed the connection")
+                raise self._lost(send_error or "the daemon closed the connection")
             try:
                 self._ready.extend(self._parser.feed(data))
             except wire.ProtocolError as exc:
@@ -572,6 +575,8 @@ class _Connection:
     async def close(self) -> None:
         """Stop reading, fail what still waits and close the stream."""
         self.reader_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.reader_task
         if self.broken is None:
             self._fail(ConnectionLost, "the client closed the connection")
         # The peer may already have reset the stream; it is closed either way.

@@ -16,6 +16,7 @@ import json
 import math
 import re
 import shlex
+import signal
 import sys
 import textwrap
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -728,10 +729,9 @@ complete -F _{PROG} {PROG}
 """
 
 
-def _zsh_quote(text: str) -> str:
-    """``text`` inside an _arguments ``[description]``, single-quoted for the shell."""
-    escaped = text.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
-    return shlex.quote(escaped)
+def _zsh_describe(text: str) -> str:
+    """``text`` escaped for an _arguments ``[description]``."""
+    return text.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
 
 
 def _zsh_script() -> str:
@@ -753,7 +753,7 @@ def _zsh_script() -> str:
                 specs.append(shlex.quote(f":{p.flag}: "))
             else:
                 star = "*" if p.repeated else ""
-                specs.append(_zsh_quote(f"{star}{p.flag}[{doc}]") + shlex.quote(f":{p.metavar}: "))
+                specs.append(shlex.quote(f"{star}{p.flag}[{_zsh_describe(doc)}]:{p.metavar}: "))
         cases.append(f"        {c.name}) _arguments $globals {' '.join(specs)};;")
     methods = " ".join(m.name for m in METHODS)
     return f"""# zsh completion for {PROG}, generated from the mytimerd method table
@@ -862,6 +862,8 @@ def main(
     try:
         with conn:
             answer = conn.call(method, request)
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
     except client.ConnectError as exc:
         _fail(err, *(f"cannot connect to the daemon at {a}: {r}" for a, r in exc.attempts))
         _fail(err, _start_hint([a for a, _ in exc.attempts]))

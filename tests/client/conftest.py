@@ -86,6 +86,7 @@ class FakeServer:
     path: Path
     handler: Handler = canned
     greeting: bytes = b""
+    close_after_greeting: bool = False
     delay: float = 0.0
     requests: list[tuple[str, object]] = field(default_factory=list)
     connections: int = 0
@@ -115,6 +116,10 @@ class FakeServer:
         parser = wire.RequestParser(max_method_len=256, max_payload=1 << 20)
         if self.greeting:
             writer.write(self.greeting)
+        if self.close_after_greeting:
+            await writer.drain()
+            writer.close()
+            return
         try:
             while data := await reader.read(65536):
                 for event in parser.feed(data):
@@ -167,12 +172,21 @@ def _daemon_available() -> bool:
     return True
 
 
-def wait_for_socket(path: Path, proc: subprocess.Popen[bytes], seconds: float = 15) -> None:
+def _check_alive(proc: subprocess.Popen[bytes], log: Path) -> None:
+    if proc.poll() is not None:
+        raise RuntimeError(
+            f"mytimerd exited with {proc.returncode} before listening:\n"
+            + log.read_text(errors="replace")[-2000:]
+        )
+
+
+def wait_for_socket(
+    path: Path, proc: subprocess.Popen[bytes], log: Path, seconds: float = 15
+) -> None:
     """Wait until ``path`` accepts connections (or fail if ``proc`` died)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mytimerd exited with {proc.returncode} before listening")
+        _check_alive(proc, log)
         with socket.socket(socket.AF_UNIX) as probe:
             try:
                 probe.connect(str(path))
@@ -183,12 +197,11 @@ def wait_for_socket(path: Path, proc: subprocess.Popen[bytes], seconds: float = 
     raise TimeoutError(f"mytimerd did not listen on {path} within {seconds} s")
 
 
-def wait_for_tcp(port: int, proc: subprocess.Popen[bytes], seconds: float = 15) -> None:
+def wait_for_tcp(port: int, proc: subprocess.Popen[bytes], log: Path, seconds: float = 15) -> None:
     """Wait until 127.0.0.1:``port`` accepts connections."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mytimerd exited with {proc.returncode} before listening")
+        _check_alive(proc, log)
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
         except OSError:
@@ -200,11 +213,12 @@ def wait_for_tcp(port: int, proc: subprocess.Popen[bytes], seconds: float = 15) 
 
 @dataclass
 class Daemon:
-    """A running mytimerd process and where it listens."""
+    """A running mytimerd process, where it listens and its stderr log."""
 
     proc: subprocess.Popen[bytes]
     path: Path
     port: int
+    log: Path
 
     @property
     def address(self) -> str:
@@ -231,31 +245,34 @@ def start_daemon(sock_dir: Path, *extra: str) -> Daemon:
     path = sock_dir / "d.sock"
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mytimerd",
-            "--unix",
-            str(path),
-            "--tcp",
-            "127.0.0.1",
-            str(port),
-            "--log-level",
-            "warning",
-            *extra,
-        ],
-        cwd=ROOT,
-        env=env,
-    )
+    log = sock_dir / "daemon.log"
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mytimerd",
+                "--unix",
+                str(path),
+                "--tcp",
+                "127.0.0.1",
+                str(port),
+                "--log-level",
+                "warning",
+                *extra,
+            ],
+            cwd=ROOT,
+            env=env,
+            stderr=stderr,
+        )
     try:
-        wait_for_socket(path, proc)
-        wait_for_tcp(port, proc)
+        wait_for_socket(path, proc, log)
+        wait_for_tcp(port, proc, log)
     except BaseException:
         proc.kill()
         proc.wait()
         raise
-    return Daemon(proc, path, port)
+    return Daemon(proc, path, port, log)
 
 
 def stop_daemon(daemon: Daemon) -> None:
@@ -271,12 +288,18 @@ def stop_daemon(daemon: Daemon) -> None:
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[Daemon]:
-    """One real daemon per test module (named "mytimerd", the default)."""
+    """One real daemon per test module (named "mytimerd", the default).
+
+    Teardown fails if the daemon died during the module: a test must not crash it.
+    """
     directory = Path(tempfile.mkdtemp(prefix="mtd"))
     running = start_daemon(directory)
     yield running
+    died = running.proc.poll()
     stop_daemon(running)
+    log = running.log.read_text(errors="replace")[-3000:]
     shutil.rmtree(directory, ignore_errors=True)
+    assert died is None, f"mytimerd exited with {died} during the tests:\n{log}"
 
 
 @pytest.fixture

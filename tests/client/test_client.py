@@ -202,6 +202,20 @@ def test_early_answer_is_the_first_calls(fake: FakeServer) -> None:
     asyncio.run(run())
 
 
+def test_answer_before_close_beats_broken_pipe(fake: FakeServer) -> None:
+    """A daemon that answers and closes at once: its answer is shown, not EPIPE."""
+    fake.greeting = wire.encode_response(wire.RET_ERR, b"mytimerd.ShuttingDown: stopping")
+    fake.close_after_greeting = True
+    for _ in range(20):
+        c = Client(fake.address)
+        c.connect()
+        time.sleep(0.01)  # let the fake close first, so that sending may fail
+        with pytest.raises(DaemonCallError) as info:
+            c.version()
+        assert info.value.name == "ShuttingDown"
+        c.close()
+
+
 # --- AsyncClient against the fake -------------------------------------------------
 
 
@@ -229,15 +243,17 @@ def test_async_timeout_keeps_order(fake: FakeServer) -> None:
 
 
 def test_async_connection_lost_fails_every_pending_call(fake: FakeServer) -> None:
+    # The fake hangs up on the last request, so no write can race its close.
     fake.handler = lambda method, payload: None if method == "echo" else ok("v")
+    fake.delay = 0.05
 
     async def run() -> None:
         async with AsyncClient(fake.address) as c:
-            results = await asyncio.gather(
-                c.version(), c.echo("x"), c.version(), return_exceptions=True
-            )
+            first = asyncio.gather(c.version(), c.echo("x"), return_exceptions=True)
+            late = asyncio.gather(c.version(), return_exceptions=True)
+            results = [*await first, *await late]
             assert results[0] == "v"
-            assert all(isinstance(r, ConnectionLost) for r in results[1:])
+            assert all(isinstance(r, ConnectionLost) for r in results[1:]), results
             assert await c.version() == "v"  # reconnects
 
     asyncio.run(run())

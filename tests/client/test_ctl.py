@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -556,7 +557,7 @@ def test_bash_completion(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--delay-ms" in _complete(script, ["mytimerctl", "echo", "hi", "--"])
 
 
-def test_zsh_completion(capsys: pytest.CaptureFixture[str]) -> None:
+def test_zsh_completion_script(capsys: pytest.CaptureFixture[str]) -> None:
     code, script, _ = run(capsys, "completion", "zsh")
     assert code == 0
     assert "compdef _mytimerctl mytimerctl" in script
@@ -564,6 +565,51 @@ def test_zsh_completion(capsys: pytest.CaptureFixture[str]) -> None:
         assert f"{command.name}) _arguments" in script
         for p in command.params:
             assert p.flag in script
+
+
+#: Drives an interactive zsh in a pseudo-terminal: loads the script, types
+#: "mytimerctl $2<TAB>" and prints what the terminal shows once $3 appears.
+_ZPTY_DRIVER = r"""
+zmodload zsh/zpty
+zpty z 'zsh -f -i'
+zpty -w z "PS1='> '; autoload -U compinit; compinit -u -d $1.dump; source $1"
+zpty -w -n z "mytimerctl $2"$'\t'
+setopt extendedglob
+out=""
+for i in {1..100}; do
+    while zpty -r -t z chunk; do out+=$chunk; done
+    clean=${${out//$'\e'\[[0-9;?]#[a-zA-Z]/}//$'\r'/}  # without terminal escapes
+    [[ $clean == *"$3"* ]] && break
+    sleep 0.1
+done
+print -r -- "$clean"
+zpty -d z
+"""
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
+@pytest.mark.parametrize(
+    ("typed", "expected"),
+    [
+        ("sch", "mytimerctl schedule "),
+        ("schedule --max-a", "mytimerctl schedule --max-attempts "),
+        ("call mytimerd.pi", "mytimerctl call mytimerd.ping "),
+        ("schedule --j", "--job"),
+    ],
+)
+def test_zsh_completion_in_zsh(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, typed: str, expected: str
+) -> None:
+    script = tmp_path / "mytimerctl.zsh"
+    script.write_text(run(capsys, "completion", "zsh")[1])
+    done = subprocess.run(
+        ["zsh", "-f", "-c", _ZPTY_DRIVER, "driver", str(script), typed, expected],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert expected in done.stdout
 
 
 def test_canned_fake_matches_real_shapes(daemon: Daemon) -> None:
