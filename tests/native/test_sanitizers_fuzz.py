@@ -1,0 +1,64 @@
+"""Sanitizer builds (ASan+UBSan, TSan) of the stress harness, and the decoder fuzzer.
+
+Both must run report-free: any sanitizer report or crash fails the test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.native import NATIVE_BUILD, NATIVE_DIR, build_native, make_native
+
+REPORT_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                  "WARNING: ThreadSanitizer", "ERROR: ThreadSanitizer", "UndefinedBehaviorSanitizer",
+                  "SUMMARY: ")
+
+
+def _clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MY_TIMER_", "LD_PRELOAD", "ASAN_", "TSAN_", "UBSAN_", "LSAN_"))}
+    return env
+
+
+@pytest.mark.parametrize("variant", ["asan", "tsan"])
+def test_stress_harness_under_sanitizer(variant: str) -> None:
+    build_native(variant)
+    exe = NATIVE_BUILD / variant / "stress"
+    env = _clean_env()
+    env["ASAN_OPTIONS"] = "halt_on_error=1:detect_leaks=1:abort_on_error=0:exitcode=66"
+    env["UBSAN_OPTIONS"] = "halt_on_error=1:print_stacktrace=1:exitcode=66"
+    env["TSAN_OPTIONS"] = "halt_on_error=1:exitcode=66:second_deadlock_stack=1"
+    iterations = "20000" if variant == "asan" else "8000"
+    proc = subprocess.run([str(exe), iterations], capture_output=True, text=True, env=env,
+                          timeout=180)
+    output = proc.stdout + proc.stderr
+    reports = [m for m in REPORT_MARKERS if m in output]
+    assert proc.returncode == 0 and not reports, f"{variant} stress failed:\n{output[-6000:]}"
+    assert "all scenarios passed" in proc.stdout
+
+
+@pytest.mark.skipif(shutil.which("clang-14") is None, reason="clang-14 (libFuzzer) not installed")
+def test_fuzz_request_decoder(tmp_path: Path) -> None:
+    make_native("fuzz")
+    seconds = int(os.environ.get("MYTIMER_FUZZ_SECONDS", "60"))
+    corpus = NATIVE_DIR / "fuzz" / "corpus"
+    assert len(list(corpus.iterdir())) >= 10, "seed corpus missing"
+    work = tmp_path / "corpus"  # new inputs go here; the committed corpus is read-only input
+    work.mkdir()
+    env = _clean_env()
+    env["ASAN_OPTIONS"] = "halt_on_error=1:detect_leaks=1"
+    env["UBSAN_OPTIONS"] = "halt_on_error=1:print_stacktrace=1"
+    proc = subprocess.run(
+        [str(NATIVE_BUILD / "fuzz_decode"), f"-max_total_time={seconds}", "-timeout=10",
+         "-rss_limit_mb=2048", "-max_len=4096", "-print_final_stats=1",
+         f"-artifact_prefix={tmp_path}/", str(work), str(corpus)],
+        capture_output=True, text=True, env=env, timeout=seconds + 120)
+    output = proc.stdout + proc.stderr
+    crashes = list(tmp_path.glob("crash-*")) + list(tmp_path.glob("leak-*")) + list(tmp_path.glob("timeout-*"))
+    assert proc.returncode == 0 and not crashes, f"fuzzer found a problem:\n{output[-6000:]}"
+    assert "Done" in output
