@@ -12,11 +12,12 @@
  *
  * Usage:
  *   floor_server [--unix PATH]... [--tcp HOST PORT]... [--max-connections N]
- *                [--max-in-flight N] [--log-level L]
+ *                [--max-in-flight N] [--log-level L] [--lifetime SECONDS]
  * With no --unix/--tcp it takes its listening sockets from systemd socket
  * activation ($LISTEN_FDS, fds 3..). --max-in-flight and --log-level are
  * accepted (and ignored) so that the harness can run it as --daemon-cmd.
- * TCP hosts must be loopback addresses.
+ * TCP hosts must be loopback addresses. --lifetime S exits after S seconds
+ * (a safety net for benchmark runs; default: run until SIGTERM/SIGINT).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -33,6 +34,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_LISTENERS 16
@@ -299,11 +301,12 @@ static void do_accept(int lfd) {
 static void usage(void) {
     fprintf(stderr,
             "usage: floor_server [--unix PATH]... [--tcp HOST PORT]... [--max-connections N]\n"
-            "                    [--max-in-flight N] [--log-level L]\n"
+            "                    [--max-in-flight N] [--log-level L] [--lifetime SECONDS]\n"
             "with no --unix/--tcp, uses systemd socket activation ($LISTEN_FDS)\n");
 }
 
 int main(int argc, char **argv) {
+    long lifetime = 0; /* seconds; 0 = until SIGTERM/SIGINT */
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
         rl.rlim_cur = rl.rlim_max;
@@ -331,6 +334,8 @@ int main(int argc, char **argv) {
         } else if (!strcmp(argv[i], "--tcp") && i + 2 < argc) {
             listen_tcp(argv[i + 1], argv[i + 2]);
             i += 2;
+        } else if (!strcmp(argv[i], "--lifetime") && i + 1 < argc) {
+            lifetime = atol(argv[++i]);
         } else if (!strcmp(argv[i], "--max-connections") && i + 1 < argc) {
             g_max_conns = atol(argv[++i]);
         } else if ((!strcmp(argv[i], "--max-in-flight") || !strcmp(argv[i], "--log-level")) &&
@@ -359,7 +364,8 @@ int main(int argc, char **argv) {
     }
 
     struct epoll_event evs[256];
-    while (!g_stop) {
+    time_t end = lifetime > 0 ? time(NULL) + lifetime : 0;
+    while (!g_stop && (!end || time(NULL) < end)) {
         int n = epoll_wait(g_ep, evs, 256, 1000);
         if (n < 0) {
             if (errno == EINTR) continue;

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import ctypes
 import json
 import os
 import platform
@@ -69,8 +70,19 @@ T_IDLE_P50_X = 2.0
 _children: list[subprocess.Popen[Any]] = []
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # in the child before exec: SIGTERM when the harness dies, even by SIGKILL
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
 def spawn(cmd: list[str], **kw: Any) -> subprocess.Popen[Any]:
-    p = subprocess.Popen(cmd, start_new_session=True, cwd=kw.pop("cwd", ROOT), **kw)
+    p = subprocess.Popen(
+        cmd, start_new_session=True, cwd=kw.pop("cwd", ROOT), preexec_fn=_die_with_parent, **kw
+    )
     _children.append(p)
     return p
 
@@ -292,6 +304,11 @@ class Bench:
         if self.current is not None and self.current.proc is not None and not self.current.alive():
             rc = self.current.proc.returncode
             res["server_died"] = rc
+            if rc == -signal.SIGBUS:
+                self.notes.append(
+                    f"{self.current.name} died of SIGBUS: typically a shared library it had "
+                    "mapped (e.g. a .so rebuilt in place) was rewritten under it"
+                )
             self.notes.append(
                 f"{self.current.name} exited (rc {rc}) during {key}: {tail(self.current.log, 5)}"
             )
@@ -651,7 +668,7 @@ class Bench:
             shlex.split(args.daemon_cmd) if args.daemon_cmd else [sys.executable, "-m", "mytimerd"]
         )
         daemon_extra = shlex.split(args.daemon_args)
-        floor = Server("floor", [str(FLOOR)], [], self.workdir)
+        floor = Server("floor", [str(FLOOR), "--lifetime", "900"], [], self.workdir)
         daemon = Server("daemon", daemon_cmd, daemon_extra, self.workdir)
         servers = [floor]
         if not floor.start():
@@ -687,7 +704,7 @@ class Bench:
         for srv in servers:
             srv.stop()
         if not self.over_budget():
-            self.cold_start("floor", [str(FLOOR)])
+            self.cold_start("floor", [str(FLOOR), "--lifetime", "60"])
         if daemon_ok and not self.over_budget():
             self.cold_start("daemon", [*daemon_cmd, "--log-level", "warning"])
         if n_idle > 0:
