@@ -47,7 +47,9 @@ def installed_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dest = tmp_path_factory.mktemp("destdir")
     r = subprocess.run(
         [str(REPO / "packaging" / "install.sh"), "PREFIX=/usr/local", f"DESTDIR={dest}"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert r.returncode == 0, f"install.sh failed:\n{r.stdout}\n{r.stderr}"
     tree = dest / "usr" / "local"
@@ -92,6 +94,10 @@ def sd(sandbox: Sandbox) -> Iterator[Sandbox]:
     yield sandbox
     # shown by pytest only when the test failed
     print("---- journal of this test ----")
-    print(sandbox.journal(f"--since={since}", "_TRANSPORT=journal", "_TRANSPORT=stdout",
-                          "_TRANSPORT=syslog") or "(empty)")
+    print(
+        sandbox.journal(
+            f"--since={since}", "_TRANSPORT=journal", "_TRANSPORT=stdout", "_TRANSPORT=syslog"
+        )
+        or "(empty)"
+    )
     _reset(sandbox)

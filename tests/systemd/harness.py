@@ -17,7 +17,14 @@ How it works (see docs/systemd.md, "Tests under a real systemd"):
      systemd-tmpfiles once wiped a machine's /tmp from such a sandbox: we
      never start it anyway),
    - cgroupfs re-mounted inside the cgroup namespace,
-   - a minimal target in /run/systemd/system that wants only journald,
+   - a restricted unit path: /run/systemd/system (tests' drop-ins), the
+     installed /usr/local/lib/systemd/system, and a directory with copies of
+     journald's units, empty stand-ins for the default-dependency targets
+     (sysinit.target, basic.target, ...) and a minimal target wanting only
+     journald. Never /lib/systemd/system or /etc/systemd/system: their
+     sysinit.target would run systemd-sysctl, -tmpfiles-setup, -binfmt, ...,
+     which change the machine (sysctls and binfmt are not namespaced);
+   - no generators;
    then execs ``/lib/systemd/systemd --system --unit=<that target>``.
 3. Everything is driven from outside with ``nsenter -t PID -m -p`` + the real
    ``systemctl`` / ``journalctl``.
@@ -105,7 +112,7 @@ def _all_cgroup_roots() -> list[Path]:
     own: dict[str, str] = {}
     with open("/proc/self/cgroup") as f:
         for line in f:
-            hid, controllers, path = line.rstrip("\n").split(":", 2)
+            _hid, controllers, path = line.rstrip("\n").split(":", 2)
             own[controllers] = path
     roots = []
     for mnt, fstype, opts in mounts:
@@ -166,8 +173,23 @@ else
         mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup/unified
     fi
 fi
-mkdir -p /run/systemd/system
-cat > /run/systemd/system/@TARGET@ <<'EOT'
+# Only our units exist for this systemd: a restricted unit path (no /lib,
+# /etc), empty stand-ins for the targets units depend on by default, and no
+# generators. Otherwise starting any socket or service pulls in
+# sysinit.target and with it systemd-sysctl, -tmpfiles-setup, -binfmt,
+# -modules-load, -remount-fs, ... which act on the machine, not the sandbox.
+U=/run/mytimerd-sandbox/units
+mkdir -p /run/systemd/system "$U" /run/mytimerd-sandbox/no-generators
+for u in systemd-journald.service systemd-journald.socket systemd-journald-dev-log.socket \
+         systemd-journald-audit.socket -.slice system.slice; do
+    if [ -e "/lib/systemd/system/$u" ]; then cp "/lib/systemd/system/$u" "$U/"; fi
+done
+for t in sysinit basic sockets shutdown local-fs local-fs-pre paths timers slices \
+         network network-pre nss-user-lookup time-set; do
+    printf '[Unit]\nDescription=%s.target (empty in the sandbox)\n' "$t" > "$U/$t.target"
+    printf 'DefaultDependencies=no\n' >> "$U/$t.target"
+done
+cat > "$U/@TARGET@" <<'EOT'
 [Unit]
 Description=mytimerd test sandbox (journald only)
 DefaultDependencies=no
@@ -175,7 +197,12 @@ Wants=systemd-journald.socket systemd-journald-dev-log.socket systemd-journald.s
 After=systemd-journald.socket systemd-journald-dev-log.socket systemd-journald.service
 AllowIsolate=yes
 EOT
-unset MYTIMERD_SANDBOX_CGROUPS MYTIMERD_SANDBOX_STATE MYTIMERD_SANDBOX_USR_LOCAL MYTIMERD_SANDBOX_CGMODE
+D=${MYTIMERD_SANDBOX_UNIT_DIRS:-}
+export SYSTEMD_UNIT_PATH="/run/systemd/system:${D:+$D:}$U"
+export SYSTEMD_GENERATOR_PATH=/run/mytimerd-sandbox/no-generators
+export SYSTEMD_ENVIRONMENT_GENERATOR_PATH=/run/mytimerd-sandbox/no-generators
+unset MYTIMERD_SANDBOX_CGROUPS MYTIMERD_SANDBOX_STATE MYTIMERD_SANDBOX_USR_LOCAL
+unset MYTIMERD_SANDBOX_CGMODE MYTIMERD_SANDBOX_UNIT_DIRS
 exec @SYSTEMD@ --system --unit=@TARGET@ --log-target=journal --show-status=no
 """
 
@@ -241,23 +268,38 @@ class Sandbox:
             "MYTIMERD_SANDBOX_CGROUPS": " ".join(procs),
             "MYTIMERD_SANDBOX_CGMODE": cgmode,
             "MYTIMERD_SANDBOX_USR_LOCAL": str(self.usr_local or ""),
+            # the installed units (at their real path) are visible to systemd
+            "MYTIMERD_SANDBOX_UNIT_DIRS": UNIT_DIR if self.usr_local else "",
         }
         log = open(self.log_path, "wb")  # noqa: SIM115 - kept open for the child
         self.proc = subprocess.Popen(
             [
-                "unshare", "--pid", "--fork", "--kill-child", "--mount",
-                "--mount-proc", "--propagation", "private",
-                "/bin/sh", str(self.state / "stage1"),
+                "unshare",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--mount",
+                "--mount-proc",
+                "--propagation",
+                "private",
+                "/bin/sh",
+                str(self.state / "stage1"),
             ],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            env=env, preexec_fn=_die_with_parent, cwd="/",
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=_die_with_parent,
+            cwd="/",
         )
         log.close()
         deadline = time.monotonic() + timeout
         state = ""
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise BootError(f"sandbox exited with {self.proc.returncode}:\n{self.console_log()}")
+                raise BootError(
+                    f"sandbox exited with {self.proc.returncode}:\n{self.console_log()}"
+                )
             if self.pid is None:
                 self.pid = self._find_pid1()
             if self.pid is not None:
@@ -266,8 +308,9 @@ class Sandbox:
                 if state in ("running", "degraded"):
                     return
             time.sleep(0.2)
-        raise BootError(f"systemd not running after {timeout}s (state {state!r}):\n"
-                        f"{self.console_log()}")
+        raise BootError(
+            f"systemd not running after {timeout}s (state {state!r}):\n{self.console_log()}"
+        )
 
     def _find_pid1(self) -> int | None:
         assert self.proc is not None
@@ -304,8 +347,11 @@ class Sandbox:
         # wait for the namespace to empty, then remove the cgroups it created
         deadline = time.monotonic() + 10
         while True:
-            created = sorted(_cgroup_dirs(self._cgroup_roots) - self._cgroup_before,
-                             key=lambda p: len(p.parts), reverse=True)
+            created = sorted(
+                _cgroup_dirs(self._cgroup_roots) - self._cgroup_before,
+                key=lambda p: len(p.parts),
+                reverse=True,
+            )
             for d in created:
                 with contextlib.suppress(OSError):
                     d.rmdir()
@@ -322,29 +368,56 @@ class Sandbox:
         return ["nsenter", "-t", str(self.pid), "-m", "-p", "-C", "--wd=/", "--", *argv]
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        env = {"PATH": NS_PATH, "LANG": "C.UTF-8", "SYSTEMD_PAGER": "cat",
-               "SYSTEMD_COLORS": "0", "SYSTEMD_LOG_COLOR": "0"}
+        env = {
+            "PATH": NS_PATH,
+            "LANG": "C.UTF-8",
+            "SYSTEMD_PAGER": "cat",
+            "SYSTEMD_COLORS": "0",
+            "SYSTEMD_LOG_COLOR": "0",
+        }
         if extra:
             env.update(extra)
         return env
 
-    def run(self, argv: Sequence[str], *, check: bool = True, timeout: float = 60,
-            env: dict[str, str] | None = None,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
-        r = subprocess.run(self.nsenter_argv(argv), capture_output=True, text=True,
-                           timeout=timeout, env=self.env(env), input=input)
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float = 60,
+        env: dict[str, str] | None = None,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run(
+            self.nsenter_argv(argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env(env),
+            input=input,
+        )
         if check and r.returncode != 0:
             raise AssertionError(
-                f"{shlex.join(argv)} exited {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}")
+                f"{shlex.join(argv)} exited {r.returncode}\n"
+                f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+            )
         return r
 
-    def popen(self, argv: Sequence[str], env: dict[str, str] | None = None,
-              **kw: object) -> subprocess.Popen[str]:
-        return subprocess.Popen(self.nsenter_argv(argv), text=True, env=self.env(env),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)  # type: ignore[call-overload]
+    def popen(
+        self, argv: Sequence[str], env: dict[str, str] | None = None, **kw: object
+    ) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.nsenter_argv(argv),
+            text=True,
+            env=self.env(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            **kw,
+        )  # type: ignore[call-overload]
 
-    def systemctl(self, *args: str, check: bool = True,
-                  timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def systemctl(
+        self, *args: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         return self.run(["systemctl", "--no-ask-password", *args], check=check, timeout=timeout)
 
     def prop(self, unit: str, name: str) -> str:
@@ -352,8 +425,9 @@ class Sandbox:
 
     def journal(self, *args: str) -> str:
         self.run(["journalctl", "--sync"], check=False)
-        return self.run(["journalctl", "--no-pager", "-o", "short-monotonic", *args],
-                        check=False).stdout
+        return self.run(
+            ["journalctl", "--no-pager", "-o", "short-monotonic", *args], check=False
+        ).stdout
 
     def path(self, inside: str) -> Path:
         """A path inside the sandbox's mount namespace, reachable from outside."""

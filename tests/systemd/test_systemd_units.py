@@ -28,8 +28,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------- helpers
-def ctl(sd: Sandbox, *args: str, timeout: float = 30,
-        user: tuple[int, int, list[int] | None] | None = None) -> subprocess.CompletedProcess[str]:
+def ctl(
+    sd: Sandbox,
+    *args: str,
+    timeout: float = 30,
+    user: tuple[int, int, list[int] | None] | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run the installed mytimerctl inside the sandbox (as root or as uid/gid/groups)."""
     argv = ["/usr/local/bin/mytimerctl", *args]
     if user is not None:
@@ -44,7 +48,9 @@ def ok(r: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
     return r
 
 
-def call(path: str, method: str, params: dict[str, object], timeout: float = 10) -> tuple[int, bytes]:
+def call(
+    path: str, method: str, params: dict[str, object], timeout: float = 10
+) -> tuple[int, bytes]:
     """One request on a new unix connection (the wire protocol, done by hand)."""
     payload = cbor2.dumps(params)
     m = method.encode()
@@ -87,6 +93,31 @@ def start_service(sd: Sandbox) -> int:
 
 
 # ------------------------------------------------------------- static checks
+def test_sandbox_runs_nothing_of_the_host(sandbox: Sandbox) -> None:
+    """Guard for the harness: sysinit.target's usual units (sysctl, tmpfiles,
+    binfmt, ...) act on the whole machine and must not exist in the sandbox."""
+    sandbox.systemctl("start", "mytimerd.socket")
+    try:
+        units = sandbox.systemctl("list-units", "--all", "--plain", "--no-legend").stdout
+        loaded = {
+            line.split()[0]
+            for line in units.splitlines()
+            if len(line.split()) > 1 and line.split()[1] == "loaded"
+        }
+        for unit in (
+            "systemd-sysctl.service",
+            "systemd-tmpfiles-setup.service",
+            "systemd-binfmt.service",
+            "systemd-modules-load.service",
+            "systemd-remount-fs.service",
+            "systemd-udev-trigger.service",
+            "systemd-sysusers.service",
+        ):
+            assert unit not in loaded, f"{unit} is loaded in the sandbox:\n{units}"
+    finally:
+        sandbox.systemctl("stop", "mytimerd.socket", check=False)
+
+
 def test_verify_every_unit_is_clean(sandbox: Sandbox) -> None:
     installed = [f"{UNIT_DIR}/{u}" for u in UNITS]
     r = sandbox.run(["systemd-analyze", "verify", *installed], check=False)
@@ -96,14 +127,17 @@ def test_verify_every_unit_is_clean(sandbox: Sandbox) -> None:
     if src.exists():
         shutil.rmtree(src)
     shutil.copytree(REPO / "systemd", src)
-    r = sandbox.run(["systemd-analyze", "verify",
-                     *[f"/run/mytimerd-src/{u}" for u in UNITS]], check=False)
+    r = sandbox.run(
+        ["systemd-analyze", "verify", *[f"/run/mytimerd-src/{u}" for u in UNITS]], check=False
+    )
     assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), r
 
 
 def test_security_exposure_at_most_1(sandbox: Sandbox) -> None:
-    r = sandbox.run(["systemd-analyze", "security", "--offline=true", "--no-pager",
-                     f"{UNIT_DIR}/{SERVICE}"], check=False)
+    r = sandbox.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", f"{UNIT_DIR}/{SERVICE}"],
+        check=False,
+    )
     m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", r.stdout)
     assert m, r.stdout + r.stderr
     assert float(m.group(1)) <= 1.0, r.stdout
@@ -145,8 +179,12 @@ def test_unix_socket_activates_on_first_call(sd: Sandbox) -> None:
 def test_tcp_socket(sd: Sandbox) -> None:
     port = free_tcp_port()
     # the network namespace is the machine's: move the default 9099 to a free port
-    drop_in(sd, "mytimerd-tcp.socket", "port",
-            f"[Socket]\nListenStream=\nListenStream=127.0.0.1:{port}\n")
+    drop_in(
+        sd,
+        "mytimerd-tcp.socket",
+        "port",
+        f"[Socket]\nListenStream=\nListenStream=127.0.0.1:{port}\n",
+    )
     sd.systemctl("start", "mytimerd-tcp.socket")
     assert active(sd) == "inactive"
     r = ok(ctl(sd, "--tcp", "127.0.0.1", str(port), "echo", "hi"))
@@ -161,8 +199,9 @@ def test_tcp_socket(sd: Sandbox) -> None:
 # ----------------------------------------------------------------- lifecycle
 def test_stop_drains_in_flight_call(sd: Sandbox) -> None:
     start_service(sd)
-    echo = sd.popen(["/usr/local/bin/mytimerctl", "echo", "hi", "--delay-ms", "2000"],
-                    env={"HOME": "/"})
+    echo = sd.popen(
+        ["/usr/local/bin/mytimerctl", "echo", "hi", "--delay-ms", "2000"], env={"HOME": "/"}
+    )
     time.sleep(0.7)  # the call is in flight inside the daemon
     assert echo.poll() is None, "echo returned before the stop"
     t0 = time.monotonic()
@@ -191,7 +230,7 @@ def test_restart_under_load_loses_no_call(sd: Sandbox) -> None:
             try:
                 ret, _body = call(path, "version", {})
                 results.append("ok" if ret == 0 else f"ret={ret}")
-            except Exception as e:  # noqa: BLE001 - every failure counts
+            except Exception as e:
                 results.append(f"{type(e).__name__}: {e}")
 
     threads = [threading.Thread(target=client) for _ in range(2)]
@@ -236,10 +275,14 @@ def test_watchdog_restarts_a_stuck_library(sd: Sandbox) -> None:
     shutil.copy(double, sd.path("/run/mytimerd-test/libstuck_timer.so"))
     sd.path("/run/mytimerd-test/libstuck_timer.so").chmod(0o755)
     sd.write_file("/run/mytimerd-test/control", "ok\n")
-    drop_in(sd, SERVICE, "stuck-double",
-            "[Service]\n"
-            "Environment=MYTIMERD_LIBRARY=/run/mytimerd-test/libstuck_timer.so\n"
-            "Environment=STUCK_TIMER_CONTROL=/run/mytimerd-test/control\n")
+    drop_in(
+        sd,
+        SERVICE,
+        "stuck-double",
+        "[Service]\n"
+        "Environment=MYTIMERD_LIBRARY=/run/mytimerd-test/libstuck_timer.so\n"
+        "Environment=STUCK_TIMER_CONTROL=/run/mytimerd-test/control\n",
+    )
     old_pid = start_service(sd)
     restarts = int(sd.prop(SERVICE, "NRestarts"))
     time.sleep(6)  # several watchdog periods (WatchdogSec=10s, pings every 5s)
@@ -252,8 +295,11 @@ def test_watchdog_restarts_a_stuck_library(sd: Sandbox) -> None:
     fired_after = time.monotonic() - t0
     journal = sd.journal("-u", SERVICE)
     assert "Watchdog timeout" in journal, journal
-    sd.wait_for(lambda: active(sd) == "active" and main_pid(sd) not in (0, old_pid), 30,
-                "systemd to restart the service")
+    sd.wait_for(
+        lambda: active(sd) == "active" and main_pid(sd) not in (0, old_pid),
+        30,
+        "systemd to restart the service",
+    )
     assert int(sd.prop(SERVICE, "NRestarts")) > restarts
     assert fired_after > 4, f"watchdog fired {fired_after:.1f}s after the library got stuck"
     ok(ctl(sd, "version"))
