@@ -153,7 +153,7 @@ def test_truncated_vectors(native: Native, hctx: Any, vectors: dict[str, Any]) -
     finish(native, hctx, pending)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(data=st.lists(st.tuples(st.sampled_from(METHODS), st.binary(max_size=64)), max_size=8))
 def test_random_bytes(native: Native, data: list[tuple[str, bytes]]) -> None:
     c, s = native.create("r")
@@ -175,7 +175,7 @@ values = st.recursive(
     max_leaves=20)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(method=st.sampled_from(METHODS), tree=st.dictionaries(st.sampled_from(KEYS), values, max_size=4),
        cut=st.integers(min_value=0, max_value=3))
 def test_structured_garbage(native: Native, hctx: Any, method: str, tree: dict[str, Any], cut: int) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import cbor2
 import pytest
 
-from .conftest import Native
+from .conftest import SLACK, Native
 
 
 def echo_req(message: str, delay: int) -> bytes:
@@ -44,7 +44,7 @@ def test_destroy_drains_in_flight(native: Native) -> None:
     t0 = time.monotonic()
     assert native.lib.my_timer_destroy(c) == 0
     took = time.monotonic() - t0
-    assert 0.1 < took < 1.0
+    assert 0.1 < took < 1.0 * SLACK
     for s in sinks:
         assert len(s.results) == 1 and s.results[0].code == 0
     assert len(ev.results) == 5
@@ -58,7 +58,7 @@ def test_destroy_grace_cancels_long_requests(native: Native, env: dict[str, str]
     _, short = native.call("echo", c, echo_req("quick", 20))
     t0 = time.monotonic()
     assert native.lib.my_timer_destroy(c) == 0
-    assert time.monotonic() - t0 < 0.5
+    assert time.monotonic() - t0 < 0.5 * SLACK
     assert [(r.code, r.body) for r in long.results] == [(1, b"echo cancelled: context destroyed")]
     assert [r.code for r in short.results] == [0]
 
@@ -107,7 +107,7 @@ def test_handoff_mode_delivers_before_return(native: Native, env: dict[str, str]
         # concurrency is unchanged in handoff mode
         t0 = time.monotonic()
         sinks = [native.call("echo", c, echo_req("x", 100))[1] for _ in range(64)]
-        assert max(s.wait()[0].at for s in sinks) - t0 < 0.150
+        assert max(s.wait()[0].at for s in sinks) - t0 < 0.150 * SLACK
     finally:
         assert native.lib.my_timer_destroy(c) == 0
 

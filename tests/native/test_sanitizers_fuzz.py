@@ -6,6 +6,7 @@ Both must run report-free: any sanitizer report or crash fails the test.
 from __future__ import annotations
 
 import os
+import sys
 import shutil
 import subprocess
 from pathlib import Path
@@ -62,3 +63,31 @@ def test_fuzz_request_decoder(tmp_path: Path) -> None:
     crashes = list(tmp_path.glob("crash-*")) + list(tmp_path.glob("leak-*")) + list(tmp_path.glob("timeout-*"))
     assert proc.returncode == 0 and not crashes, f"fuzzer found a problem:\n{output[-6000:]}"
     assert "Done" in output
+
+
+@pytest.mark.parametrize("variant", ["asan", "tsan"])
+def test_pytest_suite_under_sanitizer(variant: str) -> None:
+    """Rerun the ABI, concurrency, lifecycle and hypothesis hostile-input tests
+    against the sanitizer build, loaded into a python subprocess with the
+    sanitizer runtime preloaded."""
+    build_native(variant)
+    runtime = subprocess.run(["gcc", f"-print-file-name=lib{variant}.so"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(runtime).is_file(), f"sanitizer runtime not found: {runtime}"
+    env = _clean_env()
+    env["MYTIMER_NATIVE_VARIANT"] = variant
+    env["MYTIMER_TIMING_SLACK"] = "3"
+    env["LD_PRELOAD"] = runtime
+    # python itself is not instrumented: its allocations are not our leaks
+    env["ASAN_OPTIONS"] = "detect_leaks=0:halt_on_error=1:exitcode=66"
+    env["UBSAN_OPTIONS"] = "halt_on_error=1:print_stacktrace=1:exitcode=66"
+    env["TSAN_OPTIONS"] = "halt_on_error=1:exitcode=66"
+    here = Path(__file__).resolve().parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+         str(here / "test_abi.py"), str(here / "test_hostile.py"), str(here / "test_lifecycle.py"),
+         "-k", "not default_grace and not thousand"],
+        capture_output=True, text=True, env=env, cwd=here.parents[1], timeout=240)
+    output = proc.stdout + proc.stderr
+    reports = [m for m in REPORT_MARKERS if m in output]
+    assert proc.returncode == 0 and not reports, f"{variant} pytest run failed:\n{output[-6000:]}"
