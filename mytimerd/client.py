@@ -59,7 +59,26 @@ DEFAULT_TIMEOUT: Final = 30.0
 #: Seconds a connection attempt may take (per address tried).
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 
+#: Largest response body accepted: daemon answers are small, and a broken or
+#: hostile peer must not make the client buffer gigabytes.
+MAX_RESPONSE: Final = 64 << 20
+
 _READ_SIZE: Final = 65536
+
+
+class _NoRequest:
+    """The default request of ``call``: an empty map (None would send CBOR null)."""
+
+    def __repr__(self) -> str:
+        return "{}"
+
+
+NO_REQUEST: Final = _NoRequest()
+
+
+def encode_payload(request: object) -> bytes:
+    """The CBOR payload for ``request`` (``NO_REQUEST``: an empty map)."""
+    return b"\xa0" if request is NO_REQUEST else cbor2.dumps(request)
 
 
 # --- errors -----------------------------------------------------------------
@@ -317,7 +336,7 @@ class Client:
         #: The address connected to, once connected.
         self.address: Address | None = None
         self._sock: socket.socket | None = None
-        self._parser = wire.ResponseParser()
+        self._parser = wire.ResponseParser(MAX_RESPONSE)
         self._ready: collections.deque[wire.Response] = collections.deque()
         # Responses owed on this connection, including those of timed-out calls,
         # which must be read and dropped before the next call's own answer.
@@ -335,7 +354,7 @@ class Client:
                 attempts.append((address, _reason(exc)))
                 continue
             self.address = address
-            self._parser = wire.ResponseParser()
+            self._parser = wire.ResponseParser(MAX_RESPONSE)
             self._ready.clear()
             self._owed = 0
             return
@@ -427,9 +446,11 @@ class Client:
         """
         return _result_body(method, self._exchange(method, payload, timeout), self.address)
 
-    def call(self, method: str, request: object = None, *, timeout: float | None = None) -> Any:
-        """Call ``method`` with ``request`` (CBOR-encodable; None: ``{}``); decode the answer."""
-        payload = cbor2.dumps({} if request is None else request)
+    def call(
+        self, method: str, request: object = NO_REQUEST, *, timeout: float | None = None
+    ) -> Any:
+        """Call ``method`` with ``request`` (CBOR-encodable; default ``{}``); decode the answer."""
+        payload = encode_payload(request)
         return decode_body(self.call_raw(method, payload, timeout=timeout), self.address)
 
     def version(self) -> str:
@@ -544,7 +565,7 @@ class _Connection:
         return future
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
-        parser = wire.ResponseParser()
+        parser = wire.ResponseParser(MAX_RESPONSE)
         try:
             while True:
                 data = await reader.read(_READ_SIZE)
@@ -673,10 +694,10 @@ class AsyncClient:
         return _result_body(method, response, conn.address)
 
     async def call(
-        self, method: str, request: object = None, *, timeout: float | None = None
+        self, method: str, request: object = NO_REQUEST, *, timeout: float | None = None
     ) -> Any:
-        """Call ``method`` with ``request`` (CBOR-encodable; None: ``{}``); decode the answer."""
-        payload = cbor2.dumps({} if request is None else request)
+        """Call ``method`` with ``request`` (CBOR-encodable; default ``{}``); decode the answer."""
+        payload = encode_payload(request)
         body = await self.call_raw(method, payload, timeout=timeout)
         return decode_body(body, self.address)
 

@@ -164,6 +164,21 @@ def test_bad_responses(fake: FakeServer, answer: tuple[int, bytes], match: str) 
         c.version()
 
 
+def test_oversized_response_is_refused(fake: FakeServer) -> None:
+    fake.greeting = (1 << 30).to_bytes(8, "big")  # RET_OK, then a 1 GiB body length
+    fake.handler = lambda method, payload: None
+    with Client(fake.address) as c, pytest.raises(BadResponse, match="exceeds the limit"):
+        c.version()
+
+
+def test_default_request_is_an_empty_map_and_none_is_null(fake: FakeServer) -> None:
+    fake.handler = lambda method, payload: (wire.RET_OK, payload)  # answers the request back
+    with Client(fake.address) as c:
+        assert c.call("version") == {}
+        assert c.call("echo", None) is None
+        assert c.call_raw("echo", b"\xf6") == b"\xf6"
+
+
 def test_timeout_keeps_connection_and_drops_late_answer(fake: FakeServer) -> None:
     with Client(fake.address, timeout=5) as c:
         fake.delay = 0.3
