@@ -912,6 +912,11 @@ class Bench:
                 "floor_errors": (fi or {}).get("errors"),
                 "daemon_errors": (di or {}).get("errors"),
                 "daemon_rss_mb_before": ((di or {}).get("rss_kb_before") or 0) / 1024.0 or None,
+                "daemon_rss_kb_per_idle_conn": (
+                    (dmb * 1024.0 - di["rss_kb_before"]) / n_idle
+                    if dmb is not None and di and n_idle
+                    else None
+                ),
                 "ratio": None,
                 "target": f"<= {T_IDLE_RSS_MB:.0f} MB",
                 "threshold": T_IDLE_RSS_MB,
