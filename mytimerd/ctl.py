@@ -238,7 +238,7 @@ def build_command(method: Method) -> Command:
 
 
 COMMANDS: Final[tuple[Command, ...]] = tuple(build_command(m) for m in METHODS)
-COMMANDS_BY_METHOD: Final[Mapping[str, Command]] = {c.method.name: c for c in COMMANDS}
+COMMANDS_BY_NAME: Final[Mapping[str, Command]] = {c.name: c for c in COMMANDS}
 
 
 # --- argument parsing -------------------------------------------------------
@@ -748,18 +748,20 @@ def _zsh_script() -> str:
     for c in COMMANDS:
         specs = []
         for p in c.params:
-            doc = p.field.doc
             if p.positional:
                 specs.append(shlex.quote(f":{p.flag}: "))
             else:
                 star = "*" if p.repeated else ""
-                specs.append(shlex.quote(f"{star}{p.flag}[{_zsh_describe(doc)}]:{p.metavar}: "))
+                specs.append(
+                    shlex.quote(f"{star}{p.flag}[{_zsh_describe(p.field.doc)}]:{p.metavar}: ")
+                )
         cases.append(f"        {c.name}) _arguments $globals {' '.join(specs)};;")
     methods = " ".join(m.name for m in METHODS)
     return f"""# zsh completion for {PROG}, generated from the mytimerd method table
 _{PROG}() {{
     local -a globals commands
-    local state line
+    local context state state_descr line
+    typeset -A opt_args
     globals=({" ".join(globals_)})
     commands=({" ".join(described)})
     _arguments -C $globals '1:command:->command' '*::argument:->argument'
@@ -804,9 +806,13 @@ def _start_hint(addresses: Sequence[Address]) -> str:
     )
 
 
-def _fail(err: TextIO, *lines: str) -> None:
-    for line in lines:
-        print(f"{PROG}: {line}" if not line.startswith("hint:") else line, file=err)
+def _error(*messages: str) -> None:
+    for message in messages:
+        print(f"{PROG}: {message}", file=sys.stderr)
+
+
+def _hint(text: str) -> None:
+    print(text, file=sys.stderr)
 
 
 def _explicit_address(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> Address | None:
@@ -828,21 +834,15 @@ def _request(ns: argparse.Namespace, stdin: TextIO) -> tuple[str, Any]:
     if ns.command == "call":
         text = stdin.read() if ns.request == "-" else ns.request
         return ns.method, parse_json_request(text)
-    command = next(c for c in COMMANDS if c.name == ns.command)
+    command = COMMANDS_BY_NAME[ns.command]
     return command.method.name, command.request(ns)
 
 
-def main(
-    argv: Sequence[str] | None = None,
-    *,
-    stdin: TextIO | None = None,
-    stdout: TextIO | None = None,
-    stderr: TextIO | None = None,
-) -> int:
-    """Run mytimerctl with ``argv`` (default: sys.argv[1:]); return the exit status."""
-    stdin = stdin or sys.stdin
-    out = stdout or sys.stdout
-    err = stderr or sys.stderr
+def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None) -> int:
+    """Run mytimerctl with ``argv`` (default: sys.argv[1:]); return the exit status.
+
+    ``stdin`` is where ``call METHOD -`` reads its request (default: sys.stdin).
+    """
     parser = build_parser()
     try:
         ns = parser.parse_args(argv)
@@ -850,14 +850,14 @@ def main(
     except SystemExit as exc:  # argparse's way out of --help and usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if ns.command == "completion":
-        out.write(completion_script(ns.shell))
+        sys.stdout.write(completion_script(ns.shell))
         return EXIT_OK
     try:
-        method, request = _request(ns, stdin)
+        method, request = _request(ns, stdin or sys.stdin)
         limit = ns.timeout or None
         conn = client.Client(address, timeout=limit, connect_timeout=limit)
     except ValueError as exc:
-        _fail(err, str(exc))
+        _error(str(exc))
         return EXIT_USAGE
     try:
         with conn:
@@ -865,31 +865,30 @@ def main(
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
     except client.ConnectError as exc:
-        _fail(err, *(f"cannot connect to the daemon at {a}: {r}" for a, r in exc.attempts))
-        _fail(err, _start_hint([a for a, _ in exc.attempts]))
+        _error(*(f"cannot connect to the daemon at {a}: {r}" for a, r in exc.attempts))
+        _hint(_start_hint([a for a, _ in exc.attempts]))
         return EXIT_UNREACHABLE
     except client.CallTimeout as exc:
-        _fail(err, f"{exc} (see --timeout)")
+        _error(f"{exc} (see --timeout)")
         return EXIT_TIMEOUT
     except client.BadResponse as exc:
-        _fail(err, f"the peer at {exc.address} does not speak the mytimerd protocol: {exc.reason}")
+        _error(f"the peer at {exc.address} does not speak the mytimerd protocol: {exc.reason}")
         return EXIT_UNREACHABLE
     except client.TransportError as exc:
-        _fail(
-            err,
-            f"lost the connection to the daemon at {exc.address}: {exc.reason}",
+        _error(f"lost the connection to the daemon at {exc.address}: {exc.reason}")
+        _hint(
             "hint: the daemon may have stopped; see 'systemctl status mytimerd' "
-            "or its log ('journalctl -u mytimerd').",
+            "or its log ('journalctl -u mytimerd')."
         )
         return EXIT_UNREACHABLE
     except client.DaemonCallError as exc:
-        _fail(err, str(exc))
+        _error(str(exc))
         return EXIT_DAEMON_ERROR
     except client.LibraryError as exc:
-        _fail(err, f"library error: {exc.message}")
+        _error(f"library error: {exc.message}")
         return EXIT_LIBRARY_ERROR
     if ns.json:
-        print(json.dumps(to_json(answer), indent=2, ensure_ascii=False), file=out)
+        print(json.dumps(to_json(answer), indent=2, ensure_ascii=False))
     else:
-        print(render(method, answer), file=out)
+        print(render(method, answer))
     return EXIT_OK
