@@ -31,7 +31,11 @@ class BuildPyWithNative(build_py):
             targets.append(ROOT / "mytimerd" / "_lib")
         for target in targets:
             target.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(NATIVE_SO, target / NATIVE_SO.name)
+            # Copy, then rename: a running daemon maps the old file, and
+            # overwriting it in place would crash it with SIGBUS.
+            tmp = target / f".{NATIVE_SO.name}.{os.getpid()}"
+            shutil.copy2(NATIVE_SO, tmp)
+            os.replace(tmp, target / NATIVE_SO.name)
 
 
 setup(
