@@ -72,6 +72,7 @@ typedef struct ctx {
     req_t *freelist;
     int nfree;
     int sleeping, stopping, cancel, exited;
+    int releasing; /* destroy started: handoff callers stop waiting */
     int handoff;
     uint64_t submit_seq, handled_seq;
     int64_t grace_ms;
@@ -539,7 +540,7 @@ static void enqueue(ctx_t *c, req_t *n, int wait_handled)
         pthread_cond_signal(&c->cv_work);
     if (wait_handled) {
         uint64_t seq = n->seq; /* n may be recycled once handled */
-        while (c->handled_seq < seq && !c->exited)
+        while (c->handled_seq < seq && !c->releasing)
             pthread_cond_wait(&c->cv_done, &c->mu);
     }
     pthread_mutex_unlock(&c->mu);
@@ -738,8 +739,14 @@ int my_timer_destroy(void *ctx)
     ctx_t *c = reg_remove(ctx);
     if (!c)
         return RET_ERR;
-    /* New calls now see an invalid context; let calls already inside finish
-     * queueing (handoff callers are released as their request is handled). */
+    /* New calls now see an invalid context. Calls already inside finish
+     * queueing; handoff callers stop waiting (their request stays queued and
+     * is drained or cancelled below), so a stuck library thread cannot hold
+     * them forever. */
+    pthread_mutex_lock(&c->mu);
+    c->releasing = 1;
+    pthread_cond_broadcast(&c->cv_done);
+    pthread_mutex_unlock(&c->mu);
     while (atomic_load(&c->users) > 0)
         usleep(100);
 

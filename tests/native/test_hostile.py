@@ -133,6 +133,10 @@ def test_specific_hostile_inputs(native: Native, hctx: Any) -> None:
         "schedule.startAtMs + schedule.jitter overflows int64")
     req["schedule"] = {"startAtMs": -(2**63), "jitter": -1, "intervalMs": -(2**63)}
     assert err(native, hctx, "schedule", dumps(req)).startswith("schedule.startAtMs + schedule.jitter")
+    # huge payloads are copied, not truncated
+    big = "x" * (2 * 1024 * 1024)
+    _, s = native.call("echo", hctx, dumps({"req": {"message": big}}))
+    assert s.wait()[0].body == dumps({"echoed": big, "timerName": "hostile"})
     # trailing bytes are ignored, like the real library
     _, s = native.call("version", hctx, b"\xa0\xff\xff")
     assert s.wait()[0].code == 0

@@ -171,3 +171,33 @@ def test_destroy_concurrent_with_calls(native: Native) -> None:
         t.join()
         for s in sinks:
             assert len(s.results) == 1
+
+
+def test_destroy_releases_handoff_callers(native: Native, env: dict[str, str]) -> None:
+    """A handoff caller waiting on a busy library thread is released by destroy."""
+    env["MY_TIMER_SUBMIT_MODE"] = "handoff"
+    c = new_ctx(native)
+    gate = threading.Event()
+    ud, busy = native.sink()
+    native.hooks[int(native.ffi.cast("uintptr_t", ud))] = lambda code, body: gate.wait(2.0)
+    # occupy the library thread inside a callback (returns once gate is set)
+    threading.Thread(target=lambda: native.lib.my_timer_version_cbor(c, native.cb, ud, b"\xa0", 1),
+                     daemon=True).start()
+    time.sleep(0.05)
+    returned = threading.Event()
+    waiting: list[Any] = []
+
+    def caller() -> None:
+        waiting.append(native.call("version", c, b"\xa0")[1])
+        returned.set()
+
+    threading.Thread(target=caller, daemon=True).start()
+    assert not returned.wait(0.1)  # handoff: blocked behind the busy thread
+    destroyer = threading.Thread(target=lambda: native.lib.my_timer_destroy(c))
+    destroyer.start()
+    assert returned.wait(0.5), "destroy did not release the handoff caller"
+    gate.set()
+    destroyer.join(3.0)
+    assert not destroyer.is_alive()
+    assert [r.code for r in waiting[0].results] == [0]  # drained normally
+    assert len(busy.results) == 1
