@@ -485,6 +485,10 @@ class Server:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.limits.drain_timeout
         while loop.time() < deadline:
+            # Sleep first: connections asyncio accepted just before the close
+            # are attached a loop iteration or two later, and must be served,
+            # not dropped with the process.
+            await asyncio.sleep(0.05)
             now = time.monotonic()
             for conn in list(self.connections):
                 if conn.is_idle() and now - conn.last_active >= DRAIN_IDLE_GRACE:
@@ -497,7 +501,6 @@ class Server:
                 f"STATUS=Stopping: {len(self.pending)} calls in flight, "
                 f"{len(self.connections)} connections open"
             )
-            await asyncio.sleep(0.05)
         touched = set()
         for call in self.pending.values():
             err = DaemonError(
