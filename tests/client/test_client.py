@@ -386,7 +386,7 @@ def test_real_async_pipelining_runs_concurrently(daemon: Daemon) -> None:
 
     echoed, elapsed = asyncio.run(run())
     assert echoed == ["a", "b", "c"]
-    assert elapsed < 0.6
+    assert elapsed < 0.7  # one after another would take 750 ms
 
 
 def test_real_async_many_calls(daemon: Daemon) -> None:
