@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -492,11 +493,16 @@ static void *lib_main(void *arg)
          * that submits again right away then needs no futex wake-up. */
         int64_t spin_end = now_ns() + SPIN_NS;
         for (int i = 0; !atomic_load_explicit(&c->qnonempty, memory_order_relaxed); i++) {
-            if ((i & 63) == 63 && now_ns() > spin_end)
-                break;
+            if (i < 128) {
 #if defined(__x86_64__) || defined(__i386__)
-            __builtin_ia32_pause();
+                __builtin_ia32_pause();
 #endif
+                continue;
+            }
+            /* then yield: on a busy machine the submitter may need this core */
+            if (now_ns() > spin_end)
+                break;
+            sched_yield();
         }
         pthread_mutex_lock(&c->mu);
     }
