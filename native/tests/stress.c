@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -407,6 +408,18 @@ static void scenario_lifecycle(int cycles)
     unsetenv("MY_TIMER_SUBMIT_MODE");
 }
 
+static int count_dir(const char *path)
+{
+    int n = 0;
+    DIR *d = opendir(path);
+    if (!d)
+        return -1;
+    while (readdir(d))
+        n++;
+    closedir(d);
+    return n;
+}
+
 int main(int argc, char **argv)
 {
     int iters = argc > 1 ? atoi(argv[1]) : 20000;
@@ -417,7 +430,10 @@ int main(int argc, char **argv)
     scenario_concurrent_echoes(1);
     scenario_threads(iters / 8);
     scenario_hostile(iters);
-    scenario_lifecycle(200);
+    int threads = count_dir("/proc/self/task"), fds = count_dir("/proc/self/fd");
+    scenario_lifecycle(1000);
+    CHECK(count_dir("/proc/self/task") == threads, "threads left behind");
+    CHECK(count_dir("/proc/self/fd") == fds, "fds left behind");
     if (failures) {
         fprintf(stderr, "stress: %d check(s) failed\n", failures);
         return 1;

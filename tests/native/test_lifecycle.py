@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import cbor2
+import cffi
 import pytest
 
 from .conftest import SLACK, Native
@@ -130,11 +132,26 @@ def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+_libc_ffi = cffi.FFI()
+_libc_ffi.cdef("""
+struct mallinfo2 { size_t arena, ordblks, smblks, hblks, hblkhd, usmblks, fsmblks,
+                   uordblks, fordblks, keepcost; };
+struct mallinfo2 mallinfo2(void);
+""")
+_libc = _libc_ffi.dlopen(None)
+
+
+def _heap_in_use() -> int:
+    """Bytes handed out by malloc (glibc mallinfo2), excluding mmap'd blocks."""
+    return int(_libc.mallinfo2().uordblks)
+
+
 def test_thousand_create_destroy_cycles_leave_nothing(native: Native) -> None:
     # warm up lazily allocated runtime state first
     native.lib.my_timer_destroy(new_ctx(native))
     time.sleep(0.05)
-    threads, fds = _threads(), _fds()
+    gc.collect()
+    threads, fds, heap = _threads(), _fds(), _heap_in_use()
     ffi, lib = native.ffi, native.lib
     ud, s = native.sink()
     payload = cbor2.dumps({"config": {"name": "cycle"}})
@@ -150,6 +167,11 @@ def test_thousand_create_destroy_cycles_leave_nothing(native: Native) -> None:
     assert len(s.results) == 1000 + 334 + 200
     assert _threads() == threads
     assert _fds() == fds
+    del s
+    gc.collect()
+    # one leaked context (>= 300 B) per cycle would be >= 300 kB; python
+    # itself moves this by a few tens of kB. LSan covers small leaks (stress.c).
+    assert _heap_in_use() - heap < 200 * 1024
 
 
 def test_destroy_concurrent_with_calls(native: Native) -> None:
