@@ -6,6 +6,12 @@
  * the CFFI-BEGIN / CFFI-END markers is read verbatim by cffi's cdef(), so it
  * must stay free of preprocessor conditionals.
  */
+/*
+ * The C implementation in native/src reads two environment variables at
+ * create time (see native/README.md): MY_TIMER_SUBMIT_MODE=async|handoff and
+ * MY_TIMER_DESTROY_GRACE_MS. A call made from inside a library callback is
+ * rejected (RET_ERR / 0 / NULL, no callback) instead of deadlocking.
+ */
 #ifndef MY_TIMER_CBOR_H
 #define MY_TIMER_CBOR_H
 
