@@ -8,32 +8,29 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import cffi
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.support.native import HEADER, build_native  # noqa: E402
+from tests.support.native import HEADER, build_native
 
 # Timing bounds are the spec's; sanitizer reruns multiply them (slower code).
 SLACK = float(os.environ.get("MYTIMER_TIMING_SLACK", "1"))
 
 SPEC_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "spec"
 
-PROTOTYPES = """
-void    *my_timer_create_cbor(const uint8_t *reqCbor, size_t reqCborLen, FFICallBack cb, void *userData);
-int      my_timer_echo_cbor    (void *ctx, FFICallBack cb, void *userData, const uint8_t *reqCbor, size_t reqCborLen);
-int      my_timer_version_cbor (void *ctx, FFICallBack cb, void *userData, const uint8_t *reqCbor, size_t reqCborLen);
-int      my_timer_complex_cbor (void *ctx, FFICallBack cb, void *userData, const uint8_t *reqCbor, size_t reqCborLen);
-int      my_timer_schedule_cbor(void *ctx, FFICallBack cb, void *userData, const uint8_t *reqCbor, size_t reqCborLen);
-int      my_timer_destroy(void *ctx);
-uint64_t my_timer_add_event_listener(void *ctx, const char *eventName, FFICallBack cb, void *userData);
-int      my_timer_remove_event_listener(void *ctx, uint64_t listenerId);
-"""
+
+def prototypes() -> str:
+    """The header's MY_TIMER_API function declarations, without the macro."""
+    decls = re.findall(r"^MY_TIMER_API\s+([^;]+;)", HEADER.read_text(), re.M)
+    assert len(decls) == 8, decls
+    return "\n".join(" ".join(d.split()) for d in decls)
 
 
 def cffi_region() -> str:
@@ -71,7 +68,7 @@ class Native:
 
     def __init__(self, path: Path) -> None:
         self.ffi = cffi.FFI()
-        self.ffi.cdef(cffi_region() + PROTOTYPES)
+        self.ffi.cdef(cffi_region() + prototypes())
         self.lib = self.ffi.dlopen(str(path))
         self._sinks: dict[int, Sink] = {}
         self._next = 1
@@ -80,7 +77,6 @@ class Native:
         self.active = 0
         self.overlaps = 0
 
-        @self.ffi.callback("void(int, const char *, size_t, void *)")
         def _cb(code: int, msg: Any, length: int, ud: Any) -> None:
             handle = int(self.ffi.cast("uintptr_t", ud))
             body = bytes(self.ffi.buffer(msg, length)) if length else b""
@@ -100,7 +96,8 @@ class Native:
             with self._mu:
                 self.active -= 1
 
-        self.cb = _cb
+        # kept referenced for the life of the library (cffi frees it otherwise)
+        self.cb = self.ffi.callback("void(int, const char *, size_t, void *)")(_cb)
         self.hooks: dict[int, Any] = {}
 
     def sink(self) -> tuple[Any, Sink]:
@@ -132,8 +129,11 @@ class Native:
 def vectors() -> dict[str, Any]:
     path = SPEC_DIR / "abi-vectors.json"
     if not path.is_file():
-        pytest.fail(f"spec vectors missing: {path.resolve()} (expected ../shared/spec next to the repo)")
-    return json.loads(path.read_text())
+        pytest.fail(
+            f"spec vectors missing: {path.resolve()} (expected ../shared/spec next to the repo)"
+        )
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
 
 
 @pytest.fixture(scope="session")

@@ -29,8 +29,9 @@ def echo_req(message: str, delay: int) -> bytes:
 
 
 def test_exports_exactly_the_abi(so_path: Any) -> None:
-    out = subprocess.run(["nm", "-D", "--defined-only", str(so_path)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["nm", "-D", "--defined-only", str(so_path)], capture_output=True, text=True, check=True
+    ).stdout
     names = {line.split()[-1] for line in out.splitlines() if line.strip()}
     assert names == ABI_SYMBOLS
 
@@ -60,10 +61,15 @@ def test_call_vectors(native: Native, ctx: Any, vectors: dict[str, Any], index: 
     v = calls[index]
     events: list[bytes] = []
     order: list[str] = []
-    ev_ud, ev_sink = native.sink()
+    ev_ud, _ev_sink = native.sink()
     lid = native.lib.my_timer_add_event_listener(ctx, b"on_echo_fired", native.cb, ev_ud)
     assert lid >= 1
-    native.hooks[int(native.ffi.cast("uintptr_t", ev_ud))] = lambda c, b: (events.append(b), order.append("event"))
+
+    def on_event(code: int, body: bytes) -> None:
+        events.append(body)
+        order.append("event")
+
+    native.hooks[int(native.ffi.cast("uintptr_t", ev_ud))] = on_event
     try:
         rc, s = native.call(v["method"], ctx, bytes.fromhex(v["request_hex"]))
         assert rc == 0
@@ -90,7 +96,8 @@ def test_unknown_key_detail(native: Native, ctx: Any) -> None:
     payload = bytes.fromhex("a163726571a3676d6573736167656268696764656c61794d730065657874726101")
     _, s = native.call("echo", ctx, payload)
     assert s.wait()[0].body.decode() == (
-        "CBOR decode failed for MyTimerEchoReq: unknown field 'extra' in EchoRequest")
+        "CBOR decode failed for MyTimerEchoReq: unknown field 'extra' in EchoRequest"
+    )
 
 
 def test_results_come_from_library_thread(native: Native, ctx: Any) -> None:
@@ -135,10 +142,17 @@ def test_empty_create_and_name(native: Native) -> None:
     try:
         _, e = native.call("echo", c, echo_req("m", 0))
         assert cbor2.loads(e.wait()[0].body) == {"echoed": "m", "timerName": ""}
-        _, sc = native.call("schedule", c, cbor2.dumps(
-            {"job": {"name": "j"}, "retry": {"maxAttempts": 1}, "schedule": {}}))
+        _, sc = native.call(
+            "schedule",
+            c,
+            cbor2.dumps({"job": {"name": "j"}, "retry": {"maxAttempts": 1}, "schedule": {}}),
+        )
         assert cbor2.loads(sc.wait()[0].body) == {
-            "jobId": ":j", "willRunCount": 1, "firstRunAtMs": 0, "effectiveBackoffMs": 0}
+            "jobId": ":j",
+            "willRunCount": 1,
+            "firstRunAtMs": 0,
+            "effectiveBackoffMs": 0,
+        }
     finally:
         native.lib.my_timer_destroy(c)
 
@@ -155,19 +169,32 @@ def test_create_decode_error_is_synchronous(native: Native) -> None:
 
 
 def test_complex_and_schedule_values(native: Native, ctx: Any) -> None:
-    _, s = native.call("complex", ctx, cbor2.dumps({"req": {
-        "messages": [{"message": "a"}], "tags": [], "note": "", "retries": -5}}))
+    _, s = native.call(
+        "complex",
+        ctx,
+        cbor2.dumps(
+            {"req": {"messages": [{"message": "a"}], "tags": [], "note": "", "retries": -5}}
+        ),
+    )
     assert cbor2.loads(s.wait()[0].body) == {
-        "summary": "received 1 messages, note=, retries=-5", "itemCount": 1, "hasNote": True}
+        "summary": "received 1 messages, note=, retries=-5",
+        "itemCount": 1,
+        "hasNote": True,
+    }
     _, s = native.call("complex", ctx, cbor2.dumps({"req": {"note": None, "retries": None}}))
     assert s.wait()[0].body == cbor2.dumps(
-        {"summary": "received 0 messages, note=<none>, retries=0", "itemCount": 0, "hasNote": False})
+        {"summary": "received 0 messages, note=<none>, retries=0", "itemCount": 0, "hasNote": False}
+    )
     for interval, runs in [(0, 1), (-5, 1), (1, 60000), (60001, 1), (7, 8571)]:
-        req = {"job": {"name": "n"}, "retry": {"maxAttempts": 2, "backoffMs": -3},
-               "schedule": {"startAtMs": -10, "intervalMs": interval, "jitter": None}}
+        req = {
+            "job": {"name": "n"},
+            "retry": {"maxAttempts": 2, "backoffMs": -3},
+            "schedule": {"startAtMs": -10, "intervalMs": interval, "jitter": None},
+        }
         _, s = native.call("schedule", ctx, cbor2.dumps(req))
-        assert s.wait()[0].body == cbor2.dumps({"jobId": "demo:n", "willRunCount": runs,
-                                                "firstRunAtMs": -10, "effectiveBackoffMs": -3})
+        assert s.wait()[0].body == cbor2.dumps(
+            {"jobId": "demo:n", "willRunCount": runs, "firstRunAtMs": -10, "effectiveBackoffMs": -3}
+        )
 
 
 def test_concurrent_echoes_complete_in_completion_order(native: Native, ctx: Any) -> None:
@@ -216,8 +243,10 @@ def test_events_wildcards_and_removal(native: Native, ctx: Any) -> None:
     for s in (named, wild, nulls):
         e = s.wait()[0]
         assert e.at <= r.at
-        assert cbor2.loads(e.body) == {"eventType": "on_echo_fired",
-                                       "payload": {"message": "ev", "echoCount": 1}}
+        assert cbor2.loads(e.body) == {
+            "eventType": "on_echo_fired",
+            "payload": {"message": "ev", "echoCount": 1},
+        }
     assert other.results == []
     assert lib.my_timer_remove_event_listener(ctx, ids[0]) == 0
     assert lib.my_timer_remove_event_listener(ctx, ids[0]) == 1

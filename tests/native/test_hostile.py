@@ -13,8 +13,12 @@ from hypothesis import strategies as st
 
 from .conftest import Native, Sink
 
-REQ_TYPE = {"version": "MyTimerVersionReq", "echo": "MyTimerEchoReq",
-            "complex": "MyTimerComplexReq", "schedule": "MyTimerScheduleReq"}
+REQ_TYPE = {
+    "version": "MyTimerVersionReq",
+    "echo": "MyTimerEchoReq",
+    "complex": "MyTimerComplexReq",
+    "schedule": "MyTimerScheduleReq",
+}
 METHODS = sorted(REQ_TYPE)
 INT64_MAX = 2**63 - 1
 
@@ -82,43 +86,78 @@ def echo_raw(inner: bytes) -> bytes:
 def test_specific_hostile_inputs(native: Native, hctx: Any) -> None:
     e = "CBOR decode failed for MyTimerEchoReq: "
     dumps = cbor2.dumps
-    assert err(native, hctx, "echo", dumps({"req": {"delayMs": 2**63}})) == \
-        e + "integer out of int64 range at req.delayMs"
-    assert err(native, hctx, "echo", dumps({"req": {"delayMs": -(2**63) - 1}})) == \
-        e + "integer out of int64 range at req.delayMs"
-    assert err(native, hctx, "echo", dumps({"req": {"delayMs": 2**64 - 1}})) == \
-        e + "integer out of int64 range at req.delayMs"
+    assert (
+        err(native, hctx, "echo", dumps({"req": {"delayMs": 2**63}}))
+        == e + "integer out of int64 range at req.delayMs"
+    )
+    assert (
+        err(native, hctx, "echo", dumps({"req": {"delayMs": -(2**63) - 1}}))
+        == e + "integer out of int64 range at req.delayMs"
+    )
+    assert (
+        err(native, hctx, "echo", dumps({"req": {"delayMs": 2**64 - 1}}))
+        == e + "integer out of int64 range at req.delayMs"
+    )
     assert err(native, hctx, "echo", dumps({"req": {"delayMs": INT64_MAX}})).startswith(
-        "echo delayMs 9223372036854775807 is beyond the range of the library's clock")
+        "echo delayMs 9223372036854775807 is beyond the range of the library's clock"
+    )
     _, s = native.call("echo", hctx, dumps({"req": {"message": "neg", "delayMs": -(2**63)}}))
     assert s.wait()[0].code == 0
     bad_utf8 = echo_raw(bytes.fromhex("a1676d657373616765") + b"\x62\xff\xfe")
     assert err(native, hctx, "echo", bad_utf8) == e + "invalid UTF-8 in text string at req.message"
     surrogate = echo_raw(bytes.fromhex("a1676d657373616765") + b"\x63\xed\xa0\x80")
     assert err(native, hctx, "echo", surrogate) == e + "invalid UTF-8 in text string at req.message"
-    assert err(native, hctx, "echo", dumps({"req": {"message": 5}})) == \
-        e + "Expected: text string but found: unsigned integer"
-    assert err(native, hctx, "echo", dumps({"req": {"message": None}})) == \
-        e + "Expected: text string but found: null"
+    assert (
+        err(native, hctx, "echo", dumps({"req": {"message": 5}}))
+        == e + "Expected: text string but found: unsigned integer"
+    )
+    assert (
+        err(native, hctx, "echo", dumps({"req": {"message": None}}))
+        == e + "Expected: text string but found: null"
+    )
     assert err(native, hctx, "echo", dumps([1])) == e + "Expected: map but found: array"
-    assert err(native, hctx, "echo", b"\x81" * 100_000 + b"\xa0") == e + "Expected: map but found: array"
-    assert err(native, hctx, "echo", b"\xa1" * 100_000) == e + "Expected: text string but found: map"
-    assert err(native, hctx, "echo", echo_raw(b"\xbf\xff")) == \
-        e + "indefinite-length map is not supported at req"
+    assert (
+        err(native, hctx, "echo", b"\x81" * 100_000 + b"\xa0")
+        == e + "Expected: map but found: array"
+    )
+    assert (
+        err(native, hctx, "echo", b"\xa1" * 100_000) == e + "Expected: text string but found: map"
+    )
+    assert (
+        err(native, hctx, "echo", echo_raw(b"\xbf\xff"))
+        == e + "indefinite-length map is not supported at req"
+    )
     assert err(native, hctx, "echo", b"\xc0\xa0") == e + "Expected: map but found: tag"
-    assert err(native, hctx, "echo", b"\xa2\x63req\xa0\x63req\xa0") == \
-        e + "duplicate field 'req' in MyTimerEchoReq"
-    assert err(native, hctx, "echo", dumps({"req": {"x\n'y": 1}})) == \
-        e + "unknown field 'x\\x0a\\x27y' in EchoRequest"
-    assert err(native, hctx, "echo", dumps({"other": 1})) == \
-        e + "unknown field 'other' in MyTimerEchoReq"
-    assert err(native, hctx, "echo", dumps({"req": {"message": "x" * 10, "a" * 500: 1}})).endswith("...' in EchoRequest")
+    assert (
+        err(native, hctx, "echo", b"\xa2\x63req\xa0\x63req\xa0")
+        == e + "duplicate field 'req' in MyTimerEchoReq"
+    )
+    assert (
+        err(native, hctx, "echo", dumps({"req": {"x\n'y": 1}}))
+        == e + "unknown field 'x\\x0a\\x27y' in EchoRequest"
+    )
+    assert (
+        err(native, hctx, "echo", dumps({"other": 1}))
+        == e + "unknown field 'other' in MyTimerEchoReq"
+    )
+    assert err(native, hctx, "echo", dumps({"req": {"message": "x" * 10, "a" * 500: 1}})).endswith(
+        "...' in EchoRequest"
+    )
     # lengths far beyond the input never allocate
-    assert err(native, hctx, "echo", echo_raw(b"\xa1\x67message\x7b" + b"\x7f" + b"\xff" * 7)) == \
-        e + "unexpected eof"
-    assert err(native, hctx, "complex", bytes.fromhex("a163726571a1686d657373616765739b") + b"\xff" * 8) == \
-        "CBOR decode failed for MyTimerComplexReq: unexpected eof"
-    assert err(native, hctx, "echo", b"\xa1\x7c") == e + "malformed CBOR: reserved additional information 28"
+    assert (
+        err(native, hctx, "echo", echo_raw(b"\xa1\x67message\x7b" + b"\x7f" + b"\xff" * 7))
+        == e + "unexpected eof"
+    )
+    assert (
+        err(
+            native, hctx, "complex", bytes.fromhex("a163726571a1686d657373616765739b") + b"\xff" * 8
+        )
+        == "CBOR decode failed for MyTimerComplexReq: unexpected eof"
+    )
+    assert (
+        err(native, hctx, "echo", b"\xa1\x7c")
+        == e + "malformed CBOR: reserved additional information 28"
+    )
     # NULL payload with a length
     ud, s = native.sink()
     assert native.lib.my_timer_echo_cbor(hctx, native.cb, ud, native.ffi.NULL, 10) == 0
@@ -127,12 +166,18 @@ def test_specific_hostile_inputs(native: Native, hctx: Any) -> None:
     assert native.lib.my_timer_version_cbor(hctx, native.cb, ud, native.ffi.NULL, 0) == 0
     assert s.wait()[0].body == b"CBOR decode failed for MyTimerVersionReq: unexpected eof"
     # schedule arithmetic is checked, not aborted
-    req = {"job": {"name": "j"}, "retry": {"maxAttempts": 1},
-           "schedule": {"startAtMs": INT64_MAX, "jitter": 1}}
+    req = {
+        "job": {"name": "j"},
+        "retry": {"maxAttempts": 1},
+        "schedule": {"startAtMs": INT64_MAX, "jitter": 1},
+    }
     assert err(native, hctx, "schedule", dumps(req)).startswith(
-        "schedule.startAtMs + schedule.jitter overflows int64")
+        "schedule.startAtMs + schedule.jitter overflows int64"
+    )
     req["schedule"] = {"startAtMs": -(2**63), "jitter": -1, "intervalMs": -(2**63)}
-    assert err(native, hctx, "schedule", dumps(req)).startswith("schedule.startAtMs + schedule.jitter")
+    assert err(native, hctx, "schedule", dumps(req)).startswith(
+        "schedule.startAtMs + schedule.jitter"
+    )
     # huge payloads are copied, not truncated
     big = "x" * (2 * 1024 * 1024)
     _, s = native.call("echo", hctx, dumps({"req": {"message": big}}))
@@ -151,9 +196,11 @@ def test_truncated_vectors(native: Native, hctx: Any, vectors: dict[str, Any]) -
         for n in range(len(full)):
             cases.append((v["method"], full[:n]))
     pending = run_all(native, hctx, cases)
-    for (method, s), (_, payload) in zip(pending, cases):
+    for (method, s), (_, payload) in zip(pending, cases, strict=True):
         r = s.wait()[0]
-        assert r.body.decode() == f"CBOR decode failed for {REQ_TYPE[method]}: unexpected eof", payload.hex()
+        assert r.body.decode() == f"CBOR decode failed for {REQ_TYPE[method]}: unexpected eof", (
+            payload.hex()
+        )
     finish(native, hctx, pending)
 
 
@@ -165,24 +212,56 @@ def test_random_bytes(native: Native, data: list[tuple[str, bytes]]) -> None:
     finish(native, c, run_all(native, c, data))
 
 
-KEYS = ["req", "message", "delayMs", "messages", "tags", "note", "retries", "job", "retry",
-        "schedule", "name", "payload", "priority", "maxAttempts", "backoffMs", "retryOn",
-        "startAtMs", "intervalMs", "jitter", "extra", ""]
+KEYS = [
+    "req",
+    "message",
+    "delayMs",
+    "messages",
+    "tags",
+    "note",
+    "retries",
+    "job",
+    "retry",
+    "schedule",
+    "name",
+    "payload",
+    "priority",
+    "maxAttempts",
+    "backoffMs",
+    "retryOn",
+    "startAtMs",
+    "intervalMs",
+    "jitter",
+    "extra",
+    "",
+]
 scalars = st.one_of(
     st.integers(min_value=-(2**64), max_value=2**64 - 1),
     st.integers(min_value=-5, max_value=5),
-    st.text(max_size=8), st.none(), st.booleans(), st.binary(max_size=4), st.floats())
+    st.text(max_size=8),
+    st.none(),
+    st.booleans(),
+    st.binary(max_size=4),
+    st.floats(),
+)
 values = st.recursive(
     scalars,
-    lambda inner: st.one_of(st.lists(inner, max_size=4),
-                            st.dictionaries(st.sampled_from(KEYS), inner, max_size=4)),
-    max_leaves=20)
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(KEYS), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
 
 
 @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-@given(method=st.sampled_from(METHODS), tree=st.dictionaries(st.sampled_from(KEYS), values, max_size=4),
-       cut=st.integers(min_value=0, max_value=3))
-def test_structured_garbage(native: Native, hctx: Any, method: str, tree: dict[str, Any], cut: int) -> None:
+@given(
+    method=st.sampled_from(METHODS),
+    tree=st.dictionaries(st.sampled_from(KEYS), values, max_size=4),
+    cut=st.integers(min_value=0, max_value=3),
+)
+def test_structured_garbage(
+    native: Native, hctx: Any, method: str, tree: dict[str, Any], cut: int
+) -> None:
     payload = cbor2.dumps(tree)
     if cut:
         payload = payload[:-cut]

@@ -13,7 +13,7 @@ import cbor2
 import cffi
 import pytest
 
-from .conftest import SLACK, Native
+from .conftest import SLACK, Native, Sink
 
 
 def echo_req(message: str, delay: int) -> bytes:
@@ -41,8 +41,11 @@ def test_destroy_drains_in_flight(native: Native) -> None:
     ev_ud, ev = native.sink()
     native.lib.my_timer_add_event_listener(c, b"on_echo_fired", native.cb, ev_ud)
     sinks = [native.call("echo", c, echo_req(str(i), 150))[1] for i in range(5)]
-    _, sched = native.call("schedule", c, cbor2.dumps(
-        {"job": {"name": "j"}, "retry": {"maxAttempts": 1}, "schedule": {}}))
+    _, sched = native.call(
+        "schedule",
+        c,
+        cbor2.dumps({"job": {"name": "j"}, "retry": {"maxAttempts": 1}, "schedule": {}}),
+    )
     t0 = time.monotonic()
     assert native.lib.my_timer_destroy(c) == 0
     took = time.monotonic() - t0
@@ -95,10 +98,13 @@ def test_handoff_mode_delivers_before_return(native: Native, env: dict[str, str]
     env["MY_TIMER_SUBMIT_MODE"] = "handoff"
     c = new_ctx(native, "demo")
     try:
-        for method, payload in [("version", b"\xa0"), ("version", b""),
-                                ("complex", cbor2.dumps({"req": {}})),
-                                ("echo", echo_req("now", 0)),
-                                ("echo", b"\x80")]:
+        for method, payload in [
+            ("version", b"\xa0"),
+            ("version", b""),
+            ("complex", cbor2.dumps({"req": {}})),
+            ("echo", echo_req("now", 0)),
+            ("echo", b"\x80"),
+        ]:
             rc, s = native.call(method, c, payload)
             assert rc == 0
             assert len(s.results) == 1, method  # already delivered, from the library thread
@@ -179,13 +185,13 @@ def test_destroy_concurrent_with_calls(native: Native) -> None:
     for _ in range(20):
         c = new_ctx(native)
         stop = threading.Event()
-        sinks = []
+        sinks: list[Sink] = []
 
-        def hammer() -> None:
+        def hammer(c: Any, stop: threading.Event, sinks: list[Sink]) -> None:
             while not stop.is_set():
                 sinks.append(native.call("echo", c, echo_req("h", 0))[1])
 
-        t = threading.Thread(target=hammer)
+        t = threading.Thread(target=hammer, args=(c, stop, sinks))
         t.start()
         time.sleep(0.005)
         assert native.lib.my_timer_destroy(c) == 0
@@ -203,8 +209,9 @@ def test_destroy_releases_handoff_callers(native: Native, env: dict[str, str]) -
     ud, busy = native.sink()
     native.hooks[int(native.ffi.cast("uintptr_t", ud))] = lambda code, body: gate.wait(2.0)
     # occupy the library thread inside a callback (returns once gate is set)
-    threading.Thread(target=lambda: native.lib.my_timer_version_cbor(c, native.cb, ud, b"\xa0", 1),
-                     daemon=True).start()
+    threading.Thread(
+        target=lambda: native.lib.my_timer_version_cbor(c, native.cb, ud, b"\xa0", 1), daemon=True
+    ).start()
     time.sleep(0.05)
     returned = threading.Event()
     waiting: list[Any] = []

@@ -6,23 +6,40 @@ Both must run report-free: any sanitizer report or crash fails the test.
 from __future__ import annotations
 
 import os
-import sys
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.support.native import NATIVE_BUILD, NATIVE_DIR, build_native, make_native
 
-REPORT_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
-                  "WARNING: ThreadSanitizer", "ERROR: ThreadSanitizer", "UndefinedBehaviorSanitizer",
-                  "SUMMARY: ")
+REPORT_MARKERS = (
+    "ERROR: AddressSanitizer",
+    "ERROR: LeakSanitizer",
+    "runtime error:",
+    "WARNING: ThreadSanitizer",
+    "ERROR: ThreadSanitizer",
+    "UndefinedBehaviorSanitizer",
+    "SUMMARY: ",
+)
+
+
+def _launcher(variant: str) -> list[str]:
+    """TSan needs its fixed memory layout: on kernels with high mmap ASLR
+    entropy it dies with "unexpected memory mapping", so run it without ASLR."""
+    if variant == "tsan" and shutil.which("setarch"):
+        return ["setarch", os.uname().machine, "-R"]
+    return []
 
 
 def _clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MY_TIMER_", "LD_PRELOAD", "ASAN_", "TSAN_", "UBSAN_", "LSAN_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MY_TIMER_", "LD_PRELOAD", "ASAN_", "TSAN_", "UBSAN_", "LSAN_"))
+    }
     return env
 
 
@@ -35,8 +52,13 @@ def test_stress_harness_under_sanitizer(variant: str) -> None:
     env["UBSAN_OPTIONS"] = "halt_on_error=1:print_stacktrace=1:exitcode=66"
     env["TSAN_OPTIONS"] = "halt_on_error=1:exitcode=66:second_deadlock_stack=1"
     iterations = "20000" if variant == "asan" else "8000"
-    proc = subprocess.run([str(exe), iterations], capture_output=True, text=True, env=env,
-                          timeout=180)
+    proc = subprocess.run(
+        [*_launcher(variant), str(exe), iterations],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
     output = proc.stdout + proc.stderr
     reports = [m for m in REPORT_MARKERS if m in output]
     assert proc.returncode == 0 and not reports, f"{variant} stress failed:\n{output[-6000:]}"
@@ -55,12 +77,28 @@ def test_fuzz_request_decoder(tmp_path: Path) -> None:
     env["ASAN_OPTIONS"] = "halt_on_error=1:detect_leaks=1"
     env["UBSAN_OPTIONS"] = "halt_on_error=1:print_stacktrace=1"
     proc = subprocess.run(
-        [str(NATIVE_BUILD / "fuzz_decode"), f"-max_total_time={seconds}", "-timeout=10",
-         "-rss_limit_mb=2048", "-max_len=4096", "-print_final_stats=1",
-         f"-artifact_prefix={tmp_path}/", str(work), str(corpus)],
-        capture_output=True, text=True, env=env, timeout=seconds + 120)
+        [
+            str(NATIVE_BUILD / "fuzz_decode"),
+            f"-max_total_time={seconds}",
+            "-timeout=10",
+            "-rss_limit_mb=2048",
+            "-max_len=4096",
+            "-print_final_stats=1",
+            f"-artifact_prefix={tmp_path}/",
+            str(work),
+            str(corpus),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=seconds + 120,
+    )
     output = proc.stdout + proc.stderr
-    crashes = list(tmp_path.glob("crash-*")) + list(tmp_path.glob("leak-*")) + list(tmp_path.glob("timeout-*"))
+    crashes = (
+        list(tmp_path.glob("crash-*"))
+        + list(tmp_path.glob("leak-*"))
+        + list(tmp_path.glob("timeout-*"))
+    )
     assert proc.returncode == 0 and not crashes, f"fuzzer found a problem:\n{output[-6000:]}"
     assert "Done" in output
 
@@ -71,8 +109,9 @@ def test_pytest_suite_under_sanitizer(variant: str) -> None:
     against the sanitizer build, loaded into a python subprocess with the
     sanitizer runtime preloaded."""
     build_native(variant)
-    runtime = subprocess.run(["gcc", f"-print-file-name=lib{variant}.so"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    runtime = subprocess.run(
+        ["gcc", f"-print-file-name=lib{variant}.so"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert Path(runtime).is_file(), f"sanitizer runtime not found: {runtime}"
     env = _clean_env()
     env["MYTIMER_NATIVE_VARIANT"] = variant
@@ -84,10 +123,27 @@ def test_pytest_suite_under_sanitizer(variant: str) -> None:
     env["TSAN_OPTIONS"] = "halt_on_error=1:exitcode=66"
     here = Path(__file__).resolve().parent
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-         str(here / "test_abi.py"), str(here / "test_hostile.py"), str(here / "test_lifecycle.py"),
-         "-k", "not default_grace and not thousand"],
-        capture_output=True, text=True, env=env, cwd=here.parents[1], timeout=240)
+        [
+            *_launcher(variant),
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-x",
+            "-p",
+            "no:cacheprovider",
+            str(here / "test_abi.py"),
+            str(here / "test_hostile.py"),
+            str(here / "test_lifecycle.py"),
+            "-k",
+            "not default_grace and not thousand",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=here.parents[1],
+        timeout=240,
+    )
     output = proc.stdout + proc.stderr
     reports = [m for m in REPORT_MARKERS if m in output]
     assert proc.returncode == 0 and not reports, f"{variant} pytest run failed:\n{output[-6000:]}"

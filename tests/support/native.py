@@ -36,9 +36,7 @@ def _locked_run(cmd: list[str], lock_name: str) -> None:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
         proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(
-            f"build failed ({' '.join(cmd)}):\n{proc.stdout}\n{proc.stderr}"
-        )
+        raise RuntimeError(f"build failed ({' '.join(cmd)}):\n{proc.stdout}\n{proc.stderr}")
 
 
 def make_native(target: str) -> None:
@@ -77,8 +75,20 @@ def build_stuck_double() -> Path:
             TESTS_BUILD.mkdir(parents=True, exist_ok=True)
             tmp = out.with_name(f"{out.name}.tmp.{os.getpid()}")
             _locked_run(
-                ["gcc", "-Wall", "-Wextra", "-Werror", "-O1", "-g", "-shared", "-fPIC",
-                 "-pthread", str(src), "-o", str(tmp)],
+                [
+                    "gcc",
+                    "-Wall",
+                    "-Wextra",
+                    "-Werror",
+                    "-O1",
+                    "-g",
+                    "-shared",
+                    "-fPIC",
+                    "-pthread",
+                    str(src),
+                    "-o",
+                    str(tmp),
+                ],
                 "stuck-double",
             )
             tmp.replace(out)
