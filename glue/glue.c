@@ -70,6 +70,7 @@ struct mt_host {
     int armed;
     int efd;
 
+    int direct;
     atomic_int_least64_t call_started_ns;
     atomic_uint_least64_t queued, submitted, completed, stale;
 };
@@ -240,8 +241,8 @@ static void *submitter_main(void *arg) {
     }
 }
 
-int mt_create(mt_host *h, const uint8_t *req, size_t len, int timeout_ms, char *err,
-              size_t errlen) {
+int mt_create(mt_host *h, const uint8_t *req, size_t len, int timeout_ms, int direct,
+              char *err, size_t errlen) {
     h->ctx = h->create(req, len, on_create, h);
     struct timespec deadline = realtime_in(timeout_ms);
     pthread_mutex_lock(&h->create_mu);
@@ -259,6 +260,9 @@ int mt_create(mt_host *h, const uint8_t *req, size_t len, int timeout_ms, char *
             snprintf(err, errlen, "create's callback did not arrive within %d ms", timeout_ms);
         return -1;
     }
+    h->direct = direct;
+    if (direct)
+        return 0;
     if (pthread_create(&h->submitter, NULL, submitter_main, h) != 0) {
         snprintf(err, errlen, "cannot start the submitter thread");
         return -1;
@@ -281,6 +285,18 @@ int mt_submit(mt_host *h, int slot, uint64_t id, const uint8_t *payload, size_t 
     c->len = len;
     if (len)
         memcpy(c->data, payload, len);
+    if (h->direct) {
+        if (h->stopping) {
+            free(c);
+            return -1;
+        }
+        atomic_store(&h->call_started_ns, now_ns());
+        h->methods[slot](h->ctx, on_result, c, c->data, c->len);
+        atomic_store(&h->call_started_ns, 0);
+        atomic_fetch_add(&h->submitted, 1);
+        release_call(c);
+        return 0;
+    }
     pthread_mutex_lock(&h->submit_mu);
     if (h->stopping || !h->submitter_running) {
         pthread_mutex_unlock(&h->submit_mu);

@@ -28,11 +28,14 @@ mt_host *mt_open(const char *path, char *err, size_t errlen);
 /* Index of method `name` for mt_submit, or -1 if the library lacks it. */
 int mt_bind(mt_host *h, const char *name);
 /* Create the one context and wait for its callback (at most timeout_ms).
-   0 on success; otherwise -1 and a message in err. */
-int mt_create(mt_host *h, const uint8_t *req, size_t len, int timeout_ms,
+   With `direct`, mt_submit calls the library on the caller's thread instead
+   of queueing to the submitter thread: one thread hand-off less per call,
+   for libraries whose calls never block. 0 on success; otherwise -1 and a
+   message in err. */
+int mt_create(mt_host *h, const uint8_t *req, size_t len, int timeout_ms, int direct,
               char *err, size_t errlen);
-/* Queue a call of method `slot` with request id `id`; the payload is copied.
-   0 on success, -1 if the host is shutting down or out of memory. */
+/* Call (direct) or queue a call of method `slot` with request id `id`; the
+   payload is copied. 0 on success, -1 if shutting down or out of memory. */
 int mt_submit(mt_host *h, int slot, uint64_t id, const uint8_t *payload, size_t len);
 /* The eventfd that becomes readable when completions are waiting. */
 int mt_fd(mt_host *h);

@@ -43,11 +43,15 @@ class Status:
 class Library:
     """A loaded libmy_timer build with its one context."""
 
-    def __init__(self, path: Path | str, name: str, create_timeout: float = 5.0) -> None:
+    def __init__(
+        self, path: Path | str, name: str, create_timeout: float = 5.0, direct: bool = False
+    ) -> None:
         """Load ``path``, bind every library method, create the context ``name``.
 
         Returns once the library has confirmed the context, so calls made after
-        this run against the named timer.
+        this run against the named timer. ``direct`` makes calls on the
+        caller's thread instead of the submitter thread: only for libraries
+        whose calls never block (the bundled one).
         """
         self.path = str(path)
         err = ffi.new("char[]", _ERR_LEN)
@@ -65,7 +69,9 @@ class Library:
         if missing:
             raise LibraryLoadError(f"{self.path} lacks the entry points for: {', '.join(missing)}")
         request = cbor2.dumps({"config": {"name": name}})
-        if lib.mt_create(host, request, len(request), int(create_timeout * 1000), err, _ERR_LEN):
+        self.direct = direct
+        timeout_ms = int(create_timeout * 1000)
+        if lib.mt_create(host, request, len(request), timeout_ms, direct, err, _ERR_LEN):
             raise LibraryLoadError(ffi.string(err).decode(errors="replace"))
         self.fd: int = lib.mt_fd(host)
         self._cap = 1 << 18

@@ -38,6 +38,12 @@ def test_library_option_loads_another_build(daemon_factory: Callable[..., Daemon
         assert c.call_value("echo", {"req": {"message": "m"}}) == {
             "echoed": "m", "timerName": "other"}
     assert isinstance(desc, dict) and desc["library"]["path"] == str(lib)
+    # Only the bundled library is trusted to never block a call.
+    assert "threaded calls" in d.log()
+
+
+def test_bundled_library_is_called_directly(daemon: Daemon) -> None:
+    assert "direct calls" in daemon.log()
 
 
 def test_newer_generation_without_suffix_and_with_stale_warnings(

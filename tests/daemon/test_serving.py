@@ -25,10 +25,23 @@ def echo(message: str, delay_ms: int) -> bytes:
     return cbor2.dumps({"req": {"message": message, "delayMs": delay_ms}})
 
 
-@pytest.fixture(params=["async", "handoff"])
+@pytest.fixture(
+    params=[
+        ("async", "uvloop", "auto"),
+        ("handoff", "uvloop", "auto"),
+        ("async", "asyncio", "thread"),
+        ("handoff", "asyncio", "thread"),
+    ],
+    ids=lambda p: "-".join(p),
+)
 def timed_daemon(request: pytest.FixtureRequest, daemon_factory: Callable[..., Daemon]) -> Daemon:
-    """A daemon whose library delivers results after, or (handoff) before, the call returns."""
-    return daemon_factory("--name", "demo", env={"MY_TIMER_SUBMIT_MODE": request.param})
+    """A daemon whose library delivers results after, or (handoff) before, the
+    call returns; on either event loop, calling directly or from the submitter."""
+    timing, loop, submit = request.param
+    return daemon_factory(
+        "--name", "demo", "--event-loop", loop, "--submit", submit,
+        env={"MY_TIMER_SUBMIT_MODE": timing},
+    )
 
 
 @pytest.mark.parametrize("call", LIBRARY_ACCEPTS, ids=lambda c: c["name"])

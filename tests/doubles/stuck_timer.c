@@ -10,7 +10,9 @@
  *   "silent"        calls return RET_OK (create returns a context) but never
  *                   call back.
  *   "block"         the calling thread blocks inside the call until the
- *                   context is destroyed (create: until process exit).
+ *                   context is destroyed or the file says something else
+ *                   (then the call goes on as that mode says); create blocks
+ *                   until process exit.
  * Destroy always returns promptly: it releases blocked callers, answers
  * pending echoes with RET_ERR "echo cancelled: context destroyed" and joins
  * the worker. Contexts are never freed (a blocked caller may still look at
@@ -312,9 +314,11 @@ static int method(void *ctx, FFICallBack cb, void *ud, const uint8_t *req, size_
         return RET_ERR;
     }
     int mode = read_mode();
-    if (mode == MODE_BLOCK) {
-        block_until_dead(c);
-        return RET_OK;
+    while (mode == MODE_BLOCK) { /* like a library thread that gets unstuck */
+        if (atomic_load(&c->dead))
+            return RET_OK;
+        usleep(10000);
+        mode = read_mode();
     }
     if (mode == MODE_SILENT)
         return RET_OK;
