@@ -112,12 +112,13 @@ done
 say "installing units to $DESTDIR$UNITDIR"
 mkdir -p "$DESTDIR$UNITDIR" "$DESTDIR$SYSUSERSDIR" "$DESTDIR$DOCDIR/examples"
 for unit in mytimerd.socket mytimerd-tcp.socket mytimerd.service; do
-    sed "s|/usr/local/bin/mytimerd|$BINDIR/mytimerd|g" "$SRC/systemd/$unit" > "$DESTDIR$UNITDIR/$unit.tmp"
+    sed -e "s|/usr/local/bin/mytimerd|$BINDIR/mytimerd|g" \
+        -e "s|/usr/local/share/doc/mytimerd|$DOCDIR|g" "$SRC/systemd/$unit" > "$DESTDIR$UNITDIR/$unit.tmp"
     chmod 644 "$DESTDIR$UNITDIR/$unit.tmp"
     mv "$DESTDIR$UNITDIR/$unit.tmp" "$DESTDIR$UNITDIR/$unit"
 done
 install -m 644 "$SRC/systemd/mytimerd.sysusers" "$DESTDIR$SYSUSERSDIR/mytimerd.conf"
-install -m 644 "$SRC/docs/systemd.md" "$DESTDIR$DOCDIR/systemd.md" 2>/dev/null || true
+install -m 644 "$SRC/docs/systemd.md" "$DESTDIR$DOCDIR/systemd.md"
 install -m 644 "$SRC"/systemd/examples/* "$DESTDIR$DOCDIR/examples/" 2>/dev/null || true
 
 if [ "$POSTINST" = auto ]; then
