@@ -46,6 +46,7 @@ EXIT_UNREACHABLE: Final = 3
 EXIT_TIMEOUT: Final = 4
 EXIT_DAEMON_ERROR: Final = 5
 EXIT_LIBRARY_ERROR: Final = 6
+EXIT_UNHEALTHY: Final = 7
 
 #: Every exit status with its meaning (shown by --help and in docs/mytimerctl.md).
 EXIT_CODES: Final[tuple[tuple[int, str], ...]] = (
@@ -58,6 +59,7 @@ EXIT_CODES: Final[tuple[tuple[int, str], ...]] = (
     (EXIT_TIMEOUT, "timeout: no answer within --timeout"),
     (EXIT_DAEMON_ERROR, f"daemon error: the daemon refused the call ({PREFIX}<Name>)"),
     (EXIT_LIBRARY_ERROR, "library error: the library answered RET_ERR"),
+    (EXIT_UNHEALTHY, "ping only: the daemon answered but reports itself unhealthy"),
 )
 
 #: Fields given as a positional argument rather than an option, by command.
@@ -891,4 +893,7 @@ def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None) -> i
         print(json.dumps(to_json(answer), indent=2, ensure_ascii=False))
     else:
         print(render(method, answer))
+    # Like `systemctl is-active`: scripts and health checks can test the status.
+    if method == "mytimerd.ping" and isinstance(answer, Mapping) and not answer.get("healthy"):
+        return EXIT_UNHEALTHY
     return EXIT_OK

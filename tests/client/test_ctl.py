@@ -288,7 +288,7 @@ def test_library_error_exits_6(capsys: pytest.CaptureFixture[str], fake: FakeSer
 
 def test_exit_codes_are_distinct_and_documented() -> None:
     codes = [code for code, _ in ctl.EXIT_CODES]
-    assert codes == [0, 2, 3, 4, 5, 6]
+    assert codes == [0, 2, 3, 4, 5, 6, 7]
     doc = (Path(__file__).parents[2] / "docs" / "mytimerctl.md").read_text()
     for code, text in ctl.EXIT_CODES:
         assert f"| {code} |" in doc, text

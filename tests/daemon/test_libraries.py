@@ -121,3 +121,14 @@ def test_a_stuck_library_costs_only_its_own_calls(stuck: tuple[Daemon, Path], mo
             assert c.call("echo", cbor2.dumps({"req": {"message": "x"}})).body.startswith(
                 b"mytimerd.Timeout")
     assert d.stop() == 0  # and it still shuts down
+
+
+def test_mytimerctl_ping_exits_7_while_unhealthy(stuck: tuple[Daemon, Path]) -> None:
+    from mytimerd import ctl
+
+    d, control = stuck
+    args = ["--unix", d.address.path, "ping"]  # type: ignore[union-attr]
+    assert ctl.main(args) == ctl.EXIT_OK
+    control.write_text("silent")
+    wait_unhealthy(d, 3.0)
+    assert ctl.main(args) == ctl.EXIT_UNHEALTHY == 7
