@@ -254,7 +254,11 @@ async def serve(
             await asyncio.wait_for(stop.wait(), timeout=min(1.0, watchdog or 1.0))
         healthy, why = server.health()
         if healthy != was_healthy:
-            (log.info if healthy else log.error)("library %s", "healthy again" if healthy else why)
+            (log.info if healthy else log.error)(
+                "library %s",
+                "healthy again" if healthy else why,
+                extra={"LIBRARY_HEALTHY": int(healthy), "LIBRARY_STATUS": why},
+            )
             was_healthy = healthy
         notify(f"STATUS={server.status_line()}")
         now = loop.time()
@@ -262,8 +266,12 @@ async def serve(
             notify("WATCHDOG=1")
             last_ping = now
     notify("STOPPING=1")
+    in_flight, connections = len(server.pending), len(server.connections)
     log.info(
-        "stopping: %d calls in flight, %d connections", len(server.pending), len(server.connections)
+        "stopping: %d calls in flight, %d connections",
+        in_flight,
+        connections,
+        extra={"IN_FLIGHT": in_flight, "CONNECTIONS": connections},
     )
     await server.drain()
 
@@ -315,5 +323,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         for listener in listeners:
             listener.close()
         outcome = library.shutdown(timeout=min(5.0, args.drain_timeout))
-        log.info("library context %s; exiting", outcome)
+        log.info("library context %s; exiting", outcome, extra={"LIBRARY_CONTEXT": outcome})
     return EXIT_OK

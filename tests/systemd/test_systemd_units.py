@@ -172,6 +172,9 @@ def test_unix_socket_activates_on_first_call(sd: Sandbox) -> None:
     # the daemon's own start-up lines (it logs the socket names it was handed)
     own = sd.journal(f"_PID={pid}")
     assert "mytimerd-unix" in own, f"daemon did not log its socket names:\n{own}\n{journal}"
+    # stderr is the journal, so the daemon logs through journald with its own fields
+    fields = sd.journal(f"_PID={pid}", "-o", "verbose")
+    assert "LISTENERS=unix:/run/mytimerd.sock (mytimerd-unix)" in fields, fields
     # READY=1: for Type=notify systemd logs "Started" only after READY=1
     assert re.search(r"systemd\[1\]: Started mytimerd\.service", journal), journal
 
