@@ -209,7 +209,6 @@ class Server:
         self.connections: set[Connection] = set()
         self.pending: dict[int, Call] = {}
         self.next_id = 1
-        self.draining = False
         self.library_version: str | None = None
         self.listeners: list[Listener] = []
         self._servers: list[asyncio.Server] = []
@@ -218,7 +217,6 @@ class Server:
         self._probes: dict[int, float] = {}
         self._next_probe = (1 << 64) - 1
         self._last_probe_answered: float | None = None
-        self._probe_sent_ok = 0.0
         self._slots = library.slots
         self._daemon_methods: dict[str, Callable[[], Any]] = {
             "mytimerd.describe": self.describe,
@@ -477,7 +475,6 @@ class Server:
 
     async def drain(self) -> None:
         """Stop accepting, let calls finish within the drain deadline, close."""
-        self.draining = True
         for srv in self._servers:
             srv.close()
         for listener in self.listeners:
