@@ -23,9 +23,12 @@ def test_unknown_method(daemon: Daemon) -> None:
 def test_invalid_cbor_and_parameters_never_reach_the_library(daemon: Daemon) -> None:
     with daemon.client() as c:
         assert c.call("echo", b"") == wire.Response(
-            1, b"mytimerd.InvalidCBOR: empty payload: expected one CBOR item (an empty request is a0)")
+            1,
+            b"mytimerd.InvalidCBOR: empty payload: expected one CBOR item (an empty request is a0)",
+        )
         assert c.call("version", b"\xa0\xa0").body == (
-            b"mytimerd.InvalidCBOR: trailing bytes: the item ends at byte 1 of a 2-byte payload")
+            b"mytimerd.InvalidCBOR: trailing bytes: the item ends at byte 1 of a 2-byte payload"
+        )
         bad = c.call("echo", cbor2.dumps({"req": {"message": "x", "delayMs": 9_300_000_000_000}}))
         assert bad.body.startswith(b"mytimerd.InvalidParameter: req.delayMs: 9300000000000 is out")
         sched = c.call("schedule", cbor2.dumps({"schedule": {"startAtMs": 2**63 - 1, "jitter": 9}}))
@@ -48,7 +51,8 @@ def test_method_name_too_long_is_answered_and_closed(daemon_factory: Callable[..
         assert c.call("mytimerd.describe").ret == 0  # 17 bytes: at the limit
         resp = c.call("x" * 18)
         assert resp.body == (
-            b"mytimerd.MethodNameTooLong: method name of 18 bytes exceeds the limit of 17")
+            b"mytimerd.MethodNameTooLong: method name of 18 bytes exceeds the limit of 17"
+        )
         assert c.at_eof()
 
 
@@ -60,7 +64,10 @@ def test_frame_too_large_is_answered_without_reading_the_payload(
         assert c.call("echo", cbor2.dumps({"req": {"message": "y" * 48}})).ret == 0  # 64 bytes
         # Only the header: the answer must come without the 5 MB payload.
         c.send(wire.encode_request("echo", b"")[:-4] + (5_000_000).to_bytes(4, "big"))
-        assert c.recv().body == b"mytimerd.FrameTooLarge: payload of 5000000 bytes exceeds the limit of 64"
+        assert (
+            c.recv().body
+            == b"mytimerd.FrameTooLarge: payload of 5000000 bytes exceeds the limit of 64"
+        )
         assert c.at_eof()
 
 
@@ -71,7 +78,9 @@ def test_default_payload_limit_is_one_mebibyte(daemon: Daemon) -> None:
     assert len(payload) <= 1048576
     with daemon.client() as c:
         assert c.call_value("echo", {"req": {"message": message}}) == {
-            "echoed": message, "timerName": "demo"}
+            "echoed": message,
+            "timerName": "demo",
+        }
         c.send(wire.encode_request("echo", b"")[:-4] + (1048577).to_bytes(4, "big"))
         assert c.recv().body.startswith(b"mytimerd.FrameTooLarge: payload of 1048577 bytes")
 
@@ -84,7 +93,8 @@ def test_too_many_connections(daemon_factory: Callable[..., Daemon]) -> None:
         resp = third.call("version")
         assert resp.body == (
             b"mytimerd.TooManyConnections: 2 connections are open, the limit "
-            b"(--max-connections) is 2; retry later")
+            b"(--max-connections) is 2; retry later"
+        )
         assert third.at_eof()
     a.close()
     deadline = time.monotonic() + 5

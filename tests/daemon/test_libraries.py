@@ -23,8 +23,20 @@ def build_newgen_shim() -> Path:
     TESTS_BUILD.mkdir(parents=True, exist_ok=True)
     out = TESTS_BUILD / "libnewgen_shim.so"
     subprocess.run(
-        ["gcc", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-pthread",
-         f"-I{HEADER.parent}", str(SHIM_SRC), "-o", str(out), "-ldl"],
+        [
+            "gcc",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-shared",
+            "-fPIC",
+            "-pthread",
+            f"-I{HEADER.parent}",
+            str(SHIM_SRC),
+            "-o",
+            str(out),
+            "-ldl",
+        ],
         check=True,
     )
     return out
@@ -36,7 +48,9 @@ def test_library_option_loads_another_build(daemon_factory: Callable[..., Daemon
     with d.client() as c:
         desc = c.call_value("mytimerd.describe")
         assert c.call_value("echo", {"req": {"message": "m"}}) == {
-            "echoed": "m", "timerName": "other"}
+            "echoed": "m",
+            "timerName": "other",
+        }
     assert isinstance(desc, dict) and desc["library"]["path"] == str(lib)
     # Only the bundled library is trusted to never block a call.
     assert "threaded calls" in d.log()
@@ -52,13 +66,18 @@ def test_newer_generation_without_suffix_and_with_stale_warnings(
     """Code 3 is not final: the answer is the result that follows it."""
     shim = build_newgen_shim()
     d = daemon_factory(
-        "--library", str(shim), "--name", "gen2",
+        "--library",
+        str(shim),
+        "--name",
+        "gen2",
         env={"NEWGEN_SHIM_TARGET": str(build_native())},
     )
     with d.client() as c:
         assert c.call_value("version") == "nim-timer v0.1.0"
         assert c.call_value("echo", {"req": {"message": "g", "delayMs": 20}}) == {
-            "echoed": "g", "timerName": "gen2"}
+            "echoed": "g",
+            "timerName": "gen2",
+        }
         resp = c.call("schedule", cbor2.dumps({"job": {"name": ""}}))
         assert (resp.ret, resp.body) == (1, b"job name must not be empty")
 
@@ -66,11 +85,23 @@ def test_newer_generation_without_suffix_and_with_stale_warnings(
 def test_unloadable_library_fails_start_up_clearly(tmp_path: Path) -> None:
     not_a_lib = tmp_path / "libnope.so"
     not_a_lib.write_text("nope")
-    for path, expected in ((not_a_lib, "cannot load"), (Path("/lib/x86_64-linux-gnu/libc.so.6"),
-                                                         "is not a libmy_timer CBOR-ABI library")):
+    for path, expected in (
+        (not_a_lib, "cannot load"),
+        (Path("/lib/x86_64-linux-gnu/libc.so.6"), "is not a libmy_timer CBOR-ABI library"),
+    ):
         proc = subprocess.run(
-            [sys.executable, "-m", "mytimerd", "--unix", str(tmp_path / "s"), "--library", str(path)],
-            capture_output=True, text=True, timeout=30,
+            [
+                sys.executable,
+                "-m",
+                "mytimerd",
+                "--unix",
+                str(tmp_path / "s"),
+                "--library",
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert proc.returncode == 4, proc.stderr
         assert expected in proc.stderr
@@ -82,7 +113,12 @@ def stuck(tmp_path: Path, daemon_factory: Callable[..., Daemon]) -> tuple[Daemon
     control = tmp_path / "control"
     control.write_text("ok")
     d = daemon_factory(
-        "--library", str(build_stuck_double()), "--timeout", "0.5", "--probe-timeout", "0.4",
+        "--library",
+        str(build_stuck_double()),
+        "--timeout",
+        "0.5",
+        "--probe-timeout",
+        "0.4",
         env={"STUCK_TIMER_CONTROL": str(control)},
     )
     return d, control
@@ -119,7 +155,8 @@ def test_a_stuck_library_costs_only_its_own_calls(stuck: tuple[Daemon, Path], mo
         with d.client() as c:
             assert isinstance(c.call_value("mytimerd.describe"), dict)
             assert c.call("echo", cbor2.dumps({"req": {"message": "x"}})).body.startswith(
-                b"mytimerd.Timeout")
+                b"mytimerd.Timeout"
+            )
     assert d.stop() == 0  # and it still shuts down
 
 

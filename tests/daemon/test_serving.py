@@ -16,7 +16,9 @@ from mytimerd import wire
 from tests.support.daemon import Daemon, TcpAddress, free_tcp_port
 
 VECTORS = json.loads(
-    (Path(__file__).resolve().parents[2] / ".." / "shared" / "spec" / "abi-vectors.json").read_text()
+    (
+        Path(__file__).resolve().parents[2] / ".." / "shared" / "spec" / "abi-vectors.json"
+    ).read_text()
 )
 LIBRARY_ACCEPTS = [c for c in VECTORS["calls"] if "ok_hex" in c or "err_text" in c]
 
@@ -39,7 +41,12 @@ def timed_daemon(request: pytest.FixtureRequest, daemon_factory: Callable[..., D
     call returns; on either event loop, calling directly or from the submitter."""
     timing, loop, submit = request.param
     return daemon_factory(
-        "--name", "demo", "--event-loop", loop, "--submit", submit,
+        "--name",
+        "demo",
+        "--event-loop",
+        loop,
+        "--submit",
+        submit,
         env={"MY_TIMER_SUBMIT_MODE": timing},
     )
 
@@ -65,7 +72,9 @@ def test_unix_tcp4_and_tcp6_at_once(daemon_factory: Callable[..., Daemon], tmp_p
     for address in (d.address, TcpAddress("127.0.0.1", p4), TcpAddress("::1", p6)):
         with d.client() if address == d.address else _client(address) as c:
             assert c.call_value("echo", {"req": {"message": "m"}}) == {
-                "echoed": "m", "timerName": "x"}
+                "echoed": "m",
+                "timerName": "x",
+            }
 
 
 def _client(address: TcpAddress):  # type: ignore[no-untyped-def]
@@ -172,8 +181,13 @@ def test_daemon_methods(daemon: Daemon) -> None:
     assert desc["library"]["version"] == "nim-timer v0.1.0"
     assert desc["timerName"] == "demo"
     assert [m["name"] for m in desc["methods"]] == [
-        "version", "echo", "complex", "schedule",
-        "mytimerd.describe", "mytimerd.ping", "mytimerd.stats",
+        "version",
+        "echo",
+        "complex",
+        "schedule",
+        "mytimerd.describe",
+        "mytimerd.ping",
+        "mytimerd.stats",
     ]
     echo_req = desc["methods"][1]["request"]["fields"][0]
     assert [f["name"] for f in echo_req["fields"]] == ["message", "delayMs"]

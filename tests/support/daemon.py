@@ -109,7 +109,9 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"mytimerd did not exit within {timeout} s:\n{self.log()}") from None
+            raise AssertionError(
+                f"mytimerd did not exit within {timeout} s:\n{self.log()}"
+            ) from None
 
 
 def mytimerd_command(*args: str) -> list[str]:
@@ -155,8 +157,11 @@ def start_daemon(
     full_env = {**os.environ, **(env or {})}
     with open(log, "wb") as err:
         proc = subprocess.Popen(
-            command or mytimerd_command(*args), stdin=subprocess.DEVNULL,
-            stdout=err, stderr=err, env=full_env,
+            command or mytimerd_command(*args),
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+            env=full_env,
         )
     wait_ready(address, proc, log, ready_timeout)
     return Daemon(proc, address, log)

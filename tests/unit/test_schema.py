@@ -14,7 +14,9 @@ from mytimerd import cbor, schema
 from mytimerd.errors import CATALOGUE, DaemonError, parse_error_body
 
 VECTORS = json.loads(
-    (Path(__file__).resolve().parents[2] / ".." / "shared" / "spec" / "abi-vectors.json").read_text()
+    (
+        Path(__file__).resolve().parents[2] / ".." / "shared" / "spec" / "abi-vectors.json"
+    ).read_text()
 )
 
 
@@ -26,8 +28,11 @@ def error_of(method: str, payload: bytes) -> str:
 
 @pytest.mark.parametrize(
     "call",
-    [c for c in VECTORS["calls"] if c["request_hex"] and not c.get("err_prefix")
-     and "as text" not in c["name"]],
+    [
+        c
+        for c in VECTORS["calls"]
+        if c["request_hex"] and not c.get("err_prefix") and "as text" not in c["name"]
+    ],
     ids=lambda c: c["name"],
 )
 def test_spec_vectors_that_the_library_accepts_pass_validation(call: dict[str, str]) -> None:
@@ -37,32 +42,65 @@ def test_spec_vectors_that_the_library_accepts_pass_validation(call: dict[str, s
 @pytest.mark.parametrize(
     ("method", "value", "expected"),
     [
-        ("echo", {"req": {"message": "hi", "delayMs": "5"}},
-         "mytimerd.InvalidParameter: req.delayMs: expected an integer, got a text string"),
-        ("echo", {"req": {"message": "hi", "delayMs": 0, "extra": 1}},
-         "mytimerd.InvalidParameter: req: unknown key 'extra' (EchoRequest has: message, delayMs)"),
-        ("echo", {"req": {"message": None}},
-         "mytimerd.InvalidParameter: req.message: null is not allowed here (not optional)"),
-        ("echo", {"req": {"delayMs": 10**13}},
-         "mytimerd.InvalidParameter: req.delayMs: 10000000000000 is out of range "
-         "[-1000000000000, 1000000000000]"),
-        ("echo", {"req": {"delayMs": 1.5}},
-         "mytimerd.InvalidParameter: req.delayMs: expected an integer, got a float"),
-        ("echo", [1], "mytimerd.InvalidParameter: request: expected a map (echo-request), "
-         "got an array"),
-        ("complex", {"req": {"messages": [{"message": 1}]}},
-         "mytimerd.InvalidParameter: req.messages[0].message: expected a text string, "
-         "got an integer"),
-        ("complex", {"req": {"tags": "t"}},
-         "mytimerd.InvalidParameter: req.tags: expected an array, got a text string"),
-        ("schedule", {"job": {"priority": 2**63}},
-         "mytimerd.InvalidParameter: job.priority: 9223372036854775808 is out of range "
-         "[-9223372036854775808, 9223372036854775807]"),
-        ("schedule", {"schedule": {"startAtMs": 2**63 - 1, "jitter": 1}},
-         "mytimerd.InvalidParameter: schedule.jitter: startAtMs + jitter = "
-         "9223372036854775808 does not fit a 64-bit integer"),
-        ("version", {"x": 1}, "mytimerd.InvalidParameter: request: unknown key 'x' "
-         "(Empty has: no keys)"),
+        (
+            "echo",
+            {"req": {"message": "hi", "delayMs": "5"}},
+            "mytimerd.InvalidParameter: req.delayMs: expected an integer, got a text string",
+        ),
+        (
+            "echo",
+            {"req": {"message": "hi", "delayMs": 0, "extra": 1}},
+            "mytimerd.InvalidParameter: req: unknown key 'extra' (EchoRequest has: message, delayMs)",
+        ),
+        (
+            "echo",
+            {"req": {"message": None}},
+            "mytimerd.InvalidParameter: req.message: null is not allowed here (not optional)",
+        ),
+        (
+            "echo",
+            {"req": {"delayMs": 10**13}},
+            "mytimerd.InvalidParameter: req.delayMs: 10000000000000 is out of range "
+            "[-1000000000000, 1000000000000]",
+        ),
+        (
+            "echo",
+            {"req": {"delayMs": 1.5}},
+            "mytimerd.InvalidParameter: req.delayMs: expected an integer, got a float",
+        ),
+        (
+            "echo",
+            [1],
+            "mytimerd.InvalidParameter: request: expected a map (echo-request), got an array",
+        ),
+        (
+            "complex",
+            {"req": {"messages": [{"message": 1}]}},
+            "mytimerd.InvalidParameter: req.messages[0].message: expected a text string, "
+            "got an integer",
+        ),
+        (
+            "complex",
+            {"req": {"tags": "t"}},
+            "mytimerd.InvalidParameter: req.tags: expected an array, got a text string",
+        ),
+        (
+            "schedule",
+            {"job": {"priority": 2**63}},
+            "mytimerd.InvalidParameter: job.priority: 9223372036854775808 is out of range "
+            "[-9223372036854775808, 9223372036854775807]",
+        ),
+        (
+            "schedule",
+            {"schedule": {"startAtMs": 2**63 - 1, "jitter": 1}},
+            "mytimerd.InvalidParameter: schedule.jitter: startAtMs + jitter = "
+            "9223372036854775808 does not fit a 64-bit integer",
+        ),
+        (
+            "version",
+            {"x": 1},
+            "mytimerd.InvalidParameter: request: unknown key 'x' (Empty has: no keys)",
+        ),
     ],
 )
 def test_schema_errors_name_the_path(method: str, value: object, expected: str) -> None:
@@ -81,8 +119,7 @@ def test_options_accept_null_and_undefined() -> None:
         (b"\xa0\x00", "trailing bytes: the item ends at byte 1 of a 2-byte payload"),
         (b"\xc1\x00", "tag 1 is not accepted (at byte 0)"),
         (b"\xbf\xff", "indefinite-length items are not accepted (at byte 0)"),
-        (b"\xa1\x63req\xa1\x67message\x62\xff\xfe",
-         "req.message: invalid UTF-8 in text string"),
+        (b"\xa1\x63req\xa1\x67message\x62\xff\xfe", "req.message: invalid UTF-8 in text string"),
         (b"\x81" * 40, "nesting deeper than 16 levels"),
         (b"\xa2\x61a\x01\x61a\x02", "duplicate map key 'a'"),
         (b"\xa1\x01\x02", "map key is an integer, not a text string"),
@@ -118,9 +155,15 @@ def test_any_bytes_are_accepted_or_refused_with_a_named_error(payload: bytes) ->
 
 
 values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**64), 2**64 - 1) | st.text(max_size=10)
-    | st.floats(allow_nan=False) | st.binary(max_size=5),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**64), 2**64 - 1)
+    | st.text(max_size=10)
+    | st.floats(allow_nan=False)
+    | st.binary(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -133,8 +176,7 @@ def test_decoder_agrees_with_cbor2_on_accepted_values(value: object) -> None:
 
 def test_error_bodies_split_into_name_and_message() -> None:
     assert parse_error_body(b"mytimerd.Timeout: slow") == ("Timeout", "slow")
-    assert parse_error_body(b"job name must not be empty") == (
-        None, "job name must not be empty")
+    assert parse_error_body(b"job name must not be empty") == (None, "job name must not be empty")
     assert parse_error_body(b"bad \xff") == (None, "bad \ufffd")
 
 

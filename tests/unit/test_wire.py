@@ -35,9 +35,7 @@ def test_spec_worked_examples_parse() -> None:
         wire.Request(b"version", b"\xa0"),
         wire.Request(b"echo", ECHO_PAYLOAD),
     ]
-    assert wire.ResponseParser().feed(VERSION_RESPONSE) == [
-        wire.Response(0, VERSION_RESPONSE[8:])
-    ]
+    assert wire.ResponseParser().feed(VERSION_RESPONSE) == [wire.Response(0, VERSION_RESPONSE[8:])]
 
 
 def test_response_ret_is_signed() -> None:
