@@ -8,7 +8,7 @@
  * submitter thread) run concurrently with it.
  *
  * Usage:
- *   glue_stress stress   <lib.so> <direct 0|1> <calls>   scenario 1
+ *   glue_stress stress   <lib.so> <direct 0|1> <calls> <loop|once>  scenario 1
  *   glue_stress drainbuf <lib.so> <direct 0|1>           scenario 2
  *   glue_stress inflight <lib.so> <direct 0|1>           scenario 3
  *   glue_stress stuck    <stuck.so> <control file>       scenario 4 (threaded)
@@ -164,6 +164,25 @@ static void check_record(struct tracker *t, uint64_t id, int32_t ret, const uint
     }
 }
 
+static size_t parse_records(struct tracker *t, const uint8_t *buf, size_t cap, int64_t used) {
+    CHECK((size_t)used <= cap, "drain wrote %" PRId64 " > cap %zu", used, cap);
+    size_t pos = 0, records = 0;
+    while (pos < (size_t)used) {
+        CHECK(pos + 16 <= (size_t)used, "truncated record header at %zu/%" PRId64, pos, used);
+        uint64_t id;
+        int32_t ret;
+        uint32_t len;
+        memcpy(&id, buf + pos, 8);
+        memcpy(&ret, buf + pos + 8, 4);
+        memcpy(&len, buf + pos + 12, 4);
+        CHECK(pos + 16 + len <= (size_t)used, "record body overruns the drained bytes");
+        check_record(t, id, ret, buf + pos + 16, len);
+        pos += 16 + len;
+        records++;
+    }
+    return records;
+}
+
 /* Drains until the glue reports nothing is waiting, like library.py's drain().
    Returns the number of records. The buffer is small on purpose so that one
    wake-up usually takes several partial drains. */
@@ -180,31 +199,29 @@ static size_t drain_all(mt_host *h, struct tracker *t, uint8_t **buf, size_t *ca
             CHECK(*buf, "realloc");
             continue;
         }
-        CHECK((size_t)used <= *cap, "drain wrote %" PRId64 " > cap %zu", used, *cap);
-        size_t pos = 0;
-        while (pos < (size_t)used) {
-            CHECK(pos + 16 <= (size_t)used, "truncated record header at %zu/%" PRId64, pos, used);
-            uint64_t id;
-            int32_t ret;
-            uint32_t len;
-            memcpy(&id, *buf + pos, 8);
-            memcpy(&ret, *buf + pos + 8, 4);
-            memcpy(&len, *buf + pos + 12, 4);
-            CHECK(pos + 16 + len <= (size_t)used, "record body overruns the drained bytes");
-            check_record(t, id, ret, *buf + pos + 16, len);
-            pos += 16 + len;
-            records++;
-        }
+        records += parse_records(t, *buf, *cap, used);
     }
 }
 
-static int scenario_stress(const char *path, int direct, size_t n) {
+/* One mt_drain into a buffer big enough for everything in flight. */
+static size_t drain_once(mt_host *h, struct tracker *t, uint8_t *buf, size_t cap) {
+    int64_t used = mt_drain(h, buf, cap);
+    CHECK(used >= 0, "a %zu-byte buffer is too small for one record (%" PRId64 ")", cap, used);
+    return parse_records(t, buf, cap, used);
+}
+
+static int scenario_stress(const char *path, int direct, size_t n, int once) {
     struct lib l = open_lib(path, direct);
     struct tracker t = {.n = n};
     t.kind = calloc(n, 1);
     t.seen = calloc(n, 1);
     CHECK(t.kind && t.seen, "calloc");
-    size_t cap = 256;
+    /* "loop": small buffer, drain until 0 per wake-up, like library.py.
+       "once": a buffer that holds everything in flight, ONE mt_drain per
+       wake-up; that drain empties the queue, so the glue must announce the
+       next result on the eventfd again (catches a notification consumed
+       after the queue was taken). */
+    size_t cap = once ? (size_t)1 << 20 : 256;
     uint8_t *buf = malloc(cap);
     CHECK(buf, "malloc");
 
@@ -234,13 +251,13 @@ static int scenario_stress(const char *path, int direct, size_t n) {
         /* Only drain when the eventfd says so: a lost wake-up stalls the loop. */
         int blocked = next == n || next - t.done >= max_in_flight;
         if (wait_readable(l.h, blocked ? 200 : 0)) {
-            if (drain_all(l.h, &t, &buf, &cap))
+            if ((once ? drain_once(l.h, &t, buf, cap) : drain_all(l.h, &t, &buf, &cap)))
                 last_progress = mono_ms();
         } else if (blocked) {
             mt_status st;
             mt_get_status(l.h, &st);
-            CHECK(mono_ms() - last_progress < 10000,
-                  "no wake-up for 10 s: done %zu/%zu submitted %zu; glue: queued %" PRIu64
+            CHECK(mono_ms() - last_progress < 5000,
+                  "no wake-up for 5 s (lost notification?): done %zu/%zu submitted %zu; glue: queued %" PRIu64
                   " submitted %" PRIu64 " completed %" PRIu64,
                   t.done, n, next, st.queued, st.submitted, st.completed);
         }
@@ -260,7 +277,7 @@ static int scenario_stress(const char *path, int direct, size_t n) {
     free(buf);
     free(t.kind);
     free(t.seen);
-    printf("PASS stress direct=%d calls=%zu\n", direct, n);
+    printf("PASS stress direct=%d calls=%zu drain=%s\n", direct, n, once ? "once" : "loop");
     return 0;
 }
 
@@ -449,8 +466,10 @@ static int scenario_openerr(const char *not_a_library) {
 
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
-    if (argc == 5 && strcmp(argv[1], "stress") == 0)
-        return scenario_stress(argv[2], atoi(argv[3]), (size_t)strtoull(argv[4], NULL, 10));
+    if (argc == 6 && strcmp(argv[1], "stress") == 0 &&
+        (strcmp(argv[5], "loop") == 0 || strcmp(argv[5], "once") == 0))
+        return scenario_stress(argv[2], atoi(argv[3]), (size_t)strtoull(argv[4], NULL, 10),
+                               strcmp(argv[5], "once") == 0);
     if (argc == 4 && strcmp(argv[1], "drainbuf") == 0)
         return scenario_drainbuf(argv[2], atoi(argv[3]));
     if (argc == 4 && strcmp(argv[1], "inflight") == 0)

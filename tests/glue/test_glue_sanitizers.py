@@ -23,6 +23,9 @@ from tests.support.native import REPO_ROOT, build_native
 HERE: Path = Path(__file__).resolve().parent
 DRIVER_SRC: Path = HERE / "glue_stress.c"
 STUCK_SRC: Path = REPO_ROOT / "tests" / "doubles" / "stuck_timer.c"
+#: The glue under test; point MYTIMER_GLUE_DIR at a modified copy to check
+#: that these tests catch a bug (mutation check) without touching glue/.
+GLUE_DIR: Path = Path(os.environ.get("MYTIMER_GLUE_DIR", REPO_ROOT / "glue"))
 
 WARNINGS: tuple[str, ...] = ("-Wall", "-Wextra", "-Werror", "-g", "-O1")
 SANITIZE: dict[str, tuple[str, ...]] = {
@@ -67,7 +70,7 @@ def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def driver(build_dir: Path) -> dict[str, Path]:
     """glue_stress + glue.c, built once per sanitizer."""
-    glue = REPO_ROOT / "glue"
+    glue = GLUE_DIR
     includes = ("-I" + str(glue), "-I" + str(REPO_ROOT / "native" / "include"))
     return {
         v: _compile(v, [DRIVER_SRC, glue / "glue.c"], build_dir / f"glue_stress_{v}", includes)
@@ -113,7 +116,7 @@ def _env() -> dict[str, str]:
     return env
 
 
-def run_driver(variant: str, exe: Path, *args: str | Path) -> str:
+def run_driver(variant: str, exe: Path, *args: str | int | Path) -> str:
     """Run one scenario; fail on a report, a non-zero exit or a missing PASS."""
     cmd = [*_launcher(variant), str(exe), *map(str, args)]
     try:
@@ -129,14 +132,20 @@ def run_driver(variant: str, exe: Path, *args: str | Path) -> str:
     return proc.stdout
 
 
+@pytest.mark.parametrize("drain", ["loop", "once"])
 @pytest.mark.parametrize("direct", [0, 1], ids=["threaded", "direct"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_stress_one_caller_thread(variant: str, direct: int, driver: dict[str, Path]) -> None:
+def test_stress_one_caller_thread(
+    variant: str, direct: int, drain: str, driver: dict[str, Path]
+) -> None:
     """50,000 version/echo calls from one thread that polls the eventfd and
-    drains in small batches: every id completes exactly once, with ret 0 and
-    the right body, no wake-up is lost, the counters add up, shutdown is clean."""
+    drains only when it is readable: every id completes exactly once, with
+    ret 0 and the right body, no wake-up is lost, the counters add up and
+    shutdown is clean. ``loop`` drains a small buffer until 0 (the daemon's
+    way, many partial drains); ``once`` takes everything with one drain per
+    wake-up, which only works if the eventfd is re-armed correctly."""
     lib = build_native(variant)
-    run_driver(variant, driver[variant], "stress", lib, direct, STRESS_CALLS)
+    run_driver(variant, driver[variant], "stress", lib, direct, STRESS_CALLS, drain)
 
 
 @pytest.mark.parametrize("direct", [0, 1], ids=["threaded", "direct"])
