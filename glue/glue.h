@@ -42,7 +42,9 @@ int mt_fd(mt_host *h);
 /* Move waiting completions into buf as records
    [u64 id][i32 ret][u32 len][len bytes] (native byte order).
    Returns the bytes written; when the first waiting record alone does not fit,
-   returns minus its size so the caller can grow buf. */
+   returns minus its size so the caller can grow buf. Call it until it returns
+   0 before waiting on the eventfd again: the eventfd is only written when the
+   queue goes from empty to non-empty. */
 int64_t mt_drain(mt_host *h, uint8_t *buf, size_t cap);
 void mt_get_status(mt_host *h, mt_status *out);
 /* Stop the submitter and destroy the context, waiting at most timeout_ms.
