@@ -17,6 +17,20 @@ from tests.support.daemon import Daemon
 
 LIBRARY_METHODS = [m.name for m in schema.LIBRARY_METHODS]
 
+
+def _keys(struct: schema.Struct) -> set[str]:
+    out = set()
+    for f in struct.fields:
+        out.add(f.name)
+        inner = f.type.item if isinstance(f.type, schema.Array) else f.type
+        if isinstance(inner, schema.Struct):
+            out |= _keys(inner)
+    return out
+
+
+# Every key the schema knows, and one it does not.
+KEYS = sorted(set().union(*(_keys(m.request) for m in schema.LIBRARY_METHODS)) | {"extra"})
+
 values = st.recursive(
     st.none()
     | st.booleans()
@@ -27,30 +41,7 @@ values = st.recursive(
     lambda inner: (
         st.lists(inner, max_size=4)
         | st.dictionaries(
-            st.sampled_from(
-                [
-                    "req",
-                    "message",
-                    "delayMs",
-                    "messages",
-                    "tags",
-                    "note",
-                    "retries",
-                    "job",
-                    "name",
-                    "payload",
-                    "priority",
-                    "retry",
-                    "maxAttempts",
-                    "backoffMs",
-                    "retryOn",
-                    "schedule",
-                    "startAtMs",
-                    "intervalMs",
-                    "jitter",
-                    "extra",
-                ]
-            ),
+            st.sampled_from(KEYS),
             inner,
             max_size=5,
         )
