@@ -260,7 +260,7 @@ async def serve(
                 extra={"LIBRARY_HEALTHY": int(healthy), "LIBRARY_STATUS": why},
             )
             was_healthy = healthy
-        notify(f"STATUS={server.status_line()}")
+        notify(f"STATUS={server.status_line(healthy, why)}")
         now = loop.time()
         if watchdog is not None and healthy and now - last_ping >= watchdog:
             notify("WATCHDOG=1")

@@ -339,14 +339,26 @@ class Server:
         self.stats.record_error(method, err.name, 0.0)
         conn.refuse(wire.encode_response(wire.RET_ERR, err.body()))
 
-    def _finish(self, call: Call, frame: bytes, outcome: str, error: str | None = None) -> None:
-        call.slot.frame = frame
+    def _finish(self, call: Call, ret: int, body: bytes, error: str | None = None) -> None:
+        """Answer ``call``; ``error`` names the daemon error it was answered with."""
+        call.slot.frame = wire.encode_response(ret, body)
         call.conn.in_flight -= 1
         seconds = time.monotonic() - call.started
         if error:
             self.stats.record_error(call.method, error, seconds)
         else:
-            self.stats.record(call.method, outcome, seconds)
+            self.stats.record(call.method, OK if ret == wire.RET_OK else LIBRARY_ERROR, seconds)
+
+    def _fail(self, call: Call, err: DaemonError) -> None:
+        """Answer ``call`` with a daemon error instead of the library's answer."""
+        self._finish(call, wire.RET_ERR, err.body(), err.name)
+
+    @staticmethod
+    def _deliver(conns: set[Connection]) -> None:
+        """Write what became answerable and read again where limits allow."""
+        for conn in conns:
+            conn.flush()
+            conn.maybe_resume()
 
     def _on_results(self) -> None:
         """The eventfd fired: hand every waiting result to its connection."""
@@ -360,13 +372,9 @@ class Server:
                 else:  # answered Timeout already
                     self.stats.late_results += 1
                 continue
-            self._finish(
-                call, wire.encode_response(ret, body), OK if ret == wire.RET_OK else LIBRARY_ERROR
-            )
+            self._finish(call, ret, body)
             touched.add(call.conn)
-        for conn in touched:
-            conn.flush()
-            conn.maybe_resume()
+        self._deliver(touched)
 
     # timeouts and health ------------------------------------------------------
 
@@ -382,18 +390,16 @@ class Server:
             if call.started > older_than:
                 break
             expired.append(call_id)
-        touched = set()
+        touched: set[Connection] = set()
         for call_id in expired:
             call = self.pending.pop(call_id)
             err = DaemonError(
                 "Timeout",
                 f"{call.method} did not complete within {self.limits.timeout:g} s (--timeout)",
             )
-            self._finish(call, wire.encode_response(wire.RET_ERR, err.body()), "", err.name)
+            self._fail(call, err)
             touched.add(call.conn)
-        for conn in touched:
-            conn.flush()
-            conn.maybe_resume()
+        self._deliver(touched)
 
     def _probe(self, now: float) -> None:
         interval = min(1.0, self.limits.probe_timeout / 2)
@@ -461,9 +467,8 @@ class Server:
         """The mytimerd.stats response."""
         return self.stats.snapshot(len(self.connections), len(self.pending))
 
-    def status_line(self) -> str:
-        """A one-line STATUS= for systemctl status."""
-        healthy, why = self.health()
+    def status_line(self, healthy: bool, why: str) -> str:
+        """A one-line STATUS= for systemctl status, given :meth:`health`."""
         calls = sum(sum(c.values()) for c in self.stats.calls.values())
         text = (
             f"Serving {len(self.connections)} connections, {len(self.pending)} calls in "
@@ -498,18 +503,17 @@ class Server:
                 f"STATUS=Stopping: {len(self.pending)} calls in flight, "
                 f"{len(self.connections)} connections open"
             )
-        touched = set()
+        touched: set[Connection] = set()
         for call in self.pending.values():
             err = DaemonError(
                 "ShuttingDown",
                 f"the daemon stopped before the library answered "
                 f"(--drain-timeout {self.limits.drain_timeout:g} s)",
             )
-            self._finish(call, wire.encode_response(wire.RET_ERR, err.body()), "", err.name)
+            self._fail(call, err)
             touched.add(call.conn)
         self.pending.clear()
-        for conn in touched:
-            conn.flush()
+        self._deliver(touched)
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.close()
