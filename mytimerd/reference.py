@@ -1,7 +1,9 @@
-"""The README's reference tables, generated from the one method, limit and
+"""The documents' reference tables, generated from the one method, limit and
 error tables so the documentation cannot drift from the code.
 
-``python -m mytimerd.reference README.md`` rewrites the generated blocks in
+A document holds any of the blocks in :data:`BLOCKS` between
+``<!-- generated:NAME -->`` and ``<!-- end:NAME -->`` markers.
+``python -m mytimerd.reference README.md docs/protocol.md`` rewrites them in
 place; a test fails when they are stale.
 """
 
@@ -9,11 +11,12 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import fields
 from pathlib import Path
 
-from . import errors, schema
-from .limits import Limits
+from .protocol import errors, schema
+from .protocol.limits import Limits
 
 
 def methods_table() -> str:
@@ -63,15 +66,40 @@ def errors_table() -> str:
 
 BLOCKS = {"methods": methods_table, "limits": limits_table, "errors": errors_table}
 
+#: The blocks each of the repository's documents must hold, by file name.
+#: README.md keeps all three, as it always has; docs/protocol.md documents the
+#: wire, where the limits (daemon options) do not belong.
+DOCUMENTS: dict[str, tuple[str, ...]] = {
+    "README.md": ("methods", "limits", "errors"),
+    "protocol.md": ("methods", "errors"),
+}
 
-def render(text: str) -> str:
-    """``text`` with every generated block brought up to date."""
+
+def render(text: str, require: Iterable[str] = ()) -> str:
+    """``text`` with every generated block it holds brought up to date.
+
+    A document need not hold every block (docs/protocol.md has no limits
+    table), but it must hold at least one, and every block named in
+    ``require``: a marker lost in an edit then fails loudly instead of
+    leaving a table silently unmaintained.
+    """
+    require = tuple(require)
+    unknown = set(require) - BLOCKS.keys()
+    if unknown:
+        raise ValueError(f"no such generated block: {', '.join(sorted(unknown))}")
+    found = []
     for name, make in BLOCKS.items():
         pattern = re.compile(rf"(<!-- generated:{name} -->\n).*?(<!-- end:{name} -->)", re.DOTALL)
         match = pattern.search(text)
         if match is None:
-            raise ValueError(f"no generated block {name!r}")
+            continue
+        found.append(name)
         text = text[: match.end(1)] + make() + "\n" + text[match.start(2) :]
+    missing = [name for name in require if name not in found]
+    if missing:
+        raise ValueError(f"no generated block {missing[0]!r}")
+    if not found:
+        raise ValueError(f"no generated block (expected one of: {', '.join(BLOCKS)})")
     return text
 
 
@@ -79,7 +107,7 @@ def main() -> int:
     """Rewrite the generated blocks of the files named on the command line."""
     for name in sys.argv[1:]:
         path = Path(name)
-        path.write_text(render(path.read_text()))
+        path.write_text(render(path.read_text(), DOCUMENTS.get(path.name, ())))
     return 0
 
 

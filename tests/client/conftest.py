@@ -20,7 +20,7 @@ from pathlib import Path
 import cbor2
 import pytest
 
-from mytimerd import wire
+from mytimerd.protocol import wire
 
 #: What a fake handler returns: (ret, body) to answer, or None to hang up.
 Answer = tuple[int, bytes] | None
@@ -164,14 +164,6 @@ def fake(sock_dir: Path) -> Iterator[FakeServer]:
     server.stop()
 
 
-def _daemon_available() -> bool:
-    try:
-        import mytimerd.daemon  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _check_alive(proc: subprocess.Popen[bytes], log: Path) -> None:
     if proc.poll() is not None:
         raise RuntimeError(
@@ -240,8 +232,6 @@ def _free_port() -> int:
 
 def start_daemon(sock_dir: Path, *extra: str) -> Daemon:
     """Start ``python -m mytimerd`` on a unix socket and a TCP port; wait until it listens."""
-    if not _daemon_available():
-        pytest.skip("the daemon (mytimerd.daemon) is not available yet")
     path = sock_dir / "d.sock"
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}

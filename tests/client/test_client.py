@@ -10,8 +10,7 @@ from pathlib import Path
 import cbor2
 import pytest
 
-from mytimerd import client, wire
-from mytimerd.address import TcpAddress, UnixAddress
+from mytimerd import client
 from mytimerd.client import (
     AsyncClient,
     BadResponse,
@@ -24,7 +23,9 @@ from mytimerd.client import (
     MytimerError,
     TransportError,
 )
-from mytimerd.schema import BY_NAME, Struct
+from mytimerd.protocol import wire
+from mytimerd.protocol.address import TcpAddress, UnixAddress
+from mytimerd.protocol.schema import BY_NAME, Struct
 
 from .conftest import Daemon, FakeServer, canned, err, ok
 

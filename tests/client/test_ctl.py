@@ -13,9 +13,9 @@ from pathlib import Path
 import cbor2
 import pytest
 
-from mytimerd import ctl, wire
-from mytimerd.client import Client
-from mytimerd.schema import METHODS, Array, Struct
+from mytimerd.client import Client, ctl
+from mytimerd.protocol import wire
+from mytimerd.protocol.schema import METHODS, Array, Struct
 
 from .conftest import Daemon, FakeServer, canned
 
@@ -503,7 +503,7 @@ def test_real_environment_address_subprocess(daemon: Daemon, tmp_path: Path) -> 
     argv = (
         [str(script)]
         if script.exists()
-        else [sys.executable, "-c", "import sys; from mytimerd.ctl import main; sys.exit(main())"]
+        else [sys.executable, "-c", "from mytimerd.client.ctl import main; exit(main())"]
     )
     for address in (daemon.address, daemon.tcp):
         done = subprocess.run(

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import cbor2
 
-from mytimerd import wire
-from mytimerd.limits import Limits
+from mytimerd.protocol import wire
+from mytimerd.protocol.limits import Limits
 from tests.support.daemon import Daemon
 
 

@@ -11,8 +11,8 @@ import cbor2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mytimerd import schema, wire
-from mytimerd.errors import parse_error_body
+from mytimerd.protocol import schema, wire
+from mytimerd.protocol.errors import parse_error_body
 from tests.support.daemon import Daemon
 
 LIBRARY_METHODS = [m.name for m in schema.LIBRARY_METHODS]

@@ -161,7 +161,7 @@ def test_a_stuck_library_costs_only_its_own_calls(stuck: tuple[Daemon, Path], mo
 
 
 def test_mytimerctl_ping_exits_7_while_unhealthy(stuck: tuple[Daemon, Path]) -> None:
-    from mytimerd import ctl
+    from mytimerd.client import ctl
 
     d, control = stuck
     args = ["--unix", d.address.path, "ping"]  # type: ignore[union-attr]

@@ -12,7 +12,7 @@ from pathlib import Path
 import cbor2
 import pytest
 
-from mytimerd import wire
+from mytimerd.protocol import wire
 from tests.support.daemon import Daemon, TcpAddress, free_tcp_port
 
 VECTORS = json.loads(

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mytimerd import wire
+from mytimerd.protocol import wire
 from tests.conftest import require
 from tests.integration.helpers import (
     VERSION_BODY,

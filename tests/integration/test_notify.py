@@ -16,7 +16,7 @@ from pathlib import Path
 import cbor2
 import pytest
 
-from mytimerd import wire
+from mytimerd.protocol import wire
 from tests.conftest import require
 from tests.integration.helpers import (
     VERSION_BODY,

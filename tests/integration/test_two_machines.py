@@ -28,7 +28,7 @@ PORT = 9099
 CLIENT = textwrap.dedent(
     """
     import sys, cbor2
-    from mytimerd import wire
+    from mytimerd.protocol import wire
     from tests.support.daemon import TcpAddress, WireClient
     with WireClient(TcpAddress(sys.argv[1], int(sys.argv[2])), timeout=5) as c:
         v = c.call("version")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import cbor2
 
-from mytimerd import wire
-from mytimerd.address import Address, TcpAddress, UnixAddress
+from mytimerd.protocol import wire
+from mytimerd.protocol.address import Address, TcpAddress, UnixAddress
 
 
 class WireClient:

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mytimerd import cbor, schema
-from mytimerd.errors import CATALOGUE, DaemonError, parse_error_body
+from mytimerd.protocol import cbor, schema
+from mytimerd.protocol.errors import CATALOGUE, DaemonError, parse_error_body
 
 VECTORS = json.loads(
     (
@@ -50,7 +50,8 @@ def test_spec_vectors_that_the_library_accepts_pass_validation(call: dict[str, s
         (
             "echo",
             {"req": {"message": "hi", "delayMs": 0, "extra": 1}},
-            "mytimerd.InvalidParameter: req: unknown key 'extra' (EchoRequest has: message, delayMs)",
+            "mytimerd.InvalidParameter: req: unknown key 'extra' "
+            "(EchoRequest has: message, delayMs)",
         ),
         (
             "echo",

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mytimerd import wire
+from mytimerd.protocol import wire
 
 VERSION_REQUEST = bytes.fromhex("00000007 76657273696f6e 00000001 a0")
 VERSION_RESPONSE = bytes.fromhex("00000000 00000011 706e696d2d74696d65722076302e312e30")

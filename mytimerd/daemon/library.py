@@ -15,11 +15,11 @@ from typing import Final
 
 import cbor2
 
-from ._glue import ffi, lib
-from .schema import LIBRARY_METHODS
+from .._glue import ffi, lib
+from ..protocol.schema import LIBRARY_METHODS
 
 #: The library built from native/ and shipped inside the package.
-BUNDLED_LIBRARY: Final = Path(__file__).resolve().parent / "_lib" / "libmy_timer.so"
+BUNDLED_LIBRARY: Final = Path(__file__).resolve().parents[1] / "_lib" / "libmy_timer.so"
 
 _RECORD: Final = struct.Struct("=QiI")
 _ERR_LEN: Final = 512

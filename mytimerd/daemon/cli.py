@@ -15,8 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 
-from . import __version__, activation, errors, schema
-from .address import (
+from .. import __version__
+from ..protocol import errors, schema
+from ..protocol.address import (
     DEFAULT_TCP_PORT,
     Address,
     TcpAddress,
@@ -24,8 +25,9 @@ from .address import (
     default_unix_path,
     parse_port,
 )
+from ..protocol.limits import Limits
+from . import activation
 from .library import BUNDLED_LIBRARY, Library, LibraryLoadError
-from .limits import Limits
 from .server import Server
 
 log = logging.getLogger("mytimerd")

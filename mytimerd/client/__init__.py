@@ -43,8 +43,8 @@ from typing import Any, Final, Self, TypedDict, cast
 
 import cbor2
 
-from . import wire
-from .address import (
+from ..protocol import wire
+from ..protocol.address import (
     ADDRESS_ENV,
     Address,
     TcpAddress,
@@ -52,7 +52,7 @@ from .address import (
     default_client_paths,
     parse_address,
 )
-from .errors import PREFIX, parse_error_body
+from ..protocol.errors import PREFIX, parse_error_body
 
 #: Seconds a call waits for its answer unless told otherwise.
 DEFAULT_TIMEOUT: Final = 30.0

@@ -18,11 +18,12 @@ from typing import Any, Final, cast
 
 import cbor2
 
-from . import __version__, errors, schema, wire
+from .. import __version__
+from ..protocol import errors, schema, wire
+from ..protocol.errors import DaemonError
+from ..protocol.limits import Limits
 from .activation import Listener
-from .errors import DaemonError
 from .library import Library
-from .limits import Limits
 from .stats import LIBRARY_ERROR, OK, Stats
 
 log = logging.getLogger("mytimerd")

@@ -25,8 +25,8 @@ from typing import Any, Final, TextIO
 
 import cbor2
 
-from . import client
-from .address import (
+from .. import client
+from ..protocol.address import (
     ADDRESS_ENV,
     DEFAULT_TCP_PORT,
     Address,
@@ -35,8 +35,8 @@ from .address import (
     default_client_paths,
     parse_port,
 )
-from .errors import PREFIX
-from .schema import METHODS, Array, Field, Int, Method, Struct, Text
+from ..protocol.errors import PREFIX
+from ..protocol.schema import METHODS, Array, Field, Int, Method, Struct, Text
 
 PROG: Final = "mytimerctl"
 

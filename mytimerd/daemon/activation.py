@@ -10,7 +10,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from .address import Address, TcpAddress, UnixAddress
+from ..protocol.address import Address, TcpAddress, UnixAddress
 
 
 class ActivationError(Exception):
