@@ -28,7 +28,7 @@ struct call {
     struct call *next;
     mt_host *host;
     atomic_int refs;
-    int slot;
+    int method;
     uint64_t id;
     size_t len;
     uint8_t data[];
@@ -233,7 +233,7 @@ static void *submitter_main(void *arg) {
             batch = c->next;
             atomic_fetch_sub(&h->queued, 1);
             atomic_store(&h->call_started_ns, now_ns());
-            h->methods[c->slot](h->ctx, on_result, c, c->data, c->len);
+            h->methods[c->method](h->ctx, on_result, c, c->data, c->len);
             atomic_store(&h->call_started_ns, 0);
             atomic_fetch_add(&h->submitted, 1);
             release_call(c);
@@ -271,8 +271,8 @@ int mt_create(mt_host *h, const uint8_t *req, size_t len, int timeout_ms, int di
     return 0;
 }
 
-int mt_submit(mt_host *h, int slot, uint64_t id, const uint8_t *payload, size_t len) {
-    if (slot < 0 || slot >= h->nmethods)
+int mt_submit(mt_host *h, int method, uint64_t id, const uint8_t *payload, size_t len) {
+    if (method < 0 || method >= h->nmethods)
         return -1;
     struct call *c = malloc(sizeof *c + len);
     if (!c)
@@ -280,7 +280,7 @@ int mt_submit(mt_host *h, int slot, uint64_t id, const uint8_t *payload, size_t 
     c->next = NULL;
     c->host = h;
     atomic_init(&c->refs, 2);
-    c->slot = slot;
+    c->method = method;
     c->id = id;
     c->len = len;
     if (len)
@@ -291,7 +291,7 @@ int mt_submit(mt_host *h, int slot, uint64_t id, const uint8_t *payload, size_t 
             return -1;
         }
         atomic_store(&h->call_started_ns, now_ns());
-        h->methods[slot](h->ctx, on_result, c, c->data, c->len);
+        h->methods[method](h->ctx, on_result, c, c->data, c->len);
         atomic_store(&h->call_started_ns, 0);
         atomic_fetch_add(&h->submitted, 1);
         release_call(c);

@@ -34,9 +34,9 @@ int mt_bind(mt_host *h, const char *name);
    message in err. */
 int mt_create(mt_host *h, const uint8_t *req, size_t len, int timeout_ms, int direct,
               char *err, size_t errlen);
-/* Call (direct) or queue a call of method `slot` with request id `id`; the
+/* Call (direct) or queue a call of method number `method` with request id `id`; the
    payload is copied. 0 on success, -1 if shutting down or out of memory. */
-int mt_submit(mt_host *h, int slot, uint64_t id, const uint8_t *payload, size_t len);
+int mt_submit(mt_host *h, int method, uint64_t id, const uint8_t *payload, size_t len);
 /* The eventfd that becomes readable when completions are waiting. */
 int mt_fd(mt_host *h);
 /* Move waiting completions into buf as records

@@ -45,7 +45,7 @@ class Listener:
                 path.unlink()
 
 
-def describe_socket(sock: socket.socket) -> str:
+def socket_label(sock: socket.socket) -> str:
     """``unix:/path`` or ``tcp:host:port`` for a bound socket."""
     name = sock.getsockname()
     if sock.family == socket.AF_UNIX:
@@ -101,7 +101,7 @@ def from_systemd() -> list[Listener] | None:
     for fd, name in sorted(fds.items()):
         sock = _check_handed(fd, name)
         sock.setblocking(False)
-        listeners.append(Listener(sock, name, describe_socket(sock)))
+        listeners.append(Listener(sock, name, socket_label(sock)))
     return listeners
 
 
@@ -169,7 +169,7 @@ def _bind_tcp(host: str, port: int) -> list[Listener]:
                 f"cannot listen on {TcpAddress(str(sockaddr[0]), port)}: {reason}"
             ) from None
         sock.setblocking(False)
-        listeners.append(Listener(sock, "bound", describe_socket(sock)))
+        listeners.append(Listener(sock, "bound", socket_label(sock)))
     return listeners
 
 

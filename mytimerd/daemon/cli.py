@@ -1,19 +1,18 @@
-"""``mytimerd``: the command line, logging, sd_notify and the main loop."""
+"""``mytimerd``'s entry point: the command line builds a :class:`Config`, then
+the sockets, the library and the server start, run until a signal, and drain."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
-import resource
 import signal
-import sys
 import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
+from typing import get_args
 
 from .. import __version__
 from ..protocol import errors, schema
@@ -27,8 +26,11 @@ from ..protocol.address import (
 )
 from ..protocol.limits import Limits
 from . import activation
-from .library import BUNDLED_LIBRARY, Library, LibraryLoadError
+from .config import Config, EventLoop, LogLevel, SubmitMode
+from .host import BUNDLED_LIBRARY, LibraryHost
+from .library import LibraryLoadError
 from .server import Server
+from .service import Notifier, raise_fd_limit, setup_logging, watchdog_interval
 
 log = logging.getLogger("mytimerd")
 
@@ -36,9 +38,16 @@ log = logging.getLogger("mytimerd")
 LIBRARY_ENV = "MYTIMERD_LIBRARY"
 
 EXIT_OK = 0
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # argparse's own status for a usage error
 EXIT_SOCKETS = 3
 EXIT_LIBRARY = 4
+
+EXIT_CODES = (
+    (EXIT_OK, "stopped cleanly"),
+    (EXIT_USAGE, "usage error"),
+    (EXIT_SOCKETS, "cannot serve the sockets"),
+    (EXIT_LIBRARY, "cannot load the library or create its context"),
+)
 
 EPILOG = f"""\
 sockets:
@@ -56,8 +65,7 @@ errors (RET_ERR bodies "mytimerd.<Name>: <message>"; library errors pass through
 {textwrap.indent(chr(10).join(f"{n:<20} {d}" for n, d in errors.CATALOGUE.items()), "  ")}
 
 exit status:
-  0 stopped cleanly, 2 usage error, 3 cannot serve the sockets,
-  4 cannot load the library or create its context.
+{textwrap.indent(chr(10).join(f"{code:<3}{what}" for code, what in EXIT_CODES), "  ")}
 
 examples:
   mytimerd                                  # default unix socket
@@ -113,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--submit",
-        choices=["auto", "thread", "direct"],
+        choices=get_args(SubmitMode),
         default="auto",
         help="how calls reach the library: 'thread' makes them from a dedicated thread, so "
         "a library that blocks its caller (the real Nim build can) cannot stall the daemon; "
@@ -123,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--event-loop",
-        choices=["uvloop", "asyncio"],
+        choices=get_args(EventLoop),
         default="uvloop",
         help="uvloop (libuv, about twice as fast per call) or the standard library's "
         "asyncio loop (default: %(default)s)",
@@ -131,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--log-level",
         default="info",
-        choices=["debug", "info", "warning", "error"],
+        choices=get_args(LogLevel),
         help="(default: %(default)s)",
     )
     defaults = Limits()
@@ -148,89 +156,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _addresses(args: argparse.Namespace) -> list[Address]:
+def _addresses(args: argparse.Namespace) -> tuple[Address, ...]:
     out: list[Address] = [UnixAddress(path) for path in args.unix]
     for host, port in args.tcp:
         out.append(TcpAddress(host, parse_port(port)))
-    return out
+    return tuple(out)
 
 
-def setup_logging(level: str) -> None:
-    """Structured journald logging when stderr is the journal, else stderr."""
-    handler: logging.Handler
-    if _stderr_is_journal():
-        from systemd.journal import JournalHandler
-
-        handler = JournalHandler(SYSLOG_IDENTIFIER="mytimerd")
-        handler.setFormatter(logging.Formatter("%(message)s"))
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("mytimerd[%(process)d]: %(levelname)s %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-
-
-def _stderr_is_journal() -> bool:
-    stream = os.environ.get("JOURNAL_STREAM", "")
-    dev, _, ino = stream.partition(":")
+def config_from_args(argv: Sequence[str] | None = None) -> Config:
+    """Parse the command line (and ``$MYTIMERD_LIBRARY``) into a :class:`Config`."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
-        st = os.fstat(2)
-    except OSError:
-        return False
-    return bool(ino) and f"{st.st_dev}:{st.st_ino}" == f"{dev}:{ino}"
+        addresses = _addresses(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    library = args.library or os.environ.get(LIBRARY_ENV)
+    return Config(
+        name=args.name,
+        library=Path(library) if library else None,
+        submit=args.submit,
+        event_loop=args.event_loop,
+        log_level=args.log_level,
+        addresses=addresses,
+        limits=Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)}),
+        watchdog=watchdog_interval(),
+    )
 
 
-class Notifier:
-    """sd_notify, a no-op when not run by systemd."""
-
-    def __init__(self) -> None:
-        self.enabled = bool(os.environ.get("NOTIFY_SOCKET"))
-        self._last_status = ""
-
-    def __call__(self, message: str) -> None:
-        if not self.enabled:
-            return
-        if message.startswith("STATUS="):
-            if message == self._last_status:
-                return
-            self._last_status = message
-        from systemd import daemon  # type: ignore[attr-defined]
-
-        try:
-            daemon.notify(message)
-        except OSError as exc:  # the socket went away: stop trying
-            log.warning("sd_notify failed (%s); no further notifications", exc)
-            self.enabled = False
-
-
-def watchdog_interval() -> float | None:
-    """Half of systemd's WatchdogSec= for this process, or None."""
-    usec = os.environ.get("WATCHDOG_USEC")
-    pid = os.environ.get("WATCHDOG_PID")
-    if not usec or (pid and pid != str(os.getpid())):
-        return None
-    try:
-        return int(usec) / 2e6
-    except ValueError:
-        return None
-
-
-def _raise_fd_limit() -> None:
-    # Every connection is a descriptor; systemd's default soft limit (1024)
-    # is far below --max-connections.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-async def serve(
-    args: argparse.Namespace, listeners: list[activation.Listener], library: Library
-) -> None:
-    """Run until SIGTERM/SIGINT, then drain."""
+async def serve(config: Config, listeners: list[activation.Listener], library: LibraryHost) -> None:
+    """Serve until SIGTERM/SIGINT, then drain."""
     notify = Notifier()
-    limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
-    server = Server(library, limits, args.name, notify)
+    server = Server(config, library, notify)
     await server.start(listeners)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -243,30 +200,12 @@ async def serve(
         library.path,
         server.library_version,
         "direct" if library.direct else "threaded",
-        args.name,
+        config.name,
         extra={"LISTENERS": where, "LIBRARY": library.path},
     )
     notify("READY=1")
     notify(f"STATUS=Ready: {where}")
-    watchdog = watchdog_interval()
-    last_ping = 0.0
-    was_healthy = True
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=min(1.0, watchdog or 1.0))
-        healthy, why = server.health()
-        if healthy != was_healthy:
-            (log.info if healthy else log.error)(
-                "library %s",
-                "healthy again" if healthy else why,
-                extra={"LIBRARY_HEALTHY": int(healthy), "LIBRARY_STATUS": why},
-            )
-            was_healthy = healthy
-        notify(f"STATUS={server.status_line(healthy, why)}")
-        now = loop.time()
-        if watchdog is not None and healthy and now - last_ping >= watchdog:
-            notify("WATCHDOG=1")
-            last_ping = now
+    await stop.wait()
     notify("STOPPING=1")
     in_flight, connections = len(server.pending), len(server.connections)
     log.info(
@@ -275,48 +214,45 @@ async def serve(
         connections,
         extra={"IN_FLIGHT": in_flight, "CONNECTIONS": connections},
     )
-    await server.drain()
+    await server.shutdown()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mytimerd`` command."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    setup_logging(args.log_level)
-    try:
-        addresses = _addresses(args)
-    except ValueError as exc:
-        parser.error(str(exc))
-    _raise_fd_limit()
+    config = config_from_args(argv)
+    setup_logging(config.log_level)
+    raise_fd_limit()
     try:
         listeners = activation.from_systemd()
         if listeners is None:
-            listeners = activation.bind(addresses or [UnixAddress(str(default_unix_path()))])
-        elif addresses:
+            listeners = activation.bind(
+                list(config.addresses) or [UnixAddress(str(default_unix_path()))]
+            )
+        elif config.addresses:
             log.warning(
                 "socket activation: ignoring --unix/--tcp, serving the sockets systemd passed"
             )
     except activation.ActivationError as exc:
         log.error("%s", exc)
         return EXIT_SOCKETS
-    library_path = Path(args.library or os.environ.get(LIBRARY_ENV) or BUNDLED_LIBRARY)
-    direct = args.submit == "direct" or (
-        args.submit == "auto" and library_path.resolve() == BUNDLED_LIBRARY
+    library_path = config.library or BUNDLED_LIBRARY
+    direct = config.submit == "direct" or (
+        config.submit == "auto" and library_path.resolve() == BUNDLED_LIBRARY
     )
     try:
-        library = Library(library_path, args.name, args.probe_timeout, direct)
+        library = LibraryHost(library_path, config.name, config.limits.create_timeout, direct)
     except LibraryLoadError as exc:
         log.error("cannot start the library: %s", exc)
         for listener in listeners:
             listener.close()
         return EXIT_LIBRARY
     try:
-        if args.event_loop == "uvloop":
+        if config.event_loop == "uvloop":
             import uvloop
 
-            uvloop.run(serve(args, listeners, library))
+            uvloop.run(serve(config, listeners, library))
         else:
-            asyncio.run(serve(args, listeners, library))
+            asyncio.run(serve(config, listeners, library))
     finally:
         # The drain is over: a second signal must not interrupt the teardown,
         # which is bounded by its own timeout.
@@ -324,6 +260,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         for listener in listeners:
             listener.close()
-        outcome = library.shutdown(timeout=min(5.0, args.drain_timeout))
+        outcome = library.shutdown(timeout=config.limits.teardown_timeout)
         log.info("library context %s; exiting", outcome, extra={"LIBRARY_CONTEXT": outcome})
     return EXIT_OK

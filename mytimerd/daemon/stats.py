@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict, deque
+from collections.abc import Callable
 from typing import Any, Final
+
+from .library import Status
 
 #: Latency samples kept per method (the most recent ones).
 SAMPLES: Final = 4096
@@ -21,8 +24,9 @@ def _percentile(ordered: list[float], q: float) -> float:
 class Stats:
     """What the daemon has done since it started."""
 
-    def __init__(self) -> None:
-        self.started = time.monotonic()
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.started = clock()
         self.connections_total = 0
         self.connections_refused = 0
         self.calls: defaultdict[str, Counter[str]] = defaultdict(Counter)
@@ -40,11 +44,19 @@ class Stats:
         self.errors[name] += 1
         self.record(method, DAEMON_ERROR, seconds)
 
+    def record_refusal(self, name: str) -> None:
+        """Count a connection refused with the daemon error ``name`` (no call)."""
+        self.errors[name] += 1
+
+    def answered(self) -> int:
+        """Calls answered so far, whatever the outcome."""
+        return sum(sum(c.values()) for c in self.calls.values())
+
     def uptime(self) -> float:
         """Seconds since the daemon started."""
-        return time.monotonic() - self.started
+        return self._clock() - self.started
 
-    def snapshot(self, open_connections: int, in_flight: int) -> dict[str, Any]:
+    def snapshot(self, open_connections: int, in_flight: int, library: Status) -> dict[str, Any]:
         """The mytimerd.stats response."""
         latency = {}
         for method, samples in self.latency.items():
@@ -71,5 +83,11 @@ class Stats:
             },
             "errors": dict(self.errors),
             "lateResults": self.late_results,
+            "library": {
+                "queued": library.queued,
+                "submitted": library.submitted,
+                "completed": library.completed,
+                "staleWarnings": library.stale_warnings,
+            },
             "latencyMs": latency,
         }

@@ -113,7 +113,7 @@ class _Decoder:
                 key_at = self.pos
                 key = self.item(depth + 1)
                 if not isinstance(key, str):
-                    raise self.fail(f"map key is {describe(key)}, not a text string", key_at)
+                    raise self.fail(f"map key is {type_name(key)}, not a text string", key_at)
                 if key in result:
                     raise self.fail(f"duplicate map key {key!r}", key_at)
                 self.path.append("." + key)
@@ -153,7 +153,7 @@ def loads(data: bytes) -> object:
     return value
 
 
-def describe(value: object) -> str:
+def type_name(value: object) -> str:
     """Name a decoded value's CBOR type the way error messages do."""
     if value is None:
         return "null"

@@ -7,7 +7,7 @@ reports it and the README lists it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Final
+from typing import Any
 
 
 def _limit(default: Any, option: str, unit: str, doc: str) -> Any:
@@ -63,7 +63,35 @@ class Limits:
         "daemon reports itself unhealthy and stops pinging systemd's watchdog.",
     )
 
-    def describe(self) -> dict[str, Any]:
+    create_timeout: float = _limit(
+        5.0,
+        "--create-timeout",
+        "seconds",
+        "Time the library has to create its context at start-up before the daemon "
+        "gives up (exit status 4).",
+    )
+    teardown_timeout: float = _limit(
+        5.0,
+        "--teardown-timeout",
+        "seconds",
+        "After the drain, time the library has to destroy its context before the "
+        "daemon exits anyway.",
+    )
+    linger: float = _limit(
+        1.0,
+        "--linger",
+        "seconds",
+        "After a final error answer, time the daemon keeps reading and discarding "
+        "before it closes, so closing with unread input does not reset the answer away.",
+    )
+    drain_idle_grace: float = _limit(
+        0.5,
+        "--drain-idle-grace",
+        "seconds",
+        "During a drain, a connection with nothing in flight for this long is closed.",
+    )
+
+    def to_json(self) -> dict[str, Any]:
         """camelCase name -> value, as served by mytimerd.describe."""
         out = {}
         for f in fields(self):
@@ -75,4 +103,3 @@ class Limits:
         return out
 
 
-LIMIT_FIELDS: Final = fields(Limits)

@@ -34,7 +34,7 @@ class Type:
         """Raise InvalidParameter if ``value`` does not have this type."""
         raise NotImplementedError
 
-    def describe(self) -> dict[str, JSONValue]:
+    def to_json(self) -> dict[str, JSONValue]:
         """A JSON-able description (served by mytimerd.describe)."""
         raise NotImplementedError
 
@@ -49,7 +49,7 @@ def invalid(path: str, message: str) -> DaemonError:
 
 
 def _got(value: object) -> str:
-    return f"got {cbor.describe(value)}"
+    return f"got {cbor.type_name(value)}"
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class Text(Type):
         if type(value) is not str:
             raise invalid(path, f"expected a text string, {_got(value)}")
 
-    def describe(self) -> dict[str, JSONValue]:
+    def to_json(self) -> dict[str, JSONValue]:
         return {"type": "text"}
 
     def cddl(self) -> str:
@@ -75,7 +75,7 @@ class Bool(Type):
         if type(value) is not bool:
             raise invalid(path, f"expected a boolean, {_got(value)}")
 
-    def describe(self) -> dict[str, JSONValue]:
+    def to_json(self) -> dict[str, JSONValue]:
         return {"type": "bool"}
 
     def cddl(self) -> str:
@@ -95,7 +95,7 @@ class Int(Type):
         if not self.lo <= value <= self.hi:
             raise invalid(path, f"{value} is out of range [{self.lo}, {self.hi}]")
 
-    def describe(self) -> dict[str, JSONValue]:
+    def to_json(self) -> dict[str, JSONValue]:
         return {"type": "int", "min": self.lo, "max": self.hi}
 
     def cddl(self) -> str:
@@ -114,8 +114,8 @@ class Array(Type):
         for i, element in enumerate(value):
             self.item.check(element, f"{path}[{i}]")
 
-    def describe(self) -> dict[str, JSONValue]:
-        return {"type": "array", "items": self.item.describe()}
+    def to_json(self) -> dict[str, JSONValue]:
+        return {"type": "array", "items": self.item.to_json()}
 
     def cddl(self) -> str:
         return f"[* {self.item.cddl()}]"
@@ -128,7 +128,7 @@ class Any_(Type):
     def check(self, value: object, path: str) -> None:
         return None
 
-    def describe(self) -> dict[str, JSONValue]:
+    def to_json(self) -> dict[str, JSONValue]:
         return {"type": "any"}
 
     def cddl(self) -> str:
@@ -179,7 +179,7 @@ class Struct(Type):
                 raise invalid(prefix + key, f"{_got(item)[4:]} is not allowed here (not optional)")
             spec.type.check(item, prefix + key)
 
-    def describe(self) -> dict[str, JSONValue]:
+    def to_json(self) -> dict[str, JSONValue]:
         return {
             "type": "map",
             "name": self.name,
@@ -190,7 +190,7 @@ class Struct(Type):
                     "doc": f.doc,
                     "optional": f.option,
                     "default": f.default,
-                    **f.type.describe(),
+                    **f.type.to_json(),
                 }
                 for f in self.fields
             ],
@@ -240,14 +240,14 @@ class Method:
         for check in self.checks:
             check(value)
 
-    def describe(self) -> dict[str, JSONValue]:
+    def to_json(self) -> dict[str, JSONValue]:
         """A JSON-able description (served by mytimerd.describe)."""
         return {
             "name": self.name,
             "doc": self.doc,
             "handler": "library" if self.library else "daemon",
-            "request": self.request.describe(),
-            "response": self.response.describe(),
+            "request": self.request.to_json(),
+            "response": self.response.to_json(),
             "example": self.example,
         }
 

@@ -111,7 +111,7 @@ static struct lib open_lib(const char *path, int direct) {
     l.complex_ = mt_bind(l.h, "complex");
     l.schedule = mt_bind(l.h, "schedule");
     CHECK(l.version == 0 && l.echo == 1 && l.complex_ == 2 && l.schedule == 3,
-          "slots %d %d %d %d", l.version, l.echo, l.complex_, l.schedule);
+          "methods %d %d %d %d", l.version, l.echo, l.complex_, l.schedule);
     CHECK(mt_bind(l.h, "no_such_method") == -1, "binding a missing method must fail");
     uint8_t req[64];
     size_t n = create_req(req, "glue");
@@ -234,19 +234,19 @@ static int scenario_stress(const char *path, int direct, size_t n, int once) {
         for (int k = 0; k < 64 && next < n && next - t.done < max_in_flight; k++, next++) {
             uint8_t req[64];
             size_t len;
-            int slot;
+            int method;
             if (next % 3 == 0) {
                 char msg[32];
                 snprintf(msg, sizeof msg, "m%zu", next);
                 len = echo_req(req, msg, (int)(next % 3 == 0 ? (next / 3) % 3 : 0));
-                slot = l.echo;
+                method = l.echo;
                 t.kind[next] = 1;
             } else {
                 memcpy(req, VERSION_REQ, sizeof VERSION_REQ);
                 len = sizeof VERSION_REQ;
-                slot = l.version;
+                method = l.version;
             }
-            CHECK(mt_submit(l.h, slot, ID_BASE + next, req, len) == 0, "mt_submit %zu", next);
+            CHECK(mt_submit(l.h, method, ID_BASE + next, req, len) == 0, "mt_submit %zu", next);
         }
         /* Only drain when the eventfd says so: a lost wake-up stalls the loop. */
         int blocked = next == n || next - t.done >= max_in_flight;

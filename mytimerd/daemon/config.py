@@ -1,0 +1,35 @@
+"""The daemon's one configuration object: every option, built by the command
+line and handed to the server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..protocol.address import Address
+from ..protocol.limits import Limits
+
+SubmitMode = Literal["auto", "thread", "direct"]
+EventLoop = Literal["uvloop", "asyncio"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that shapes one run of mytimerd.
+
+    ``library`` is the build to load (None: the bundled one);
+    ``addresses`` are bound only when systemd hands over no sockets;
+    ``watchdog`` is the interval at which WATCHDOG=1 is sent (half of
+    systemd's WatchdogSec=), None when systemd asked for no watchdog.
+    """
+
+    name: str = "mytimerd"
+    library: Path | None = None
+    submit: SubmitMode = "auto"
+    event_loop: EventLoop = "uvloop"
+    log_level: LogLevel = "info"
+    addresses: tuple[Address, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    watchdog: float | None = None

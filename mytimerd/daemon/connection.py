@@ -1,0 +1,207 @@
+"""One client connection: bytes in, frames out, answers in request order.
+
+A :class:`Connection` knows framing, ordering and backpressure; it knows
+nothing of methods or the library. It hands every complete frame to its
+:class:`Host` (the server), which answers through a small interface:
+:meth:`Connection.reserve` a place in the answer order,
+:meth:`Connection.complete` it, :meth:`Connection.deliver` what became
+writable; :meth:`Connection.answer` and :meth:`Connection.refuse` for answers
+known at once; :meth:`Connection.close` at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Callable
+from typing import Protocol, cast
+
+from ..protocol import wire
+from ..protocol.limits import Limits
+
+
+class ResponsePlace:
+    """A place in a connection's answer order; ``frame`` is set when answered."""
+
+    __slots__ = ("frame",)
+
+    def __init__(self, frame: bytes | None = None) -> None:
+        self.frame = frame
+
+
+class Host(Protocol):
+    """What a connection needs from the server."""
+
+    limits: Limits
+    clock: Callable[[], float]
+
+    def admit(self, conn: Connection) -> None:
+        """A connection was accepted: serve it, or refuse it."""
+
+    def forget(self, conn: Connection) -> None:
+        """The connection is gone."""
+
+    def handle(self, conn: Connection, request: wire.Request) -> None:
+        """Answer ``request``: reserve a place or answer at once."""
+
+    def refuse_frame(
+        self, conn: Connection, event: wire.MethodNameTooLong | wire.FrameTooLarge
+    ) -> None:
+        """Answer a frame that cannot be read; the connection ends."""
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: frames in, answers out in request order."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        limits = host.limits
+        self._parser = wire.RequestParser(limits.max_method_len, limits.max_payload)
+        self._max_in_flight = limits.max_in_flight
+        self._answers: collections.deque[ResponsePlace] = collections.deque()
+        # Requests received but not started: the in-flight limit holds them.
+        self._backlog: collections.deque[wire.RequestEvent] = collections.deque()
+        self._in_flight = 0
+        self._transport: asyncio.Transport | None = None
+        self._read_paused = False
+        self._write_paused = False
+        self._close_when_flushed = False
+        self._closing = False
+        self.last_active = host.clock()
+
+    # asyncio callbacks -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses.
+        self._transport = cast(asyncio.Transport, transport)
+        self.host.admit(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self.host.forget(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return  # lingering after a final error: discard
+        self.last_active = self.host.clock()
+        self._backlog.extend(self._parser.feed(data))
+        self._dispatch()
+
+    def eof_received(self) -> bool:
+        if self._closing:
+            return False
+        # Keep the write side open: answers to pipelined calls still go out.
+        self._close_when_flushed = True
+        self._flush()
+        return True
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self.deliver()
+
+    # the interface the server answers through --------------------------------
+
+    def reserve(self) -> ResponsePlace:
+        """A place for an answer that comes later; counts as in flight."""
+        place = ResponsePlace()
+        self._answers.append(place)
+        self._in_flight += 1
+        return place
+
+    def complete(self, place: ResponsePlace, frame: bytes) -> None:
+        """Fill a reserved place; :meth:`deliver` writes it when its turn comes."""
+        place.frame = frame
+        self._in_flight -= 1
+
+    def deliver(self) -> None:
+        """Write what is next in order; start held requests and read again
+        once the limits allow."""
+        self._flush()
+        if self._backlog and not self._closing:
+            self._dispatch()
+        if (
+            not self._backlog
+            and self._read_paused
+            and not self._write_paused
+            and self._in_flight < self._max_in_flight
+            and self._transport is not None
+            and not self._close_when_flushed
+            and not self._closing
+        ):
+            self._read_paused = False
+            self._transport.resume_reading()
+
+    def answer(self, frame: bytes) -> None:
+        """Queue an immediate answer behind the calls already in flight."""
+        self._answers.append(ResponsePlace(frame))
+
+    def refuse(self, frame: bytes) -> None:
+        """Send ``frame`` as the last answer, then close without a reset."""
+        self.answer(frame)
+        self._closing = True
+        self._flush()
+
+    def is_idle(self) -> bool:
+        """Nothing in flight, nothing half-received, nothing unwritten."""
+        t = self._transport
+        return (
+            not self._answers
+            and not self._backlog
+            and self._parser.buffered == 0
+            and (t is None or t.get_write_buffer_size() == 0)
+        )
+
+    def close(self) -> None:
+        """Close now; answers not yet written are lost."""
+        if self._transport is not None:
+            self._transport.close()
+
+    # internals -----------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        """Start received requests while the in-flight limit allows."""
+        backlog = self._backlog
+        limit = self._max_in_flight
+        handle = self.host.handle
+        while backlog and self._in_flight < limit:
+            event = backlog.popleft()
+            if type(event) is wire.Request:
+                handle(self, event)
+            else:
+                self.host.refuse_frame(self, event)  # type: ignore[arg-type]
+                backlog.clear()
+        self._flush()
+        if backlog or self._in_flight >= limit:
+            self._pause_reading()
+
+    def _flush(self) -> None:
+        """Write every answer that is next in order; close if asked to."""
+        transport = self._transport
+        if transport is None:
+            return
+        answers = self._answers
+        if answers and answers[0].frame is not None:
+            out = []
+            while answers and answers[0].frame is not None:
+                out.append(answers.popleft().frame)
+            transport.write(b"".join(out))  # type: ignore[arg-type]
+            self.last_active = self.host.clock()
+        if answers:
+            return
+        if self._closing:
+            if transport.can_write_eof() and not transport.is_closing():
+                transport.write_eof()
+                self._read_paused = False
+                transport.resume_reading()
+                asyncio.get_running_loop().call_later(self.host.limits.linger, transport.close)
+        elif self._close_when_flushed:
+            transport.close()
+
+    def _pause_reading(self) -> None:
+        if not self._read_paused and self._transport is not None:
+            self._read_paused = True
+            self._transport.pause_reading()

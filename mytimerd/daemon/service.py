@@ -1,0 +1,81 @@
+"""The service manager's side: logging to the journal, sd_notify, the
+watchdog interval systemd asked for, and the descriptor limit."""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import sys
+
+log = logging.getLogger("mytimerd")
+
+
+def setup_logging(level: str) -> None:
+    """Structured journald logging when stderr is the journal, else stderr."""
+    handler: logging.Handler
+    if _stderr_is_journal():
+        from systemd.journal import JournalHandler
+
+        handler = JournalHandler(SYSLOG_IDENTIFIER="mytimerd")
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("mytimerd[%(process)d]: %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _stderr_is_journal() -> bool:
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    dev, _, ino = stream.partition(":")
+    try:
+        st = os.fstat(2)
+    except OSError:
+        return False
+    return bool(ino) and f"{st.st_dev}:{st.st_ino}" == f"{dev}:{ino}"
+
+
+class Notifier:
+    """sd_notify, a no-op when not run by systemd."""
+
+    def __init__(self) -> None:
+        self.enabled = bool(os.environ.get("NOTIFY_SOCKET"))
+        self._last_status = ""
+
+    def __call__(self, message: str) -> None:
+        if not self.enabled:
+            return
+        if message.startswith("STATUS="):
+            if message == self._last_status:
+                return
+            self._last_status = message
+        from systemd import daemon  # type: ignore[attr-defined]
+
+        try:
+            daemon.notify(message)
+        except OSError as exc:  # the socket went away: stop trying
+            log.warning("sd_notify failed (%s); no further notifications", exc)
+            self.enabled = False
+
+
+def watchdog_interval() -> float | None:
+    """Half of systemd's WatchdogSec= for this process, or None."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        return int(usec) / 2e6
+    except ValueError:
+        return None
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft descriptor limit to the hard one."""
+    # Every connection is a descriptor; systemd's default soft limit (1024)
+    # is far below --max-connections.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

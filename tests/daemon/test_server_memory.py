@@ -1,0 +1,285 @@
+"""The server in memory: a fake library, fake transports and a test clock.
+
+Ordering, backpressure, timeouts, health, the watchdog, drain and every
+limit, each in milliseconds and with no socket or process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import cbor2
+import pytest
+
+from mytimerd.daemon.config import Config
+from mytimerd.daemon.connection import Connection
+from mytimerd.daemon.health import MAX_PROBES
+from mytimerd.daemon.server import Server
+from mytimerd.protocol import wire
+from mytimerd.protocol.errors import parse_error_body
+from mytimerd.protocol.limits import Limits
+from tests.support.memory import Clock, FakeLibrary, FakeTransport
+
+T = TypeVar("T")
+
+
+class Rig:
+    """A server over a fake library, with what it told systemd."""
+
+    def __init__(self, watchdog: float | None = None, real_time: bool = False, **limits: Any):
+        self.library = FakeLibrary()
+        self.clock = Clock()
+        self.notes: list[str] = []
+        config = Config(limits=Limits(**limits), watchdog=watchdog)
+        if real_time:
+            self.server = Server(config, self.library, self.notes.append)
+        else:
+            self.server = Server(config, self.library, self.notes.append, self.clock)
+
+    def connect(self) -> tuple[Connection, FakeTransport]:
+        """A new client connection."""
+        conn = Connection(self.server)
+        transport = FakeTransport()
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        return conn, transport
+
+    def results(self) -> None:
+        """The library's descriptor fired."""
+        self.server.on_results()
+
+
+def echo(message: str, delay_ms: int = 0) -> bytes:
+    """A framed echo request."""
+    return wire.encode_request(
+        "echo", cbor2.dumps({"req": {"message": message, "delayMs": delay_ms}})
+    )
+
+
+def error_name(response: wire.Response) -> str | None:
+    """The daemon error name of a RET_ERR response."""
+    assert response.ret == wire.RET_ERR
+    return parse_error_body(response.body)[0]
+
+
+def in_loop(make: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine in a fresh event loop (call_later and drain need one)."""
+    return asyncio.run(make())  # type: ignore[arg-type]
+
+
+def test_answers_come_back_in_request_order() -> None:
+    rig = Rig()
+    _, bystander = rig.connect()
+    conn, transport = rig.connect()
+    conn.data_received(b"".join(echo(m) for m in "abc"))
+    for call_id in sorted(rig.library.held, reverse=True):  # the library answers last first
+        rig.library.answer(call_id)
+        rig.results()
+    assert [cbor2.loads(r.body)["req"]["message"] for r in transport.responses()] == list("abc")
+    assert bystander.written == b""
+
+
+def test_in_flight_limit_holds_requests_and_stops_reading() -> None:
+    rig = Rig(max_in_flight=2)
+    conn, transport = rig.connect()
+    conn.data_received(b"".join(echo(str(i)) for i in range(5)))
+    assert len(rig.library.held) == 2
+    assert not transport.reading
+    first = min(rig.library.held)
+    rig.library.answer(first)
+    rig.results()
+    assert len(rig.library.held) == 2  # the third started in its place
+    assert not transport.reading
+    while rig.library.held:
+        rig.library.answer(min(rig.library.held))
+        rig.results()
+    assert transport.reading
+    assert len(transport.responses()) == 5
+
+
+def test_paused_writing_stops_reading_until_resumed() -> None:
+    rig = Rig()
+    conn, transport = rig.connect()
+    conn.pause_writing()
+    assert not transport.reading
+    conn.resume_writing()
+    assert transport.reading
+
+
+def test_daemon_methods_and_errors_keep_order_behind_calls() -> None:
+    rig = Rig()
+    conn, transport = rig.connect()
+    conn.data_received(
+        echo("slow")
+        + wire.encode_request("mytimerd.ping", b"\xa0")
+        + wire.encode_request("nope", b"\xa0")
+    )
+    assert transport.written == b""  # the ping and the error wait for the echo
+    rig.library.answer(min(rig.library.held))
+    rig.results()
+    first, ping, unknown = transport.responses()
+    assert first.ret == wire.RET_OK
+    assert cbor2.loads(ping.body)["healthy"] is True
+    assert error_name(unknown) == "UnknownMethod"
+
+
+@pytest.mark.parametrize(
+    ("frame", "name"),
+    [
+        (wire.encode_request("echo", b"\xa1\x63req\x01"), "InvalidParameter"),
+        (wire.encode_request("echo", b"\xff"), "InvalidCBOR"),
+        (wire.encode_request("nope", b"\xa0"), "UnknownMethod"),
+    ],
+)
+def test_refused_requests_never_reach_the_library(frame: bytes, name: str) -> None:
+    rig = Rig()
+    conn, transport = rig.connect()
+    conn.data_received(frame)
+    assert rig.library.submitted == 0
+    (response,) = transport.responses()
+    assert error_name(response) == name
+    assert rig.server.stats.errors[name] == 1
+    assert not transport.closed
+
+
+def test_frame_limits_answer_then_close_after_the_linger() -> None:
+    async def run() -> None:
+        rig = Rig(max_payload=16, max_method_len=8, linger=0.01)
+        for frame, name in (
+            (wire.encode_request("echo", b"\xa0" * 17), "FrameTooLarge"),
+            (wire.encode_request("x" * 9, b"\xa0"), "MethodNameTooLong"),
+        ):
+            conn, transport = rig.connect()
+            conn.data_received(frame + echo("after"))
+            (response,) = transport.responses()
+            assert error_name(response) == name
+            assert transport.eof_written and not transport.closed
+            await asyncio.sleep(0.05)
+            assert transport.closed
+        assert rig.library.submitted == 0
+
+    in_loop(run)
+
+
+def test_too_many_connections_is_answered_and_closed() -> None:
+    async def run() -> None:
+        rig = Rig(max_connections=1, linger=0.01)
+        rig.connect()
+        _, transport = rig.connect()
+        (response,) = transport.responses()
+        assert error_name(response) == "TooManyConnections"
+        assert rig.server.stats.connections_refused == 1
+        assert len(rig.server.connections) == 1
+
+    in_loop(run)
+
+
+def test_library_refusing_a_call_is_shutting_down() -> None:
+    rig = Rig()
+    conn, transport = rig.connect()
+    rig.library.accepting = False
+    conn.data_received(echo("x"))
+    (response,) = transport.responses()
+    assert error_name(response) == "ShuttingDown"
+
+
+def test_timeout_answers_and_counts_the_late_result() -> None:
+    rig = Rig(timeout=2.0)
+    conn, transport = rig.connect()
+    conn.data_received(echo("late"))
+    (call_id,) = rig.library.held
+    rig.clock.advance(1.9)
+    rig.server.tick()
+    assert transport.written == b""
+    rig.clock.advance(0.2)
+    rig.server.tick()
+    (response,) = transport.responses()
+    assert error_name(response) == "Timeout"
+    rig.library.answer(call_id)
+    rig.results()
+    assert rig.server.stats.late_results == 1
+    assert len(transport.responses()) == 1
+
+
+def test_health_probes_watchdog_and_status() -> None:
+    rig = Rig(watchdog=0.5, probe_timeout=2.0)
+    rig.server.tick()
+    rig.results()
+    assert "WATCHDOG=1" in rig.notes
+    assert any(n.startswith("STATUS=Serving 0 connections") for n in rig.notes)
+    rig.library.answers_version = False
+    rig.notes.clear()
+    for _ in range(30):  # 3 s of ticks
+        rig.clock.advance(0.1)
+        rig.server.tick()
+        rig.results()
+    healthy, why = rig.server.health_verdict()
+    assert not healthy and "liveness probe" in why
+    watchdogs_while_sick = rig.notes.count("WATCHDOG=1")
+    # Pinged only while the first probe was young (< probe_timeout).
+    assert 1 <= watchdogs_while_sick <= 4
+    assert any("UNHEALTHY" in n for n in rig.notes)
+    # A library that never answers holds a bounded number of probes.
+    assert len(rig.library.held) <= MAX_PROBES
+    for call_id in list(rig.library.held):
+        rig.library.answer(call_id, body=cbor2.dumps("fake v1"))
+    rig.results()
+    assert rig.server.health_verdict() == (True, "ok")
+
+
+def test_a_blocking_library_call_is_unhealthy() -> None:
+    rig = Rig(probe_timeout=1.0)
+    rig.library.in_call_seconds = 1.5
+    healthy, why = rig.server.health_verdict()
+    assert not healthy and "blocking" in why
+
+
+def test_stats_surface_the_library_counters() -> None:
+    rig = Rig()
+    conn, transport = rig.connect()
+    conn.data_received(echo("x") + wire.encode_request("mytimerd.stats", b"\xa0"))
+    rig.library.answer(min(rig.library.held))
+    rig.results()
+    stats = cbor2.loads(transport.responses()[1].body)
+    assert stats["library"] == {"queued": 1, "submitted": 1, "completed": 0, "staleWarnings": 0}
+    assert stats["inFlight"] == 1
+
+
+def test_drain_answers_what_finishes_and_shutting_down_for_the_rest() -> None:
+    async def run() -> None:
+        rig = Rig(real_time=True, drain_timeout=0.3, drain_idle_grace=0.05)
+        conn, transport = rig.connect()
+        conn.data_received(echo("quick") + echo("stuck"))
+        quick, stuck = sorted(rig.library.held)
+        loop = asyncio.get_running_loop()
+
+        def answer_quick() -> None:
+            rig.library.answer(quick)
+            rig.results()
+
+        loop.call_later(0.1, answer_quick)
+        started = loop.time()
+        await rig.server.shutdown()
+        assert 0.3 <= loop.time() - started < 1.0
+        ok, late = transport.responses()
+        assert ok.ret == wire.RET_OK
+        assert error_name(late) == "ShuttingDown"
+        assert transport.closed
+        del stuck
+
+    in_loop(run)
+
+
+def test_drain_ends_early_once_connections_are_idle() -> None:
+    async def run() -> None:
+        rig = Rig(real_time=True, drain_timeout=5.0, drain_idle_grace=0.05)
+        _, transport = rig.connect()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await rig.server.shutdown()
+        assert loop.time() - started < 1.0
+        assert transport.closed
+        assert not rig.server.connections
+
+    in_loop(run)

@@ -1,0 +1,137 @@
+"""In-memory doubles for testing the server without sockets or a library:
+a fake library, a fake transport and a clock the test moves."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import cbor2
+
+from mytimerd.daemon.library import Result, Status
+from mytimerd.protocol import wire
+
+
+class Clock:
+    """A monotonic clock that only moves when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward."""
+        self.now += seconds
+
+
+@dataclass
+class Held:
+    """A call the fake library has not answered yet."""
+
+    method: str
+    payload: bytes
+
+
+class FakeLibrary:
+    """Implements the server's Library protocol in memory.
+
+    ``version`` (calls and liveness probes) is answered at once while
+    ``answers_version`` is true; every other call is held until the test
+    answers it with :meth:`answer`. Answers appear in :meth:`results`.
+    """
+
+    path = "fake://libmy_timer"
+    direct = True
+
+    def __init__(self) -> None:
+        # A real descriptor, so the server can register and unregister it.
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.held: dict[int, Held] = {}
+        self.answers_version = True
+        self.accepting = True
+        self.in_call_seconds = 0.0
+        self.submitted = 0
+        self.completed = 0
+        self._ready: list[Result] = []
+
+    def submit(self, method: str, call_id: int, payload: bytes) -> bool:
+        """Hold the call, or answer a version call at once."""
+        if not self.accepting:
+            return False
+        self.submitted += 1
+        if method == "version" and self.answers_version:
+            self._ready.append((call_id, wire.RET_OK, cbor2.dumps("fake v1")))
+            self.completed += 1
+        else:
+            self.held[call_id] = Held(method, payload)
+        return True
+
+    def answer(self, call_id: int, ret: int = wire.RET_OK, body: bytes | None = None) -> None:
+        """Answer a held call (by default: its own payload echoed)."""
+        held = self.held.pop(call_id)
+        self._ready.append((call_id, ret, held.payload if body is None else body))
+        self.completed += 1
+
+    def results(self) -> list[Result]:
+        """What the library answered since the last look."""
+        out, self._ready = self._ready, []
+        return out
+
+    def status(self) -> Status:
+        """Counters; ``in_call_seconds`` is set by the test."""
+        return Status(self.in_call_seconds, len(self.held), self.submitted, self.completed, 0)
+
+    def shutdown(self, timeout: float) -> str:
+        """Close the descriptor."""
+        os.close(self.fd)
+        return "destroyed"
+
+
+@dataclass
+class FakeTransport:
+    """Records what the connection writes and how it steers reading."""
+
+    written: bytearray = field(default_factory=bytearray)
+    reading: bool = True
+    closed: bool = False
+    eof_written: bool = False
+    buffered: int = 0
+
+    def write(self, data: bytes) -> None:
+        """Record ``data``."""
+        assert not self.closed, "write after close"
+        self.written += data
+
+    def pause_reading(self) -> None:
+        """Reading stops."""
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        """Reading goes on."""
+        self.reading = True
+
+    def close(self) -> None:
+        """The connection is closed."""
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        """Whether close() was called."""
+        return self.closed
+
+    def can_write_eof(self) -> bool:
+        """Stream sockets can half-close."""
+        return True
+
+    def write_eof(self) -> None:
+        """Half-close."""
+        self.eof_written = True
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes the kernel has not taken yet (set by the test)."""
+        return self.buffered
+
+    def responses(self) -> list[wire.Response]:
+        """Every response frame written so far, parsed."""
+        return wire.ResponseParser().feed(bytes(self.written))
