@@ -2,7 +2,7 @@
  * floor_server.c - the "floor" for mytimerd benchmarks.
  *
  * A minimal single-threaded epoll server that speaks the mytimerd framing
- * (shared/spec/wire-protocol.md) on unix and TCP sockets and answers every
+ * (docs/protocol.md) on unix and TCP sockets and answers every
  * request, whatever its method, with the fixed 25-byte version response:
  *
  *   00000000 00000011 706e696d2d74696d65722076302e312e30

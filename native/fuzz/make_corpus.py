@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SPEC = HERE.parents[1] / ".." / "shared" / "spec" / "abi-vectors.json"
+SPEC = HERE.parents[1] / "tests" / "vectors" / "abi-vectors.json"
 
 
 def main() -> None:

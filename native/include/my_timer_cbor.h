@@ -1,5 +1,5 @@
 /*
- * libmy_timer: the nim-ffi CBOR ABI (see ../shared/spec/libmy_timer-abi.md).
+ * libmy_timer: the nim-ffi CBOR ABI (see ../ABI.md).
  *
  * This header is the single declaration of the ABI. It is included by the C
  * implementation in native/, by the daemon's cffi glue, and the region between

@@ -1,6 +1,6 @@
 /*
  * libmy_timer: a C drop-in for the nim-ffi CBOR ABI of the Nim timer library.
- * Contract: ../../shared/spec/libmy_timer-abi.md; design notes: ../README.md.
+ * Contract: ../ABI.md; design notes: ../README.md.
  *
  * One library thread per context runs an event loop over a request queue
  * (batch-popped under one lock) and a timer min-heap owned by that thread.

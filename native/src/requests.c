@@ -1,4 +1,4 @@
-/* Request schemas of libmy_timer (see ../../shared/spec): decode + reply. */
+/* Request schemas of libmy_timer (see ../ABI.md): decode + reply. */
 #include "requests.h"
 
 #include <string.h>

@@ -16,9 +16,7 @@ from mytimerd.protocol import wire
 from tests.support.daemon import Daemon, TcpAddress, free_tcp_port
 
 VECTORS = json.loads(
-    (
-        Path(__file__).resolve().parents[2] / ".." / "shared" / "spec" / "abi-vectors.json"
-    ).read_text()
+    (Path(__file__).resolve().parents[1] / "vectors" / "abi-vectors.json").read_text()
 )
 LIBRARY_ACCEPTS = [c for c in VECTORS["calls"] if "ok_hex" in c or "err_text" in c]
 

@@ -1,5 +1,5 @@
 /*
- * A minimal mytimerd client written from shared/spec/wire-protocol.md alone:
+ * A minimal mytimerd client written from docs/protocol.md alone:
  * a socket, big-endian length framing and a hand-written CBOR subset.
  *
  *   c_client unix PATH MESSAGE

@@ -23,7 +23,7 @@ from tests.support.native import HEADER, build_native
 # Timing bounds are the spec's; sanitizer reruns multiply them (slower code).
 SLACK = float(os.environ.get("MYTIMER_TIMING_SLACK", "1"))
 
-SPEC_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "spec"
+SPEC_DIR = Path(__file__).resolve().parents[1] / "vectors"
 
 
 def prototypes() -> str:
@@ -129,9 +129,7 @@ class Native:
 def vectors() -> dict[str, Any]:
     path = SPEC_DIR / "abi-vectors.json"
     if not path.is_file():
-        pytest.fail(
-            f"spec vectors missing: {path.resolve()} (expected ../shared/spec next to the repo)"
-        )
+        pytest.fail(f"ABI vectors missing: {path.resolve()} (they belong in tests/vectors/)")
     data: dict[str, Any] = json.loads(path.read_text())
     return data
 

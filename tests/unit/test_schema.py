@@ -14,9 +14,7 @@ from mytimerd.protocol import cbor, schema
 from mytimerd.protocol.errors import CATALOGUE, DaemonError, parse_error_body
 
 VECTORS = json.loads(
-    (
-        Path(__file__).resolve().parents[2] / ".." / "shared" / "spec" / "abi-vectors.json"
-    ).read_text()
+    (Path(__file__).resolve().parents[1] / "vectors" / "abi-vectors.json").read_text()
 )
 
 
