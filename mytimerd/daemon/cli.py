@@ -193,6 +193,13 @@ async def serve(config: Config, listeners: list[activation.Listener], library: L
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # SIGHUP is what operators send to reload; the default action would kill
+    # the daemon without a drain. Every setting comes from the command line.
+    loop.add_signal_handler(
+        signal.SIGHUP,
+        log.info,
+        "SIGHUP: nothing to reload (settings come from the command line); still serving",
+    )
     where = ", ".join(f"{x.address} ({x.name})" for x in listeners)
     log.info(
         "ready: serving %s with %s (%s, %s calls), timer %r",

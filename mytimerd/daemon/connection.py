@@ -61,12 +61,12 @@ class Connection(asyncio.Protocol):
         self._answers: collections.deque[ResponsePlace] = collections.deque()
         # Requests received but not started: the in-flight limit holds them.
         self._backlog: collections.deque[wire.RequestEvent] = collections.deque()
-        self._in_flight = 0
         self._transport: asyncio.Transport | None = None
         self._read_paused = False
         self._write_paused = False
         self._close_when_flushed = False
         self._closing = False
+        # When a frame last arrived or answers were last written.
         self.last_active = host.clock()
 
     # asyncio callbacks -------------------------------------------------
@@ -83,9 +83,11 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return  # lingering after a final error: discard
-        self.last_active = self.host.clock()
-        self._backlog.extend(self._parser.feed(data))
-        self._dispatch()
+        events = self._parser.feed(data)
+        if events:  # a half frame does not count as activity (--idle-timeout)
+            self.last_active = self.host.clock()
+            self._backlog.extend(events)
+            self._dispatch()
 
     def eof_received(self) -> bool:
         if self._closing:
@@ -106,16 +108,14 @@ class Connection(asyncio.Protocol):
     # the interface the server answers through --------------------------------
 
     def reserve(self) -> ResponsePlace:
-        """A place for an answer that comes later; counts as in flight."""
+        """A place for an answer that comes later."""
         place = ResponsePlace()
         self._answers.append(place)
-        self._in_flight += 1
         return place
 
     def complete(self, place: ResponsePlace, frame: bytes) -> None:
         """Fill a reserved place; :meth:`deliver` writes it when its turn comes."""
         place.frame = frame
-        self._in_flight -= 1
 
     def deliver(self) -> None:
         """Write what is next in order; start held requests and read again
@@ -127,7 +127,7 @@ class Connection(asyncio.Protocol):
             not self._backlog
             and self._read_paused
             and not self._write_paused
-            and self._in_flight < self._max_in_flight
+            and len(self._answers) < self._max_in_flight
             and self._transport is not None
             and not self._close_when_flushed
             and not self._closing
@@ -155,6 +155,10 @@ class Connection(asyncio.Protocol):
             and (t is None or t.get_write_buffer_size() == 0)
         )
 
+    def owes_nothing(self) -> bool:
+        """No answer owed and no request waiting (a half frame may be buffered)."""
+        return not self._answers and not self._backlog
+
     def close(self) -> None:
         """Close now; answers not yet written are lost."""
         if self._transport is not None:
@@ -163,19 +167,25 @@ class Connection(asyncio.Protocol):
     # internals -----------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        """Start received requests while the in-flight limit allows."""
+        """Start received requests while the client reads its answers and owes
+        fewer than the in-flight limit: every answer counts, daemon and error
+        answers too, so no request shape bypasses backpressure."""
         backlog = self._backlog
+        answers = self._answers
         limit = self._max_in_flight
         handle = self.host.handle
-        while backlog and self._in_flight < limit:
-            event = backlog.popleft()
-            if type(event) is wire.Request:
-                handle(self, event)
-            else:
-                self.host.refuse_frame(self, event)  # type: ignore[arg-type]
-                backlog.clear()
-        self._flush()
-        if backlog or self._in_flight >= limit:
+        while backlog and not self._write_paused:
+            while backlog and len(answers) < limit:
+                event = backlog.popleft()
+                if type(event) is wire.Request:
+                    handle(self, event)
+                else:
+                    self.host.refuse_frame(self, event)  # type: ignore[arg-type]
+                    backlog.clear()
+            self._flush()
+            if len(answers) >= limit:
+                break  # a call in flight heads the queue: wait for it
+        if backlog or len(answers) >= limit:
             self._pause_reading()
 
     def _flush(self) -> None:

@@ -35,8 +35,8 @@ log = logging.getLogger("mytimerd")
 
 #: The one periodic tick: timeouts, liveness probes, health, watchdog, status.
 TICK: Final = 0.1
-#: How often STATUS= is sent to systemd.
-STATUS_INTERVAL: Final = 1.0
+#: How often STATUS= is sent to systemd and idle connections are looked for.
+SLOW_TICK: Final = 1.0
 #: The request every liveness probe and the start-up check send: ``version({})``.
 _VERSION_REQUEST: Final = b"\xa0"
 
@@ -73,6 +73,10 @@ class Server:
         self.stats = Stats(clock)
         self.connections: set[Connection] = set()
         self.pending: dict[int, Call] = {}
+        # Call id -> request bytes, for every call the library has not answered
+        # yet, answered by the daemon (Timeout) or not: the global budget.
+        self.held: dict[int, int] = {}
+        self.held_bytes = 0
         self.next_id = 1
         self.library_version: str | None = None
         self.listeners: list[Listener] = []
@@ -81,7 +85,7 @@ class Server:
             lambda probe_id: library.submit("version", probe_id, _VERSION_REQUEST),
         )
         self._healthy = True
-        self._last_status = -math.inf
+        self._last_slow_tick = -math.inf
         self._last_watchdog = -math.inf
         self._servers: list[asyncio.Server] = []
         self._daemon_methods: dict[str, Callable[[], Any]] = {
@@ -152,7 +156,7 @@ class Server:
             if method is None:
                 schema.lookup(request.method)  # raises UnknownMethod
                 raise AssertionError("unreachable")
-            method.validate(request.payload)
+            method.validate(request.payload, self.limits.max_items)
         except DaemonError as exc:
             self._answer_error(conn, method.name if method else "(unknown)", exc, started)
             return
@@ -167,12 +171,28 @@ class Server:
             self.stats.record(method.name, OK, self.clock() - started)
             conn.answer(wire.encode_response(wire.RET_OK, body))
             return
+        size = len(request.payload)
+        limits = self.limits
+        if (
+            len(self.held) >= limits.max_held_calls
+            or self.held_bytes + size > limits.max_held_bytes
+        ):
+            err = DaemonError(
+                "Overloaded",
+                f"the library holds {len(self.held)} calls, {self.held_bytes} request bytes "
+                f"(--max-held-calls {limits.max_held_calls}, --max-held-bytes "
+                f"{limits.max_held_bytes}); retry later",
+            )
+            self._answer_error(conn, method.name, err, started)
+            return
         call_id = self.next_id
         if not self.library.submit(method.name, call_id, request.payload):
             err = DaemonError("ShuttingDown", "the library is shutting down")
             self._answer_error(conn, method.name, err, started)
             return
         self.next_id = call_id + 1
+        self.held[call_id] = size
+        self.held_bytes += size
         self.pending[call_id] = Call(conn, conn.reserve(), method.name, started)
 
     def refuse_frame(
@@ -184,7 +204,9 @@ class Server:
                 "FrameTooLarge",
                 f"payload of {event.length} bytes exceeds the limit of {event.limit}",
             )
-            method = event.method.decode("utf-8", "replace")
+            # Stats are keyed by known names only: a client chooses this one.
+            known = schema.BY_NAME.get(event.method)
+            method = known.name if known else "(unknown)"
         else:
             err = DaemonError(
                 "MethodNameTooLong",
@@ -225,7 +247,11 @@ class Server:
         """The library has results: hand each to its connection."""
         touched: set[Connection] = set()
         pending = self.pending
+        held = self.held
         for call_id, ret, body in self.library.results():
+            size = held.pop(call_id, None)
+            if size is not None:
+                self.held_bytes -= size
             call = pending.pop(call_id, None)
             if call is None:
                 if self.health.owns(call_id):
@@ -264,9 +290,21 @@ class Server:
         if watchdog is not None and healthy and now - self._last_watchdog >= watchdog:
             self.notify("WATCHDOG=1")
             self._last_watchdog = now
-        if now - self._last_status >= STATUS_INTERVAL:
+        if now - self._last_slow_tick >= SLOW_TICK:
+            self._close_idle(now - self.limits.idle_timeout)
             self.notify(f"STATUS={self.status_line(healthy, why)}")
-            self._last_status = now
+            self._last_slow_tick = now
+
+    def _close_idle(self, older_than: float) -> None:
+        idle = [
+            conn
+            for conn in self.connections
+            if conn.last_active <= older_than and conn.owes_nothing()
+        ]
+        for conn in idle:
+            self.connections.discard(conn)
+            conn.close()
+        self.stats.idle_closed += len(idle)
 
     def _expire(self, older_than: float) -> None:
         expired = []
@@ -325,7 +363,12 @@ class Server:
 
     def answer_stats(self) -> dict[str, Any]:
         """The mytimerd.stats answer."""
-        return self.stats.snapshot(len(self.connections), len(self.pending), self.library.status())
+        return self.stats.snapshot(
+            len(self.connections),
+            len(self.pending),
+            self.library.status(),
+            held={"calls": len(self.held), "bytes": self.held_bytes},
+        )
 
     # shutdown ------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ class Stats:
         self.started = clock()
         self.connections_total = 0
         self.connections_refused = 0
+        self.idle_closed = 0
         self.calls: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.errors: Counter[str] = Counter()
         self.latency: defaultdict[str, deque[float]] = defaultdict(lambda: deque(maxlen=SAMPLES))
@@ -56,7 +57,9 @@ class Stats:
         """Seconds since the daemon started."""
         return self._clock() - self.started
 
-    def snapshot(self, open_connections: int, in_flight: int, library: Status) -> dict[str, Any]:
+    def snapshot(
+        self, open_connections: int, in_flight: int, library: Status, held: dict[str, int]
+    ) -> dict[str, Any]:
         """The mytimerd.stats response."""
         latency = {}
         for method, samples in self.latency.items():
@@ -75,8 +78,10 @@ class Stats:
                 "open": open_connections,
                 "total": self.connections_total,
                 "refused": self.connections_refused,
+                "idleClosed": self.idle_closed,
             },
             "inFlight": in_flight,
+            "held": held,
             "calls": {
                 method: {k: counts[k] for k in (OK, LIBRARY_ERROR, DAEMON_ERROR)}
                 for method, counts in self.calls.items()

@@ -17,6 +17,10 @@ from typing import Final
 
 #: Deepest nesting of arrays and maps accepted (requests need 4).
 MAX_DEPTH: Final = 16
+#: Most data items one payload may hold, counted while decoding, so a payload
+#: of a million tiny items is refused after a few milliseconds of work
+#: instead of holding the event loop for a second (``--max-items``).
+MAX_ITEMS: Final = 4096
 
 UNDEFINED: Final = object()
 """The CBOR ``undefined`` value (the library treats it like null)."""
@@ -31,12 +35,14 @@ class CBORError(ValueError):
 
 
 class _Decoder:
-    __slots__ = ("data", "path", "pos")
+    __slots__ = ("data", "items_left", "max_items", "path", "pos")
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, max_items: int) -> None:
         self.data = data
         self.pos = 0
         self.path: list[str] = []
+        self.max_items = max_items
+        self.items_left = max_items
 
     def fail(self, what: str, offset: int) -> CBORError:
         where = "".join(self.path).lstrip(".")
@@ -58,6 +64,9 @@ class _Decoder:
         start = self.pos
         if start >= len(self.data):
             raise self.fail("unexpected end of payload: expected a data item", start)
+        self.items_left -= 1
+        if self.items_left < 0:
+            raise self.fail(f"more than {self.max_items} data items (--max-items)", start)
         ib = self.data[start]
         self.pos += 1
         major, info = ib >> 5, ib & 0x1F
@@ -140,11 +149,12 @@ class _Decoder:
         raise self.fail(f"simple value {arg} is not accepted", start)
 
 
-def loads(data: bytes) -> object:
-    """Decode exactly one CBOR item from ``data``; raise :class:`CBORError`."""
+def loads(data: bytes, max_items: int = MAX_ITEMS) -> object:
+    """Decode exactly one CBOR item of at most ``max_items`` data items from
+    ``data`` (map keys count); raise :class:`CBORError`."""
     if not data:
         raise CBORError("empty payload: expected one CBOR item (an empty request is a0)")
-    dec = _Decoder(data)
+    dec = _Decoder(data, max_items)
     value = dec.item(0)
     if dec.pos != len(data):
         raise CBORError(

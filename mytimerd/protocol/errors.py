@@ -35,6 +35,11 @@ CATALOGUE: Final[dict[str, str]] = {
         "The daemon already serves --max-connections connections; this one is "
         "answered once and closed."
     ),
+    "Overloaded": (
+        "The library already holds --max-held-calls calls or --max-held-bytes bytes of "
+        "requests (counted until it really answers, even after a Timeout answer); the "
+        "call is refused at once. Daemon methods and later calls within budget work."
+    ),
     "Timeout": "The library did not answer within --timeout seconds.",
     "ShuttingDown": "The daemon is stopping and takes no new requests.",
     "Internal": "A bug in mytimerd; the daemon's log has the details.",

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .cbor import MAX_ITEMS
+
 
 def _limit(default: Any, option: str, unit: str, doc: str) -> Any:
     return field(default=default, metadata={"option": option, "unit": unit, "doc": doc})
@@ -30,6 +32,13 @@ class Limits:
         "bytes",
         "Largest request payload; larger is answered FrameTooLarge (unread) and closed.",
     )
+    max_items: int = _limit(
+        MAX_ITEMS,
+        "--max-items",
+        "items",
+        "Most CBOR data items in one request (map keys count), counted while decoding; "
+        "more is answered InvalidCBOR before it costs more than a few milliseconds.",
+    )
     max_connections: int = _limit(
         16384,
         "--max-connections",
@@ -40,8 +49,31 @@ class Limits:
         128,
         "--max-in-flight",
         "calls",
-        "Calls in flight per connection; past it the daemon stops reading from that "
-        "client until calls complete (backpressure).",
+        "Answers a connection may be owed (calls in flight and answers waiting for "
+        "their turn or for the client to read); past it the daemon stops reading from "
+        "that client until it catches up (backpressure).",
+    )
+    max_held_calls: int = _limit(
+        16384,
+        "--max-held-calls",
+        "calls",
+        "Library calls submitted and not yet answered by the library, across all "
+        "connections (a call timed out or left by its client still counts until the "
+        "library answers it); past it new library calls are answered Overloaded.",
+    )
+    max_held_bytes: int = _limit(
+        64 << 20,
+        "--max-held-bytes",
+        "bytes",
+        "Request bytes of those calls, across all connections; past it new library "
+        "calls are answered Overloaded.",
+    )
+    idle_timeout: float = _limit(
+        60.0,
+        "--idle-timeout",
+        "seconds",
+        "A connection owed no answer that has not completed a frame (or been written "
+        "to) for this long is closed; a half-sent frame does not reset the clock.",
     )
     timeout: float = _limit(
         30.0,
@@ -101,5 +133,3 @@ class Limits:
                 key += "Seconds"
             out[key] = getattr(self, f.name)
         return out
-
-

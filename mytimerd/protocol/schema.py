@@ -227,12 +227,13 @@ class Method:
     example: dict[str, JSONValue] = field(default_factory=dict)
     checks: tuple[Check, ...] = ()
 
-    def validate(self, payload: bytes) -> None:
-        """Raise DaemonError unless ``payload`` is an acceptable request."""
+    def validate(self, payload: bytes, max_items: int = cbor.MAX_ITEMS) -> None:
+        """Raise DaemonError unless ``payload`` is an acceptable request of at
+        most ``max_items`` CBOR data items."""
         if payload == b"\xa0":  # `{}`: every key may be missing
             return
         try:
-            value = cbor.loads(payload)
+            value = cbor.loads(payload, max_items)
         except cbor.CBORError as exc:
             raise DaemonError("InvalidCBOR", str(exc)) from None
         self.request.check(value, "")

@@ -283,3 +283,105 @@ def test_drain_ends_early_once_connections_are_idle() -> None:
         assert not rig.server.connections
 
     in_loop(run)
+
+
+def test_a_request_of_too_many_items_is_refused_while_decoding() -> None:
+    rig = Rig(max_items=100)
+    conn, transport = rig.connect()
+    tags = cbor2.dumps({"req": {"tags": ["t"] * 10_000}})
+    conn.data_received(wire.encode_request("complex", tags))
+    (response,) = transport.responses()
+    assert error_name(response) == "InvalidCBOR"
+    assert "more than 100 data items (--max-items)" in response.body.decode()
+    assert rig.library.submitted == 0
+
+
+def test_stats_are_keyed_by_known_method_names_only() -> None:
+    async def run() -> None:
+        rig = Rig(max_payload=8, linger=0.01)
+        for i in range(50):
+            conn, _ = rig.connect()
+            conn.data_received(wire.encode_request(f"random-{i}", b"\xa0" * 9))
+        conn, _ = rig.connect()
+        conn.data_received(wire.encode_request("echo", b"\xa0" * 9))
+        assert set(rig.server.stats.calls) == {"(unknown)", "echo"}
+        assert rig.server.stats.errors["FrameTooLarge"] == 51
+
+    in_loop(run)
+
+
+def test_daemon_answers_count_toward_the_in_flight_limit() -> None:
+    rig = Rig(max_in_flight=4)
+    conn, transport = rig.connect()
+    conn.data_received(echo("slow") + wire.encode_request("mytimerd.describe", b"\xa0") * 20)
+    # The slow call heads the queue: 3 describe answers wait behind it, the
+    # other 17 requests are not even started, and reading stops.
+    assert not transport.reading
+    assert transport.written == b""
+    rig.library.answer(min(rig.library.held))
+    rig.results()
+    assert len(transport.responses()) == 21
+    assert transport.reading
+
+
+def test_a_client_that_does_not_read_stops_dispatch() -> None:
+    rig = Rig(max_in_flight=64)
+    conn, transport = rig.connect()
+    conn.pause_writing()  # the client's socket buffer is full
+    conn.data_received(wire.encode_request("mytimerd.describe", b"\xa0") * 10)
+    assert transport.written == b""  # nothing answered, nothing queued
+    conn.resume_writing()
+    assert len(transport.responses()) == 10
+
+
+def test_the_held_call_budget_outlives_timeouts_and_refuses_overload() -> None:
+    payload_bytes = len(cbor2.dumps({"req": {"message": "x" * 100, "delayMs": 0}}))
+    rig = Rig(timeout=1.0, max_held_calls=3, max_held_bytes=10 * payload_bytes)
+    conn, transport = rig.connect()
+    conn.data_received(echo("x" * 100) * 3)
+    rig.clock.advance(1.5)
+    rig.server.tick()  # all three answered Timeout; the library still holds them
+    conn.data_received(echo("x" * 100) + wire.encode_request("mytimerd.ping", b"\xa0"))
+    *timeouts, overloaded, ping = transport.responses()
+    assert [error_name(r) for r in timeouts] == ["Timeout"] * 3
+    assert error_name(overloaded) == "Overloaded"
+    assert ping.ret == wire.RET_OK
+    assert len(rig.library.held) == 3
+    rig.library.answer(min(rig.library.held))
+    rig.results()  # the library let one go: one call fits again
+    conn.data_received(echo("x" * 100))
+    assert len(rig.library.held) == 3
+    stats = rig.server.answer_stats()
+    assert stats["held"] == {"calls": 3, "bytes": 3 * payload_bytes}
+
+
+def test_the_held_byte_budget() -> None:
+    rig = Rig(max_held_bytes=1000)
+    conn, transport = rig.connect()
+    conn.data_received(echo("x" * 600) + echo("y" * 600) + echo("z"))
+    held = [cbor2.loads(h.payload)["req"]["message"][0] for h in rig.library.held.values()]
+    assert held == ["x", "z"]
+    for call_id in list(rig.library.held):
+        rig.library.answer(call_id)
+    rig.results()
+    x, overloaded, z = transport.responses()
+    assert error_name(overloaded) == "Overloaded"
+    assert x.ret == z.ret == wire.RET_OK
+
+
+def test_idle_connections_close_and_a_half_frame_does_not_keep_one_open() -> None:
+    rig = Rig(idle_timeout=10.0)
+    _, quiet = rig.connect()
+    half, half_t = rig.connect()
+    busy, busy_t = rig.connect()
+    busy.data_received(echo("held"))
+    half.data_received(b"\x00\x00\x00\xc8")  # a 200-byte method name follows...
+    for _ in range(12):
+        rig.clock.advance(1.0)
+        half.data_received(b"m")  # ...a byte at a time: never a whole frame
+        rig.server.tick()
+        rig.results()
+    assert quiet.closed and half_t.closed
+    assert not busy_t.closed  # owed an answer: not idle
+    assert rig.server.stats.idle_closed == 2
+    assert rig.server.connections == {busy}
