@@ -224,3 +224,18 @@ def test_drain_deadline_answers_shutting_down(daemon_factory: Callable[..., Daem
     assert reply.body.startswith(b"mytimerd.ShuttingDown: the daemon stopped before")
     assert d.proc.wait(10) == 0
     assert time.monotonic() - start < 5
+
+
+def test_sighup_is_logged_and_not_fatal(daemon_factory: Callable[..., Daemon]) -> None:
+    """SIGHUP (what operators send to reload) keeps the daemon serving."""
+    d = daemon_factory()
+    c = d.client()
+    c.request("echo", echo("across the hangup", 300))
+    time.sleep(0.1)
+    d.send_signal(1)
+    reply = c.recv()
+    assert reply.ret == 0 and cbor2.loads(reply.body)["echoed"] == "across the hangup"
+    assert c.call("version").ret == 0
+    assert d.proc.poll() is None
+    assert "SIGHUP: nothing to reload" in d.log()
+    assert d.stop() == 0
