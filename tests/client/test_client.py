@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import pydoc
 import time
 from pathlib import Path
+from typing import assert_type
 
 import cbor2
 import pytest
@@ -19,9 +21,11 @@ from mytimerd.client import (
     ConnectError,
     ConnectionLost,
     DaemonCallError,
+    EchoResult,
     LibraryError,
     MytimerError,
     TransportError,
+    common,
 )
 from mytimerd.protocol import wire
 from mytimerd.protocol.address import TcpAddress, UnixAddress
@@ -48,7 +52,7 @@ def test_resolve_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_resolve_defaults_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MYTIMER_ADDRESS", raising=False)
-    monkeypatch.setattr(client, "default_client_paths", lambda: [Path("/a"), Path("/b")])
+    monkeypatch.setattr(common, "default_client_paths", lambda: [Path("/a"), Path("/b")])
     assert client.resolve_addresses() == [UnixAddress("/a"), UnixAddress("/b")]
 
 
@@ -57,7 +61,7 @@ def test_tries_default_paths_in_order(
 ) -> None:
     monkeypatch.delenv("MYTIMER_ADDRESS", raising=False)
     missing = sock_dir / "missing.sock"
-    monkeypatch.setattr(client, "default_client_paths", lambda: [missing, fake.path])
+    monkeypatch.setattr(common, "default_client_paths", lambda: [missing, fake.path])
     with Client() as c:
         assert c.version() == "nim-timer v0.1.0"
         assert c.address == UnixAddress(str(fake.path))
@@ -66,7 +70,7 @@ def test_tries_default_paths_in_order(
 def test_connect_error_lists_every_address(sock_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     paths = [sock_dir / "a.sock", sock_dir / "b.sock"]
     monkeypatch.delenv("MYTIMER_ADDRESS", raising=False)
-    monkeypatch.setattr(client, "default_client_paths", lambda: paths)
+    monkeypatch.setattr(common, "default_client_paths", lambda: paths)
     with pytest.raises(ConnectError) as info:
         Client().version()
     assert [a for a, _ in info.value.attempts] == [UnixAddress(str(p)) for p in paths]
@@ -124,6 +128,46 @@ def test_typed_methods_cover_schema(cls: type, method: str) -> None:
     camel = {"".join(w.title() if i else w for i, w in enumerate(p.split("_"))) for p in params}
     # schedule's job name is the ``job`` argument, as on the command line (--job).
     assert camel == (fields - {"name"} | {"job"} if method == "schedule" else fields)
+
+
+TYPED = ("version", "echo", "complex", "schedule", "describe", "ping", "stats")
+
+
+@pytest.mark.parametrize("method", TYPED)
+def test_typed_methods_are_defined_once(method: str) -> None:
+    """Both clients inherit the same definition, which documents itself for help()."""
+    assert method not in vars(Client) and method not in vars(AsyncClient)
+    shared = getattr(Client, method)
+    assert shared is getattr(AsyncClient, method)
+    help_text = pydoc.render_doc(Client)
+    assert shared.__doc__ and shared.__doc__.splitlines()[0] in help_text
+    signature = inspect.signature(shared)
+    assert next(iter(signature.parameters)) == "self"
+    for cls in (Client, AsyncClient):
+        bound = getattr(cls("unix:/x.sock"), method)
+        assert inspect.iscoroutinefunction(bound) == (cls is AsyncClient)
+        assert bound.__doc__ == shared.__doc__
+        assert list(inspect.signature(bound).parameters) == list(signature.parameters)[1:]
+
+
+def test_typed_methods_on_both_clients(fake: FakeServer) -> None:
+    with Client(fake.address) as c:
+        # assert_type: `mypy tests/client` checks the descriptor types each client's methods.
+        assert assert_type(c.echo("a"), EchoResult)["echoed"] == "a"
+        assert assert_type(c.version(), str) == "nim-timer v0.1.0"
+        assert Client.echo(c, "b")["echoed"] == "b"  # like an unbound method
+
+    async def run() -> None:
+        async with AsyncClient(fake.address) as ac:
+            assert assert_type(await ac.echo("c", delay_ms=1), EchoResult)["echoed"] == "c"
+            assert assert_type(await ac.version(), str) == "nim-timer v0.1.0"
+
+    asyncio.run(run())
+    assert [r for m, r in fake.requests if m == "echo"] == [
+        {"req": {"message": "a", "delayMs": 0}},
+        {"req": {"message": "b", "delayMs": 0}},
+        {"req": {"message": "c", "delayMs": 1}},
+    ]
 
 
 # --- errors -----------------------------------------------------------------------

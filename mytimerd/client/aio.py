@@ -1,0 +1,212 @@
+"""The asyncio client, :class:`AsyncClient`: many calls pipelined on one stream."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import socket
+from types import TracebackType
+from typing import Any, Self
+
+from ..protocol import wire
+from ..protocol.address import Address, TcpAddress
+from .common import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    MAX_RESPONSE,
+    NO_REQUEST,
+    READ_SIZE,
+    decode_body,
+    encode_payload,
+    method_text,
+    os_reason,
+    resolve_addresses,
+    result_body,
+)
+from .errors import BadResponse, CallTimeout, ConnectError, ConnectionLost, TransportError
+from .methods import TypedMethods
+
+
+async def _open_stream(
+    address: Address, timeout: float | None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async with asyncio.timeout(timeout):
+        if isinstance(address, TcpAddress):
+            reader, writer = await asyncio.open_connection(address.host, address.port)
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return reader, writer
+        return await asyncio.open_unix_connection(address.path)
+
+
+class _Connection:
+    """One open stream: the FIFO of calls waiting for an answer and its reader task."""
+
+    def __init__(
+        self, address: Address, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.address = address
+        self.writer = writer
+        self.pending: collections.deque[asyncio.Future[wire.Response]] = collections.deque()
+        # Answers that came before any request (a daemon refusing the connection,
+        # e.g. TooManyConnections): they answer the next calls, as on a blocking socket.
+        self.early: collections.deque[wire.Response] = collections.deque()
+        self.broken: TransportError | None = None
+        self.reader_task = asyncio.create_task(self._read(reader))
+
+    @property
+    def usable(self) -> bool:
+        return self.broken is None or bool(self.early)
+
+    def submit(self, frame: bytes) -> asyncio.Future[wire.Response]:
+        """Queue ``frame``; the future resolves to its answer."""
+        future: asyncio.Future[wire.Response] = asyncio.get_running_loop().create_future()
+        if self.early:
+            future.set_result(self.early.popleft())
+        elif self.broken is not None:
+            raise ConnectionLost(self.address, self.broken.reason)
+        else:
+            # Writing and queueing with no await in between keeps the FIFO in
+            # the order the frames go out, however many tasks call at once.
+            self.writer.write(frame)
+            self.pending.append(future)
+        return future
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        parser = wire.ResponseParser(MAX_RESPONSE)
+        try:
+            while True:
+                data = await reader.read(READ_SIZE)
+                if not data:
+                    self._fail(ConnectionLost, "the daemon closed the connection")
+                    return
+                for response in parser.feed(data):
+                    if not self.pending:
+                        self.early.append(response)
+                        continue
+                    future = self.pending.popleft()
+                    # A timed-out or cancelled call's answer is dropped here.
+                    if not future.done():
+                        future.set_result(response)
+        except wire.ProtocolError as exc:
+            self._fail(BadResponse, str(exc))
+        except OSError as exc:
+            self._fail(ConnectionLost, f"receiving failed: {os_reason(exc)}")
+
+    def _fail(self, kind: type[TransportError], reason: str) -> None:
+        self.broken = kind(self.address, reason)
+        self.writer.close()
+        while self.pending:
+            future = self.pending.popleft()
+            if not future.done():
+                future.set_exception(kind(self.address, reason))
+
+    async def close(self) -> None:
+        """Stop reading, fail what still waits and close the stream."""
+        self.reader_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.reader_task
+        if self.broken is None:
+            self._fail(ConnectionLost, "the client closed the connection")
+        # The peer may already have reset the stream; it is closed either way.
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
+class AsyncClient(TypedMethods):
+    """An asyncio client on one connection, able to pipeline many calls.
+
+    Concurrent calls (e.g. through ``asyncio.gather``) are written at once on
+    the same connection; a reader task hands each answer to the oldest waiting
+    call. Arguments are those of :class:`Client`.
+    """
+
+    def __init__(
+        self,
+        address: Address | str | None = None,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+    ) -> None:
+        self.addresses = resolve_addresses(address)
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        #: The address connected to, once connected.
+        self.address: Address | None = None
+        self._conn: _Connection | None = None
+        self._connecting = asyncio.Lock()
+
+    async def connect(self) -> None:
+        """Connect to the first address that accepts, unless connected already."""
+        await self._connection()
+
+    async def _connection(self) -> _Connection:
+        # The lock keeps concurrent first calls from opening several connections.
+        async with self._connecting:
+            if self._conn is not None and self._conn.usable:
+                return self._conn
+            if self._conn is not None:
+                await self._conn.close()
+                self._conn = None
+            attempts: list[tuple[Address, str]] = []
+            for address in self.addresses:
+                try:
+                    reader, writer = await _open_stream(address, self.connect_timeout)
+                except OSError as exc:
+                    attempts.append((address, os_reason(exc)))
+                    continue
+                self.address = address
+                self._conn = _Connection(address, reader, writer)
+                return self._conn
+            raise ConnectError(attempts)
+
+    async def close(self) -> None:
+        """Close the connection; calls still waiting fail with ConnectionLost."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await conn.close()
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def call_raw(
+        self, method: str | bytes, payload: bytes, *, timeout: float | None = None
+    ) -> bytes:
+        """Send ``payload`` (CBOR bytes) to ``method``; return the RET_OK body bytes.
+
+        ``timeout`` overrides the client's for this call.
+        """
+        frame = wire.encode_request(method, payload)
+        conn = await self._connection()
+        limit = self.timeout if timeout is None else timeout
+        future = conn.submit(frame)
+        try:
+            async with asyncio.timeout(limit):
+                # On a broken stream the reader task fails the future with the reason.
+                with contextlib.suppress(ConnectionError):
+                    await conn.writer.drain()
+                response = await future
+        except TimeoutError:
+            # Cancelled, the future keeps its place in the FIFO: the reader drops its answer.
+            future.cancel()
+            raise CallTimeout(conn.address, method_text(method), limit) from None
+        return result_body(method, response, conn.address)
+
+    async def call(
+        self, method: str, request: object = NO_REQUEST, *, timeout: float | None = None
+    ) -> Any:
+        """Call ``method`` with ``request`` (CBOR-encodable; default ``{}``); decode the answer."""
+        payload = encode_payload(request)
+        body = await self.call_raw(method, payload, timeout=timeout)
+        return decode_body(body, self.address)

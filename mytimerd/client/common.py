@@ -1,0 +1,112 @@
+"""What both clients share around the I/O: defaults, addresses, payloads and answers.
+
+Which addresses to try (:func:`resolve_addresses`), the CBOR payload of a
+request (:func:`encode_payload`), and what an answer means: its RET_OK body
+decoded (:func:`decode_body`) or the error it carries (:func:`result_body`).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+from typing import Any, Final
+
+import cbor2
+
+from ..protocol import wire
+from ..protocol.address import (
+    ADDRESS_ENV,
+    Address,
+    UnixAddress,
+    default_client_paths,
+    parse_address,
+)
+from ..protocol.errors import parse_error_body
+from .errors import BadResponse, DaemonCallError, LibraryError
+
+#: Seconds a call waits for its answer unless told otherwise.
+DEFAULT_TIMEOUT: Final = 30.0
+#: Seconds a connection attempt may take (per address tried).
+DEFAULT_CONNECT_TIMEOUT: Final = 10.0
+
+#: Largest response body accepted: daemon answers are small, and a broken or
+#: hostile peer must not make the client buffer gigabytes.
+MAX_RESPONSE: Final = 64 << 20
+
+#: Bytes asked of the stream per read.
+READ_SIZE: Final = 65536
+
+
+class _NoRequest:
+    """The default request of ``call``: an empty map (None would send CBOR null)."""
+
+    def __repr__(self) -> str:
+        return "{}"
+
+
+NO_REQUEST: Final = _NoRequest()
+
+
+def encode_payload(request: object) -> bytes:
+    """The CBOR payload for ``request`` (``NO_REQUEST``: an empty map)."""
+    return b"\xa0" if request is NO_REQUEST else cbor2.dumps(request)
+
+
+def resolve_addresses(address: Address | str | None = None) -> list[Address]:
+    """The addresses to try, in order.
+
+    An explicit ``address`` (an Address or its ``unix:``/``tcp:`` text) wins;
+    then ``$MYTIMER_ADDRESS``; then the daemon's default unix sockets. Raises
+    ValueError for malformed text.
+    """
+    if isinstance(address, str):
+        return [parse_address(address)]
+    if address is not None:
+        return [address]
+    env = os.environ.get(ADDRESS_ENV)
+    if env:
+        try:
+            return [parse_address(env)]
+        except ValueError as exc:
+            raise ValueError(f"${ADDRESS_ENV}: {exc}") from None
+    return [UnixAddress(str(path)) for path in default_client_paths()]
+
+
+def decode_body(body: bytes, address: Address | None = None) -> Any:
+    """The one CBOR item of a RET_OK ``body``, or BadResponse."""
+    stream = io.BytesIO(body)
+    try:
+        value = cbor2.CBORDecoder(stream).decode()
+    except (cbor2.CBORDecodeError, ValueError) as exc:
+        raise BadResponse(address, f"response is not valid CBOR: {exc}") from None
+    if stream.tell() != len(body):
+        raise BadResponse(address, f"{len(body) - stream.tell()} bytes after the response item")
+    return value
+
+
+def method_text(method: str | bytes) -> str:
+    """``method`` as text for error messages (undecodable bytes escaped)."""
+    return method if isinstance(method, str) else method.decode("utf-8", "backslashreplace")
+
+
+def result_body(method: str | bytes, response: wire.Response, address: Address | None) -> bytes:
+    """The RET_OK body of ``response``, or the error it carries."""
+    if response.ret == wire.RET_OK:
+        return response.body
+    name = method_text(method)
+    if response.ret == wire.RET_ERR:
+        error, message = parse_error_body(response.body)
+        if error is None:
+            raise LibraryError(name, message)
+        raise DaemonCallError(name, error, message)
+    raise BadResponse(address, f"unknown result code {response.ret} in the answer to {name!r}")
+
+
+def os_reason(exc: OSError) -> str:
+    """A short human reason for a socket error (timeouts carry no text)."""
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "timed out"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve host: {exc.strerror or exc}"
+    return exc.strerror or str(exc) or type(exc).__name__

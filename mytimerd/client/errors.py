@@ -1,0 +1,84 @@
+"""The exceptions of the client: every failure of a call is a :class:`MytimerError`.
+
+- :class:`LibraryError`: the library answered RET_ERR (its text is ``message``);
+- :class:`DaemonCallError`: the daemon refused the call (``name`` is the
+  ``mytimerd.<Name>`` error name without its prefix, see :mod:`mytimerd.protocol.errors`);
+- :class:`TransportError`: no usable connection. :class:`ConnectError` (no
+  address accepted the connection), :class:`ConnectionLost` (the stream broke
+  or the daemon closed it), :class:`BadResponse` (the peer broke the protocol)
+  and :class:`CallTimeout` (no answer in time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..protocol.address import Address
+from ..protocol.errors import PREFIX
+
+
+class MytimerError(Exception):
+    """Base of every error this client raises."""
+
+
+class CallError(MytimerError):
+    """The call reached the daemon and was answered RET_ERR."""
+
+    def __init__(self, method: str, message: str) -> None:
+        super().__init__(message)
+        self.method = method
+        self.message = message
+
+
+class LibraryError(CallError):
+    """The library refused the call; ``message`` is its text, verbatim."""
+
+
+class DaemonCallError(CallError):
+    """The daemon refused the call with ``mytimerd.<name>: <message>``."""
+
+    def __init__(self, method: str, name: str, message: str) -> None:
+        super().__init__(method, message)
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"{PREFIX}{self.name}: {self.message}"
+
+
+class TransportError(MytimerError):
+    """No usable connection to the daemon at ``address``."""
+
+    def __init__(self, address: Address | None, reason: str) -> None:
+        super().__init__(f"{address}: {reason}" if address is not None else reason)
+        self.address = address
+        self.reason = reason
+
+
+class ConnectError(TransportError):
+    """No address accepted the connection; ``attempts`` lists (address, reason)."""
+
+    def __init__(self, attempts: Sequence[tuple[Address, str]]) -> None:
+        first, reason = attempts[0]
+        super().__init__(first, reason)
+        self.attempts = list(attempts)
+
+    def __str__(self) -> str:
+        return "; ".join(f"cannot connect to {a}: {r}" for a, r in self.attempts)
+
+
+class ConnectionLost(TransportError):
+    """The connection broke, or the daemon closed it, before the answer came."""
+
+
+class BadResponse(TransportError):
+    """The peer sent something no mytimerd server sends (broken framing, bad CBOR)."""
+
+
+class CallTimeout(TransportError):
+    """The answer did not arrive within the call's timeout."""
+
+    def __init__(self, address: Address | None, method: str, seconds: float | None) -> None:
+        within = "in time" if seconds is None else f"within {seconds:g} s"
+        super().__init__(address, f"no answer to {method!r} {within}")
+        self.method = method
+        self.seconds = seconds

@@ -1,0 +1,260 @@
+"""The typed methods of both clients: their requests, their answers, and one definition of each.
+
+The request builders (:func:`echo_request`, ...) make the request maps without
+sending them; the TypedDicts type the answers. :class:`TypedMethods` declares
+each typed method once, as a :class:`TypedCall`, for :class:`~.blocking.Client`
+and :class:`~.aio.AsyncClient` alike: on a Client it is a plain method, on an
+AsyncClient a coroutine method, and both go through the client's ``call``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import types
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    ParamSpec,
+    Protocol,
+    Self,
+    TypedDict,
+    TypeVar,
+    overload,
+)
+
+from .common import NO_REQUEST
+
+if TYPE_CHECKING:  # only for the overloads of TypedCall.__get__: both clients import this module
+    from .aio import AsyncClient
+    from .blocking import Client
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+# --- answers ------------------------------------------------------------------
+
+
+class EchoResult(TypedDict):
+    """The answer of ``echo``."""
+
+    echoed: str
+    timerName: str
+
+
+class ComplexResult(TypedDict):
+    """The answer of ``complex``."""
+
+    summary: str
+    itemCount: int
+    hasNote: bool
+
+
+class ScheduleResult(TypedDict):
+    """The answer of ``schedule``."""
+
+    jobId: str
+    willRunCount: int
+    firstRunAtMs: int
+    effectiveBackoffMs: int
+
+
+# --- requests -----------------------------------------------------------------
+
+
+def _present(**values: object) -> dict[str, object]:
+    """The keys whose value is not None: left-out keys take the library's defaults."""
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def echo_request(message: str, delay_ms: int | None = None) -> dict[str, object]:
+    """The request map of ``echo``."""
+    return {"req": _present(message=message, delayMs=delay_ms)}
+
+
+def complex_request(
+    messages: Sequence[str | Mapping[str, object]] | None = None,
+    tags: Sequence[str] | None = None,
+    note: str | None = None,
+    retries: int | None = None,
+) -> dict[str, object]:
+    """The request map of ``complex``; a message given as text becomes ``{"message": text}``."""
+    items = (
+        None
+        if messages is None
+        else [{"message": m} if isinstance(m, str) else dict(m) for m in messages]
+    )
+    tag_list = None if tags is None else list(tags)
+    return {"req": _present(messages=items, tags=tag_list, note=note, retries=retries)}
+
+
+def schedule_request(
+    job: str | None = None,
+    *,
+    payload: Sequence[str] | None = None,
+    priority: int | None = None,
+    max_attempts: int | None = None,
+    backoff_ms: int | None = None,
+    retry_on: Sequence[str] | None = None,
+    start_at_ms: int | None = None,
+    interval_ms: int | None = None,
+    jitter: int | None = None,
+) -> dict[str, object]:
+    """The request map of ``schedule``; sub-maps with no value given are left out."""
+    parts = {
+        "job": _present(
+            name=job, payload=None if payload is None else list(payload), priority=priority
+        ),
+        "retry": _present(
+            maxAttempts=max_attempts,
+            backoffMs=backoff_ms,
+            retryOn=None if retry_on is None else list(retry_on),
+        ),
+        "schedule": _present(startAtMs=start_at_ms, intervalMs=interval_ms, jitter=jitter),
+    }
+    return {key: value for key, value in parts.items() if value}
+
+
+def _typed_echo_request(message: str, delay_ms: int = 0) -> dict[str, object]:
+    """The request of the typed ``echo``, which has always sent ``delayMs`` (default 0)."""
+    return echo_request(message, delay_ms)
+
+
+def _no_request() -> object:
+    """The request of the typed methods that take no argument (an empty map)."""
+    return NO_REQUEST
+
+
+# --- one definition of each typed method, for both clients --------------------
+
+
+class _Caller(Protocol):
+    """What a typed method needs of its client: ``call`` (a coroutine function or not)."""
+
+    def call(self, method: str, request: object) -> Any: ...
+
+
+class TypedCall(Generic[P, T]):
+    """A typed method of both clients: sends ``build(*args, **kwargs)`` to ``method``.
+
+    A descriptor: on a :class:`Client` the attribute is a bound method
+    returning the answer (typed ``T``), on an :class:`AsyncClient` a bound
+    coroutine method (``async def``-like, so the request is built when awaited).
+    Either way the call goes through the client's ``call(method, request)``.
+    On the class it is the descriptor itself, which carries the method's
+    docstring and signature for ``help()`` and can be called with the client
+    as first argument, like an unbound method. ``result`` types the answer; it
+    is not checked at run time, as the daemon's answers are not.
+    """
+
+    def __init__(self, method: str, build: Callable[P, object], result: type[T], doc: str) -> None:
+        self.method = method
+        self.__doc__ = doc
+        signature = inspect.signature(build)
+        self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        self.__signature__ = signature.replace(
+            parameters=[self_param, *signature.parameters.values()], return_annotation=result
+        )
+
+        def blocking(client: _Caller, /, *args: P.args, **kwargs: P.kwargs) -> Any:
+            return client.call(method, build(*args, **kwargs))
+
+        async def asynchronous(client: _Caller, /, *args: P.args, **kwargs: P.kwargs) -> Any:
+            return await client.call(method, build(*args, **kwargs))
+
+        # Made once, bound per access (as Python binds functions), so that
+        # ``c.echo == c.echo`` and help(c.echo) behave as for a plain method.
+        self._functions = (blocking, asynchronous)
+
+    def __set_name__(self, owner: type[Any], name: str) -> None:
+        self.__name__ = name
+        self.__qualname__ = f"{owner.__qualname__}.{name}"
+        for function in self._functions:
+            # __wrapped__ leads inspect.signature() to our __signature__ (self dropped once bound).
+            functools.update_wrapper(function, self, ("__name__", "__qualname__", "__doc__"), ())
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None) -> Self: ...
+
+    @overload
+    def __get__(self, instance: Client, owner: type[Any] | None = None) -> Callable[P, T]: ...
+
+    # A Coroutine, not just an Awaitable, as an ``async def`` gives: asyncio.create_task takes it.
+    @overload
+    def __get__(
+        self, instance: AsyncClient, owner: type[Any] | None = None
+    ) -> Callable[P, Coroutine[Any, Any, T]]: ...
+
+    def __get__(self, instance: _Caller | None, owner: type[Any] | None = None) -> Any:
+        """The method bound to ``instance``; on the class, this descriptor."""
+        if instance is None:
+            return self
+        return self._bind(instance)
+
+    def __call__(self, client: _Caller, /, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Call the method on ``client`` (``Client.echo(client, "x")``)."""
+        return self._bind(client)(*args, **kwargs)
+
+    def _bind(self, client: _Caller) -> Callable[..., Any]:
+        blocking, asynchronous = self._functions
+        function = asynchronous if _calls_async(type(client)) else blocking
+        return types.MethodType(function, client)
+
+
+@functools.cache  # asked on every attribute access; inspect's answer costs ~0.4 us
+def _calls_async(client_class: type[_Caller]) -> bool:
+    """Whether the class's ``call`` is a coroutine function, and so its typed methods are."""
+    return inspect.iscoroutinefunction(client_class.call)
+
+
+class TypedMethods:
+    """The typed methods, declared once for Client and AsyncClient (which inherit them).
+
+    Each takes one argument per request field (snake_case); arguments left
+    None are left out of the request, so the library's defaults apply.
+    """
+
+    version = TypedCall(
+        "version", _no_request, str, "The library's version string (``nim-timer v0.1.0``)."
+    )
+    echo = TypedCall(
+        "echo",
+        _typed_echo_request,
+        EchoResult,
+        "Echo ``message`` back after ``delay_ms`` milliseconds.",
+    )
+    complex = TypedCall(
+        "complex",
+        complex_request,
+        ComplexResult,
+        "Summarise ``messages`` (texts or EchoRequest maps), ``tags`` and the optional values.\n"
+        "\n"
+        "Arguments left None are left out of the request (library defaults).",
+    )
+    schedule = TypedCall(
+        "schedule",
+        schedule_request,
+        ScheduleResult,
+        "Plan job ``job``; arguments left None are left out (library defaults).",
+    )
+    describe = TypedCall(
+        "mytimerd.describe",
+        _no_request,
+        dict[str, Any],
+        "``mytimerd.describe``: versions, timer name, methods, limits, error names.",
+    )
+    ping = TypedCall(
+        "mytimerd.ping",
+        _no_request,
+        dict[str, Any],
+        "``mytimerd.ping``: whether the library answers its liveness probe.",
+    )
+    stats = TypedCall(
+        "mytimerd.stats",
+        _no_request,
+        dict[str, Any],
+        "``mytimerd.stats``: uptime, connections, calls, errors and latencies.",
+    )
