@@ -1094,7 +1094,7 @@ def main() -> int:
     )
     ap.add_argument(
         "--daemon-args",
-        default="--max-connections 20000 --log-level warning",
+        default="--max-connections 20000 --max-connections-per-peer 20000 --log-level warning",
         help="extra arguments appended to the daemon command (default: %(default)s)",
     )
     ap.add_argument("--floor-only", action="store_true", help="do not run the daemon")

@@ -13,11 +13,28 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import socket
+import struct
 from collections.abc import Callable
 from typing import Protocol, cast
 
 from ..protocol import wire
 from ..protocol.limits import Limits
+
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def peer_of(transport: asyncio.BaseTransport) -> str:
+    """Who is calling, for --max-connections-per-peer: ``uid:N`` on unix
+    (SO_PEERCRED), ``ip:ADDRESS`` on TCP."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family == socket.AF_UNIX:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        return f"uid:{_PEERCRED.unpack(creds)[1]}"
+    peername = transport.get_extra_info("peername")
+    if isinstance(peername, tuple):
+        return f"ip:{peername[0]}"
+    return "unknown"
 
 
 class ResponsePlace:
@@ -68,12 +85,14 @@ class Connection(asyncio.Protocol):
         self._closing = False
         # When a frame last arrived or answers were last written.
         self.last_active = host.clock()
+        self.peer = "unknown"
 
     # asyncio callbacks -------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses.
         self._transport = cast(asyncio.Transport, transport)
+        self.peer = peer_of(transport)
         self.host.admit(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

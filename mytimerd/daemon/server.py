@@ -72,6 +72,8 @@ class Server:
         self.clock = clock
         self.stats = Stats(clock)
         self.connections: set[Connection] = set()
+        # Open connections per peer (uid on unix, address on TCP); no entry at 0.
+        self._per_peer: dict[str, int] = {}
         self.pending: dict[int, Call] = {}
         # Call id -> request bytes, for every call the library has not answered
         # yet, answered by the daemon (Timeout) or not: the global budget.
@@ -132,21 +134,41 @@ class Server:
     def admit(self, conn: Connection) -> None:
         """Serve ``conn``, or answer TooManyConnections and close it."""
         self.stats.connections_total += 1
-        if len(self.connections) >= self.limits.max_connections:
-            self.stats.connections_refused += 1
-            err = DaemonError(
-                "TooManyConnections",
+        limits = self.limits
+        peer = conn.peer
+        if len(self.connections) >= limits.max_connections:
+            why = (
                 f"{len(self.connections)} connections are open, the limit "
-                f"(--max-connections) is {self.limits.max_connections}; retry later",
+                f"(--max-connections) is {limits.max_connections}; retry later"
             )
-            self.stats.record_refusal(err.name)
-            conn.refuse(wire.encode_response(wire.RET_ERR, err.body()))
+        elif self._per_peer.get(peer, 0) >= limits.max_connections_per_peer:
+            why = (
+                f"{peer} already has {limits.max_connections_per_peer} connections open "
+                f"(--max-connections-per-peer); close some or retry later"
+            )
+        else:
+            self.connections.add(conn)
+            self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
             return
-        self.connections.add(conn)
+        self.stats.connections_refused += 1
+        err = DaemonError("TooManyConnections", why)
+        self.stats.record_refusal(err.name)
+        conn.refuse(wire.encode_response(wire.RET_ERR, err.body()))
 
     def forget(self, conn: Connection) -> None:
         """``conn`` is gone; its calls in flight finish and are dropped."""
+        self._drop(conn)
+
+    def _drop(self, conn: Connection) -> None:
+        """Stop counting ``conn`` (idempotent: closing it also calls forget)."""
+        if conn not in self.connections:
+            return
         self.connections.discard(conn)
+        left = self._per_peer[conn.peer] - 1
+        if left:
+            self._per_peer[conn.peer] = left
+        else:
+            del self._per_peer[conn.peer]
 
     def handle(self, conn: Connection, request: wire.Request) -> None:
         """Validate and dispatch one request; its answer lands in ``conn``'s order."""
@@ -302,7 +324,7 @@ class Server:
             if conn.last_active <= older_than and conn.owes_nothing()
         ]
         for conn in idle:
-            self.connections.discard(conn)
+            self._drop(conn)
             conn.close()
         self.stats.idle_closed += len(idle)
 
@@ -389,7 +411,7 @@ class Server:
             for conn in list(self.connections):
                 if conn.is_idle() and now - conn.last_active >= limits.drain_idle_grace:
                     conn.close()
-                    self.connections.discard(conn)
+                    self._drop(conn)
             if not self.pending and not self.connections:
                 break
             self.notify(

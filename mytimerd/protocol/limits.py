@@ -45,6 +45,13 @@ class Limits:
         "connections",
         "Connections served at once; more are answered TooManyConnections and closed.",
     )
+    max_connections_per_peer: int = _limit(
+        4096,
+        "--max-connections-per-peer",
+        "connections",
+        "Connections one peer may hold at once (per uid on unix sockets, from "
+        "SO_PEERCRED; per address on TCP); more are answered TooManyConnections and closed.",
+    )
     max_in_flight: int = _limit(
         128,
         "--max-in-flight",

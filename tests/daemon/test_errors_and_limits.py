@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
 import cbor2
+import pytest
 
 from mytimerd.protocol import wire
 from mytimerd.protocol.limits import Limits
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, TcpAddress, free_tcp_port
 
 
 def test_unknown_method(daemon: Daemon) -> None:
@@ -99,6 +101,39 @@ def test_too_many_connections(daemon_factory: Callable[..., Daemon]) -> None:
     a.close()
     deadline = time.monotonic() + 5
     while True:  # the freed place is available again
+        with d.client() as again:
+            if again.call("version").ret == 0:
+                break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    b.close()
+
+
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+def test_too_many_connections_per_peer(
+    daemon_factory: Callable[..., Daemon], transport: str, event_loop: str
+) -> None:
+    """One peer (a uid on unix, an address on TCP) cannot take every slot."""
+    args = ["--max-connections-per-peer", "2", "--event-loop", event_loop]
+    if transport == "tcp":
+        port = free_tcp_port()
+        address = TcpAddress("127.0.0.1", port)
+        d = daemon_factory(*args, "--tcp", "127.0.0.1", str(port), address=address)
+        peer = b"ip:127.0.0.1"
+    else:
+        d = daemon_factory(*args)
+        peer = f"uid:{os.getuid()}".encode()
+    a, b = d.client(), d.client()
+    assert a.call("version").ret == 0 and b.call("version").ret == 0
+    with d.client() as third:
+        assert third.call("version").body == (
+            b"mytimerd.TooManyConnections: " + peer + b" already has 2 connections open "
+            b"(--max-connections-per-peer); close some or retry later"
+        )
+    a.close()
+    deadline = time.monotonic() + 5
+    while True:  # the peer's freed place is available again
         with d.client() as again:
             if again.call("version").ret == 0:
                 break

@@ -98,6 +98,11 @@ class FakeTransport:
     closed: bool = False
     eof_written: bool = False
     buffered: int = 0
+    peername: tuple[str, int] = ("192.0.2.1", 40000)
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        """A TCP peer (no socket object: the peer is taken from peername)."""
+        return self.peername if name == "peername" else default
 
     def write(self, data: bytes) -> None:
         """Record ``data``."""
