@@ -13,9 +13,11 @@ Example::
     async with AsyncClient() as client:
         results = await asyncio.gather(*(client.echo(str(i)) for i in range(100)))
 
-Responses on a connection answer requests in order, so a call that timed out
-leaves its place in the queue: its late answer is read and dropped, and the
-connection stays usable. Both clients connect on first use and reconnect on the
+Responses on a connection answer requests in order, so the late answer of a
+call that timed out (or was cancelled) would hold up every later call: the
+client leaves that connection and the next call opens a fresh one (calls
+already waiting on it still get their answers). Both clients connect on first
+use and reconnect on the
 next call after the connection was lost; a call is never retried on its own.
 Neither client is thread-safe: use one per thread (or one AsyncClient per loop).
 

@@ -1,4 +1,11 @@
-"""The asyncio client, :class:`AsyncClient`: many calls pipelined on one stream."""
+"""The asyncio client, :class:`AsyncClient`: many calls pipelined on one stream.
+
+Answers on a connection come back in request order, so a call that gives up
+before its answer (:class:`~.errors.CallTimeout`, or cancelled) leaves a late
+answer that every later call on that stream would wait behind. Such a call
+retires its connection: later calls open a fresh one, calls already sent on the
+old one still get their answers, and the old one closes once none waits.
+"""
 
 from __future__ import annotations
 
@@ -54,11 +61,29 @@ class _Connection:
         # e.g. TooManyConnections): they answer the next calls, as on a blocking socket.
         self.early: collections.deque[wire.Response] = collections.deque()
         self.broken: TransportError | None = None
+        # Set once a call gave up on this stream: it takes no new calls and
+        # closes as soon as no call waits for an answer on it.
+        self.retired = False
         self.reader_task = asyncio.create_task(self._read(reader))
 
     @property
     def usable(self) -> bool:
-        return self.broken is None or bool(self.early)
+        return not self.retired and (self.broken is None or bool(self.early))
+
+    def retire(self) -> None:
+        """Take no new calls; close once no call still waits for its answer here."""
+        self.retired = True
+        if self._close_if_idle():
+            self.reader_task.cancel()
+
+    def _close_if_idle(self) -> bool:
+        """Close a retired stream that no call waits on; True if it did."""
+        if not self.retired or self.broken is not None:
+            return False
+        if any(not future.done() for future in self.pending):
+            return False
+        self._fail(ConnectionLost, "the client left the connection after a call gave up")
+        return True
 
     def submit(self, frame: bytes) -> asyncio.Future[wire.Response]:
         """Queue ``frame``; the future resolves to its answer."""
@@ -90,6 +115,8 @@ class _Connection:
                     # A timed-out or cancelled call's answer is dropped here.
                     if not future.done():
                         future.set_result(response)
+                if self._close_if_idle():
+                    return
         except wire.ProtocolError as exc:
             self._fail(BadResponse, str(exc))
         except OSError as exc:
@@ -136,6 +163,8 @@ class AsyncClient(TypedMethods):
         #: The address connected to, once connected.
         self.address: Address | None = None
         self._conn: _Connection | None = None
+        # Connections retired by a call that gave up, until their last call is answered.
+        self._retired: set[_Connection] = set()
         self._connecting = asyncio.Lock()
 
     async def connect(self) -> None:
@@ -167,6 +196,18 @@ class AsyncClient(TypedMethods):
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await conn.close()
+        while self._retired:
+            await self._retired.pop().close()
+
+    def _retire(self, conn: _Connection) -> None:
+        """A call on ``conn`` gave up: send no more calls there (see the module doc)."""
+        if self._conn is conn:
+            self._conn = None
+        conn.retire()
+        if not conn.reader_task.done() and conn not in self._retired:
+            self._retired.add(conn)
+            # The reader task ends when the stream closes, however it closes.
+            conn.reader_task.add_done_callback(lambda _: self._retired.discard(conn))
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -200,7 +241,12 @@ class AsyncClient(TypedMethods):
         except TimeoutError:
             # Cancelled, the future keeps its place in the FIFO: the reader drops its answer.
             future.cancel()
+            self._retire(conn)
             raise CallTimeout(conn.address, method_text(method), limit) from None
+        except asyncio.CancelledError:
+            future.cancel()
+            self._retire(conn)
+            raise
         return result_body(method, response, conn.address)
 
     async def call(

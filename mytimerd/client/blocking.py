@@ -1,4 +1,12 @@
-"""The blocking client, :class:`Client`: one socket, one call at a time."""
+"""The blocking client, :class:`Client`: one socket, one call at a time.
+
+Answers on a connection come back in request order and carry no request id.
+A call that gives up before its answer (:class:`~.errors.CallTimeout`, or an
+exception such as KeyboardInterrupt while it waits) therefore closes its
+connection: the late answer would otherwise delay the next call's answer, which
+the daemon sends only after it. The next call opens a fresh connection; the
+abandoned call still runs to its end in the daemon, and its answer is discarded.
+"""
 
 from __future__ import annotations
 
@@ -50,6 +58,9 @@ class Client(TypedMethods):
     for :func:`resolve_addresses`' defaults (``$MYTIMER_ADDRESS``, then the
     default sockets in order). ``timeout`` bounds each call (None: wait
     forever); ``connect_timeout`` bounds each connection attempt.
+
+    A call that raises :class:`~.errors.CallTimeout` closes the connection
+    (its late answer would hold up the next one); the next call reconnects.
     """
 
     def __init__(
@@ -67,9 +78,6 @@ class Client(TypedMethods):
         self._sock: socket.socket | None = None
         self._parser = wire.ResponseParser(MAX_RESPONSE)
         self._ready: collections.deque[wire.Response] = collections.deque()
-        # Responses owed on this connection, including those of timed-out calls,
-        # which must be read and dropped before the next call's own answer.
-        self._owed = 0
 
     def connect(self) -> None:
         """Connect to the first address that accepts, unless connected already."""
@@ -85,7 +93,6 @@ class Client(TypedMethods):
             self.address = address
             self._parser = wire.ResponseParser(MAX_RESPONSE)
             self._ready.clear()
-            self._owed = 0
             return
         raise ConnectError(attempts)
 
@@ -134,37 +141,42 @@ class Client(TypedMethods):
 
         send_error: str | None = None
         try:
-            sock.settimeout(remaining())
-            sock.sendall(frame)
-        except TimeoutError:
-            # Part of the frame may be on the wire: the stream cannot be resynchronised.
-            self.close()
-            raise expired() from None
-        except OSError as exc:
-            # The daemon may have answered and closed (e.g. TooManyConnections):
-            # its answer can still be read, and says more than EPIPE.
-            send_error = f"sending failed: {os_reason(exc)}"
-        self._owed += 1
-        while True:
-            while self._ready:
-                response = self._ready.popleft()
-                self._owed -= 1
-                if self._owed == 0:
-                    return response
             try:
                 sock.settimeout(remaining())
-                data = sock.recv(READ_SIZE)
+                sock.sendall(frame)
             except TimeoutError:
+                # Part of the frame may be on the wire: the stream cannot be resynchronised.
                 raise expired() from None
             except OSError as exc:
-                raise self._lost(send_error or f"receiving failed: {os_reason(exc)}") from None
-            if not data:
-                raise self._lost(send_error or "the daemon closed the connection")
-            try:
-                self._ready.extend(self._parser.feed(data))
-            except wire.ProtocolError as exc:
-                self.close()
-                raise BadResponse(self.address, str(exc)) from None
+                # The daemon may have answered and closed (e.g. TooManyConnections):
+                # its answer can still be read, and says more than EPIPE.
+                send_error = f"sending failed: {os_reason(exc)}"
+            while not self._ready:
+                try:
+                    sock.settimeout(remaining())
+                    data = sock.recv(READ_SIZE)
+                except TimeoutError:
+                    raise expired() from None
+                except OSError as exc:
+                    raise self._lost(send_error or f"receiving failed: {os_reason(exc)}") from None
+                if not data:
+                    raise self._lost(send_error or "the daemon closed the connection")
+                try:
+                    self._ready.extend(self._parser.feed(data))
+                except wire.ProtocolError as exc:
+                    raise BadResponse(self.address, str(exc)) from None
+        except BaseException:
+            # Whatever stopped this call (a timeout, a broken stream, Ctrl-C), the
+            # stream is out of step: part of the request may be out, or all of it
+            # with its answer still to come, ahead of the answer to any later
+            # request (the daemon answers in order). Keeping the connection would
+            # make the next call wait for that late answer, so drop it.
+            self.close()
+            raise
+        # The first answer read is this call's: one call at a time, and any
+        # abandoned call took its connection with it. (An answer sent before any
+        # request, by a daemon refusing the connection, answers the first call.)
+        return self._ready.popleft()
 
     def call_raw(
         self, method: str | bytes, payload: bytes, *, timeout: float | None = None

@@ -75,7 +75,11 @@ class BadResponse(TransportError):
 
 
 class CallTimeout(TransportError):
-    """The answer did not arrive within the call's timeout."""
+    """The answer did not arrive within the call's timeout.
+
+    The client stops using that connection (its late answer would hold up
+    later calls); the next call uses a fresh one.
+    """
 
     def __init__(self, address: Address | None, method: str, seconds: float | None) -> None:
         within = "in time" if seconds is None else f"within {seconds:g} s"

@@ -224,7 +224,8 @@ def test_default_request_is_an_empty_map_and_none_is_null(fake: FakeServer) -> N
         assert c.call_raw("echo", b"\xf6") == b"\xf6"
 
 
-def test_timeout_keeps_connection_and_drops_late_answer(fake: FakeServer) -> None:
+def test_timeout_closes_connection_and_next_call_reconnects(fake: FakeServer) -> None:
+    """The late answer would be out of step with the next call: the stream is dropped."""
     with Client(fake.address, timeout=5) as c:
         fake.delay = 0.3
         with pytest.raises(CallTimeout) as info:
@@ -232,7 +233,7 @@ def test_timeout_keeps_connection_and_drops_late_answer(fake: FakeServer) -> Non
         assert info.value.seconds == 0.05
         fake.delay = 0
         assert c.echo("next")["echoed"] == "next"
-    assert fake.connections == 1
+    assert fake.connections == 2
 
 
 def test_connection_lost_then_reconnect(fake: FakeServer) -> None:
@@ -289,7 +290,7 @@ def test_async_pipelines_on_one_connection(fake: FakeServer) -> None:
     assert fake.connections == 1
 
 
-def test_async_timeout_keeps_order(fake: FakeServer) -> None:
+def test_async_timeout_moves_next_calls_to_a_new_connection(fake: FakeServer) -> None:
     async def run() -> None:
         async with AsyncClient(fake.address, timeout=5) as c:
             fake.delay = 0.2
@@ -299,7 +300,24 @@ def test_async_timeout_keeps_order(fake: FakeServer) -> None:
             assert (await c.echo("next"))["echoed"] == "next"
 
     asyncio.run(run())
-    assert fake.connections == 1
+    assert fake.connections == 2
+
+
+def test_async_cancelled_call_moves_next_calls_to_a_new_connection(fake: FakeServer) -> None:
+    """A call cancelled from outside (here by wait_for) leaves a late answer too."""
+
+    async def run() -> None:
+        async with AsyncClient(fake.address, timeout=5) as c:
+            fake.delay = 0.3
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(c.echo("late"), 0.05)
+            fake.delay = 0
+            start = time.monotonic()
+            assert (await c.echo("next"))["echoed"] == "next"
+            assert time.monotonic() - start < 0.2
+
+    asyncio.run(run())
+    assert fake.connections == 2
 
 
 def test_async_connection_lost_fails_every_pending_call(fake: FakeServer) -> None:
@@ -449,6 +467,78 @@ def test_real_timeout(daemon: Daemon) -> None:
         with pytest.raises(CallTimeout):
             c.call("echo", client.echo_request("slow", 500), timeout=0.1)
         assert c.echo("after")["echoed"] == "after"
+
+
+def test_real_timeout_does_not_delay_the_next_call(daemon: Daemon) -> None:
+    """After a CallTimeout the next call is answered at once, with its own answer.
+
+    The daemon answers a connection in order, so on the timed-out call's
+    connection the next answer would wait for the slow one (and could be taken
+    for it): the client must have left that connection.
+    """
+    with Client(daemon.address, timeout=0.2) as c:
+        with pytest.raises(CallTimeout):
+            c.echo("slow", delay_ms=2000)
+        c.timeout = 5  # a next call stuck behind the slow one would show as slow, not time out
+        start = time.monotonic()
+        assert c.version() == "nim-timer v0.1.0"
+        assert time.monotonic() - start < 1.0
+        assert c.echo("fast")["echoed"] == "fast"
+        assert c.echo("fast again", delay_ms=1)["echoed"] == "fast again"
+
+
+def test_real_async_timeout_does_not_delay_the_next_call(daemon: Daemon) -> None:
+    """The same for AsyncClient, whose next call would queue behind the late answer."""
+
+    async def run() -> None:
+        async with AsyncClient(daemon.address, timeout=0.2) as c:
+            with pytest.raises(CallTimeout):
+                await c.echo("slow", delay_ms=2000)
+            c.timeout = 5
+            start = time.monotonic()
+            assert await c.version() == "nim-timer v0.1.0"
+            assert time.monotonic() - start < 1.0
+            assert (await c.echo("fast"))["echoed"] == "fast"
+            assert (await c.echo("fast again", delay_ms=1))["echoed"] == "fast again"
+
+    asyncio.run(run())
+
+
+def test_real_async_timeout_spares_calls_pipelined_with_it(daemon: Daemon) -> None:
+    """A timeout moves new calls to a new connection; calls already sent keep waiting."""
+
+    async def run() -> None:
+        async with AsyncClient(daemon.address, timeout=5) as c:
+            slow_request = client.echo_request("slow", 1000)
+            slow = asyncio.create_task(c.call("echo", slow_request, timeout=0.2))
+            behind = asyncio.create_task(c.echo("behind", delay_ms=10))
+            with pytest.raises(CallTimeout):
+                await slow
+            start = time.monotonic()
+            assert (await c.echo("fresh"))["echoed"] == "fresh"
+            assert time.monotonic() - start < 0.5
+            assert not behind.done()  # still owed on the old connection, after the slow answer
+            assert (await behind)["echoed"] == "behind"
+            assert (await c.echo("last"))["echoed"] == "last"
+
+    asyncio.run(run())
+
+
+def test_async_close_also_closes_a_connection_left_after_a_timeout(fake: FakeServer) -> None:
+    """A call still waiting on the connection a timeout left fails when the client closes."""
+    fake.delay = 0.5
+
+    async def run() -> None:
+        c = AsyncClient(fake.address, timeout=5)
+        slow = asyncio.create_task(c.call("version", timeout=0.05))
+        waiting = asyncio.create_task(c.version())
+        with pytest.raises(CallTimeout):
+            await slow
+        await c.close()
+        with pytest.raises(ConnectionLost, match="client closed"):
+            await waiting
+
+    asyncio.run(run())
 
 
 def test_real_daemon_stopping_drops_connection(own_daemon: Daemon) -> None:
