@@ -28,7 +28,6 @@ from .common import (
     encode_payload,
     method_text,
     os_reason,
-    resolve_addresses,
     result_body,
 )
 from .errors import BadResponse, CallTimeout, ConnectError, ConnectionLost, TransportError
@@ -157,11 +156,7 @@ class AsyncClient(TypedMethods):
         timeout: float | None = DEFAULT_TIMEOUT,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
-        self.addresses = resolve_addresses(address)
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        #: The address connected to, once connected.
-        self.address: Address | None = None
+        super().__init__(address, timeout=timeout, connect_timeout=connect_timeout)
         self._conn: _Connection | None = None
         # Connections retired by a call that gave up, until their last call is answered.
         self._retired: set[_Connection] = set()

@@ -28,7 +28,6 @@ from .common import (
     encode_payload,
     method_text,
     os_reason,
-    resolve_addresses,
     result_body,
 )
 from .errors import BadResponse, CallTimeout, ConnectError, ConnectionLost
@@ -70,11 +69,7 @@ class Client(TypedMethods):
         timeout: float | None = DEFAULT_TIMEOUT,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
-        self.addresses = resolve_addresses(address)
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        #: The address connected to, once connected.
-        self.address: Address | None = None
+        super().__init__(address, timeout=timeout, connect_timeout=connect_timeout)
         self._sock: socket.socket | None = None
         self._parser = wire.ResponseParser(MAX_RESPONSE)
         self._ready: collections.deque[wire.Response] = collections.deque()

@@ -25,7 +25,8 @@ from typing import (
     overload,
 )
 
-from .common import NO_REQUEST
+from ..protocol.address import Address
+from .common import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, NO_REQUEST, resolve_addresses
 
 if TYPE_CHECKING:  # only for the overloads of TypedCall.__get__: both clients import this module
     from .aio import AsyncClient
@@ -216,6 +217,20 @@ class TypedMethods:
     Each takes one argument per request field (snake_case); arguments left
     None are left out of the request, so the library's defaults apply.
     """
+
+    def __init__(
+        self,
+        address: Address | str | None = None,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+    ) -> None:
+        """The settings both clients share (see :class:`Client`)."""
+        self.addresses = resolve_addresses(address)
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        #: The address connected to, once connected.
+        self.address: Address | None = None
 
     version = TypedCall(
         "version", _no_request, str, "The library's version string (``nim-timer v0.1.0``)."
