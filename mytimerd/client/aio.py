@@ -5,6 +5,16 @@ before its answer (:class:`~.errors.CallTimeout`, or cancelled) leaves a late
 answer that every later call on that stream would wait behind. Such a call
 retires its connection: later calls open a fresh one, calls already sent on the
 old one still get their answers, and the old one closes once none waits.
+
+A request that never left is sent on a fresh connection instead, once: when
+the daemon closed the connection while no call was on it (it restarted, or its
+idle timeout passed), or when the transport failed before the kernel took one
+byte of the request. A request that may have reached the daemon is never sent
+again.
+
+An AsyncClient belongs to the event loop it is first used in (its connection
+and reader task live there); using it from another loop while it holds a
+connection is a RuntimeError, raised at once.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import select
 import socket
 from types import TracebackType
 from typing import Any, Self
@@ -19,6 +30,7 @@ from typing import Any, Self
 from ..protocol import wire
 from ..protocol.address import Address, TcpAddress
 from .common import (
+    CLIENT_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_TIMEOUT,
     MAX_RESPONSE,
@@ -28,6 +40,8 @@ from .common import (
     encode_payload,
     method_text,
     os_reason,
+    Timeout,
+    call_limit,
     result_body,
 )
 from .errors import BadResponse, CallTimeout, ConnectError, ConnectionLost, TransportError
@@ -47,6 +61,10 @@ async def _open_stream(
         return await asyncio.open_unix_connection(address.path)
 
 
+class _NotSent(Exception):
+    """The transport failed before the kernel took one byte of the request."""
+
+
 class _Connection:
     """One open stream: the FIFO of calls waiting for an answer and its reader task."""
 
@@ -63,6 +81,8 @@ class _Connection:
         # Set once a call gave up on this stream: it takes no new calls and
         # closes as soon as no call waits for an answer on it.
         self.retired = False
+        # Resolved by the reader after its next read (see catch_up).
+        self._progress: asyncio.Future[None] | None = None
         self.reader_task = asyncio.create_task(self._read(reader))
 
     @property
@@ -84,18 +104,52 @@ class _Connection:
         self._fail(ConnectionLost, "the client left the connection after a call gave up")
         return True
 
+    async def catch_up(self) -> None:
+        """Before a call on an idle connection, let the reader take in what the kernel holds.
+
+        A daemon that closed the connection while no call was on it left its
+        end of stream in the kernel; until the reader task has run, the
+        connection looks open and a request written to it would be lost with
+        it. Waiting for the reader's next read (prompt: the socket is readable)
+        marks such a connection broken, so the call goes to a fresh one.
+        """
+        if self.pending or self.early or self.broken is not None or self.reader_task.done():
+            return
+        sock = self.writer.get_extra_info("socket")
+        if sock is None:
+            return
+        poll = select.poll()
+        poll.register(sock.fileno(), select.POLLIN)
+        if not poll.poll(0):
+            return
+        self._progress = asyncio.get_running_loop().create_future()
+        await asyncio.wait((self._progress, self.reader_task), return_when=asyncio.FIRST_COMPLETED)
+
     def submit(self, frame: bytes) -> asyncio.Future[wire.Response]:
-        """Queue ``frame``; the future resolves to its answer."""
+        """Queue ``frame``; the future resolves to its answer.
+
+        _NotSent if the transport failed before the kernel took a byte of it.
+        """
         future: asyncio.Future[wire.Response] = asyncio.get_running_loop().create_future()
         if self.early:
             future.set_result(self.early.popleft())
-        elif self.broken is not None:
+            return future
+        if self.broken is not None:
             raise ConnectionLost(self.address, self.broken.reason)
-        else:
-            # Writing and queueing with no await in between keeps the FIFO in
-            # the order the frames go out, however many tasks call at once.
-            self.writer.write(frame)
-            self.pending.append(future)
+        transport = self.writer.transport
+        # Nothing buffered: write() hands the frame to the kernel at once, and a
+        # failure there (EPIPE, ECONNRESET) closes the transport before it returns.
+        first = transport.get_write_buffer_size() == 0
+        if transport.is_closing() or (self.writer.write(frame), transport.is_closing())[1]:
+            # Closing before the write (an earlier write failed in this loop
+            # iteration: the frame was dropped) or by it with nothing ahead of it:
+            # not one byte of this frame left.
+            if first or transport.is_closing():
+                self._fail(ConnectionLost, "sending failed: the connection is closed")
+                raise _NotSent
+        # Writing and queueing with no await in between keeps the FIFO in
+        # the order the frames go out, however many tasks call at once.
+        self.pending.append(future)
         return future
 
     async def _read(self, reader: asyncio.StreamReader) -> None:

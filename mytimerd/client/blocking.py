@@ -6,6 +6,11 @@ exception such as KeyboardInterrupt while it waits) therefore closes its
 connection: the late answer would otherwise delay the next call's answer, which
 the daemon sends only after it. The next call opens a fresh connection; the
 abandoned call still runs to its end in the daemon, and its answer is discarded.
+
+A request that never left is sent again, once, on a fresh connection: when the
+daemon closed the connection while it was idle (it restarted, or its idle
+timeout passed), or when sending failed before the kernel took one byte of the
+request. A request that may have reached the daemon is never sent again.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any, Self
 from ..protocol import wire
 from ..protocol.address import Address, TcpAddress
 from .common import (
+    CLIENT_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_TIMEOUT,
     MAX_RESPONSE,
@@ -28,6 +34,8 @@ from .common import (
     encode_payload,
     method_text,
     os_reason,
+    Timeout,
+    call_limit,
     result_body,
 )
 from .errors import BadResponse, CallTimeout, ConnectError, ConnectionLost
@@ -50,16 +58,27 @@ def _open_socket(address: Address, timeout: float | None) -> socket.socket:
     return sock
 
 
+class _NotSent(Exception):
+    """Sending failed before the kernel took one byte of the request: the daemon cannot have it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class Client(TypedMethods):
     """A blocking client on one connection.
 
     ``address``: an Address, ``unix:/path`` / ``tcp:host:port`` text, or None
     for :func:`resolve_addresses`' defaults (``$MYTIMER_ADDRESS``, then the
-    default sockets in order). ``timeout`` bounds each call (None: wait
-    forever); ``connect_timeout`` bounds each connection attempt.
+    default sockets in order). ``timeout`` bounds each call and
+    ``connect_timeout`` each connection attempt, in seconds; None or 0 means
+    no limit (as ``mytimerctl --timeout 0``), a negative value is a ValueError.
 
     A call that raises :class:`~.errors.CallTimeout` closes the connection
     (its late answer would hold up the next one); the next call reconnects.
+    A request that never left (see the module doc) is sent again, once, on a
+    fresh connection.
     """
 
     def __init__(
@@ -113,15 +132,53 @@ class Client(TypedMethods):
         self.close()
         return ConnectionLost(self.address, reason)
 
-    def _exchange(
-        self, method: str | bytes, payload: bytes, timeout: float | None
-    ) -> wire.Response:
+    def _closed_while_idle(self) -> bool:
+        """Whether the daemon closed (or reset) the open connection while no call was on it.
+
+        Asked before a call reuses the connection: the kernel already holds
+        the daemon's end of stream (or its reset), so the request would only
+        meet a broken pipe. Data waiting instead (an answer sent before any
+        request, by a daemon refusing the connection) keeps the connection:
+        that answer is the next call's.
+        """
+        sock = self._sock
+        if sock is None or self._ready:
+            return False
+        try:
+            sock.settimeout(0)
+            return sock.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            return False  # nothing to read: open and idle
+        except OSError:
+            return True
+
+    def _exchange(self, method: str | bytes, payload: bytes, timeout: Timeout) -> wire.Response:
         frame = wire.encode_request(method, payload)
+        limit = call_limit(self.timeout, timeout)
+        deadline = None if limit is None else time.monotonic() + limit
+        if self._closed_while_idle():
+            self.close()  # the daemon restarted or left it idle too long: a fresh one, unused
+        try:
+            return self._exchange_once(method, frame, limit, deadline)
+        except _NotSent:
+            # Not one byte reached the kernel, so the daemon cannot have seen the
+            # request: sending it again cannot make it run twice. Once only, so a
+            # daemon that closes every connection at once is reported, not looped on.
+            return self._exchange_once(method, frame, limit, deadline, retry=False)
+
+    def _exchange_once(
+        self,
+        method: str | bytes,
+        frame: bytes,
+        limit: float | None,
+        deadline: float | None,
+        *,
+        retry: bool = True,
+    ) -> wire.Response:
+        """Send ``frame`` and read its answer; _NotSent (if ``retry``) when none of it left."""
         self.connect()
         sock = self._sock
         assert sock is not None
-        limit = self.timeout if timeout is None else timeout
-        deadline = None if limit is None else time.monotonic() + limit
 
         def expired() -> CallTimeout:
             return CallTimeout(self.address, method_text(method), limit)
@@ -134,11 +191,15 @@ class Client(TypedMethods):
                 raise expired()
             return left
 
+        sent = 0
+        received = False
         send_error: str | None = None
         try:
             try:
-                sock.settimeout(remaining())
-                sock.sendall(frame)
+                view = memoryview(frame)
+                while sent < len(frame):
+                    sock.settimeout(remaining())
+                    sent += sock.send(view[sent:])
             except TimeoutError:
                 # Part of the frame may be on the wire: the stream cannot be resynchronised.
                 raise expired() from None
@@ -153,9 +214,15 @@ class Client(TypedMethods):
                 except TimeoutError:
                     raise expired() from None
                 except OSError as exc:
-                    raise self._lost(send_error or f"receiving failed: {os_reason(exc)}") from None
+                    data = b""
+                    reason = send_error or f"receiving failed: {os_reason(exc)}"
+                else:
+                    reason = send_error or "the daemon closed the connection"
                 if not data:
-                    raise self._lost(send_error or "the daemon closed the connection")
+                    if retry and sent == 0 and not received and send_error is not None:
+                        raise _NotSent(send_error)
+                    raise self._lost(reason)
+                received = True
                 try:
                     self._ready.extend(self._parser.feed(data))
                 except wire.ProtocolError as exc:
@@ -174,17 +241,21 @@ class Client(TypedMethods):
         return self._ready.popleft()
 
     def call_raw(
-        self, method: str | bytes, payload: bytes, *, timeout: float | None = None
+        self, method: str | bytes, payload: bytes, *, timeout: Timeout = CLIENT_TIMEOUT
     ) -> bytes:
         """Send ``payload`` (CBOR bytes) to ``method``; return the RET_OK body bytes.
 
-        ``timeout`` overrides the client's for this call.
+        ``timeout``: seconds for this call, None or 0 for no limit; left out,
+        the client's ``timeout`` applies.
         """
         return result_body(method, self._exchange(method, payload, timeout), self.address)
 
     def call(
-        self, method: str, request: object = NO_REQUEST, *, timeout: float | None = None
+        self, method: str, request: object = NO_REQUEST, *, timeout: Timeout = CLIENT_TIMEOUT
     ) -> Any:
-        """Call ``method`` with ``request`` (CBOR-encodable; default ``{}``); decode the answer."""
+        """Call ``method`` with ``request`` (CBOR-encodable; default ``{}``); decode the answer.
+
+        ``timeout`` as for :meth:`call_raw`.
+        """
         payload = encode_payload(request)
         return decode_body(self.call_raw(method, payload, timeout=timeout), self.address)

@@ -1,16 +1,19 @@
-"""What both clients share around the I/O: defaults, addresses, payloads and answers.
+"""What both clients share around the I/O: defaults, timeouts, addresses, payloads and answers.
 
-Which addresses to try (:func:`resolve_addresses`), the CBOR payload of a
-request (:func:`encode_payload`), and what an answer means: its RET_OK body
-decoded (:func:`decode_body`) or the error it carries (:func:`result_body`).
+What a timeout means (:func:`check_timeout`, :data:`CLIENT_TIMEOUT`), which
+addresses to try (:func:`resolve_addresses`), the CBOR payload of a request
+(:func:`encode_payload`), and what an answer means: its RET_OK body decoded
+(:func:`decode_body`) or the error it carries (:func:`result_body`).
 """
 
 from __future__ import annotations
 
+import enum
 import io
+import math
 import os
 import socket
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import cbor2
 
@@ -29,6 +32,47 @@ from .errors import BadResponse, DaemonCallError, LibraryError
 DEFAULT_TIMEOUT: Final = 30.0
 #: Seconds a connection attempt may take (per address tried).
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
+
+
+
+class _ClientTimeout(enum.Enum):
+    """The type of :data:`CLIENT_TIMEOUT` (an enum, so that it can be typed as a Literal)."""
+
+    CLIENT_TIMEOUT = "CLIENT_TIMEOUT"
+
+    def __repr__(self) -> str:  # as help() shows the default of ``timeout=``
+        return self.value
+
+
+#: The default of a call's ``timeout=``: the client's own ``timeout``.
+CLIENT_TIMEOUT: Final = _ClientTimeout.CLIENT_TIMEOUT
+
+#: What a call's ``timeout=`` takes: seconds, None or 0 for no limit, or CLIENT_TIMEOUT.
+Timeout = float | None | Literal[_ClientTimeout.CLIENT_TIMEOUT]
+
+
+def check_timeout(seconds: float | None, name: str = "timeout") -> float | None:
+    """``seconds`` as a limit: a positive number of seconds, or None for no limit.
+
+    None and 0 both mean no limit, in both clients as in ``mytimerctl
+    --timeout 0`` (where None cannot be written); 0 never means "give up at
+    once". A negative, NaN or infinite value is a ValueError naming ``name``.
+    """
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise TypeError(f"{name} must be a number of seconds or None, not {seconds!r}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{name} must be a finite number of seconds >= 0 (0: no limit), not {seconds!r}")
+    return float(seconds) or None
+
+
+def call_limit(client_timeout: float | None, timeout: Timeout) -> float | None:
+    """The limit of one call: its own ``timeout=``, or the client's for CLIENT_TIMEOUT."""
+    if timeout is CLIENT_TIMEOUT:
+        return client_timeout
+    return check_timeout(timeout)
+
 
 #: Largest response body accepted: daemon answers are small, and a broken or
 #: hostile peer must not make the client buffer gigabytes.

@@ -5,6 +5,7 @@ sending them; the TypedDicts type the answers. :class:`TypedMethods` declares
 each typed method once, as a :class:`TypedCall`, for :class:`~.blocking.Client`
 and :class:`~.aio.AsyncClient` alike: on a Client it is a plain method, on an
 AsyncClient a coroutine method, and both go through the client's ``call``.
+Every typed method takes a keyword-only ``timeout=`` that it hands to ``call``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,15 @@ from typing import (
 )
 
 from ..protocol.address import Address
-from .common import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, NO_REQUEST, resolve_addresses
+from .common import (
+    CLIENT_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    NO_REQUEST,
+    Timeout,
+    check_timeout,
+    resolve_addresses,
+)
 
 if TYPE_CHECKING:  # only for the overloads of TypedCall.__get__: both clients import this module
     from .aio import AsyncClient
@@ -119,12 +128,61 @@ def schedule_request(
     return {key: value for key, value in parts.items() if value}
 
 
-def _typed_echo_request(message: str, delay_ms: int = 0) -> dict[str, object]:
+# The signatures of the typed methods. Each builds the request from the
+# method's arguments and declares the keyword-only ``timeout`` that every typed
+# method takes: a ParamSpec cannot gain a keyword-only parameter (PEP 612), so
+# the typed signature is spelled here, whole, and TypedCall hands ``timeout``
+# to the client's ``call`` instead of to the request. The request builders
+# above stay free of it.
+
+
+def _typed_echo(
+    message: str, delay_ms: int = 0, *, timeout: Timeout = CLIENT_TIMEOUT
+) -> dict[str, object]:
     """The request of the typed ``echo``, which has always sent ``delayMs`` (default 0)."""
     return echo_request(message, delay_ms)
 
 
-def _no_request() -> object:
+def _typed_complex(
+    messages: Sequence[str | Mapping[str, object]] | None = None,
+    tags: Sequence[str] | None = None,
+    note: str | None = None,
+    retries: int | None = None,
+    *,
+    timeout: Timeout = CLIENT_TIMEOUT,
+) -> dict[str, object]:
+    """The request of the typed ``complex``: :func:`complex_request`."""
+    return complex_request(messages, tags, note, retries)
+
+
+def _typed_schedule(
+    job: str | None = None,
+    *,
+    payload: Sequence[str] | None = None,
+    priority: int | None = None,
+    max_attempts: int | None = None,
+    backoff_ms: int | None = None,
+    retry_on: Sequence[str] | None = None,
+    start_at_ms: int | None = None,
+    interval_ms: int | None = None,
+    jitter: int | None = None,
+    timeout: Timeout = CLIENT_TIMEOUT,
+) -> dict[str, object]:
+    """The request of the typed ``schedule``: :func:`schedule_request`."""
+    return schedule_request(
+        job,
+        payload=payload,
+        priority=priority,
+        max_attempts=max_attempts,
+        backoff_ms=backoff_ms,
+        retry_on=retry_on,
+        start_at_ms=start_at_ms,
+        interval_ms=interval_ms,
+        jitter=jitter,
+    )
+
+
+def _no_request(*, timeout: Timeout = CLIENT_TIMEOUT) -> object:
     """The request of the typed methods that take no argument (an empty map)."""
     return NO_REQUEST
 
@@ -135,7 +193,7 @@ def _no_request() -> object:
 class _Caller(Protocol):
     """What a typed method needs of its client: ``call`` (a coroutine function or not)."""
 
-    def call(self, method: str, request: object) -> Any: ...
+    def call(self, method: str, request: object, *, timeout: Timeout = CLIENT_TIMEOUT) -> Any: ...
 
 
 class TypedCall(Generic[P, T]):
@@ -144,27 +202,34 @@ class TypedCall(Generic[P, T]):
     A descriptor: on a :class:`Client` the attribute is a bound method
     returning the answer (typed ``T``), on an :class:`AsyncClient` a bound
     coroutine method (``async def``-like, so the request is built when awaited).
-    Either way the call goes through the client's ``call(method, request)``.
-    On the class it is the descriptor itself, which carries the method's
-    docstring and signature for ``help()`` and can be called with the client
-    as first argument, like an unbound method. ``result`` types the answer; it
-    is not checked at run time, as the daemon's answers are not.
+    Either way the call goes through the client's ``call(method, request,
+    timeout=...)``. ``build`` must take a keyword-only ``timeout`` (the typed
+    methods' signatures are those of their builders, see above); its value
+    goes to ``call``. On the class it is the descriptor itself, which carries
+    the method's docstring and signature for ``help()`` and can be called with
+    the client as first argument, like an unbound method. ``result`` types the
+    answer; it is not checked at run time, as the daemon's answers are not.
     """
 
     def __init__(self, method: str, build: Callable[P, object], result: type[T], doc: str) -> None:
         self.method = method
         self.__doc__ = doc
         signature = inspect.signature(build)
+        timeout = signature.parameters.get("timeout")
+        if timeout is None or timeout.kind is not inspect.Parameter.KEYWORD_ONLY:
+            raise TypeError(f"{method}: the builder must take a keyword-only timeout")
         self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
         self.__signature__ = signature.replace(
             parameters=[self_param, *signature.parameters.values()], return_annotation=result
         )
 
         def blocking(client: _Caller, /, *args: P.args, **kwargs: P.kwargs) -> Any:
-            return client.call(method, build(*args, **kwargs))
+            request = build(*args, **kwargs)
+            return client.call(method, request, timeout=_timeout_of(kwargs))
 
         async def asynchronous(client: _Caller, /, *args: P.args, **kwargs: P.kwargs) -> Any:
-            return await client.call(method, build(*args, **kwargs))
+            request = build(*args, **kwargs)
+            return await client.call(method, request, timeout=_timeout_of(kwargs))
 
         # Made once, bound per access (as Python binds functions), so that
         # ``c.echo == c.echo`` and help(c.echo) behave as for a plain method.
@@ -205,6 +270,14 @@ class TypedCall(Generic[P, T]):
         return types.MethodType(function, client)
 
 
+def _timeout_of(kwargs: Mapping[str, object]) -> Timeout:
+    """The ``timeout=`` a typed method was given (its builder took it, typed, and ignored it)."""
+    timeout = kwargs.get("timeout", CLIENT_TIMEOUT)
+    if timeout is None or timeout is CLIENT_TIMEOUT or isinstance(timeout, int | float):
+        return timeout
+    raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+
+
 @functools.cache  # asked on every attribute access; inspect's answer costs ~0.4 us
 def _calls_async(client_class: type[_Caller]) -> bool:
     """Whether the class's ``call`` is a coroutine function, and so its typed methods are."""
@@ -215,7 +288,9 @@ class TypedMethods:
     """The typed methods, declared once for Client and AsyncClient (which inherit them).
 
     Each takes one argument per request field (snake_case); arguments left
-    None are left out of the request, so the library's defaults apply.
+    None are left out of the request, so the library's defaults apply. Each
+    also takes a keyword-only ``timeout``: seconds for this call, None or 0
+    for no limit; left out, the client's ``timeout`` applies.
     """
 
     def __init__(
@@ -232,18 +307,39 @@ class TypedMethods:
         #: The address connected to, once connected.
         self.address: Address | None = None
 
+    @property
+    def timeout(self) -> float | None:
+        """Seconds each call may take unless its ``timeout=`` says otherwise; None: no limit.
+
+        Set to None or 0 for no limit (0 is stored as None); negative is a ValueError.
+        """
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, seconds: float | None) -> None:
+        self._timeout = check_timeout(seconds, "timeout")
+
+    @property
+    def connect_timeout(self) -> float | None:
+        """Seconds each connection attempt may take; None (or 0 when set): no limit."""
+        return self._connect_timeout
+
+    @connect_timeout.setter
+    def connect_timeout(self, seconds: float | None) -> None:
+        self._connect_timeout = check_timeout(seconds, "connect_timeout")
+
     version = TypedCall(
         "version", _no_request, str, "The library's version string (``nim-timer v0.1.0``)."
     )
     echo = TypedCall(
         "echo",
-        _typed_echo_request,
+        _typed_echo,
         EchoResult,
         "Echo ``message`` back after ``delay_ms`` milliseconds.",
     )
     complex = TypedCall(
         "complex",
-        complex_request,
+        _typed_complex,
         ComplexResult,
         "Summarise ``messages`` (texts or EchoRequest maps), ``tags`` and the optional values.\n"
         "\n"
@@ -251,7 +347,7 @@ class TypedMethods:
     )
     schedule = TypedCall(
         "schedule",
-        schedule_request,
+        _typed_schedule,
         ScheduleResult,
         "Plan job ``job``; arguments left None are left out (library defaults).",
     )

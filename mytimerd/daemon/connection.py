@@ -6,7 +6,8 @@ nothing of methods or the library. It hands every complete frame to its
 :meth:`Connection.reserve` a place in the answer order,
 :meth:`Connection.complete` it, :meth:`Connection.deliver` what became
 writable; :meth:`Connection.answer` and :meth:`Connection.refuse` for answers
-known at once; :meth:`Connection.close` at shutdown.
+known at once; :meth:`Connection.drain` and :meth:`Connection.end` at
+shutdown.
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ class Host(Protocol):
     ) -> None:
         """Answer a frame that cannot be read; the connection ends."""
 
+    def shed(self, conn: Connection, request: wire.Request) -> None:
+        """Answer a request that was read but will not be started (ShuttingDown)."""
+
 
 class Connection(asyncio.Protocol):
     """One client connection: frames in, answers out in request order."""
@@ -83,6 +87,9 @@ class Connection(asyncio.Protocol):
         self._write_paused = False
         self._close_when_flushed = False
         self._closing = False
+        self._draining = False
+        self._eof_sent = False
+        self._seen_frame = False
         # When a frame last arrived or answers were last written.
         self.last_active = host.clock()
         self.peer = "unknown"
@@ -105,8 +112,12 @@ class Connection(asyncio.Protocol):
         events = self._parser.feed(data)
         if events:  # a half frame does not count as activity (--idle-timeout)
             self.last_active = self.host.clock()
+            self._seen_frame = True
             self._backlog.extend(events)
             self._dispatch()
+            if self._draining:
+                self._stop_reading()
+                self._flush()
 
     def eof_received(self) -> bool:
         if self._closing:
@@ -150,6 +161,7 @@ class Connection(asyncio.Protocol):
             and self._transport is not None
             and not self._close_when_flushed
             and not self._closing
+            and not self._draining
         ):
             self._read_paused = False
             self._transport.resume_reading()
@@ -164,15 +176,28 @@ class Connection(asyncio.Protocol):
         self._closing = True
         self._flush()
 
-    def is_idle(self) -> bool:
-        """Nothing in flight, nothing half-received, nothing unwritten."""
-        t = self._transport
-        return (
-            not self._answers
-            and not self._backlog
-            and self._parser.buffered == 0
-            and (t is None or t.get_write_buffer_size() == 0)
-        )
+    def drain(self) -> None:
+        """The daemon is stopping: take no new requests, answer what was read.
+
+        A connection that has sent requests stops reading now: what it sent
+        and was read but not started is shed (answered ShuttingDown), calls
+        in flight are answered as they finish. A fresh connection (accepted
+        just before the listeners closed, nothing read yet) is read once, so
+        the request its client already sent is served. Once nothing is owed
+        the connection ends cleanly (:meth:`end`).
+        """
+        self._draining = True
+        if self._seen_frame:
+            self._stop_reading()
+        self._flush()
+
+    def end(self) -> None:
+        """Half-close once every answer is written, discard what the peer
+        still sends, and close when it closes or after ``--linger``: closing
+        with unread input would reset the connection and could destroy the
+        answers on their way."""
+        self._closing = True
+        self._flush()
 
     def owes_nothing(self) -> bool:
         """No answer owed and no request waiting (a half frame may be buffered)."""
@@ -222,13 +247,25 @@ class Connection(asyncio.Protocol):
         if answers:
             return
         if self._closing:
-            if transport.can_write_eof() and not transport.is_closing():
+            if not self._eof_sent and transport.can_write_eof() and not transport.is_closing():
+                self._eof_sent = True
                 transport.write_eof()
                 self._read_paused = False
                 transport.resume_reading()
                 asyncio.get_running_loop().call_later(self.host.limits.linger, transport.close)
         elif self._close_when_flushed:
             transport.close()
+        elif self._draining and self._seen_frame:
+            self.end()
+
+    def _stop_reading(self) -> None:
+        """Read nothing more; shed what was read but not started."""
+        self._pause_reading()
+        backlog = self._backlog
+        while backlog:
+            event = backlog.popleft()
+            if type(event) is wire.Request:
+                self.host.shed(self, event)
 
     def _pause_reading(self) -> None:
         if not self._read_paused and self._transport is not None:

@@ -96,6 +96,8 @@ class Server:
             "mytimerd.stats": self.answer_stats,
         }
         self._ticker: asyncio.TimerHandle | None = None
+        #: Set when the drain starts: connections take no new requests.
+        self.draining = False
 
     # start-up ---------------------------------------------------------------
 
@@ -149,6 +151,8 @@ class Server:
         else:
             self.connections.add(conn)
             self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
+            if self.draining:  # accepted just before the listeners closed
+                conn.drain()
             return
         self.stats.connections_refused += 1
         err = DaemonError("TooManyConnections", why)
@@ -237,6 +241,12 @@ class Server:
             method = "(unknown)"
         self.stats.record_error(method, err.name, 0.0)
         conn.refuse(wire.encode_response(wire.RET_ERR, err.body()))
+
+    def shed(self, conn: Connection, request: wire.Request) -> None:
+        """Answer a request read but not started before the drain: ShuttingDown."""
+        known = schema.BY_NAME.get(request.method)
+        err = DaemonError("ShuttingDown", "the daemon is stopping; this request was not started")
+        self._answer_error(conn, known.name if known else "(unknown)", err, self.clock())
 
     # answers ------------------------------------------------------------------
 
@@ -395,25 +405,19 @@ class Server:
     # shutdown ------------------------------------------------------------------
 
     async def shutdown(self) -> None:
-        """Stop accepting, let calls finish within the drain deadline, close."""
+        """The drain: stop accepting and reading, answer everything read, end
+        every connection cleanly, return once in-flight calls are answered
+        (``--drain-timeout`` at most, then ShuttingDown for what is left)."""
+        self.draining = True
         for srv in self._servers:
             srv.close()
         for listener in self.listeners:
             listener.close()
+        for conn in list(self.connections):
+            conn.drain()
         limits = self.limits
         deadline = self.clock() + limits.drain_timeout
-        while self.clock() < deadline:
-            # Sleep first: connections asyncio accepted just before the close
-            # are attached a loop iteration or two later, and must be served,
-            # not dropped with the process.
-            await asyncio.sleep(0.05)
-            now = self.clock()
-            for conn in list(self.connections):
-                if conn.is_idle() and now - conn.last_active >= limits.drain_idle_grace:
-                    conn.close()
-                    self._drop(conn)
-            if not self.pending and not self.connections:
-                break
+        while await self._drain_step(deadline):
             self.notify(
                 f"STATUS=Stopping: {len(self.pending)} calls in flight, "
                 f"{len(self.connections)} connections open"
@@ -428,6 +432,10 @@ class Server:
                 f"(--drain-timeout {limits.drain_timeout:g} s)",
             ),
         )
+        # Connections answered by the deadline end cleanly within --linger.
+        until = self.clock() + limits.linger
+        while await self._drain_step(until):
+            pass
         for conn in list(self.connections):
             conn.close()
         if self._ticker is not None:
@@ -435,3 +443,14 @@ class Server:
         asyncio.get_running_loop().remove_reader(self.library.fd)
         # Let the transports write what they hold before the loop ends.
         await asyncio.sleep(0)
+
+    async def _drain_step(self, until: float) -> bool:
+        """Wait a little; end connections that have been owed nothing for
+        ``--drain-idle-grace``. False once nothing is left or ``until`` passed."""
+        await asyncio.sleep(0.02)
+        now = self.clock()
+        grace = self.limits.drain_idle_grace
+        for conn in list(self.connections):
+            if conn.owes_nothing() and now - conn.last_active >= grace:
+                conn.end()
+        return now < until and bool(self.pending or self.connections)

@@ -92,7 +92,8 @@ class Limits:
         10.0,
         "--drain-timeout",
         "seconds",
-        "On SIGTERM/SIGINT, time in-flight calls get to finish before the daemon exits.",
+        "On SIGTERM/SIGINT, time in-flight calls get to finish; what is left then is "
+        "answered ShuttingDown and the daemon exits.",
     )
     probe_timeout: float = _limit(
         5.0,
@@ -127,7 +128,8 @@ class Limits:
         0.5,
         "--drain-idle-grace",
         "seconds",
-        "During a drain, a connection with nothing in flight for this long is closed.",
+        "During a drain, a connection owed nothing for this long (one accepted just "
+        "before the listeners closed that has sent no request yet) is ended.",
     )
 
     def to_json(self) -> dict[str, Any]:

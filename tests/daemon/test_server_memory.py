@@ -41,7 +41,7 @@ class Rig:
     def connect(self) -> tuple[Connection, FakeTransport]:
         """A new client connection."""
         conn = Connection(self.server)
-        transport = FakeTransport()
+        transport = FakeTransport(protocol=conn)
         conn.connection_made(transport)  # type: ignore[arg-type]
         return conn, transport
 
@@ -248,10 +248,10 @@ def test_stats_surface_the_library_counters() -> None:
 
 def test_drain_answers_what_finishes_and_shutting_down_for_the_rest() -> None:
     async def run() -> None:
-        rig = Rig(real_time=True, drain_timeout=0.3, drain_idle_grace=0.05)
+        rig = Rig(real_time=True, drain_timeout=0.3, linger=0.05)
         conn, transport = rig.connect()
         conn.data_received(echo("quick") + echo("stuck"))
-        quick, stuck = sorted(rig.library.held)
+        quick, _stuck = sorted(rig.library.held)
         loop = asyncio.get_running_loop()
 
         def answer_quick() -> None:
@@ -265,21 +265,69 @@ def test_drain_answers_what_finishes_and_shutting_down_for_the_rest() -> None:
         ok, late = transport.responses()
         assert ok.ret == wire.RET_OK
         assert error_name(late) == "ShuttingDown"
-        assert transport.closed
-        del stuck
+        assert b"--drain-timeout 0.3 s" in late.body
+        assert transport.eof_written and transport.closed
+
+    in_loop(run)
+
+
+def test_drain_sheds_what_was_read_but_not_started_and_exits_when_answered() -> None:
+    async def run() -> None:
+        rig = Rig(real_time=True, drain_timeout=5.0, linger=0.05, max_in_flight=2)
+        conn, transport = rig.connect()
+        conn.data_received(b"".join(echo(str(i)) for i in range(4)))
+        assert len(rig.library.held) == 2 and not transport.reading
+        loop = asyncio.get_running_loop()
+
+        def answer_all() -> None:
+            for call_id in list(rig.library.held):
+                rig.library.answer(call_id)
+            rig.results()
+
+        loop.call_later(0.1, answer_all)
+        started = loop.time()
+        await rig.server.shutdown()
+        assert loop.time() - started < 0.5  # not the 5 s drain timeout
+        responses = transport.responses()
+        assert [r.ret for r in responses[:2]] == [wire.RET_OK, wire.RET_OK]
+        assert [error_name(r) for r in responses[2:]] == ["ShuttingDown", "ShuttingDown"]
+        assert b"was not started" in responses[2].body
+        assert transport.eof_written and transport.closed
+        assert rig.server.stats.errors["ShuttingDown"] == 2
+        conn.data_received(echo("after the end"))  # discarded, never started
+        assert rig.library.submitted == 2
+
+    in_loop(run)
+
+
+def test_a_connection_accepted_during_the_drain_is_served_once() -> None:
+    async def run() -> None:
+        rig = Rig(real_time=True, drain_timeout=5.0, linger=0.05)
+        loop = asyncio.get_running_loop()
+        drain = loop.create_task(rig.server.shutdown())
+        await asyncio.sleep(0)
+        conn, transport = rig.connect()  # accepted just before the listeners closed
+        conn.data_received(echo("late arrival"))
+        (call_id,) = rig.library.held
+        rig.library.answer(call_id)
+        rig.results()
+        await drain
+        (response,) = transport.responses()
+        assert cbor2.loads(response.body)["req"]["message"] == "late arrival"
+        assert transport.eof_written and transport.closed
 
     in_loop(run)
 
 
 def test_drain_ends_early_once_connections_are_idle() -> None:
     async def run() -> None:
-        rig = Rig(real_time=True, drain_timeout=5.0, drain_idle_grace=0.05)
+        rig = Rig(real_time=True, drain_timeout=5.0, drain_idle_grace=0.05, linger=0.05)
         _, transport = rig.connect()
         loop = asyncio.get_running_loop()
         started = loop.time()
         await rig.server.shutdown()
         assert loop.time() - started < 1.0
-        assert transport.closed
+        assert transport.eof_written and transport.closed
         assert not rig.server.connections
 
     in_loop(run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import cbor2
 
@@ -99,6 +100,8 @@ class FakeTransport:
     eof_written: bool = False
     buffered: int = 0
     peername: tuple[str, int] = ("192.0.2.1", 40000)
+    #: The protocol to tell when closed, as asyncio does.
+    protocol: Any = None
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         """A TCP peer (no socket object: the peer is taken from peername)."""
@@ -118,7 +121,10 @@ class FakeTransport:
         self.reading = True
 
     def close(self) -> None:
-        """The connection is closed."""
+        """The connection is closed; the protocol hears of it once."""
+        if not self.closed and self.protocol is not None:
+            self.closed = True
+            self.protocol.connection_lost(None)
         self.closed = True
 
     def is_closing(self) -> bool:
