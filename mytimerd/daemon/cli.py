@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -228,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mytimerd`` command."""
     config = config_from_args(argv)
     setup_logging(config.log_level)
-    raise_fd_limit()
+    config = dataclasses.replace(config, fd_limit=raise_fd_limit())
     try:
         listeners = activation.from_systemd()
         if listeners is None:

@@ -22,7 +22,9 @@ class Config:
     ``library`` is the build to load (None: the bundled one);
     ``addresses`` are bound only when systemd hands over no sockets;
     ``watchdog`` is the interval at which WATCHDOG=1 is sent (half of
-    systemd's WatchdogSec=), None when systemd asked for no watchdog.
+    systemd's WatchdogSec=), None when systemd asked for no watchdog;
+    ``fd_limit`` is the process's descriptor limit (RLIMIT_NOFILE), None for
+    no limit: connections are refused before it is reached.
     """
 
     name: str = "mytimerd"
@@ -33,3 +35,4 @@ class Config:
     addresses: tuple[Address, ...] = ()
     limits: Limits = field(default_factory=Limits)
     watchdog: float | None = None
+    fd_limit: int | None = None

@@ -29,6 +29,7 @@ from .config import Config
 from .connection import Connection, ResponsePlace
 from .health import Health
 from .library import Library
+from .service import Throttle
 from .stats import LIBRARY_ERROR, OK, Stats
 
 log = logging.getLogger("mytimerd")
@@ -37,6 +38,8 @@ log = logging.getLogger("mytimerd")
 TICK: Final = 0.1
 #: How often STATUS= is sent to systemd and idle connections are looked for.
 SLOW_TICK: Final = 1.0
+#: At most one log line per this many seconds about refusals at the fd limit.
+FD_WARNING_INTERVAL: Final = 10.0
 #: The request every liveness probe and the start-up check send: ``version({})``.
 _VERSION_REQUEST: Final = b"\xa0"
 
@@ -49,6 +52,12 @@ class Call:
     place: ResponsePlace
     method: str
     started: float
+
+
+def fd_reserve(fd_limit: int) -> int:
+    """Descriptors kept back from connections: listeners, the library, the
+    journal, and refused connections while their answer goes out."""
+    return max(32, fd_limit // 16)
 
 
 def _no_notify(message: str) -> None:
@@ -74,6 +83,12 @@ class Server:
         self.connections: set[Connection] = set()
         # Open connections per peer (uid on unix, address on TCP); no entry at 0.
         self._per_peer: dict[str, int] = {}
+        # Refused connections still lingering: they hold descriptors too.
+        self._refused: set[Connection] = set()
+        self._fd_budget = (
+            math.inf if config.fd_limit is None else config.fd_limit - fd_reserve(config.fd_limit)
+        )
+        self._fd_warning = Throttle(FD_WARNING_INTERVAL)
         self.pending: dict[int, Call] = {}
         # Call id -> request bytes, for every call the library has not answered
         # yet, answered by the daemon (Timeout) or not: the global budget.
@@ -143,6 +158,22 @@ class Server:
                 f"{len(self.connections)} connections are open, the limit "
                 f"(--max-connections) is {limits.max_connections}; retry later"
             )
+        elif len(self.connections) + len(self._refused) >= self._fd_budget:
+            why = (
+                f"the daemon is at its descriptor limit ({self.config.fd_limit} "
+                f"descriptors, RLIMIT_NOFILE); retry later"
+            )
+            self.stats.refused_at_fd_limit += 1
+            suppressed = self._fd_warning(self.clock())
+            if suppressed is not None:
+                log.warning(
+                    "refusing connections at the descriptor limit: %d open, RLIMIT_NOFILE %s "
+                    "(%d more refused since the last message)",
+                    len(self.connections),
+                    self.config.fd_limit,
+                    suppressed,
+                    extra={"ERROR": "TooManyConnections", "PEER": peer},
+                )
         elif self._per_peer.get(peer, 0) >= limits.max_connections_per_peer:
             why = (
                 f"{peer} already has {limits.max_connections_per_peer} connections open "
@@ -155,6 +186,7 @@ class Server:
                 conn.drain()
             return
         self.stats.connections_refused += 1
+        self._refused.add(conn)  # it holds a descriptor until its answer is out
         err = DaemonError("TooManyConnections", why)
         self.stats.record_refusal(err.name)
         conn.refuse(wire.encode_response(wire.RET_ERR, err.body()))
@@ -165,6 +197,7 @@ class Server:
 
     def _drop(self, conn: Connection) -> None:
         """Stop counting ``conn`` (idempotent: closing it also calls forget)."""
+        self._refused.discard(conn)
         if conn not in self.connections:
             return
         self.connections.discard(conn)

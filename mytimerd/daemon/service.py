@@ -4,6 +4,7 @@ watchdog interval systemd asked for, and the descriptor limit."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import resource
 import sys
@@ -72,10 +73,31 @@ def watchdog_interval() -> float | None:
         return None
 
 
-def raise_fd_limit() -> None:
-    """Raise the soft descriptor limit to the hard one."""
+def raise_fd_limit() -> int | None:
+    """Raise the soft descriptor limit to the hard one; return it (None: no limit)."""
     # Every connection is a descriptor; systemd's default soft limit (1024)
     # is far below --max-connections.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+class Throttle:
+    """Rate-limits log lines: at most one per ``interval`` seconds."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last = -math.inf
+        self._suppressed = 0
+
+    def __call__(self, now: float) -> int | None:
+        """None while throttled (the event is counted); otherwise the number of
+        events suppressed since the last line, and a line may be written."""
+        if now - self._last < self.interval:
+            self._suppressed += 1
+            return None
+        suppressed, self._suppressed = self._suppressed, 0
+        self._last = now
+        return suppressed

@@ -30,6 +30,7 @@ class Stats:
         self.connections_total = 0
         self.connections_refused = 0
         self.idle_closed = 0
+        self.refused_at_fd_limit = 0
         self.calls: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.errors: Counter[str] = Counter()
         self.latency: defaultdict[str, deque[float]] = defaultdict(lambda: deque(maxlen=SAMPLES))
@@ -79,6 +80,7 @@ class Stats:
                 "total": self.connections_total,
                 "refused": self.connections_refused,
                 "idleClosed": self.idle_closed,
+                "refusedAtFdLimit": self.refused_at_fd_limit,
             },
             "inFlight": in_flight,
             "held": held,

@@ -5,13 +5,21 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import cbor2
 import pytest
 
 from mytimerd.protocol import wire
 from mytimerd.protocol.limits import Limits
-from tests.support.daemon import Daemon, TcpAddress, free_tcp_port
+from tests.support.daemon import (
+    Daemon,
+    TcpAddress,
+    UnixAddress,
+    free_tcp_port,
+    mytimerd_command,
+    start_daemon,
+)
 
 
 def test_unknown_method(daemon: Daemon) -> None:
@@ -187,3 +195,47 @@ def test_limit_options_reject_nonsense(daemon_factory: Callable[..., Daemon]) ->
         )
         assert proc.returncode == 2, (bad, proc.stderr)
         assert "error:" in proc.stderr
+
+
+def test_descriptor_limit_refuses_answers_logs_and_recovers(tmp_path: Path) -> None:
+    """Near RLIMIT_NOFILE connections are refused with an answer, counted and
+    logged once (rate-limited), never closed silently; freed descriptors are
+    used again."""
+    sock = tmp_path / "fd.sock"
+    command = ["prlimit", "--nofile=128:128", *mytimerd_command("--unix", str(sock))]
+    d = start_daemon(tmp_path, command=command, address=UnixAddress(str(sock)))
+    try:
+        held = []
+        refused = []
+        for _ in range(120):  # the budget is 128 - 32 reserved, minus what the daemon uses
+            c = d.client()
+            reply = c.call("version")
+            if reply.ret == 0:
+                held.append(c)
+            else:
+                refused.append(reply.body)
+                c.close()
+        assert 60 <= len(held) <= 96, len(held)
+        assert refused and all(
+            b.startswith(b"mytimerd.TooManyConnections: the daemon is at its descriptor limit")
+            for b in refused
+        )
+        assert d.log().count("refusing connections at the descriptor limit") == 1
+        for c in held[:10]:
+            c.close()
+        deadline = time.monotonic() + 5
+        while True:  # descriptors freed: served again
+            with d.client() as again:
+                if again.call("version").ret == 0:
+                    break
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        with d.client() as c:
+            stats = cbor2.loads(c.call("mytimerd.stats").body)
+        assert stats["connections"]["refusedAtFdLimit"] >= len(refused)
+        for c in held[10:]:
+            c.close()
+        assert d.stop() == 0
+    finally:
+        if d.proc.poll() is None:
+            d.proc.kill()

@@ -175,4 +175,12 @@ def free_tcp_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-__all__ = ["Daemon", "TcpAddress", "UnixAddress", "WireClient", "free_tcp_port", "start_daemon"]
+__all__ = [
+    "Daemon",
+    "TcpAddress",
+    "UnixAddress",
+    "WireClient",
+    "free_tcp_port",
+    "mytimerd_command",
+    "start_daemon",
+]
