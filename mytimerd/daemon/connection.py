@@ -70,6 +70,10 @@ class Host(Protocol):
     def shed(self, conn: Connection, request: wire.Request) -> None:
         """Answer a request that was read but will not be started (ShuttingDown)."""
 
+    def rebuffer(self, conn: Connection, delta: int) -> bool:
+        """``conn`` now buffers ``delta`` more bytes of partial frames (fewer if
+        negative); False if that is past the global budget (it was refused)."""
+
 
 class Connection(asyncio.Protocol):
     """One client connection: frames in, answers out in request order."""
@@ -88,6 +92,8 @@ class Connection(asyncio.Protocol):
         self._close_when_flushed = False
         self._closing = False
         self._draining = False
+        # Bytes of partial frames held by the parser, as last told to the host.
+        self._buffered = 0
         self._eof_sent = False
         self._seen_frame = False
         # When a frame last arrived or answers were last written.
@@ -104,12 +110,20 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        if self._buffered:
+            self.host.rebuffer(self, -self._buffered)
+            self._buffered = 0
         self.host.forget(self)
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return  # lingering after a final error: discard
         events = self._parser.feed(data)
+        buffered = self._parser.buffered
+        if buffered != self._buffered:
+            delta, self._buffered = buffered - self._buffered, buffered
+            if not self.host.rebuffer(self, delta):
+                return
         if events:  # a half frame does not count as activity (--idle-timeout)
             self.last_active = self.host.clock()
             self._seen_frame = True

@@ -94,6 +94,8 @@ class Server:
         # yet, answered by the daemon (Timeout) or not: the global budget.
         self.held: dict[int, int] = {}
         self.held_bytes = 0
+        # Bytes of partial frames across all connections.
+        self.buffered_bytes = 0
         self.next_id = 1
         self.library_version: str | None = None
         self.listeners: list[Listener] = []
@@ -275,6 +277,22 @@ class Server:
         self.stats.record_error(method, err.name, 0.0)
         conn.refuse(wire.encode_response(wire.RET_ERR, err.body()))
 
+    def rebuffer(self, conn: Connection, delta: int) -> bool:
+        """Account for partial frames across all connections; refuse the one
+        that takes the total past --max-buffered-bytes (Overloaded)."""
+        self.buffered_bytes += delta
+        limit = self.limits.max_buffered_bytes
+        if delta <= 0 or self.buffered_bytes <= limit:
+            return True
+        err = DaemonError(
+            "Overloaded",
+            f"connections hold {self.buffered_bytes} bytes of unfinished requests "
+            f"(--max-buffered-bytes {limit}); retry later",
+        )
+        self.stats.record_refusal(err.name)
+        conn.refuse(wire.encode_response(wire.RET_ERR, err.body()))
+        return False
+
     def shed(self, conn: Connection, request: wire.Request) -> None:
         """Answer a request read but not started before the drain: ShuttingDown."""
         known = schema.BY_NAME.get(request.method)
@@ -432,7 +450,11 @@ class Server:
             len(self.connections),
             len(self.pending),
             self.library.status(),
-            held={"calls": len(self.held), "bytes": self.held_bytes},
+            held={
+                "calls": len(self.held),
+                "bytes": self.held_bytes,
+                "bufferedBytes": self.buffered_bytes,
+            },
         )
 
     # shutdown ------------------------------------------------------------------

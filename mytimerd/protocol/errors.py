@@ -38,7 +38,9 @@ CATALOGUE: Final[dict[str, str]] = {
     "Overloaded": (
         "The library already holds --max-held-calls calls or --max-held-bytes bytes of "
         "requests (counted until it really answers, even after a Timeout answer); the "
-        "call is refused at once. Daemon methods and later calls within budget work."
+        "call is refused at once. Daemon methods and later calls within budget work. "
+        "Also sent, as a final answer before closing, to a connection whose unfinished "
+        "frame would take the daemon past --max-buffered-bytes."
     ),
     "Timeout": "The library did not answer within --timeout seconds.",
     "ShuttingDown": "The daemon is stopping and takes no new requests.",

@@ -75,6 +75,13 @@ class Limits:
         "Request bytes of those calls, across all connections; past it new library "
         "calls are answered Overloaded.",
     )
+    max_buffered_bytes: int = _limit(
+        256 << 20,
+        "--max-buffered-bytes",
+        "bytes",
+        "Bytes of unfinished request frames buffered across all connections; the "
+        "connection that would take the total past it is answered Overloaded and closed.",
+    )
     idle_timeout: float = _limit(
         60.0,
         "--idle-timeout",

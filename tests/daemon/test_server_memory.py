@@ -400,7 +400,7 @@ def test_the_held_call_budget_outlives_timeouts_and_refuses_overload() -> None:
     conn.data_received(echo("x" * 100))
     assert len(rig.library.held) == 3
     stats = rig.server.answer_stats()
-    assert stats["held"] == {"calls": 3, "bytes": 3 * payload_bytes}
+    assert stats["held"] == {"calls": 3, "bytes": 3 * payload_bytes, "bufferedBytes": 0}
 
 
 def test_the_held_byte_budget() -> None:
@@ -433,3 +433,25 @@ def test_idle_connections_close_and_a_half_frame_does_not_keep_one_open() -> Non
     assert not busy_t.closed  # owed an answer: not idle
     assert rig.server.stats.idle_closed == 2
     assert rig.server.connections == {busy}
+
+
+def test_unfinished_frames_share_one_buffer_budget() -> None:
+    async def run() -> None:
+        rig = Rig(max_buffered_bytes=1000, linger=0.01)
+        frame = echo("x" * 900)
+        a, a_t = rig.connect()
+        b, b_t = rig.connect()
+        a.data_received(frame[:600])
+        assert rig.server.buffered_bytes == 600
+        b.data_received(frame[:600])  # 1200 > 1000: b is refused, a is not
+        (refusal,) = b_t.responses()
+        assert error_name(refusal) == "Overloaded"
+        assert b"--max-buffered-bytes 1000" in refusal.body
+        assert b_t.eof_written and not a_t.eof_written
+        await asyncio.sleep(0.05)  # b lingers, then closes and frees its share
+        assert b_t.closed and rig.server.buffered_bytes == 600
+        a.data_received(frame[600:])  # a's frame completes
+        assert rig.server.buffered_bytes == 0
+        assert len(rig.library.held) == 1
+
+    in_loop(run)
