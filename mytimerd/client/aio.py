@@ -36,12 +36,12 @@ from .common import (
     MAX_RESPONSE,
     NO_REQUEST,
     READ_SIZE,
+    Timeout,
+    call_limit,
     decode_body,
     encode_payload,
     method_text,
     os_reason,
-    Timeout,
-    call_limit,
     result_body,
 )
 from .errors import BadResponse, CallTimeout, ConnectError, ConnectionLost, TransportError
@@ -136,21 +136,21 @@ class _Connection:
             return future
         if self.broken is not None:
             raise ConnectionLost(self.address, self.broken.reason)
-        transport = self.writer.transport
-        # Nothing buffered: write() hands the frame to the kernel at once, and a
-        # failure there (EPIPE, ECONNRESET) closes the transport before it returns.
-        first = transport.get_write_buffer_size() == 0
-        if transport.is_closing() or (self.writer.write(frame), transport.is_closing())[1]:
-            # Closing before the write (an earlier write failed in this loop
-            # iteration: the frame was dropped) or by it with nothing ahead of it:
-            # not one byte of this frame left.
-            if first or transport.is_closing():
-                self._fail(ConnectionLost, "sending failed: the connection is closed")
-                raise _NotSent
         # Writing and queueing with no await in between keeps the FIFO in
         # the order the frames go out, however many tasks call at once.
-        self.pending.append(future)
-        return future
+        transport = self.writer.transport
+        # write() hands the frame to the kernel at once unless earlier frames wait
+        # in its buffer, and only that immediate send can close the transport
+        # before write() returns (EPIPE, ECONNRESET); a transport already closing
+        # (an earlier write failed in this loop iteration) drops the frame.
+        # Either way not one byte of it left.
+        if not transport.is_closing():
+            self.writer.write(frame)
+            if not transport.is_closing():
+                self.pending.append(future)
+                return future
+        self._fail(ConnectionLost, "sending failed: the connection is closed")
+        raise _NotSent
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         parser = wire.ResponseParser(MAX_RESPONSE)
@@ -168,6 +168,9 @@ class _Connection:
                     # A timed-out or cancelled call's answer is dropped here.
                     if not future.done():
                         future.set_result(response)
+                if self._progress is not None:
+                    self._progress.set_result(None)
+                    self._progress = None
                 if self._close_if_idle():
                     return
         except wire.ProtocolError as exc:
@@ -200,7 +203,11 @@ class AsyncClient(TypedMethods):
 
     Concurrent calls (e.g. through ``asyncio.gather``) are written at once on
     the same connection; a reader task hands each answer to the oldest waiting
-    call. Arguments are those of :class:`Client`.
+    call. Arguments are those of :class:`Client` (None or 0: no limit).
+
+    The client belongs to the event loop it is first used in. Once closed
+    (``async with`` closes it) it may be used in another loop; used from
+    another loop while it holds a connection, it raises RuntimeError at once.
     """
 
     def __init__(
@@ -215,14 +222,37 @@ class AsyncClient(TypedMethods):
         # Connections retired by a call that gave up, until their last call is answered.
         self._retired: set[_Connection] = set()
         self._connecting = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _enter_loop(self) -> None:
+        """Bind the client to the running loop, or fail if another loop owns its connection.
+
+        A connection and its reader task live in one loop: from another loop
+        its answers would never come (the call would hang until its timeout,
+        and then report a misleading CallTimeout).
+        """
+        loop = asyncio.get_running_loop()
+        if loop is self._loop:
+            return
+        if self._conn is not None or self._retired:
+            raise RuntimeError(
+                "this AsyncClient belongs to another event loop (each asyncio.run() "
+                "starts a new one); create one client per loop, or close it in its "
+                "own loop before using it in another"
+            )
+        self._loop = loop
+        self._connecting = asyncio.Lock()  # a lock also belongs to the loop it first waits in
 
     async def connect(self) -> None:
         """Connect to the first address that accepts, unless connected already."""
+        self._enter_loop()
         await self._connection()
 
     async def _connection(self) -> _Connection:
         # The lock keeps concurrent first calls from opening several connections.
         async with self._connecting:
+            if self._conn is not None and self._conn.usable:
+                await self._conn.catch_up()
             if self._conn is not None and self._conn.usable:
                 return self._conn
             if self._conn is not None:
@@ -242,6 +272,9 @@ class AsyncClient(TypedMethods):
 
     async def close(self) -> None:
         """Close the connection; calls still waiting fail with ConnectionLost."""
+        if self._conn is None and not self._retired:
+            return
+        self._enter_loop()
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await conn.close()
@@ -270,17 +303,33 @@ class AsyncClient(TypedMethods):
     ) -> None:
         await self.close()
 
+    async def _submit(self, frame: bytes) -> tuple[_Connection, asyncio.Future[wire.Response]]:
+        """Write ``frame`` on the connection; once more on a fresh one if none of it left."""
+        conn = await self._connection()
+        try:
+            return conn, conn.submit(frame)
+        except _NotSent:
+            # Not one byte reached the kernel, so the daemon cannot have seen the
+            # request: sending it again cannot make it run twice. Once only.
+            pass
+        conn = await self._connection()
+        try:
+            return conn, conn.submit(frame)
+        except _NotSent:
+            raise ConnectionLost(conn.address, "sending failed: the connection is closed") from None
+
     async def call_raw(
-        self, method: str | bytes, payload: bytes, *, timeout: float | None = None
+        self, method: str | bytes, payload: bytes, *, timeout: Timeout = CLIENT_TIMEOUT
     ) -> bytes:
         """Send ``payload`` (CBOR bytes) to ``method``; return the RET_OK body bytes.
 
-        ``timeout`` overrides the client's for this call.
+        ``timeout``: seconds for this call, None or 0 for no limit; left out,
+        the client's ``timeout`` applies.
         """
+        self._enter_loop()
         frame = wire.encode_request(method, payload)
-        conn = await self._connection()
-        limit = self.timeout if timeout is None else timeout
-        future = conn.submit(frame)
+        limit = call_limit(self.timeout, timeout)
+        conn, future = await self._submit(frame)
         try:
             async with asyncio.timeout(limit):
                 # On a broken stream the reader task fails the future with the reason.
@@ -299,9 +348,12 @@ class AsyncClient(TypedMethods):
         return result_body(method, response, conn.address)
 
     async def call(
-        self, method: str, request: object = NO_REQUEST, *, timeout: float | None = None
+        self, method: str, request: object = NO_REQUEST, *, timeout: Timeout = CLIENT_TIMEOUT
     ) -> Any:
-        """Call ``method`` with ``request`` (CBOR-encodable; default ``{}``); decode the answer."""
+        """Call ``method`` with ``request`` (CBOR-encodable; default ``{}``); decode the answer.
+
+        ``timeout`` as for :meth:`call_raw`.
+        """
         payload = encode_payload(request)
         body = await self.call_raw(method, payload, timeout=timeout)
         return decode_body(body, self.address)

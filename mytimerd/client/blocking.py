@@ -30,12 +30,12 @@ from .common import (
     MAX_RESPONSE,
     NO_REQUEST,
     READ_SIZE,
+    Timeout,
+    call_limit,
     decode_body,
     encode_payload,
     method_text,
     os_reason,
-    Timeout,
-    call_limit,
     result_body,
 )
 from .errors import BadResponse, CallTimeout, ConnectError, ConnectionLost

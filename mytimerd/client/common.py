@@ -34,7 +34,6 @@ DEFAULT_TIMEOUT: Final = 30.0
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 
 
-
 class _ClientTimeout(enum.Enum):
     """The type of :data:`CLIENT_TIMEOUT` (an enum, so that it can be typed as a Literal)."""
 
@@ -63,7 +62,9 @@ def check_timeout(seconds: float | None, name: str = "timeout") -> float | None:
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
         raise TypeError(f"{name} must be a number of seconds or None, not {seconds!r}")
     if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"{name} must be a finite number of seconds >= 0 (0: no limit), not {seconds!r}")
+        raise ValueError(
+            f"{name} must be a finite number of seconds >= 0 (0: no limit), not {seconds!r}"
+        )
     return float(seconds) or None
 
 

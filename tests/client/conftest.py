@@ -230,10 +230,13 @@ def _free_port() -> int:
         return port
 
 
-def start_daemon(sock_dir: Path, *extra: str) -> Daemon:
-    """Start ``python -m mytimerd`` on a unix socket and a TCP port; wait until it listens."""
+def start_daemon(sock_dir: Path, *extra: str, port: int | None = None) -> Daemon:
+    """Start ``python -m mytimerd`` on a unix socket and a TCP port; wait until it listens.
+
+    The socket is ``sock_dir/d.sock``; the port is ``port``, or a free one.
+    """
     path = sock_dir / "d.sock"
-    port = _free_port()
+    port = _free_port() if port is None else port
     env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
     log = sock_dir / "daemon.log"
     with log.open("wb") as stderr:
@@ -274,6 +277,12 @@ def stop_daemon(daemon: Daemon) -> None:
         except subprocess.TimeoutExpired:
             daemon.proc.kill()
             daemon.proc.wait()
+
+
+def restart_daemon(daemon: Daemon, *extra: str) -> Daemon:
+    """Stop ``daemon`` and start a new one on the same socket path and TCP port."""
+    stop_daemon(daemon)
+    return start_daemon(daemon.path.parent, *extra, port=daemon.port)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import pydoc
 import time
 from pathlib import Path
@@ -25,13 +26,14 @@ from mytimerd.client import (
     LibraryError,
     MytimerError,
     TransportError,
+    aio,
     common,
 )
 from mytimerd.protocol import wire
 from mytimerd.protocol.address import TcpAddress, UnixAddress
 from mytimerd.protocol.schema import BY_NAME, Struct
 
-from .conftest import Daemon, FakeServer, canned, err, ok
+from .conftest import Daemon, FakeServer, canned, err, ok, restart_daemon, stop_daemon
 
 # --- addresses ----------------------------------------------------------------
 
@@ -122,8 +124,10 @@ def _leaf_names(struct: Struct) -> set[str]:
 @pytest.mark.parametrize("cls", [Client, AsyncClient])
 @pytest.mark.parametrize("method", ["echo", "complex", "schedule"])
 def test_typed_methods_cover_schema(cls: type, method: str) -> None:
-    """Each typed method takes one argument per leaf field of the request."""
-    params = set(inspect.signature(getattr(cls, method)).parameters) - {"self"}
+    """Each typed method takes one argument per leaf field of the request, and ``timeout``."""
+    signature = inspect.signature(getattr(cls, method))
+    assert signature.parameters["timeout"].kind is inspect.Parameter.KEYWORD_ONLY
+    params = set(signature.parameters) - {"self", "timeout"}
     fields = _leaf_names(BY_NAME[method.encode()].request)
     camel = {"".join(w.title() if i else w for i, w in enumerate(p.split("_"))) for p in params}
     # schedule's job name is the ``job`` argument, as on the command line (--job).
@@ -542,10 +546,206 @@ def test_async_close_also_closes_a_connection_left_after_a_timeout(fake: FakeSer
 
 
 def test_real_daemon_stopping_drops_connection(own_daemon: Daemon) -> None:
-    from .conftest import stop_daemon
-
     c = Client(own_daemon.address)
     assert c.echo("x")["timerName"] == "own"
     stop_daemon(own_daemon)
     with pytest.raises(TransportError):
         c.version()
+
+
+# --- timeout= on every call, and what None and 0 mean ----------------------------------
+
+
+def test_real_every_call_takes_timeout(daemon: Daemon) -> None:
+    """Typed and generic calls take ``timeout=``; it overrides the client's, both ways."""
+    slow = client.echo_request("slow", 2000)
+    with Client(daemon.address, timeout=5) as c:
+        for call in (
+            lambda: c.echo("slow", delay_ms=2000, timeout=0.2),
+            lambda: c.call("echo", slow, timeout=0.2),
+            lambda: c.call_raw("echo", cbor2.dumps(slow), timeout=0.2),
+        ):
+            start = time.monotonic()
+            with pytest.raises(CallTimeout) as info:
+                call()
+            assert info.value.seconds == 0.2
+            assert time.monotonic() - start < 1.5
+        assert assert_type(c.version(timeout=1), str) == "nim-timer v0.1.0"
+        assert assert_type(c.echo("x", timeout=None), EchoResult)["echoed"] == "x"
+    with Client(daemon.address, timeout=0.1) as c:
+        # None and 0 lift the client's limit for this call.
+        assert c.echo("a", delay_ms=300, timeout=None)["echoed"] == "a"
+        assert c.echo("b", delay_ms=300, timeout=0)["echoed"] == "b"
+        with pytest.raises(TypeError, match="timeout"):
+            c.echo("c", timeout="soon")  # type: ignore[arg-type]
+
+    async def run() -> None:
+        async with AsyncClient(daemon.address, timeout=5) as ac:
+            with pytest.raises(CallTimeout):
+                await ac.echo("slow", delay_ms=2000, timeout=0.2)
+            with pytest.raises(CallTimeout):
+                await ac.call("echo", slow, timeout=0.2)
+            with pytest.raises(CallTimeout):
+                await ac.call_raw("echo", cbor2.dumps(slow), timeout=0.2)
+            echoed = await ac.echo("x", delay_ms=1, timeout=1)
+            assert assert_type(echoed, EchoResult)["echoed"] == "x"
+            ac.timeout = 0.1
+            assert (await ac.echo("y", delay_ms=300, timeout=0))["echoed"] == "y"
+
+    asyncio.run(run())
+
+
+def test_real_zero_means_no_limit_in_both_clients(daemon: Daemon) -> None:
+    """``timeout=0`` waits as long as it takes, as ``mytimerctl --timeout 0`` does."""
+    with Client(daemon.address, timeout=0, connect_timeout=0) as c:
+        assert c.timeout is None and c.connect_timeout is None
+        assert c.echo("slow", delay_ms=300)["echoed"] == "slow"
+
+    async def run() -> str:
+        async with AsyncClient(daemon.address, timeout=0, connect_timeout=0) as ac:
+            return (await ac.echo("slow", delay_ms=300))["echoed"]
+
+    assert asyncio.run(run()) == "slow"
+
+
+@pytest.mark.parametrize("bad", [-1, -0.5, math.nan, math.inf])
+def test_negative_or_non_finite_timeouts_are_refused(bad: float) -> None:
+    for cls in (Client, AsyncClient):
+        with pytest.raises(ValueError, match="timeout must be a finite number of seconds >= 0"):
+            cls("unix:/x.sock", timeout=bad)
+        with pytest.raises(ValueError, match="connect_timeout"):
+            cls("unix:/x.sock", connect_timeout=bad)
+    c = Client("unix:/x.sock")
+    with pytest.raises(ValueError):
+        c.timeout = bad
+    with pytest.raises(ValueError):
+        c.version(timeout=bad)
+
+
+# --- a request that never left is sent again; one that may have arrived is not -----------
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+def test_real_blocking_client_survives_a_daemon_restart(
+    own_daemon: Daemon, transport: str
+) -> None:
+    """The daemon closed the idle connection when it stopped: the next call uses a new one."""
+    address = own_daemon.address if transport == "unix" else own_daemon.tcp
+    with Client(address) as c:
+        assert c.echo("before")["timerName"] == "own"
+        new = restart_daemon(own_daemon, "--name", "new")
+        try:
+            assert c.echo("after")["timerName"] == "new"
+            assert c.stats()["calls"]["echo"]["ok"] == 1  # sent once, to the new daemon
+        finally:
+            stop_daemon(new)
+
+
+def test_real_blocking_client_resends_a_request_the_kernel_refused(
+    own_daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon closes between the client's look at the idle connection and its send.
+
+    The look is skipped here, so the send itself meets the closed connection:
+    EPIPE before one byte left, so the request is sent again on a fresh one.
+    """
+    monkeypatch.setattr(Client, "_closed_while_idle", lambda self: False)
+    with Client(own_daemon.address) as c:
+        assert c.version() == "nim-timer v0.1.0"
+        new = restart_daemon(own_daemon, "--name", "new")
+        try:
+            assert c.echo("after")["timerName"] == "new"
+        finally:
+            stop_daemon(new)
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+@pytest.mark.parametrize("look", [True, False], ids=["look", "no-look"])
+def test_real_async_client_survives_a_daemon_restart(
+    own_daemon: Daemon, transport: str, look: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The restart blocks the event loop, so the reader task cannot see the close first.
+
+    With ``look`` the client asks the kernel before writing to an idle
+    connection; without it (the close races the write) a unix write fails
+    before one byte left and is sent again. A TCP write succeeds into the
+    kernel, so without the look it may not be sent again: ConnectionLost.
+    """
+    if not look:
+
+        async def no_look(self: object) -> None:
+            return None
+
+        monkeypatch.setattr(aio._Connection, "catch_up", no_look)
+    address = own_daemon.address if transport == "unix" else own_daemon.tcp
+
+    async def run() -> None:
+        async with AsyncClient(address) as c:
+            assert (await c.echo("before"))["timerName"] == "own"
+            new = restart_daemon(own_daemon, "--name", "new")  # blocks the loop
+            try:
+                if look or transport == "unix":
+                    assert (await c.echo("after"))["timerName"] == "new"
+                    answers = await asyncio.gather(*(c.echo(str(i)) for i in range(20)))
+                    assert [a["echoed"] for a in answers] == [str(i) for i in range(20)]
+                else:
+                    with pytest.raises(ConnectionLost):
+                        await c.echo("after")
+                    assert (await c.echo("again"))["timerName"] == "new"
+            finally:
+                stop_daemon(new)
+
+    asyncio.run(run())
+
+
+def test_a_request_that_may_have_arrived_is_not_sent_again(fake: FakeServer) -> None:
+    """The fake reads the request and hangs up without answering: ConnectionLost, sent once."""
+    fake.handler = lambda method, payload: None
+    with Client(fake.address) as c, pytest.raises(ConnectionLost):
+        c.echo("once")
+
+    async def run() -> None:
+        async with AsyncClient(fake.address) as ac:
+            with pytest.raises(ConnectionLost):
+                await ac.echo("once more")
+
+    asyncio.run(run())
+    assert [r for m, r in fake.requests] == [
+        {"req": {"message": "once", "delayMs": 0}},
+        {"req": {"message": "once more", "delayMs": 0}},
+    ]
+
+
+def test_a_daemon_closing_every_connection_is_reported_not_looped_on(fake: FakeServer) -> None:
+    """Sent again once only: a peer that closes every connection at once is ConnectionLost."""
+    fake.close_after_greeting = True
+    fake.greeting = b""
+    with Client(fake.address) as c, pytest.raises(ConnectionLost):
+        c.version()
+    assert fake.connections <= 3  # the first, one retry, (and the context manager's own)
+
+
+# --- one event loop per AsyncClient -------------------------------------------------------
+
+
+def test_real_async_client_used_from_a_second_loop_fails_at_once(daemon: Daemon) -> None:
+    c = AsyncClient(daemon.address)
+
+    async def call() -> str:
+        return await c.version()
+
+    assert asyncio.run(call()) == "nim-timer v0.1.0"
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="belongs to another event loop"):
+        asyncio.run(call())
+    assert time.monotonic() - start < 1.0
+
+
+def test_real_async_client_closed_in_its_loop_may_serve_another(daemon: Daemon) -> None:
+    c = AsyncClient(daemon.address)
+
+    async def call() -> str:
+        async with c:
+            return await c.version()
+
+    assert asyncio.run(call()) == asyncio.run(call()) == "nim-timer v0.1.0"
