@@ -105,7 +105,7 @@ def from_systemd() -> list[Listener] | None:
     return listeners
 
 
-def _bind_unix(path: Path) -> Listener:
+def _bind_unix(path: Path, mode: int, group: int | None) -> Listener:
     try:
         st = path.lstat()
     except FileNotFoundError:
@@ -130,12 +130,24 @@ def _bind_unix(path: Path) -> Listener:
         else:
             raise ActivationError(f"cannot check the existing socket {path}: {os.strerror(code)}")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Bind with no permission at all, then set the mode and group: whatever
+    # the umask, no one can connect before the socket has its final mode.
+    old_umask = os.umask(0o777)
+    bound = False
     try:
         sock.bind(str(path))
+        bound = True
+        if group is not None:
+            os.chown(path, -1, group)
+        os.chmod(path, mode)
         sock.listen(socket.SOMAXCONN)
     except OSError as exc:
         sock.close()
+        if bound:
+            path.unlink(missing_ok=True)
         raise ActivationError(f"cannot listen on {path}: {exc.strerror}") from None
+    finally:
+        os.umask(old_umask)
     sock.setblocking(False)
     return Listener(sock, "bound", f"unix:{path}", path, path.lstat().st_ino)
 
@@ -173,13 +185,16 @@ def _bind_tcp(host: str, port: int) -> list[Listener]:
     return listeners
 
 
-def bind(addresses: list[Address]) -> list[Listener]:
-    """Bind every address; on any failure close what was bound and raise."""
+def bind(
+    addresses: list[Address], socket_mode: int = 0o660, socket_group: int | None = None
+) -> list[Listener]:
+    """Bind every address (unix sockets with ``socket_mode`` and, if given,
+    ``socket_group``); on any failure close what was bound and raise."""
     listeners: list[Listener] = []
     try:
         for address in addresses:
             if isinstance(address, UnixAddress):
-                listeners.append(_bind_unix(Path(address.path)))
+                listeners.append(_bind_unix(Path(address.path), socket_mode, socket_group))
             else:
                 listeners.extend(_bind_tcp(address.host, address.port))
     except ActivationError:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import grp
 import logging
 import os
+import pwd
 import signal
 import textwrap
 from collections.abc import Callable, Sequence
@@ -112,6 +114,40 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="listen on this TCP address (repeatable); HOST may be a name, IPv4 or IPv6",
     )
+    access = p.add_argument_group(
+        "who may call (unix sockets)",
+        "A unix socket mytimerd binds gets --socket-mode and --socket-group whatever the "
+        "umask. --allow-user/--allow-group check every unix peer (SO_PEERCRED), on "
+        "sockets bound or handed over by systemd: others are answered "
+        "mytimerd.PermissionDenied once and closed; root and the daemon's own user always "
+        "pass. Without them, whoever may open the socket may call.",
+    )
+    access.add_argument(
+        "--socket-mode",
+        metavar="MODE",
+        type=_octal_mode,
+        default=0o660,
+        help="octal mode of self-bound unix sockets (default: 0660)",
+    )
+    access.add_argument(
+        "--socket-group",
+        metavar="GROUP",
+        help="group of self-bound unix sockets (name or gid; default: the daemon's)",
+    )
+    access.add_argument(
+        "--allow-user",
+        metavar="USER",
+        action="append",
+        default=[],
+        help="admit this user on unix sockets (name or uid; repeatable)",
+    )
+    access.add_argument(
+        "--allow-group",
+        metavar="GROUP",
+        action="append",
+        default=[],
+        help="admit members of this group on unix sockets (name or gid; repeatable)",
+    )
     p.add_argument("--name", default="mytimerd", help="the timer's name (default: %(default)s)")
     p.add_argument(
         "--library",
@@ -164,12 +200,45 @@ def _addresses(args: argparse.Namespace) -> tuple[Address, ...]:
     return tuple(out)
 
 
+def _octal_mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an octal mode such as 0660, got {text!r}"
+        ) from None
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"mode {text} is out of range 0000..0777")
+    return mode
+
+
+def _uid(name: str) -> int:
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        if name.isdigit():
+            return int(name)
+        raise ValueError(f"no user {name!r}") from None
+
+
+def _gid(name: str) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        if name.isdigit():
+            return int(name)
+        raise ValueError(f"no group {name!r}") from None
+
+
 def config_from_args(argv: Sequence[str] | None = None) -> Config:
     """Parse the command line (and ``$MYTIMERD_LIBRARY``) into a :class:`Config`."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         addresses = _addresses(args)
+        socket_group = None if args.socket_group is None else _gid(args.socket_group)
+        allow_uids = frozenset(_uid(u) for u in args.allow_user)
+        allow_gids = frozenset(_gid(g) for g in args.allow_group)
     except ValueError as exc:
         parser.error(str(exc))
     library = args.library or os.environ.get(LIBRARY_ENV)
@@ -182,6 +251,10 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
         addresses=addresses,
         limits=Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)}),
         watchdog=watchdog_interval(),
+        socket_mode=args.socket_mode,
+        socket_group=socket_group,
+        allow_uids=allow_uids,
+        allow_gids=allow_gids,
     )
 
 
@@ -234,7 +307,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         listeners = activation.from_systemd()
         if listeners is None:
             listeners = activation.bind(
-                list(config.addresses) or [UnixAddress(str(default_unix_path()))]
+                list(config.addresses) or [UnixAddress(str(default_unix_path()))],
+                config.socket_mode,
+                config.socket_group,
             )
         elif config.addresses:
             log.warning(

@@ -25,6 +25,9 @@ class Config:
     systemd's WatchdogSec=), None when systemd asked for no watchdog;
     ``fd_limit`` is the process's descriptor limit (RLIMIT_NOFILE), None for
     no limit: connections are refused before it is reached.
+    ``socket_mode``/``socket_group`` apply to unix sockets the daemon binds;
+    ``allow_uids``/``allow_gids``, when either is set, admit on unix sockets
+    only those peers (and root and the daemon's own user).
     """
 
     name: str = "mytimerd"
@@ -36,3 +39,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     watchdog: float | None = None
     fd_limit: int | None = None
+    socket_mode: int = 0o660
+    socket_group: int | None = None
+    allow_uids: frozenset[int] = frozenset()
+    allow_gids: frozenset[int] = frozenset()

@@ -25,17 +25,19 @@ from ..protocol.limits import Limits
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
-def peer_of(transport: asyncio.BaseTransport) -> str:
-    """Who is calling, for --max-connections-per-peer: ``uid:N`` on unix
-    (SO_PEERCRED), ``ip:ADDRESS`` on TCP."""
+def peer_of(transport: asyncio.BaseTransport) -> tuple[str, tuple[int, int] | None]:
+    """Who is calling: a key for --max-connections-per-peer (``uid:N`` on
+    unix, ``ip:ADDRESS`` on TCP) and, on unix, the peer's (uid, gid) from
+    SO_PEERCRED for the allow-lists."""
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.family == socket.AF_UNIX:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-        return f"uid:{_PEERCRED.unpack(creds)[1]}"
+        _, uid, gid = _PEERCRED.unpack(creds)
+        return f"uid:{uid}", (uid, gid)
     peername = transport.get_extra_info("peername")
     if isinstance(peername, tuple):
-        return f"ip:{peername[0]}"
-    return "unknown"
+        return f"ip:{peername[0]}", None
+    return "unknown", None
 
 
 class ResponsePlace:
@@ -99,13 +101,15 @@ class Connection(asyncio.Protocol):
         # When a frame last arrived or answers were last written.
         self.last_active = host.clock()
         self.peer = "unknown"
+        #: The peer's (uid, gid) on a unix socket, None on TCP.
+        self.creds: tuple[int, int] | None = None
 
     # asyncio callbacks -------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses.
         self._transport = cast(asyncio.Transport, transport)
-        self.peer = peer_of(transport)
+        self.peer, self.creds = peer_of(transport)
         self.host.admit(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -25,11 +25,11 @@ from .. import __version__
 from ..protocol import errors, schema, wire
 from ..protocol.errors import DaemonError
 from .activation import Listener
+from .admission import Admission
 from .config import Config
 from .connection import Connection, ResponsePlace
 from .health import Health
 from .library import Library
-from .service import Throttle
 from .stats import LIBRARY_ERROR, OK, Stats
 
 log = logging.getLogger("mytimerd")
@@ -38,8 +38,6 @@ log = logging.getLogger("mytimerd")
 TICK: Final = 0.1
 #: How often STATUS= is sent to systemd and idle connections are looked for.
 SLOW_TICK: Final = 1.0
-#: At most one log line per this many seconds about refusals at the fd limit.
-FD_WARNING_INTERVAL: Final = 10.0
 #: The request every liveness probe and the start-up check send: ``version({})``.
 _VERSION_REQUEST: Final = b"\xa0"
 
@@ -52,12 +50,6 @@ class Call:
     place: ResponsePlace
     method: str
     started: float
-
-
-def fd_reserve(fd_limit: int) -> int:
-    """Descriptors kept back from connections: listeners, the library, the
-    journal, and refused connections while their answer goes out."""
-    return max(32, fd_limit // 16)
 
 
 def _no_notify(message: str) -> None:
@@ -80,15 +72,9 @@ class Server:
         self.notify = notify
         self.clock = clock
         self.stats = Stats(clock)
-        self.connections: set[Connection] = set()
-        # Open connections per peer (uid on unix, address on TCP); no entry at 0.
-        self._per_peer: dict[str, int] = {}
-        # Refused connections still lingering: they hold descriptors too.
-        self._refused: set[Connection] = set()
-        self._fd_budget = (
-            math.inf if config.fd_limit is None else config.fd_limit - fd_reserve(config.fd_limit)
-        )
-        self._fd_warning = Throttle(FD_WARNING_INTERVAL)
+        self.admission = Admission(config, self.stats, clock)
+        #: The connections being served (refused ones are not).
+        self.connections = self.admission.open
         self.pending: dict[int, Call] = {}
         # Call id -> request bytes, for every call the library has not answered
         # yet, answered by the daemon (Timeout) or not: the global budget.
@@ -151,63 +137,16 @@ class Server:
     # connections (the Host interface of Connection) ---------------------------
 
     def admit(self, conn: Connection) -> None:
-        """Serve ``conn``, or answer TooManyConnections and close it."""
-        self.stats.connections_total += 1
-        limits = self.limits
-        peer = conn.peer
-        if len(self.connections) >= limits.max_connections:
-            why = (
-                f"{len(self.connections)} connections are open, the limit "
-                f"(--max-connections) is {limits.max_connections}; retry later"
-            )
-        elif len(self.connections) + len(self._refused) >= self._fd_budget:
-            why = (
-                f"the daemon is at its descriptor limit ({self.config.fd_limit} "
-                f"descriptors, RLIMIT_NOFILE); retry later"
-            )
-            self.stats.refused_at_fd_limit += 1
-            suppressed = self._fd_warning(self.clock())
-            if suppressed is not None:
-                log.warning(
-                    "refusing connections at the descriptor limit: %d open, RLIMIT_NOFILE %s "
-                    "(%d more refused since the last message)",
-                    len(self.connections),
-                    self.config.fd_limit,
-                    suppressed,
-                    extra={"ERROR": "TooManyConnections", "PEER": peer},
-                )
-        elif self._per_peer.get(peer, 0) >= limits.max_connections_per_peer:
-            why = (
-                f"{peer} already has {limits.max_connections_per_peer} connections open "
-                f"(--max-connections-per-peer); close some or retry later"
-            )
-        else:
-            self.connections.add(conn)
-            self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
-            if self.draining:  # accepted just before the listeners closed
-                conn.drain()
-            return
-        self.stats.connections_refused += 1
-        self._refused.add(conn)  # it holds a descriptor until its answer is out
-        err = DaemonError("TooManyConnections", why)
-        self.stats.record_refusal(err.name)
-        conn.refuse(wire.encode_response(wire.RET_ERR, err.body()))
+        """Serve ``conn``, or answer why not and close it."""
+        err = self.admission.admit(conn)
+        if err is not None:
+            conn.refuse(wire.encode_response(wire.RET_ERR, err.body()))
+        elif self.draining:  # accepted just before the listeners closed
+            conn.drain()
 
     def forget(self, conn: Connection) -> None:
         """``conn`` is gone; its calls in flight finish and are dropped."""
-        self._drop(conn)
-
-    def _drop(self, conn: Connection) -> None:
-        """Stop counting ``conn`` (idempotent: closing it also calls forget)."""
-        self._refused.discard(conn)
-        if conn not in self.connections:
-            return
-        self.connections.discard(conn)
-        left = self._per_peer[conn.peer] - 1
-        if left:
-            self._per_peer[conn.peer] = left
-        else:
-            del self._per_peer[conn.peer]
+        self.admission.drop(conn)
 
     def handle(self, conn: Connection, request: wire.Request) -> None:
         """Validate and dispatch one request; its answer lands in ``conn``'s order."""
@@ -385,7 +324,7 @@ class Server:
             if conn.last_active <= older_than and conn.owes_nothing()
         ]
         for conn in idle:
-            self._drop(conn)
+            self.admission.drop(conn)
             conn.close()
         self.stats.idle_closed += len(idle)
 

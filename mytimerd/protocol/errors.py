@@ -42,6 +42,10 @@ CATALOGUE: Final[dict[str, str]] = {
         "Also sent, as a final answer before closing, to a connection whose unfinished "
         "frame would take the daemon past --max-buffered-bytes."
     ),
+    "PermissionDenied": (
+        "The peer of a unix connection is not on --allow-user/--allow-group (root and "
+        "the daemon's own user always are); answered once, then the connection is closed."
+    ),
     "Timeout": "The library did not answer within --timeout seconds.",
     "ShuttingDown": "The daemon is stopping and takes no new requests.",
     "Internal": "A bug in mytimerd; the daemon's log has the details.",

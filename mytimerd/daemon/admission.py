@@ -1,0 +1,159 @@
+"""Who may be served: the unix allow-lists, and the limits on connections
+per daemon, per peer and by the descriptor limit.
+
+Every refusal is counted in stats and named by a daemon error; refusals that
+point at an attack or a misconfiguration are logged, rate-limited.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import pwd
+from collections.abc import Callable
+from typing import Final
+
+from ..protocol.errors import DaemonError
+from .config import Config
+from .connection import Connection
+from .service import Throttle
+from .stats import Stats
+
+log = logging.getLogger("mytimerd")
+
+#: At most one log line per this many seconds about a kind of refused connection.
+REFUSAL_LOG_INTERVAL: Final = 10.0
+
+
+def fd_reserve(fd_limit: int) -> int:
+    """Descriptors kept back from connections: listeners, the library, the
+    journal, and refused connections while their answer goes out."""
+    return max(32, fd_limit // 16)
+
+
+@functools.lru_cache(maxsize=256)
+def _groups_of(uid: int, gid: int) -> tuple[int, ...]:
+    """The groups of user ``uid`` (cached: a lookup may go through NSS)."""
+    try:
+        return tuple(os.getgrouplist(pwd.getpwuid(uid).pw_name, gid))
+    except KeyError:
+        return (gid,)
+
+
+class Admission:
+    """Decides which connections are served and keeps count of them."""
+
+    def __init__(self, config: Config, stats: Stats, clock: Callable[[], float]) -> None:
+        self.config = config
+        self.limits = config.limits
+        self.stats = stats
+        self.clock = clock
+        #: The connections being served.
+        self.open: set[Connection] = set()
+        # Open connections per peer (uid on unix, address on TCP); no entry at 0.
+        self._per_peer: dict[str, int] = {}
+        # Refused connections still lingering: they hold descriptors too.
+        self._refused: set[Connection] = set()
+        self._fd_budget = (
+            math.inf if config.fd_limit is None else config.fd_limit - fd_reserve(config.fd_limit)
+        )
+        self._fd_warning = Throttle(REFUSAL_LOG_INTERVAL)
+        self._denied_warning = Throttle(REFUSAL_LOG_INTERVAL)
+        self._restricted = bool(config.allow_uids or config.allow_gids)
+        self._always_allowed = {0, os.getuid()}
+
+    def admit(self, conn: Connection) -> DaemonError | None:
+        """Count ``conn`` as served, or say why it is refused."""
+        self.stats.connections_total += 1
+        err = self._refusal(conn)
+        if err is None:
+            self.open.add(conn)
+            self._per_peer[conn.peer] = self._per_peer.get(conn.peer, 0) + 1
+            return None
+        self.stats.connections_refused += 1
+        self.stats.record_refusal(err.name)
+        self._refused.add(conn)  # it holds a descriptor until its answer is out
+        return err
+
+    def drop(self, conn: Connection) -> None:
+        """Stop counting ``conn`` (idempotent: closing it also reports it gone)."""
+        self._refused.discard(conn)
+        if conn not in self.open:
+            return
+        self.open.discard(conn)
+        left = self._per_peer[conn.peer] - 1
+        if left:
+            self._per_peer[conn.peer] = left
+        else:
+            del self._per_peer[conn.peer]
+
+    def _refusal(self, conn: Connection) -> DaemonError | None:
+        limits = self.limits
+        peer = conn.peer
+        creds = conn.creds
+        if creds is not None and self._restricted and not self._allowed(*creds):
+            self._log(
+                self._denied_warning,
+                "refused uid %d, gid %d: not on the allow-lists",
+                creds,
+                "PermissionDenied",
+                peer,
+            )
+            return DaemonError(
+                "PermissionDenied",
+                f"uid {creds[0]} may not use this socket (--allow-user/--allow-group); "
+                f"ask the operator to allow your user or one of your groups",
+            )
+        open_now = len(self.open)
+        if open_now >= limits.max_connections:
+            why = (
+                f"{open_now} connections are open, the limit "
+                f"(--max-connections) is {limits.max_connections}; retry later"
+            )
+        elif open_now + len(self._refused) >= self._fd_budget:
+            self.stats.refused_at_fd_limit += 1
+            self._log(
+                self._fd_warning,
+                "refusing connections at the descriptor limit: %d open, RLIMIT_NOFILE %s",
+                (open_now, self.config.fd_limit),
+                "TooManyConnections",
+                peer,
+            )
+            why = (
+                f"the daemon is at its descriptor limit ({self.config.fd_limit} "
+                f"descriptors, RLIMIT_NOFILE); retry later"
+            )
+        elif self._per_peer.get(peer, 0) >= limits.max_connections_per_peer:
+            why = (
+                f"{peer} already has {limits.max_connections_per_peer} connections open "
+                f"(--max-connections-per-peer); close some or retry later"
+            )
+        else:
+            return None
+        return DaemonError("TooManyConnections", why)
+
+    def _allowed(self, uid: int, gid: int) -> bool:
+        """Whether the unix peer (uid, gid) is on the allow-lists."""
+        config = self.config
+        if uid in self._always_allowed or uid in config.allow_uids or gid in config.allow_gids:
+            return True
+        return bool(config.allow_gids and config.allow_gids.intersection(_groups_of(uid, gid)))
+
+    def _log(
+        self,
+        throttle: Throttle,
+        message: str,
+        args: tuple[object, ...],
+        error: str,
+        peer: str,
+    ) -> None:
+        suppressed = throttle(self.clock())
+        if suppressed is not None:
+            log.warning(
+                message + " (%d more refused since the last message)",
+                *args,
+                suppressed,
+                extra={"ERROR": error, "PEER": peer},
+            )
