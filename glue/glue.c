@@ -23,7 +23,10 @@ typedef int (*destroy_fn)(void *);
 
 /* One queued call. Freed when both the call has returned and its final
    callback has run, whichever is last: the real library may call back before
-   the call returns. */
+   the call returns. The request bytes are only needed until the library
+   function returns (the library copies what it keeps), so they are freed
+   then: a call the library holds for long costs the glue a few bytes, not
+   its request. In direct mode they are never copied at all. */
 struct call {
     struct call *next;
     mt_host *host;
@@ -31,7 +34,7 @@ struct call {
     int method;
     uint64_t id;
     size_t len;
-    uint8_t data[];
+    uint8_t *data;
 };
 
 struct done {
@@ -236,6 +239,8 @@ static void *submitter_main(void *arg) {
             h->methods[c->method](h->ctx, on_result, c, c->data, c->len);
             atomic_store(&h->call_started_ns, 0);
             atomic_fetch_add(&h->submitted, 1);
+            free(c->data);
+            c->data = NULL;
             release_call(c);
         }
     }
@@ -274,7 +279,7 @@ int mt_create(mt_host *h, const uint8_t *req, size_t len, int timeout_ms, int di
 int mt_submit(mt_host *h, int method, uint64_t id, const uint8_t *payload, size_t len) {
     if (method < 0 || method >= h->nmethods)
         return -1;
-    struct call *c = malloc(sizeof *c + len);
+    struct call *c = malloc(sizeof *c);
     if (!c)
         return -1;
     c->next = NULL;
@@ -283,23 +288,31 @@ int mt_submit(mt_host *h, int method, uint64_t id, const uint8_t *payload, size_
     c->method = method;
     c->id = id;
     c->len = len;
-    if (len)
-        memcpy(c->data, payload, len);
+    c->data = NULL;
     if (h->direct) {
         if (h->stopping) {
             free(c);
             return -1;
         }
         atomic_store(&h->call_started_ns, now_ns());
-        h->methods[method](h->ctx, on_result, c, c->data, c->len);
+        h->methods[method](h->ctx, on_result, c, payload, len);
         atomic_store(&h->call_started_ns, 0);
         atomic_fetch_add(&h->submitted, 1);
         release_call(c);
         return 0;
     }
+    if (len) {
+        c->data = malloc(len);
+        if (!c->data) {
+            free(c);
+            return -1;
+        }
+        memcpy(c->data, payload, len);
+    }
     pthread_mutex_lock(&h->submit_mu);
     if (h->stopping || !h->submitter_running) {
         pthread_mutex_unlock(&h->submit_mu);
+        free(c->data);
         free(c);
         return -1;
     }
