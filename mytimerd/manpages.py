@@ -171,7 +171,8 @@ def _epilog(epilog: str | None, level: str = ".SH") -> list[str]:
             title = title.upper() if level == ".SH" else title.capitalize()
             out.append(f'{level} "{escape(title)}"')
             if note:
-                out += _paragraphs(note.removesuffix(")").capitalize() + ".")
+                note = note.removesuffix(")")
+                out += _paragraphs(note[:1].upper() + note[1:] + ".")
         out += body
     return out
 
@@ -235,7 +236,7 @@ def render(parser: argparse.ArgumentParser, page: Page, date: str) -> str:
                     out += [f".PP\n{escape(heading.capitalize())}:", *_section_body(heading, lines)]
 
     out += _epilog(parser.epilog)
-    out += [".SH \"SEE ALSO\"", ", ".join(_see_also(page.see_also))]
+    out += ['.SH "SEE ALSO"', ", ".join(_see_also(page.see_also))]
     return "\n".join(out) + "\n"
 
 
