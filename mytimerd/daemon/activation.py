@@ -32,6 +32,13 @@ class Listener:
     owned_path: Path | None = None
     owned_inode: int | None = None
 
+    @property
+    def tcp_host(self) -> str | None:
+        """The address a TCP listener is bound to; None for a unix one."""
+        if self.sock.family in (socket.AF_INET, socket.AF_INET6):
+            return str(self.sock.getsockname()[0])
+        return None
+
     def close(self) -> None:
         """Close the socket and remove a unix path this process created."""
         self.sock.close()

@@ -20,6 +20,7 @@ from .config import Config
 from .connection import Connection
 from .service import Throttle
 from .stats import Stats
+from .tls import handshake_failure
 
 log = logging.getLogger("mytimerd")
 
@@ -61,6 +62,9 @@ class Admission:
         )
         self._fd_warning = Throttle(REFUSAL_LOG_INTERVAL)
         self._denied_warning = Throttle(REFUSAL_LOG_INTERVAL)
+        self._tls_warning = Throttle(REFUSAL_LOG_INTERVAL)
+        #: TLS handshakes under way: they hold descriptors too.
+        self.handshaking = 0
         self._restricted = bool(config.allow_uids or config.allow_gids)
         self._always_allowed = {0, os.getuid()}
 
@@ -76,6 +80,32 @@ class Admission:
         self.stats.record_refusal(err.name)
         self._refused.add(conn)  # it holds a descriptor until its answer is out
         return err
+
+    def begin_handshake(self, conn: Connection) -> bool:
+        """Count a TLS handshake, or refuse it (no answer is possible before
+        TLS) when the connection or descriptor limits leave no room."""
+        busy = len(self.open) + self.handshaking
+        if busy >= self.limits.max_connections or busy + len(self._refused) >= self._fd_budget:
+            self.stats.connections_total += 1
+            self.stats.connections_refused += 1
+            return False
+        self.handshaking += 1
+        return True
+
+    def end_handshake(self, conn: Connection, exc: BaseException | None) -> None:
+        """A handshake ended; a failure is counted and logged, rate-limited."""
+        self.handshaking -= 1
+        if exc is None:
+            return
+        self.stats.connections_total += 1
+        self.stats.tls_handshake_failures += 1
+        self._log(
+            self._tls_warning,
+            "TLS handshake with %s failed: %s",
+            (conn.peer, handshake_failure(exc)),
+            "TLSHandshake",
+            conn.peer,
+        )
 
     def drop(self, conn: Connection) -> None:
         """Stop counting ``conn`` (idempotent: closing it also reports it gone)."""
@@ -106,13 +136,29 @@ class Admission:
                 f"uid {creds[0]} may not use this socket (--allow-user/--allow-group); "
                 f"ask the operator to allow your user or one of your groups",
             )
+        names = conn.tls_names
+        allow = self.config.tls_allow
+        if names is not None and allow and allow.isdisjoint(names):
+            shown = ", ".join(names) or "nothing"
+            self._log(
+                self._denied_warning,
+                "refused %s: its certificate names %s, not on --tls-allow",
+                (peer, shown),
+                "PermissionDenied",
+                peer,
+            )
+            return DaemonError(
+                "PermissionDenied",
+                f"your certificate names {shown}; the daemon admits only "
+                f"{', '.join(sorted(allow))} (--tls-allow)",
+            )
         open_now = len(self.open)
         if open_now >= limits.max_connections:
             why = (
                 f"{open_now} connections are open, the limit "
                 f"(--max-connections) is {limits.max_connections}; retry later"
             )
-        elif open_now + len(self._refused) >= self._fd_budget:
+        elif open_now + len(self._refused) + self.handshaking >= self._fd_budget:
             self.stats.refused_at_fd_limit += 1
             self._log(
                 self._fd_warning,
@@ -152,7 +198,7 @@ class Admission:
         suppressed = throttle(self.clock())
         if suppressed is not None:
             log.warning(
-                message + " (%d more refused since the last message)",
+                message + " (%d more since the last message)",
                 *args,
                 suppressed,
                 extra={"ERROR": error, "PEER": peer},

@@ -11,6 +11,7 @@ import logging
 import os
 import pwd
 import signal
+import ssl
 import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import fields
@@ -34,6 +35,8 @@ from .host import BUNDLED_LIBRARY, LibraryHost
 from .library import LibraryLoadError
 from .server import Server
 from .service import Notifier, raise_fd_limit, setup_logging, watchdog_interval
+from .tls import TLSConfigError, is_loopback
+from .tls import server_context as tls_context
 
 log = logging.getLogger("mytimerd")
 
@@ -148,6 +151,30 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="admit members of this group on unix sockets (name or gid; repeatable)",
     )
+    tls = p.add_argument_group(
+        "TLS (TCP listeners)",
+        "With --tls-cert and --tls-key every TCP listener, bound or handed over by systemd, "
+        "speaks TLS 1.2 or newer; unix listeners stay plain. Under systemd the files can "
+        "come from LoadCredential= (pass --tls-cert %d/cert.pem: %d is the credentials "
+        "directory). A plaintext TCP listener on a non-loopback address is logged as a "
+        "warning at start.",
+    )
+    tls.add_argument("--tls-cert", metavar="FILE", type=Path, help="server certificate (PEM)")
+    tls.add_argument("--tls-key", metavar="FILE", type=Path, help="its private key (PEM)")
+    tls.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        type=Path,
+        help="require client certificates signed by this CA (mutual TLS)",
+    )
+    tls.add_argument(
+        "--tls-allow",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="admit only clients whose certificate names NAME (CN or DNS subjectAltName; "
+        "repeatable; needs --tls-client-ca)",
+    )
     p.add_argument("--name", default="mytimerd", help="the timer's name (default: %(default)s)")
     p.add_argument(
         "--library",
@@ -241,6 +268,12 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
         allow_gids = frozenset(_gid(g) for g in args.allow_group)
     except ValueError as exc:
         parser.error(str(exc))
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.tls_client_ca is not None and args.tls_cert is None:
+        parser.error("--tls-client-ca needs --tls-cert and --tls-key")
+    if args.tls_allow and args.tls_client_ca is None:
+        parser.error("--tls-allow needs --tls-client-ca (the names come from client certificates)")
     library = args.library or os.environ.get(LIBRARY_ENV)
     return Config(
         name=args.name,
@@ -255,13 +288,22 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
         socket_group=socket_group,
         allow_uids=allow_uids,
         allow_gids=allow_gids,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        tls_allow=frozenset(args.tls_allow),
     )
 
 
-async def serve(config: Config, listeners: list[activation.Listener], library: LibraryHost) -> None:
+async def serve(
+    config: Config,
+    listeners: list[activation.Listener],
+    library: LibraryHost,
+    tls: ssl.SSLContext | None,
+) -> None:
     """Serve until SIGTERM/SIGINT, then drain."""
     notify = Notifier()
-    server = Server(config, library, notify)
+    server = Server(config, library, notify, tls=tls)
     await server.start(listeners)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -304,6 +346,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(config.log_level)
     config = dataclasses.replace(config, fd_limit=raise_fd_limit())
     try:
+        tls = tls_context(config)
+    except TLSConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_SOCKETS
+    try:
         listeners = activation.from_systemd()
         if listeners is None:
             listeners = activation.bind(
@@ -318,6 +365,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except activation.ActivationError as exc:
         log.error("%s", exc)
         return EXIT_SOCKETS
+    if tls is None:
+        for listener in listeners:
+            if listener.tcp_host is not None and not is_loopback(listener.tcp_host):
+                log.warning(
+                    "%s is plaintext on a non-loopback address: anyone who reaches it can "
+                    "call the library; use --tls-cert/--tls-key (and --tls-client-ca)",
+                    listener.address,
+                    extra={"LISTENER": listener.address},
+                )
     library_path = config.library or BUNDLED_LIBRARY
     direct = config.submit == "direct" or (
         config.submit == "auto" and library_path.resolve() == BUNDLED_LIBRARY
@@ -333,9 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.event_loop == "uvloop":
             import uvloop
 
-            uvloop.run(serve(config, listeners, library))
+            uvloop.run(serve(config, listeners, library, tls))
         else:
-            asyncio.run(serve(config, listeners, library))
+            asyncio.run(serve(config, listeners, library, tls))
     finally:
         # The drain is over: a second signal must not interrupt the teardown,
         # which is bounded by its own timeout.

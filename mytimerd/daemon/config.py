@@ -28,6 +28,9 @@ class Config:
     ``socket_mode``/``socket_group`` apply to unix sockets the daemon binds;
     ``allow_uids``/``allow_gids``, when either is set, admit on unix sockets
     only those peers (and root and the daemon's own user).
+    ``tls_cert``/``tls_key`` turn on TLS on every TCP listener;
+    ``tls_client_ca`` requires client certificates signed by it, and
+    ``tls_allow`` admits only those naming one of these names.
     """
 
     name: str = "mytimerd"
@@ -43,3 +46,7 @@ class Config:
     socket_group: int | None = None
     allow_uids: frozenset[int] = frozenset()
     allow_gids: frozenset[int] = frozenset()
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    tls_allow: frozenset[str] = frozenset()

@@ -15,12 +15,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import socket
+import ssl
 import struct
 from collections.abc import Callable
 from typing import Protocol, cast
 
 from ..protocol import wire
 from ..protocol.limits import Limits
+from .tls import certificate_names
+from .tlslayer import TLSLayer
 
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
@@ -56,7 +59,14 @@ class Host(Protocol):
     clock: Callable[[], float]
 
     def admit(self, conn: Connection) -> None:
-        """A connection was accepted: serve it, or refuse it."""
+        """A connection was accepted (TLS: and its handshake done): serve it,
+        or refuse it."""
+
+    def begin_handshake(self, conn: Connection) -> bool:
+        """A TLS connection was accepted; False to close it at once."""
+
+    def handshake_failed(self, conn: Connection, exc: BaseException | None) -> None:
+        """The handshake of a TLS connection failed (None: it succeeded)."""
 
     def forget(self, conn: Connection) -> None:
         """The connection is gone."""
@@ -80,8 +90,11 @@ class Host(Protocol):
 class Connection(asyncio.Protocol):
     """One client connection: frames in, answers out in request order."""
 
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: Host, tls: ssl.SSLContext | None = None) -> None:
         self.host = host
+        self._tls = tls
+        #: What the client certificate names (TLS only; None on plain connections).
+        self.tls_names: list[str] | None = None
         limits = host.limits
         self._parser = wire.RequestParser(limits.max_method_len, limits.max_payload)
         self._max_in_flight = limits.max_in_flight
@@ -110,6 +123,27 @@ class Connection(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses.
         self._transport = cast(asyncio.Transport, transport)
         self.peer, self.creds = peer_of(transport)
+        if self._tls is None:
+            self.host.admit(self)
+        elif self.host.begin_handshake(self):
+            layer = TLSLayer(
+                self._transport,
+                self._tls,
+                self,
+                self.host.limits.tls_handshake_timeout,
+                lambda exc: self._tls_done(layer, exc),
+            )
+        else:
+            self._transport.close()
+
+    def _tls_done(self, layer: TLSLayer, exc: BaseException | None) -> None:
+        self.host.handshake_failed(self, exc)
+        if exc is not None:
+            self._transport = None
+            return
+        # From now on answers go through TLS.
+        self._transport = cast(asyncio.Transport, layer)
+        self.tls_names = certificate_names(layer.get_extra_info("peercert"))
         self.host.admit(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

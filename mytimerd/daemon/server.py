@@ -14,6 +14,7 @@ import asyncio
 import logging
 import math
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,8 +66,11 @@ class Server:
         library: Library,
         notify: Callable[[str], None] = _no_notify,
         clock: Callable[[], float] = time.monotonic,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """``tls``: the context TCP listeners serve with (None: plaintext)."""
         self.config = config
+        self.tls = tls
         self.limits = config.limits
         self.library = library
         self.notify = notify
@@ -112,9 +116,12 @@ class Server:
         self._schedule_tick()
         self.listeners = listeners
         for listener in listeners:
+            tls = self.tls if listener.tcp_host is not None else None
             self._servers.append(
                 await loop.create_server(
-                    lambda: Connection(self), sock=listener.sock, backlog=socket.SOMAXCONN
+                    lambda tls=tls: Connection(self, tls),  # type: ignore[misc]
+                    sock=listener.sock,
+                    backlog=socket.SOMAXCONN,
                 )
             )
 
@@ -143,6 +150,16 @@ class Server:
             conn.refuse(wire.encode_response(wire.RET_ERR, err.body()))
         elif self.draining:  # accepted just before the listeners closed
             conn.drain()
+
+    def begin_handshake(self, conn: Connection) -> bool:
+        """A TLS client connected: count its handshake, or close it at once
+        when the connection or descriptor limits leave no room."""
+        return self.admission.begin_handshake(conn)
+
+    def handshake_failed(self, conn: Connection, exc: BaseException | None) -> None:
+        """A handshake ended (``exc`` None: it succeeded); failures are
+        counted and logged, rate-limited."""
+        self.admission.end_handshake(conn, exc)
 
     def forget(self, conn: Connection) -> None:
         """``conn`` is gone; its calls in flight finish and are dropped."""

@@ -31,6 +31,7 @@ class Stats:
         self.connections_refused = 0
         self.idle_closed = 0
         self.refused_at_fd_limit = 0
+        self.tls_handshake_failures = 0
         self.calls: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.errors: Counter[str] = Counter()
         self.latency: defaultdict[str, deque[float]] = defaultdict(lambda: deque(maxlen=SAMPLES))
@@ -81,6 +82,7 @@ class Stats:
                 "refused": self.connections_refused,
                 "idleClosed": self.idle_closed,
                 "refusedAtFdLimit": self.refused_at_fd_limit,
+                "tlsHandshakeFailures": self.tls_handshake_failures,
             },
             "inFlight": in_flight,
             "held": held,

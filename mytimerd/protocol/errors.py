@@ -43,8 +43,9 @@ CATALOGUE: Final[dict[str, str]] = {
         "frame would take the daemon past --max-buffered-bytes."
     ),
     "PermissionDenied": (
-        "The peer of a unix connection is not on --allow-user/--allow-group (root and "
-        "the daemon's own user always are); answered once, then the connection is closed."
+        "The peer is not allowed: a unix peer not on --allow-user/--allow-group (root "
+        "and the daemon's own user always are), or a TLS client whose certificate names "
+        "nothing on --tls-allow; answered once, then the connection is closed."
     ),
     "Timeout": "The library did not answer within --timeout seconds.",
     "ShuttingDown": "The daemon is stopping and takes no new requests.",

@@ -89,6 +89,12 @@ class Limits:
         "A connection owed no answer that has not completed a frame (or been written "
         "to) for this long is closed; a half-sent frame does not reset the clock.",
     )
+    tls_handshake_timeout: float = _limit(
+        10.0,
+        "--tls-handshake-timeout",
+        "seconds",
+        "Time a TCP client has to complete the TLS handshake before it is closed.",
+    )
     timeout: float = _limit(
         30.0,
         "--timeout",
