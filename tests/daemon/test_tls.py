@@ -41,17 +41,19 @@ def tls_call(
     port: int, ctx: ssl.SSLContext, method: str = "version", server_hostname: str = "localhost"
 ) -> wire.Response:
     """One call over TLS; raises what the TLS layer or the socket raises."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with ctx.wrap_socket(raw, server_hostname=server_hostname) as s:
-            s.sendall(wire.encode_request(method, b"\xa0"))
-            parser = wire.ResponseParser()
-            while True:
-                data = s.recv(65536)
-                if not data:
-                    raise EOFError("the daemon closed without an answer")
-                answers = parser.feed(data)
-                if answers:
-                    return answers[0]
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname=server_hostname) as s,
+    ):
+        s.sendall(wire.encode_request(method, b"\xa0"))
+        parser = wire.ResponseParser()
+        while True:
+            data = s.recv(65536)
+            if not data:
+                raise EOFError("the daemon closed without an answer")
+            answers = parser.feed(data)
+            if answers:
+                return answers[0]
 
 
 def failure(call: Callable[[], object]) -> str:
