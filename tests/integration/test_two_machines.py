@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import require
 from tests.integration.helpers import clean_env, wait_until
+from tests.support.certs import Issued, make_pki
 from tests.support.daemon import mytimerd_command
 
 REPO = Path(__file__).resolve().parents[2]
@@ -151,6 +152,86 @@ def test_client_in_other_namespace(two_machines: Net, tmp_path: Path) -> None:
             env=clean_env(),
         )
         assert r.returncode != 0 and "ConnectionRefusedError" in r.stderr, r.stderr
+        assert "is plaintext on a non-loopback address" in log.read_text()
+        daemon.terminate()
+        assert daemon.wait(20) == 0, log.read_text()
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+
+
+TLS_CLIENT = textwrap.dedent(
+    """
+    import socket, ssl, sys, cbor2
+    from mytimerd.protocol import wire
+    host, port, ca, cert, key = sys.argv[1:6]
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.load_cert_chain(cert, key)
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname=host) as s:
+            s.sendall(wire.encode_request("version", b"\\xa0"))
+            parser = wire.ResponseParser()
+            answers = []
+            while not answers:
+                answers = parser.feed(s.recv(65536))
+            print(s.version(), cbor2.loads(answers[0].body))
+    """
+)
+
+
+def test_mutual_tls_between_namespaces(two_machines: Net, tmp_path: Path) -> None:
+    """The second scenario of the original example, encrypted and authenticated."""
+    net = two_machines
+    pki = make_pki(tmp_path, server_ips=(net.server_ip,))
+    log = tmp_path / "daemon.log"
+    with open(log, "wb") as err:
+        daemon = subprocess.Popen(
+            in_ns(
+                net.server_ns,
+                *mytimerd_command(
+                    "--tcp",
+                    net.server_ip,
+                    str(PORT),
+                    "--tls-cert",
+                    str(pki.server.cert),
+                    "--tls-key",
+                    str(pki.server.key),
+                    "--tls-client-ca",
+                    str(pki.ca.pem),
+                ),
+            ),
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+            env=clean_env(),
+            cwd=REPO,
+        )
+    try:
+        wait_until(
+            lambda: daemon.poll() is not None or "ready: serving" in log.read_text(),
+            15,
+            "the TLS daemon in the server namespace to be ready",
+        )
+
+        def client(cert: Issued) -> subprocess.CompletedProcess[str]:
+            argv = [net.server_ip, str(PORT), str(pki.ca.pem), str(cert.cert), str(cert.key)]
+            return subprocess.run(
+                in_ns(net.client_ns, sys.executable, "-c", TLS_CLIENT, *argv),
+                capture_output=True,
+                text=True,
+                timeout=30,
+                cwd=REPO,
+                env=clean_env(),
+            )
+
+        r = client(pki.alice)
+        assert r.returncode == 0, f"{r.stderr}\n--- daemon:\n{log.read_text()}"
+        assert r.stdout.split(" ", 1)[1].strip() == "nim-timer v0.1.0"
+        assert r.stdout.startswith("TLSv1."), r.stdout
+        refused = client(pki.stranger)  # a certificate from another CA
+        assert refused.returncode != 0 and "UNKNOWN_CA" in refused.stderr, refused.stderr
+        assert "plaintext" not in log.read_text()
         daemon.terminate()
         assert daemon.wait(20) == 0, log.read_text()
     finally:

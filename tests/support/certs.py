@@ -124,14 +124,16 @@ class PKI:
     expired: Issued
 
 
-def make_pki(folder: Path) -> PKI:
-    """A fresh PKI in ``folder``."""
+def make_pki(folder: Path, server_ips: tuple[str, ...] = ()) -> PKI:
+    """A fresh PKI in ``folder``; the server certificate names localhost,
+    the loopback addresses and ``server_ips``."""
     ca = Authority(folder, "main")
     other = Authority(folder, "other")
+    ips = ("127.0.0.1", "::1", *server_ips)
     return PKI(
         ca=ca,
         other_ca=other,
-        server=ca.issue("localhost", dns=("localhost",), ips=("127.0.0.1", "::1"), server=True),
+        server=ca.issue("localhost", dns=("localhost",), ips=ips, server=True),
         alice=ca.issue("alice", dns=("alice.example",)),
         stranger=other.issue("alice", dns=("alice.example",)),
         expired=ca.issue("old-alice", expired=True),
