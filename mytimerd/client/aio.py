@@ -262,7 +262,7 @@ class AsyncClient(TypedMethods):
             for address in self.addresses:
                 try:
                     reader, writer = await _open_stream(address, self.connect_timeout)
-                except OSError as exc:
+                except (OSError, UnicodeError) as exc:
                     attempts.append((address, os_reason(exc)))
                     continue
                 self.address = address

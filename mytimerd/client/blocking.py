@@ -101,7 +101,7 @@ class Client(TypedMethods):
         for address in self.addresses:
             try:
                 self._sock = _open_socket(address, self.connect_timeout)
-            except OSError as exc:
+            except (OSError, UnicodeError) as exc:
                 attempts.append((address, os_reason(exc)))
                 continue
             self.address = address

@@ -148,8 +148,14 @@ def result_body(method: str | bytes, response: wire.Response, address: Address |
     raise BadResponse(address, f"unknown result code {response.ret} in the answer to {name!r}")
 
 
-def os_reason(exc: OSError) -> str:
-    """A short human reason for a socket error (timeouts carry no text)."""
+def os_reason(exc: OSError | UnicodeError) -> str:
+    """A short human reason for a socket error (timeouts carry no text).
+
+    A UnicodeError comes from a host name the resolver cannot encode (IDNA:
+    an empty label, as in ``a..b``, or one too long).
+    """
+    if isinstance(exc, UnicodeError):
+        return f"cannot resolve host: not a valid host name ({exc})"
     if isinstance(exc, TimeoutError) and not str(exc):
         return "timed out"
     if isinstance(exc, socket.gaierror):

@@ -626,9 +626,7 @@ def test_negative_or_non_finite_timeouts_are_refused(bad: float) -> None:
 
 
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
-def test_real_blocking_client_survives_a_daemon_restart(
-    own_daemon: Daemon, transport: str
-) -> None:
+def test_real_blocking_client_survives_a_daemon_restart(own_daemon: Daemon, transport: str) -> None:
     """The daemon closed the idle connection when it stopped: the next call uses a new one."""
     address = own_daemon.address if transport == "unix" else own_daemon.tcp
     with Client(address) as c:

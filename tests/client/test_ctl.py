@@ -288,7 +288,7 @@ def test_library_error_exits_6(capsys: pytest.CaptureFixture[str], fake: FakeSer
 
 def test_exit_codes_are_distinct_and_documented() -> None:
     codes = [code for code, _ in ctl.EXIT_CODES]
-    assert codes == [0, 2, 3, 4, 5, 6, 7]
+    assert codes == [0, 2, 3, 4, 5, 6, 7, 8, 141]
     doc = (Path(__file__).parents[2] / "docs" / "mytimerctl.md").read_text()
     for code, text in ctl.EXIT_CODES:
         assert f"| {code} |" in doc, text
@@ -557,6 +557,43 @@ def test_bash_completion(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--delay-ms" in _complete(script, ["mytimerctl", "echo", "hi", "--"])
 
 
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [
+        (["--tcp", "h", ""], []),  # PORT
+        (["--tcp", "h", "9"], []),
+        (["--tcp", "h", "1", "sch"], ["schedule"]),
+        (["--tcp", "h", "1", "echo", "x", "--d"], ["--delay-ms"]),
+        (["--unix", "/s", "--tcp", "h", ""], []),
+        (["--timeout", ""], []),
+        (["--timeout", "5", "pi"], ["ping"]),
+        (["echo", ""], []),  # MESSAGE is free text
+        (["echo", "--d"], ["--delay-ms"]),
+        (["echo", "hi", "--delay-ms", ""], []),
+        (["call", "echo", ""], []),  # the JSON request
+        (["call", "echo", "{}", "--js"], ["--json"]),
+        (["completion", "bash", ""], []),
+        (["stats", "--format", ""], ["human", "openmetrics", "prometheus"]),
+        (["stats", "--format", "o"], ["openmetrics"]),
+        (["stats", "--f"], ["--format"]),
+        (["--vers"], ["--version"]),
+        (["version", "--vers"], []),  # --version is only before the command
+    ],
+)
+def test_bash_completion_in_every_slot(
+    capsys: pytest.CaptureFixture[str], words: list[str], expected: list[str]
+) -> None:
+    script = run(capsys, "completion", "bash")[1]
+    assert _complete(script, ["mytimerctl", *words]) == expected
+
+
+def test_bash_completion_offers_hosts_after_tcp(capsys: pytest.CaptureFixture[str]) -> None:
+    script = run(capsys, "completion", "bash")[1]
+    offered = _complete(script, ["mytimerctl", "--tcp", "local"])
+    assert "localhost" in offered
+    assert not set(offered) & {"version", "schedule", "--json"}
+
+
 def test_zsh_completion_script(capsys: pytest.CaptureFixture[str]) -> None:
     code, script, _ = run(capsys, "completion", "zsh")
     assert code == 0
@@ -595,6 +632,8 @@ zpty -d z
         ("schedule --max-a", "mytimerctl schedule --max-attempts "),
         ("call mytimerd.pi", "mytimerctl call mytimerd.ping "),
         ("schedule --j", "--job"),
+        ("stats --format o", "mytimerctl stats --format openmetrics "),
+        ("--tcp localhost 9099 sch", "mytimerctl --tcp localhost 9099 schedule "),
     ],
 )
 def test_zsh_completion_in_zsh(
@@ -610,6 +649,25 @@ def test_zsh_completion_in_zsh(
         check=False,
     )
     assert expected in done.stdout
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
+def test_zsh_completion_offers_nothing_for_the_port(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """In the PORT slot zsh rings the bell (nothing to offer) instead of listing commands."""
+    script = tmp_path / "mytimerctl.zsh"
+    script.write_text(run(capsys, "completion", "zsh")[1])
+    done = subprocess.run(
+        ["zsh", "-f", "-c", _ZPTY_DRIVER, "driver", str(script), "--tcp localhost ", "\a"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    after = done.stdout.rpartition("mytimerctl --tcp localhost ")[2]
+    assert after.startswith("\a")
+    assert "schedule" not in after and "version" not in after
 
 
 def test_canned_fake_matches_real_shapes(daemon: Daemon) -> None:

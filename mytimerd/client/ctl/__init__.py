@@ -18,8 +18,10 @@ from __future__ import annotations
 from .commands import COMMANDS, EXTRA_COMMANDS, kebab
 from .main import main
 from .parser import (
+    EXIT_BROKEN_PIPE,
     EXIT_CODES,
     EXIT_DAEMON_ERROR,
+    EXIT_IO,
     EXIT_LIBRARY_ERROR,
     EXIT_OK,
     EXIT_TIMEOUT,
@@ -31,8 +33,10 @@ from .render import parse_json_request, render, to_json
 
 __all__ = [
     "COMMANDS",
+    "EXIT_BROKEN_PIPE",
     "EXIT_CODES",
     "EXIT_DAEMON_ERROR",
+    "EXIT_IO",
     "EXIT_LIBRARY_ERROR",
     "EXIT_OK",
     "EXIT_TIMEOUT",

@@ -27,6 +27,16 @@ POSITIONAL: Final[Mapping[str, str]] = {"echo": "message"}
 #: Commands that are not methods.
 EXTRA_COMMANDS: Final = ("call", "completion")
 
+#: How ``stats --format`` prints the answer: for people, or for monitoring
+#: (OpenMetrics, or the Prometheus text format node_exporter's textfile
+#: collector reads); see :mod:`.metrics`.
+STATS_FORMATS: Final = ("human", "openmetrics", "prometheus")
+
+#: Options a command takes beyond its request's fields, with their choices.
+EXTRA_OPTIONS: Final[Mapping[str, Mapping[str, tuple[str, ...]]]] = {
+    "stats": {"--format": STATS_FORMATS},
+}
+
 
 def kebab(name: str) -> str:
     """``maxAttempts`` -> ``max-attempts``."""
@@ -127,6 +137,11 @@ class Command:
     name: str
     method: Method
     params: tuple[Param, ...]
+
+    @property
+    def options(self) -> Mapping[str, tuple[str, ...]]:
+        """The command's options beyond its request's fields, with their choices."""
+        return EXTRA_OPTIONS.get(self.name, {})
 
     def request(self, ns: argparse.Namespace) -> dict[str, Any]:
         """The request map for the parsed arguments; options not given are left out."""

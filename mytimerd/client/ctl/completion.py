@@ -14,45 +14,69 @@ SHELLS: Final = ("bash", "zsh")
 #: The options every command takes (see parser._add_common), completed everywhere.
 _GLOBAL_FLAGS: Final = ("--unix", "--tcp", "--timeout", "--json", "--help")
 
+#: Options only given before the command.
+_TOP_FLAGS: Final = ("--version",)
+
 
 def _bash_script() -> str:
     commands = [c.name for c in COMMANDS] + list(EXTRA_COMMANDS)
     valued = sorted(
-        {"--unix", "--timeout"} | {p.flag for c in COMMANDS for p in c.params if not p.positional}
+        {"--timeout"} | {p.flag for c in COMMANDS for p in c.params if not p.positional}
     )
-    cases = [
-        f'        {c.name}) words="{" ".join(p.flag for p in c.params if not p.positional)}";;'
-        for c in COMMANDS
+    cases = []
+    for c in COMMANDS:
+        words = " ".join([p.flag for p in c.params if not p.positional] + list(c.options))
+        positionals = sum(p.positional for p in c.params)
+        # A positional slot (echo's MESSAGE) takes free text: nothing to offer there.
+        free = f' [[ "$cur" != -* ]] && ((args < {positionals})) && return;' if positionals else ""
+        cases.append(f'        {c.name}) words="{words}";{free};')
+    choices = [
+        f"{flag}) if ((i + 1 == COMP_CWORD)); then\n"
+        f'                COMPREPLY=($(compgen -W "{" ".join(values)}" -- "$cur")); return\n'
+        "            fi; ((i++));;"
+        for flag, values in {f: v for c in COMMANDS for f, v in c.options.items()}.items()
     ]
     methods = " ".join(m.name for m in METHODS)
     return f"""# bash completion for {PROG}, generated from the mytimerd method table
 _{PROG}() {{
-    local cur="${{COMP_WORDS[COMP_CWORD]}}" prev="${{COMP_WORDS[COMP_CWORD-1]}}"
+    local cur="${{COMP_WORDS[COMP_CWORD]}}"
     local globals="{" ".join(_GLOBAL_FLAGS)}" command="" args=0 i words=""
-    case "$prev" in
-        --unix) COMPREPLY=($(compgen -f -- "$cur")); return;;
-        --tcp|{"|".join(valued)}) COMPREPLY=(); return;;
-    esac
-    # Find the command word and count the positional arguments after it,
-    # skipping option values.
+    # Walk the words before the cursor: find the command, count its positional
+    # arguments, and step over option values. When the cursor is on a value
+    # (--unix PATH, --tcp HOST PORT, --timeout SECONDS, --delay-ms N...),
+    # complete that value and nothing else.
     for ((i = 1; i < COMP_CWORD; i++)); do
         case "${{COMP_WORDS[i]}}" in
-            --tcp) ((i += 2));;
-            {"|".join(valued)}) ((i++));;
+            --unix) if ((i + 1 == COMP_CWORD)); then
+                        COMPREPLY=($(compgen -f -- "$cur")); return
+                    fi; ((i++));;
+            --tcp) if ((i + 1 == COMP_CWORD)); then
+                       COMPREPLY=($(compgen -A hostname -- "$cur")); return
+                   fi
+                   ((i + 2 == COMP_CWORD)) && {{ COMPREPLY=(); return; }}  # PORT
+                   ((i += 2));;
+{chr(10).join("            " + line for line in choices)}
+            {"|".join(valued)})
+                ((i + 1 == COMP_CWORD)) && {{ COMPREPLY=(); return; }}
+                ((i++));;
             -*) ;;
             *) if [[ -z "$command" ]]; then command="${{COMP_WORDS[i]}}"; else ((args++)); fi;;
         esac
     done
     if [[ -z "$command" ]]; then
-        COMPREPLY=($(compgen -W "$globals {" ".join(commands)}" -- "$cur"))
+        COMPREPLY=($(compgen -W "$globals {" ".join(_TOP_FLAGS)} {" ".join(commands)}" -- "$cur"))
         return
     fi
+    COMPREPLY=()
     case "$command" in
-{chr(10).join(cases)}
-        call) if [[ $args -eq 0 && "$cur" != -* ]]; then
-                  COMPREPLY=($(compgen -W "{methods}" -- "$cur")); return
+        completion) ((args == 0)) && COMPREPLY=($(compgen -W "{" ".join(SHELLS)}" -- "$cur"))
+                    return;;
+        call) if [[ "$cur" != -* ]]; then
+                  ((args == 0)) && COMPREPLY=($(compgen -W "{methods}" -- "$cur"))
+                  ((args < 2)) && return  # METHOD, then the JSON request (free text)
               fi;;
-        completion) COMPREPLY=($(compgen -W "{" ".join(SHELLS)}" -- "$cur")); return;;
+{chr(10).join(cases)}
+        *) return;;
     esac
     COMPREPLY=($(compgen -W "$words $globals" -- "$cur"))
 }}
@@ -86,6 +110,8 @@ def _zsh_script() -> str:
                 specs.append(
                     shlex.quote(f"{star}{p.flag}[{_zsh_describe(p.field.doc)}]:{p.metavar}: ")
                 )
+        for flag, values in c.options.items():
+            specs.append(shlex.quote(f"{flag}[Output form]:{flag[2:]}:({' '.join(values)})"))
         cases.append(f"        {c.name}) _arguments $globals {' '.join(specs)};;")
     methods = " ".join(m.name for m in METHODS)
     return f"""# zsh completion for {PROG}, generated from the mytimerd method table
@@ -95,7 +121,8 @@ _{PROG}() {{
     typeset -A opt_args
     globals=({" ".join(globals_)})
     commands=({" ".join(described)})
-    _arguments -C $globals '1:command:->command' '*::argument:->argument'
+    _arguments -C $globals '--version[Print the version of {PROG}]' \\
+        '1:command:->command' '*::argument:->argument'
     case $state in
     command) _describe -t commands '{PROG} command' commands;;
     argument)

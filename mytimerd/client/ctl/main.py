@@ -1,17 +1,28 @@
-"""The mytimerctl entry point: parse the command line, make the call, print the answer."""
+"""The mytimerctl entry point: parse the command line, make the call, print the answer.
+
+Whatever the user or the system does, mytimerctl ends with an exit status and
+a one-line reason, never a traceback: a closed or full standard output, a
+closed standard input, a reader that leaves the pipe early (``| head -1``,
+exit 141 as for other programs), bytes that are not UTF-8, Ctrl-C.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import signal
 import sys
 import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
+import cbor2
+
 from ...protocol.address import ADDRESS_ENV, Address, TcpAddress, UnixAddress, parse_port
 from ..blocking import Client
+from ..common import decode_body, encode_payload, os_reason
 from ..errors import (
     BadResponse,
     CallTimeout,
@@ -23,7 +34,9 @@ from ..errors import (
 from .commands import COMMANDS_BY_NAME, PROG
 from .completion import completion_script
 from .parser import (
+    EXIT_BROKEN_PIPE,
     EXIT_DAEMON_ERROR,
+    EXIT_IO,
     EXIT_LIBRARY_ERROR,
     EXIT_OK,
     EXIT_TIMEOUT,
@@ -31,8 +44,9 @@ from .parser import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     build_parser,
+    utf8,
 )
-from .render import parse_json_request, render, to_json
+from .render import escape_controls, parse_json_request, render, to_json
 
 
 def _start_hint(addresses: Sequence[Address]) -> str:
@@ -54,36 +68,131 @@ def _start_hint(addresses: Sequence[Address]) -> str:
     )
 
 
+class _OutputFailed(Exception):
+    """Writing to standard output failed (``error`` says why)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _InputFailed(Exception):
+    """Standard input could not be read; the message says why."""
+
+
 def _error(*messages: str) -> None:
+    """Print ``mytimerctl: MESSAGE`` lines on stderr, control characters escaped.
+
+    Messages carry the daemon's and the library's text. Nothing is printed if
+    stderr is closed or fails: the exit status still tells.
+    """
     for message in messages:
-        print(f"{PROG}: {message}", file=sys.stderr)
+        _stderr(f"{PROG}: {escape_controls(message)}")
 
 
 def _hint(text: str) -> None:
-    print(text, file=sys.stderr)
+    _stderr(text)
+
+
+def _stderr(line: str) -> None:
+    if sys.stderr is not None:  # print(file=None) would write to stdout
+        with contextlib.suppress(OSError, ValueError):
+            print(line, file=sys.stderr, flush=True)
+
+
+def _write(text: str) -> None:
+    """Write ``text`` to standard output, as UTF-8, and flush it; _OutputFailed if that fails.
+
+    UTF-8 whatever the locale: JSON output is documented as UTF-8, and a
+    legacy locale would fail on text it cannot encode.
+    """
+    stream = sys.stdout
+    try:
+        stream.flush()  # what argparse wrote through the text layer goes first
+        buffer = getattr(stream, "buffer", None)
+        if buffer is None:
+            stream.write(text)
+            stream.flush()
+        else:
+            buffer.write(text.encode("utf-8"))
+            buffer.flush()
+    except OSError as exc:
+        raise _OutputFailed(exc) from None
+
+
+def _discard_stdout() -> None:
+    """Point standard output at /dev/null after a failed write.
+
+    Python flushes sys.stdout once more on exit: what is still buffered would
+    fail again and print "Exception ignored ..." with exit status 120.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _explicit_address(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> Address | None:
     if ns.unix is not None and ns.tcp is not None:
         parser.error("give either --unix or --tcp, not both")
     if ns.unix is not None:
-        return UnixAddress(ns.unix)
+        return UnixAddress(ns.unix)  # a path need not be UTF-8: it goes to the kernel as bytes
     if ns.tcp is not None:
         host, port = ns.tcp
         try:
-            return TcpAddress(host.strip("[]"), parse_port(port))
+            return TcpAddress(utf8(host, "the host").strip("[]"), parse_port(port))
         except ValueError as exc:
             parser.error(f"--tcp: {exc}")
     return None
 
 
-def _request(ns: argparse.Namespace, stdin: TextIO) -> tuple[str, Any]:
+def _read_stdin(stdin: TextIO | None) -> str:
+    """The request text on standard input: _InputFailed if it is closed or unreadable."""
+    if stdin is None:
+        raise _InputFailed(
+            "standard input is closed: pipe the request in, or give it as the JSON argument"
+        )
+    try:
+        text = stdin.read()
+    except UnicodeDecodeError:
+        raise ValueError("the request on standard input is not valid UTF-8") from None
+    except OSError as exc:
+        raise _InputFailed(
+            f"cannot read the request from standard input: {os_reason(exc)}"
+        ) from None
+    return utf8(text, "the request on standard input")
+
+
+def _request(ns: argparse.Namespace, stdin: TextIO | None) -> tuple[str, Any]:
     """The method and request the parsed command line asks for."""
     if ns.command == "call":
-        text = stdin.read() if ns.request == "-" else ns.request
+        text = _read_stdin(stdin) if ns.request == "-" else ns.request
         return ns.method, parse_json_request(text)
     command = COMMANDS_BY_NAME[ns.command]
     return command.method.name, command.request(ns)
+
+
+def _encode(request: Any) -> bytes:
+    """The request's CBOR payload, before connecting: what CBOR cannot hold is a usage error.
+
+    A JSON escape such as ``\\udcff`` gives text with no UTF-8 form.
+    """
+    try:
+        return encode_payload(request)
+    except (ValueError, TypeError, cbor2.CBOREncodeError) as exc:
+        raise ValueError(f"the request cannot be sent as CBOR: {exc}") from None
+
+
+def _output(ns: argparse.Namespace, method: str, answer: Any) -> str:
+    """The answer as the command line asked for it to be printed."""
+    form = getattr(ns, "format", "human")
+    if form != "human":
+        from ..metrics import exposition  # prometheus_client: loaded only when asked for
+
+        return exposition(answer if isinstance(answer, Mapping) else {}, form)
+    if ns.json:
+        return json.dumps(to_json(answer), indent=2, ensure_ascii=False) + "\n"
+    return render(method, answer) + "\n"
 
 
 def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None) -> int:
@@ -91,27 +200,53 @@ def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None) -> i
 
     ``stdin`` is where ``call METHOD -`` reads its request (default: sys.stdin).
     """
+    if sys.stdout is None:  # started with >&-: Python has no stdout to give
+        _error("standard output is closed: nowhere to print (use >/dev/null to discard it)")
+        return EXIT_IO
+    try:
+        status = _run(argv, stdin if stdin is not None else sys.stdin)
+        _write("")  # flushes what argparse (--help, --version) left buffered
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+    except _OutputFailed as exc:
+        _discard_stdout()
+        if isinstance(exc.error, BrokenPipeError):
+            return EXIT_BROKEN_PIPE  # the reader left (| head -1): quietly, as `yes | head` does
+        _error(f"cannot write to standard output: {os_reason(exc.error)}")
+        return EXIT_IO
+    return status
+
+
+def _run(argv: Sequence[str] | None, stdin: TextIO | None) -> int:
     parser = build_parser()
     try:
         ns = parser.parse_args(argv)
         address = _explicit_address(parser, ns)
-    except SystemExit as exc:  # argparse's way out of --help and usage errors
+    except SystemExit as exc:  # argparse's way out of --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except OSError as exc:
+        # Only printing fails here: --help or --version (a usage message goes to
+        # stderr, where there is no telling anyway) on a full disk or broken pipe.
+        raise _OutputFailed(exc) from None
     if ns.command == "completion":
-        sys.stdout.write(completion_script(ns.shell))
+        _write(completion_script(ns.shell))
         return EXIT_OK
+    if ns.json and getattr(ns, "format", "human") != "human":
+        _error("give either --json or --format, not both")
+        return EXIT_USAGE
     try:
-        method, request = _request(ns, stdin or sys.stdin)
-        limit = ns.timeout or None
-        conn = Client(address, timeout=limit, connect_timeout=limit)
+        method, request = _request(ns, stdin)
+        payload = _encode(request)
+        conn = Client(address, timeout=ns.timeout, connect_timeout=ns.timeout)
+    except _InputFailed as exc:
+        _error(str(exc))
+        return EXIT_IO
     except ValueError as exc:
         _error(str(exc))
         return EXIT_USAGE
     try:
         with conn:
-            answer = conn.call(method, request)
-    except KeyboardInterrupt:
-        return 128 + signal.SIGINT
+            answer = decode_body(conn.call_raw(method, payload), conn.address)
     except ConnectError as exc:
         _error(*(f"cannot connect to the daemon at {a}: {r}" for a, r in exc.attempts))
         _hint(_start_hint([a for a, _ in exc.attempts]))
@@ -135,10 +270,7 @@ def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None) -> i
     except LibraryError as exc:
         _error(f"library error: {exc.message}")
         return EXIT_LIBRARY_ERROR
-    if ns.json:
-        print(json.dumps(to_json(answer), indent=2, ensure_ascii=False))
-    else:
-        print(render(method, answer))
+    _write(_output(ns, method, answer))
     # Like `systemctl is-active`: scripts and health checks can test the status.
     if method == "mytimerd.ping" and isinstance(answer, Mapping) and not answer.get("healthy"):
         return EXIT_UNHEALTHY

@@ -6,10 +6,12 @@ import argparse
 import json
 import math
 import shlex
+import signal
 import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+from ... import __version__
 from ...protocol.address import ADDRESS_ENV, DEFAULT_TCP_PORT, default_client_paths
 from ...protocol.errors import PREFIX
 from ...protocol.schema import METHODS, Int
@@ -24,6 +26,9 @@ EXIT_TIMEOUT: Final = 4
 EXIT_DAEMON_ERROR: Final = 5
 EXIT_LIBRARY_ERROR: Final = 6
 EXIT_UNHEALTHY: Final = 7
+EXIT_IO: Final = 8
+#: 128 + SIGPIPE: what the shell reports for a program its pipe's reader left.
+EXIT_BROKEN_PIPE: Final = 128 + signal.SIGPIPE
 
 #: Every exit status with its meaning (shown by --help and in docs/mytimerctl.md).
 EXIT_CODES: Final[tuple[tuple[int, str], ...]] = (
@@ -37,6 +42,16 @@ EXIT_CODES: Final[tuple[tuple[int, str], ...]] = (
     (EXIT_DAEMON_ERROR, f"daemon error: the daemon refused the call ({PREFIX}<Name>)"),
     (EXIT_LIBRARY_ERROR, "library error: the library answered RET_ERR"),
     (EXIT_UNHEALTHY, "ping only: the daemon answered but reports itself unhealthy"),
+    (
+        EXIT_IO,
+        "local I/O error: standard output closed (>&-) or unwritable (a full disk),"
+        " or standard input closed or unreadable",
+    ),
+    (
+        EXIT_BROKEN_PIPE,
+        "the reader of the output went away (e.g. '| head -1'): 128+SIGPIPE, quietly,"
+        " as for other programs",
+    ),
 )
 
 
@@ -51,6 +66,28 @@ def _int_in(lo: int, hi: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def utf8(text: str, what: str = "an argument") -> str:
+    """``text`` if it is valid UTF-8 (all the daemon takes), else ValueError.
+
+    Undecodable bytes in the command line or in standard input reach Python
+    as lone surrogates (surrogateescape); they have no UTF-8 form to send.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise ValueError(f"{what} is not valid UTF-8: {shown!r}") from None
+    return text
+
+
+def _text(text: str) -> str:
+    """An argparse type: text the daemon will take (UTF-8)."""
+    try:
+        return utf8(text, "the value")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _timeout(text: str) -> float:
@@ -103,6 +140,23 @@ def _add_common(parser: argparse.ArgumentParser, default: Any) -> None:
     )
 
 
+#: The help of the options in commands.EXTRA_OPTIONS.
+_OPTION_HELP: Final = {
+    "--format": "How to print the answer: human (the default), openmetrics (OpenMetrics "
+    "text), or prometheus (the Prometheus text format, which node_exporter's textfile "
+    "collector reads). --json prints it as JSON.",
+}
+
+#: Examples shown in a command's help beyond those generated from its request.
+_EXTRA_EXAMPLES: Final[dict[str, list[Sequence[str] | str]]] = {
+    "stats": [
+        ["stats", "--format", "openmetrics"],
+        f"{PROG} stats --format prometheus > mytimerd.prom.tmp && mv mytimerd.prom.tmp "
+        "/var/lib/prometheus/node-exporter/mytimerd.prom",
+    ],
+}
+
+
 def _examples(lines: Sequence[Sequence[str] | str]) -> str:
     """An examples section: argument lists are quoted for the shell, text is kept as is."""
     shown = (line if isinstance(line, str) else shlex.join([PROG, *line]) for line in lines)
@@ -115,7 +169,10 @@ def _paragraphs(*texts: str) -> str:
 
 
 def _exit_codes() -> str:
-    return "exit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES)
+    return "exit codes:\n" + "\n".join(
+        textwrap.fill(text, 79, initial_indent=f"  {code:>3}  ", subsequent_indent=" " * 7)
+        for code, text in EXIT_CODES
+    )
 
 
 def _addressing() -> str:
@@ -157,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=formatter,
     )
     _add_common(parser, None)
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"{PROG} {__version__}\n"
+        f"daemon: run '{PROG} describe' for the daemon's and the library's versions",
+        help=f"Print the version of {PROG} and exit (the library's: '{PROG} version').",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         method = command.method
@@ -174,16 +238,26 @@ def build_parser() -> argparse.ArgumentParser:
                     else ""
                 ),
             ),
-            epilog=_examples([command.example(), ["--json", *command.example()]])
+            epilog=_examples(
+                [
+                    command.example(),
+                    ["--json", *command.example()],
+                    *_EXTRA_EXAMPLES.get(command.name, ()),
+                ]
+            )
             + "\n\n"
             + _exit_codes(),
             formatter_class=formatter,
         )
+        for flag, values in command.options.items():
+            sub.add_argument(
+                flag, choices=values, default=values[0], help=_OPTION_HELP[flag].replace("%", "%%")
+            )
         group = sub.add_argument_group(f"{method.name} request") if command.params else sub
         for param in command.params:
             scalar = param.scalar
             convert: Callable[[str], Any] = (
-                _int_in(scalar.lo, scalar.hi) if isinstance(scalar, Int) else str
+                _int_in(scalar.lo, scalar.hi) if isinstance(scalar, Int) else _text
             )
             if param.positional:
                 group.add_argument(param.dest, metavar=param.flag, type=convert, help=param.help())
@@ -216,10 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
         + _exit_codes(),
         formatter_class=formatter,
     )
-    call.add_argument("method", metavar="METHOD", help="The method name, e.g. echo.")
+    call.add_argument("method", metavar="METHOD", type=_text, help="The method name, e.g. echo.")
     call.add_argument(
         "request",
         metavar="JSON",
+        type=_text,
         nargs="?",
         default="{}",
         help="The request as JSON, or - to read it from standard input.",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
@@ -63,6 +64,43 @@ def parse_json_request(text: str) -> Any:
 
 
 # --- human-readable output --------------------------------------------------
+
+#: What human output escapes: the control characters (C0, DEL and C1; terminal
+#: escape sequences start with ESC or CSI), the line and paragraph separators,
+#: and the bidirectional overrides and isolates, which reorder what a terminal
+#: shows.
+_UNSAFE: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+_ESCAPES: Final = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(char: str) -> str:
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with control characters written as escapes (``\\x1b``, ``\\n``).
+
+    Text from the library or the daemon could otherwise move the cursor,
+    recolour or retitle the terminal, or forge output lines. Backslashes are
+    kept as they are, so the escapes are for reading: ``--json`` gives the
+    exact text.
+    """
+    return _UNSAFE.sub(lambda match: _escape_char(match.group()), text)
+
+
+def _escaped(value: Any) -> Any:
+    """``value`` with every text in it (keys too) passed through :func:`escape_controls`."""
+    if isinstance(value, str):
+        return escape_controls(value)
+    if isinstance(value, list | tuple):
+        return [_escaped(item) for item in value]
+    if isinstance(value, dict):
+        return {_escaped(key): _escaped(item) for key, item in value.items()}
+    return value
 
 
 def _scalar(value: Any) -> str:
@@ -235,7 +273,8 @@ _RENDERERS: Final[Mapping[str, Callable[[Mapping[str, Any]], list[str]]]] = {
 
 
 def render(method: str, answer: Any) -> str:
-    """The answer to ``method`` for humans."""
+    """The answer to ``method`` for humans, control characters escaped."""
+    answer = _escaped(answer)
     renderer = _RENDERERS.get(method)
     if renderer is not None and isinstance(answer, dict):
         try:
