@@ -12,20 +12,15 @@ import logging
 import math
 import os
 import pwd
-from collections.abc import Callable
-from typing import Final
 
 from ..protocol.errors import DaemonError
 from .config import Config
 from .connection import Connection
-from .service import Throttle
+from .journal import RefusalLog
 from .stats import Stats
 from .tls import handshake_failure
 
 log = logging.getLogger("mytimerd")
-
-#: At most one log line per this many seconds about a kind of refused connection.
-REFUSAL_LOG_INTERVAL: Final = 10.0
 
 
 def fd_reserve(fd_limit: int) -> int:
@@ -46,11 +41,11 @@ def _groups_of(uid: int, gid: int) -> tuple[int, ...]:
 class Admission:
     """Decides which connections are served and keeps count of them."""
 
-    def __init__(self, config: Config, stats: Stats, clock: Callable[[], float]) -> None:
+    def __init__(self, config: Config, stats: Stats, refusals: RefusalLog) -> None:
         self.config = config
         self.limits = config.limits
         self.stats = stats
-        self.clock = clock
+        self._refusals = refusals
         #: The connections being served.
         self.open: set[Connection] = set()
         # Open connections per peer (uid on unix, address on TCP); no entry at 0.
@@ -60,9 +55,6 @@ class Admission:
         self._fd_budget = (
             math.inf if config.fd_limit is None else config.fd_limit - fd_reserve(config.fd_limit)
         )
-        self._fd_warning = Throttle(REFUSAL_LOG_INTERVAL)
-        self._denied_warning = Throttle(REFUSAL_LOG_INTERVAL)
-        self._tls_warning = Throttle(REFUSAL_LOG_INTERVAL)
         #: TLS handshakes under way: they hold descriptors too.
         self.handshaking = 0
         self._restricted = bool(config.allow_uids or config.allow_gids)
@@ -79,6 +71,7 @@ class Admission:
         self.stats.connections_refused += 1
         self.stats.record_refusal(err.name)
         self._refused.add(conn)  # it holds a descriptor until its answer is out
+        self._refusals(err.name, conn.peer, "(connection)", err.message)
         return err
 
     def begin_handshake(self, conn: Connection) -> bool:
@@ -99,12 +92,11 @@ class Admission:
             return
         self.stats.connections_total += 1
         self.stats.tls_handshake_failures += 1
-        self._log(
-            self._tls_warning,
-            "TLS handshake with %s failed: %s",
-            (conn.peer, handshake_failure(exc)),
+        self._refusals(
             "TLSHandshake",
             conn.peer,
+            "(connection)",
+            f"TLS handshake failed: {handshake_failure(exc)}",
         )
 
     def drop(self, conn: Connection) -> None:
@@ -124,13 +116,6 @@ class Admission:
         peer = conn.peer
         creds = conn.creds
         if creds is not None and self._restricted and not self._allowed(*creds):
-            self._log(
-                self._denied_warning,
-                "refused uid %d, gid %d: not on the allow-lists",
-                creds,
-                "PermissionDenied",
-                peer,
-            )
             return DaemonError(
                 "PermissionDenied",
                 f"uid {creds[0]} may not use this socket (--allow-user/--allow-group); "
@@ -140,13 +125,6 @@ class Admission:
         allow = self.config.tls_allow
         if names is not None and allow and allow.isdisjoint(names):
             shown = ", ".join(names) or "nothing"
-            self._log(
-                self._denied_warning,
-                "refused %s: its certificate names %s, not on --tls-allow",
-                (peer, shown),
-                "PermissionDenied",
-                peer,
-            )
             return DaemonError(
                 "PermissionDenied",
                 f"your certificate names {shown}; the daemon admits only "
@@ -160,13 +138,6 @@ class Admission:
             )
         elif open_now + len(self._refused) + self.handshaking >= self._fd_budget:
             self.stats.refused_at_fd_limit += 1
-            self._log(
-                self._fd_warning,
-                "refusing connections at the descriptor limit: %d open, RLIMIT_NOFILE %s",
-                (open_now, self.config.fd_limit),
-                "TooManyConnections",
-                peer,
-            )
             why = (
                 f"the daemon is at its descriptor limit ({self.config.fd_limit} "
                 f"descriptors, RLIMIT_NOFILE); retry later"
@@ -186,20 +157,3 @@ class Admission:
         if uid in self._always_allowed or uid in config.allow_uids or gid in config.allow_gids:
             return True
         return bool(config.allow_gids and config.allow_gids.intersection(_groups_of(uid, gid)))
-
-    def _log(
-        self,
-        throttle: Throttle,
-        message: str,
-        args: tuple[object, ...],
-        error: str,
-        peer: str,
-    ) -> None:
-        suppressed = throttle(self.clock())
-        if suppressed is not None:
-            log.warning(
-                message + " (%d more since the last message)",
-                *args,
-                suppressed,
-                extra={"ERROR": error, "PEER": peer},
-            )

@@ -30,6 +30,7 @@ from .admission import Admission
 from .config import Config
 from .connection import Connection, ResponsePlace
 from .health import Health
+from .journal import RefusalLog
 from .library import Library
 from .stats import LIBRARY_ERROR, OK, Stats
 
@@ -76,7 +77,8 @@ class Server:
         self.notify = notify
         self.clock = clock
         self.stats = Stats(clock)
-        self.admission = Admission(config, self.stats, clock)
+        self.refusals = RefusalLog(clock)
+        self.admission = Admission(config, self.stats, self.refusals)
         #: The connections being served (refused ones are not).
         self.connections = self.admission.open
         self.pending: dict[int, Call] = {}
@@ -148,7 +150,15 @@ class Server:
         err = self.admission.admit(conn)
         if err is not None:
             conn.refuse(wire.encode_response(wire.RET_ERR, err.body()))
-        elif self.draining:  # accepted just before the listeners closed
+            return
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "connection from %s (%d open)",
+                conn.peer,
+                len(self.connections),
+                extra={"PEER": conn.peer},
+            )
+        if self.draining:  # accepted just before the listeners closed
             conn.drain()
 
     def begin_handshake(self, conn: Connection) -> bool:
@@ -163,6 +173,8 @@ class Server:
 
     def forget(self, conn: Connection) -> None:
         """``conn`` is gone; its calls in flight finish and are dropped."""
+        if log.isEnabledFor(logging.DEBUG) and conn in self.connections:
+            log.debug("connection from %s closed", conn.peer, extra={"PEER": conn.peer})
         self.admission.drop(conn)
 
     def handle(self, conn: Connection, request: wire.Request) -> None:
@@ -225,12 +237,15 @@ class Server:
             known = schema.BY_NAME.get(event.method)
             method = known.name if known else "(unknown)"
         else:
+            foreign = wire.foreign_protocol(event.length)
+            hint = f" (this looks like {foreign}, not the mytimerd framing)" if foreign else ""
             err = DaemonError(
                 "MethodNameTooLong",
-                f"method name of {event.length} bytes exceeds the limit of {event.limit}",
+                f"method name of {event.length} bytes exceeds the limit of {event.limit}{hint}",
             )
             method = "(unknown)"
         self.stats.record_error(method, err.name, 0.0)
+        self.refusals(err.name, conn.peer, method, err.message)
         conn.refuse(wire.encode_response(wire.RET_ERR, err.body()))
 
     def rebuffer(self, conn: Connection, delta: int) -> bool:
@@ -246,6 +261,7 @@ class Server:
             f"(--max-buffered-bytes {limit}); retry later",
         )
         self.stats.record_refusal(err.name)
+        self.refusals(err.name, conn.peer, "(unfinished frame)", err.message)
         conn.refuse(wire.encode_response(wire.RET_ERR, err.body()))
         return False
 
@@ -261,6 +277,7 @@ class Server:
         self, conn: Connection, method: str, err: DaemonError, started: float
     ) -> None:
         self.stats.record_error(method, err.name, self.clock() - started)
+        self.refusals(err.name, conn.peer, method, err.message)
         conn.answer(wire.encode_response(wire.RET_ERR, err.body()))
 
     def _finish(self, call: Call, ret: int, body: bytes, error: str | None = None) -> None:
@@ -278,6 +295,7 @@ class Server:
         for call in calls:
             e = err(call)
             self._finish(call, wire.RET_ERR, e.body(), e.name)
+            self.refusals(e.name, call.conn.peer, call.method, e.message)
             touched.add(call.conn)
         for conn in touched:
             conn.deliver()
@@ -287,6 +305,7 @@ class Server:
         touched: set[Connection] = set()
         pending = self.pending
         held = self.held
+        debug = log.isEnabledFor(logging.DEBUG)
         for call_id, ret, body in self.library.results():
             size = held.pop(call_id, None)
             if size is not None:
@@ -299,6 +318,14 @@ class Server:
                     self.stats.late_results += 1
                 continue
             self._finish(call, ret, body)
+            if ret != wire.RET_OK and debug:
+                log.debug(
+                    "library error in %s for %s: %s",
+                    call.method,
+                    call.conn.peer,
+                    body.decode("utf-8", "replace"),
+                    extra={"METHOD": call.method, "PEER": call.conn.peer},
+                )
             touched.add(call.conn)
         for conn in touched:
             conn.deliver()
@@ -331,6 +358,7 @@ class Server:
             self._last_watchdog = now
         if now - self._last_slow_tick >= SLOW_TICK:
             self._close_idle(now - self.limits.idle_timeout)
+            self.refusals.flush()
             self.notify(f"STATUS={self.status_line(healthy, why)}")
             self._last_slow_tick = now
 

@@ -4,7 +4,6 @@ watchdog interval systemd asked for, and the descriptor limit."""
 from __future__ import annotations
 
 import logging
-import math
 import os
 import resource
 import sys
@@ -82,22 +81,3 @@ def raise_fd_limit() -> int | None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         soft = hard
     return None if soft == resource.RLIM_INFINITY else soft
-
-
-class Throttle:
-    """Rate-limits log lines: at most one per ``interval`` seconds."""
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self._last = -math.inf
-        self._suppressed = 0
-
-    def __call__(self, now: float) -> int | None:
-        """None while throttled (the event is counted); otherwise the number of
-        events suppressed since the last line, and a line may be written."""
-        if now - self._last < self.interval:
-            self._suppressed += 1
-            return None
-        suppressed, self._suppressed = self._suppressed, 0
-        self._last = now
-        return suppressed

@@ -80,6 +80,30 @@ def encode_response(ret: int, body: bytes) -> bytes:
     return _RESPONSE_HEAD.pack(ret, len(body)) + body
 
 
+#: First bytes of other protocols, read as a request's method length.
+_FOREIGN: Final = {
+    b"GET ": "an HTTP request",
+    b"POST": "an HTTP request",
+    b"PUT ": "an HTTP request",
+    b"HEAD": "an HTTP request",
+    b"DELE": "an HTTP request",
+    b"OPTI": "an HTTP request",
+    b"PATC": "an HTTP request",
+    b"CONN": "an HTTP request",
+    b"PRI ": "an HTTP/2 preface",
+    b"SSH-": "an SSH client",
+}
+
+
+def foreign_protocol(method_len: int) -> str | None:
+    """What another protocol's first four bytes, taken for a method length,
+    look like ("an HTTP request", "a TLS handshake"), or None."""
+    head = method_len.to_bytes(4, "big")
+    if head[0] == 0x16 and head[1] == 0x03:
+        return "a TLS handshake"
+    return _FOREIGN.get(head)
+
+
 class RequestParser:
     """Incremental parser for request frames (the server side).
 

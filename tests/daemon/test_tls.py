@@ -123,7 +123,7 @@ def test_bad_client_certificates_are_refused(
     assert tls_call(port, client_context(pki, pki.alice)).ret == wire.RET_OK  # still serving
     connections = stats(d)["connections"]
     assert isinstance(connections, dict) and connections["tlsHandshakeFailures"] == 1
-    assert "TLS handshake with ip:127.0.0.1 failed" in d.log()
+    assert "refused (connection) from ip:127.0.0.1: TLS handshake failed" in d.log()
 
 
 def test_the_server_certificate_is_checked_by_the_client(
@@ -162,7 +162,7 @@ def test_plaintext_client_on_a_tls_port(daemon_factory: Callable[..., Daemon], p
         assert s.recv(100) == b""  # no answer in plaintext: the handshake failed
     assert tls_call(port, client_context(pki, pki.alice)).ret == wire.RET_OK
     deadline = time.monotonic() + 5
-    while "TLS handshake with ip:127.0.0.1 failed" not in d.log():
+    while "refused (connection) from ip:127.0.0.1: TLS handshake failed" not in d.log():
         assert time.monotonic() < deadline, d.log()
         time.sleep(0.05)
 

@@ -1,0 +1,86 @@
+"""What operators read in the journal about refused work.
+
+Every refused call or connection is logged with structured fields (ERROR,
+METHOD, PEER) that ``journalctl`` can filter on, rate-limited per kind so a
+flood costs little: the first of a kind is logged at once, then at most one
+line per interval, and each line (or the periodic flush) says how many were
+suppressed in between.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+log = logging.getLogger("mytimerd")
+
+#: Refusals of the same kind logged at most once per this many seconds.
+INTERVAL: Final = 1.0
+#: Refusals that point at an attack, an overload or a fault: warning; the
+#: rest (a client's mistake) are info.
+WARNING_KINDS: Final = frozenset(
+    {
+        "FrameTooLarge",
+        "MethodNameTooLong",
+        "Overloaded",
+        "TooManyConnections",
+        "PermissionDenied",
+        "Timeout",
+        "Internal",
+        "TLSHandshake",
+    }
+)
+
+
+@dataclass
+class _Kind:
+    logged_at: float
+    suppressed: int = 0
+
+
+class RefusalLog:
+    """Rate-limited, structured log lines for refusals. Its table is keyed by
+    error name, so it is bounded by the error catalogue."""
+
+    def __init__(self, clock: Callable[[], float], interval: float = INTERVAL) -> None:
+        self._clock = clock
+        self._interval = interval
+        self._kinds: dict[str, _Kind] = {}
+
+    def __call__(self, kind: str, peer: str, method: str, message: str) -> None:
+        """One refusal of ``kind`` (a daemon error name) to ``peer``."""
+        now = self._clock()
+        state = self._kinds.get(kind)
+        if state is not None and now - state.logged_at < self._interval:
+            state.suppressed += 1
+            return
+        suppressed = state.suppressed if state is not None else 0
+        self._kinds[kind] = _Kind(now)
+        more = f" ({suppressed} more like it suppressed)" if suppressed else ""
+        log.log(
+            logging.WARNING if kind in WARNING_KINDS else logging.INFO,
+            "refused %s from %s: %s%s",
+            method,
+            peer,
+            message,
+            more,
+            extra={"ERROR": kind, "METHOD": method, "PEER": peer},
+        )
+
+    def flush(self) -> None:
+        """Say how many were suppressed of kinds that have gone quiet."""
+        now = self._clock()
+        for kind, state in self._kinds.items():
+            if state.suppressed and now - state.logged_at >= self._interval:
+                log.log(
+                    logging.WARNING if kind in WARNING_KINDS else logging.INFO,
+                    "%d more refusals (%s) suppressed in the last %.0f s",
+                    state.suppressed,
+                    kind,
+                    now - state.logged_at,
+                    extra={"ERROR": kind},
+                )
+                state.suppressed = 0
+                state.logged_at = now
