@@ -1,8 +1,10 @@
 """Python client for mytimerd: a blocking :class:`Client` and a pipelining :class:`AsyncClient`.
 
 Both speak the framing of :mod:`mytimerd.protocol.wire` over a unix or TCP
-stream, send requests as CBOR (cbor2) and decode RET_OK bodies as CBOR. Every
-failure is a :class:`MytimerError` (see :mod:`.errors`).
+stream (or TCP over TLS: a ``tls:host:port`` address, ``ssl=``), send
+requests as CBOR (cbor2) and decode RET_OK bodies as CBOR. Every failure is
+a :class:`MytimerError` (see :mod:`.errors`; a failed TLS handshake is a
+:class:`TLSError`).
 
 Example::
 
@@ -23,8 +25,8 @@ Neither client is thread-safe: use one per thread (or one AsyncClient per loop).
 
 Modules: :mod:`.errors` (exceptions), :mod:`.common` (addresses, payloads,
 answers), :mod:`.methods` (typed methods, requests and answers, shared by both
-clients), :mod:`.blocking` (Client), :mod:`.aio` (AsyncClient); the command
-line client is :mod:`.ctl`.
+clients), :mod:`.tls` (what a failed TLS handshake means), :mod:`.blocking`
+(Client), :mod:`.aio` (AsyncClient); the command line client is :mod:`.ctl`.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from .errors import (
     DaemonCallError,
     LibraryError,
     MytimerError,
+    TLSError,
     TransportError,
 )
 from .methods import (
@@ -78,6 +81,7 @@ __all__ = [
     "LibraryError",
     "MytimerError",
     "ScheduleResult",
+    "TLSError",
     "TransportError",
     "complex_request",
     "decode_body",

@@ -24,6 +24,8 @@ import collections
 import contextlib
 import select
 import socket
+import ssl
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
 
@@ -44,21 +46,44 @@ from .common import (
     os_reason,
     result_body,
 )
-from .errors import BadResponse, CallTimeout, ConnectError, ConnectionLost, TransportError
+from .errors import (
+    BadResponse,
+    CallTimeout,
+    ConnectError,
+    ConnectionLost,
+    TLSError,
+    TransportError,
+)
 from .methods import TypedMethods
+from .tls import handshake_timeout, is_closed, tls_failure
 
 
 async def _open_stream(
-    address: Address, timeout: float | None
+    address: Address, timeout: float | None, tls: tuple[ssl.SSLContext, str] | None
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    async with asyncio.timeout(timeout):
-        if isinstance(address, TcpAddress):
-            reader, writer = await asyncio.open_connection(address.host, address.port)
-            sock = writer.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return reader, writer
-        return await asyncio.open_unix_connection(address.path)
+    """A connected stream (TLS: handshake done, or a TLSError that says what failed)."""
+    deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+    async with asyncio.timeout_at(deadline):
+        if not isinstance(address, TcpAddress):
+            return await asyncio.open_unix_connection(address.path)
+        reader, writer = await asyncio.open_connection(address.host, address.port)
+    try:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            context, name = tls
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await writer.start_tls(context, server_hostname=name)
+            except (ssl.SSLError, ssl.CertificateError) as exc:
+                raise tls_failure(address, exc, name) from None
+            except TimeoutError:
+                raise handshake_timeout(address) from None
+    except BaseException:
+        writer.close()
+        raise
+    return reader, writer
 
 
 class _NotSent(Exception):
@@ -69,10 +94,16 @@ class _Connection:
     """One open stream: the FIFO of calls waiting for an answer and its reader task."""
 
     def __init__(
-        self, address: Address, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        address: Address,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        tls_name: str | None = None,
     ) -> None:
         self.address = address
         self.writer = writer
+        # The name the daemon's certificate was checked against; None: plaintext.
+        self.tls_name = tls_name
         self.pending: collections.deque[asyncio.Future[wire.Response]] = collections.deque()
         # Answers that came before any request (a daemon refusing the connection,
         # e.g. TooManyConnections): they answer the next calls, as on a blocking socket.
@@ -122,8 +153,21 @@ class _Connection:
         poll.register(sock.fileno(), select.POLLIN)
         if not poll.poll(0):
             return
-        self._progress = asyncio.get_running_loop().create_future()
-        await asyncio.wait((self._progress, self.reader_task), return_when=asyncio.FIRST_COMPLETED)
+        self._progress = progress = asyncio.get_running_loop().create_future()
+        if self.tls_name is None:
+            await asyncio.wait((progress, self.reader_task), return_when=asyncio.FIRST_COMPLETED)
+            return
+        # Over TLS what the kernel holds may be records without data (TLS 1.3
+        # session tickets), after which the reader reads on, with no progress:
+        # wait until it has progressed, or has taken in what the kernel held.
+        for _ in range(100):
+            done, _pending = await asyncio.wait(
+                (progress, self.reader_task), timeout=0.005, return_when=asyncio.FIRST_COMPLETED
+            )
+            if done or not poll.poll(0):
+                break
+        if self._progress is progress:
+            self._progress = None
 
     def submit(self, frame: bytes) -> asyncio.Future[wire.Response]:
         """Queue ``frame``; the future resolves to its answer.
@@ -135,6 +179,8 @@ class _Connection:
             future.set_result(self.early.popleft())
             return future
         if self.broken is not None:
+            if isinstance(self.broken, TLSError):
+                raise self._tls_error()
             raise ConnectionLost(self.address, self.broken.reason)
         # Writing and queueing with no await in between keeps the FIFO in
         # the order the frames go out, however many tasks call at once.
@@ -175,16 +221,32 @@ class _Connection:
                     return
         except wire.ProtocolError as exc:
             self._fail(BadResponse, str(exc))
+        except ssl.SSLError as exc:
+            if is_closed(exc):
+                self._fail(ConnectionLost, "the daemon closed the connection")
+            else:
+                # The daemon refused the client certificate (TLS 1.3 says so after
+                # the client's side of the handshake), or broke TLS.
+                self._tls_exc = exc
+                self._break(self._tls_error)
         except OSError as exc:
             self._fail(ConnectionLost, f"receiving failed: {os_reason(exc)}")
 
+    def _tls_error(self) -> TransportError:
+        assert isinstance(self.address, TcpAddress) and self.tls_name is not None
+        return tls_failure(self.address, self._tls_exc, self.tls_name)
+
     def _fail(self, kind: type[TransportError], reason: str) -> None:
-        self.broken = kind(self.address, reason)
+        self._break(lambda: kind(self.address, reason))
+
+    def _break(self, error: Callable[[], TransportError]) -> None:
+        """Mark the stream broken and close it; each call waiting on it fails with ``error()``."""
+        self.broken = error()
         self.writer.close()
         while self.pending:
             future = self.pending.popleft()
             if not future.done():
-                future.set_exception(kind(self.address, reason))
+                future.set_exception(error())
 
     async def close(self) -> None:
         """Stop reading, fail what still waits and close the stream."""
@@ -203,7 +265,8 @@ class AsyncClient(TypedMethods):
 
     Concurrent calls (e.g. through ``asyncio.gather``) are written at once on
     the same connection; a reader task hands each answer to the oldest waiting
-    call. Arguments are those of :class:`Client` (None or 0: no limit).
+    call. Arguments are those of :class:`Client` (None or 0: no limit; TLS
+    with a ``tls:`` address, ``ssl=`` and ``server_hostname=``).
 
     The client belongs to the event loop it is first used in. Once closed
     (``async with`` closes it) it may be used in another loop; used from
@@ -216,8 +279,16 @@ class AsyncClient(TypedMethods):
         *,
         timeout: float | None = DEFAULT_TIMEOUT,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+        ssl: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> None:
-        super().__init__(address, timeout=timeout, connect_timeout=connect_timeout)
+        super().__init__(
+            address,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            ssl=ssl,
+            server_hostname=server_hostname,
+        )
         self._conn: _Connection | None = None
         # Connections retired by a call that gave up, until their last call is answered.
         self._retired: set[_Connection] = set()
@@ -259,16 +330,21 @@ class AsyncClient(TypedMethods):
                 await self._conn.close()
                 self._conn = None
             attempts: list[tuple[Address, str]] = []
+            errnos: list[int | None] = []
             for address in self.addresses:
+                tls = self.tls_for(address)
                 try:
-                    reader, writer = await _open_stream(address, self.connect_timeout)
+                    reader, writer = await _open_stream(address, self.connect_timeout, tls)
+                except TLSError:
+                    raise  # it says what failed; the next address would not fix the setup
                 except (OSError, UnicodeError) as exc:
                     attempts.append((address, os_reason(exc)))
+                    errnos.append(getattr(exc, "errno", None))
                     continue
                 self.address = address
-                self._conn = _Connection(address, reader, writer)
+                self._conn = _Connection(address, reader, writer, tls[1] if tls else None)
                 return self._conn
-            raise ConnectError(attempts)
+            raise ConnectError(attempts, errnos)
 
     async def close(self) -> None:
         """Close the connection; calls still waiting fail with ConnectionLost."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import socket
+import ssl
 import time
 from types import TracebackType
 from typing import Any, Self
@@ -38,15 +39,31 @@ from .common import (
     os_reason,
     result_body,
 )
-from .errors import BadResponse, CallTimeout, ConnectError, ConnectionLost
+from .errors import BadResponse, CallTimeout, ConnectError, ConnectionLost, TLSError
 from .methods import TypedMethods
+from .tls import handshake_timeout, is_closed, tls_failure
 
 
-def _open_socket(address: Address, timeout: float | None) -> socket.socket:
+def _open_socket(
+    address: Address, timeout: float | None, tls: tuple[ssl.SSLContext, str] | None
+) -> socket.socket:
+    """A connected socket (TLS: handshake done, or a TLSError that says what failed)."""
     if isinstance(address, TcpAddress):
         sock = socket.create_connection((address.host, address.port), timeout=timeout)
-        # Requests are small and latency-bound: do not let Nagle hold them back.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            # Requests are small and latency-bound: do not let Nagle hold them back.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls is not None:
+                context, name = tls
+                try:
+                    return context.wrap_socket(sock, server_hostname=name)
+                except (ssl.SSLError, ssl.CertificateError) as exc:
+                    raise tls_failure(address, exc, name) from None
+                except TimeoutError:
+                    raise handshake_timeout(address) from None
+        except BaseException:
+            sock.close()
+            raise
         return sock
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -69,11 +86,20 @@ class _NotSent(Exception):
 class Client(TypedMethods):
     """A blocking client on one connection.
 
-    ``address``: an Address, ``unix:/path`` / ``tcp:host:port`` text, or None
-    for :func:`resolve_addresses`' defaults (``$MYTIMER_ADDRESS``, then the
-    default sockets in order). ``timeout`` bounds each call and
-    ``connect_timeout`` each connection attempt, in seconds; None or 0 means
-    no limit (as ``mytimerctl --timeout 0``), a negative value is a ValueError.
+    ``address``: an Address, ``unix:/path`` / ``tcp:host:port`` /
+    ``tls:host:port`` text, or None for :func:`resolve_addresses`' defaults
+    (``$MYTIMER_ADDRESS``, then the default sockets in order). ``timeout``
+    bounds each call and ``connect_timeout`` each connection attempt (the TLS
+    handshake included), in seconds; None or 0 means no limit (as
+    ``mytimerctl --timeout 0``), a negative value is a ValueError.
+
+    TLS: a ``tls:`` address is spoken over TLS with ``ssl`` (an
+    :class:`ssl.SSLContext`; by default :func:`ssl.create_default_context`,
+    the system's CA store), checking that the daemon's certificate names
+    ``server_hostname`` (by default the address's host). ``ssl=`` or
+    ``server_hostname=`` with a ``tcp:`` address turns TLS on as well; with a
+    unix socket they are a ValueError. A failed handshake, or the daemon's
+    refusal of the client certificate, raises :class:`~.errors.TLSError`.
 
     A call that raises :class:`~.errors.CallTimeout` closes the connection
     (its late answer would hold up the next one); the next call reconnects.
@@ -87,8 +113,16 @@ class Client(TypedMethods):
         *,
         timeout: float | None = DEFAULT_TIMEOUT,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+        ssl: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> None:
-        super().__init__(address, timeout=timeout, connect_timeout=connect_timeout)
+        super().__init__(
+            address,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            ssl=ssl,
+            server_hostname=server_hostname,
+        )
         self._sock: socket.socket | None = None
         self._parser = wire.ResponseParser(MAX_RESPONSE)
         self._ready: collections.deque[wire.Response] = collections.deque()
@@ -98,17 +132,21 @@ class Client(TypedMethods):
         if self._sock is not None:
             return
         attempts: list[tuple[Address, str]] = []
+        errnos: list[int | None] = []
         for address in self.addresses:
             try:
-                self._sock = _open_socket(address, self.connect_timeout)
+                self._sock = _open_socket(address, self.connect_timeout, self.tls_for(address))
+            except TLSError:
+                raise  # it says what failed; the next address would not fix the setup
             except (OSError, UnicodeError) as exc:
                 attempts.append((address, os_reason(exc)))
+                errnos.append(getattr(exc, "errno", None))
                 continue
             self.address = address
             self._parser = wire.ResponseParser(MAX_RESPONSE)
             self._ready.clear()
             return
-        raise ConnectError(attempts)
+        raise ConnectError(attempts, errnos)
 
     def close(self) -> None:
         """Close the connection (the next call reconnects)."""
@@ -144,6 +182,8 @@ class Client(TypedMethods):
         sock = self._sock
         if sock is None or self._ready:
             return False
+        if isinstance(sock, ssl.SSLSocket):
+            return self._tls_closed_while_idle(sock)
         try:
             sock.settimeout(0)
             return sock.recv(1, socket.MSG_PEEK) == b""
@@ -151,6 +191,41 @@ class Client(TypedMethods):
             return False  # nothing to read: open and idle
         except OSError:
             return True
+
+    def _tls_closed_while_idle(self, sock: ssl.SSLSocket) -> bool:
+        """:meth:`_closed_while_idle` over TLS, which cannot peek: what is read is kept.
+
+        Records that carry no data (TLS 1.3 session tickets) are taken in
+        here; an answer is kept for the next call; the daemon's alert (it
+        refused the client certificate after the handshake) is its TLSError.
+        """
+        try:
+            sock.settimeout(0)
+            data = sock.recv(READ_SIZE)
+        except ssl.SSLWantReadError:
+            return False  # nothing to read: open and idle
+        except ssl.SSLError as exc:
+            if is_closed(exc):
+                return True
+            raise self._tls_lost(exc) from None
+        except OSError:
+            return True
+        if not data:
+            return True
+        try:
+            self._ready.extend(self._parser.feed(data))
+        except wire.ProtocolError as exc:
+            self.close()
+            raise BadResponse(self.address, str(exc)) from None
+        return False
+
+    def _tls_lost(self, exc: ssl.SSLError) -> TLSError:
+        """Close the connection; the TLSError of what the daemon's TLS layer said."""
+        self.close()
+        address = self.address
+        assert isinstance(address, TcpAddress)
+        tls = self.tls_for(address)
+        return tls_failure(address, exc, tls[1] if tls else address.host)
 
     def _exchange(self, method: str | bytes, payload: bytes, timeout: Timeout) -> wire.Response:
         frame = wire.encode_request(method, payload)
@@ -213,6 +288,13 @@ class Client(TypedMethods):
                     data = sock.recv(READ_SIZE)
                 except TimeoutError:
                     raise expired() from None
+                except ssl.SSLError as exc:
+                    if not is_closed(exc):
+                        # The daemon refused the client certificate (TLS 1.3 says so
+                        # after the client's side of the handshake), or broke TLS.
+                        raise self._tls_lost(exc) from None
+                    data = b""
+                    reason = send_error or "the daemon closed the connection"
                 except OSError as exc:
                     data = b""
                     reason = send_error or f"receiving failed: {os_reason(exc)}"

@@ -4,9 +4,10 @@
 - :class:`DaemonCallError`: the daemon refused the call (``name`` is the
   ``mytimerd.<Name>`` error name without its prefix, see :mod:`mytimerd.protocol.errors`);
 - :class:`TransportError`: no usable connection. :class:`ConnectError` (no
-  address accepted the connection), :class:`ConnectionLost` (the stream broke
-  or the daemon closed it), :class:`BadResponse` (the peer broke the protocol)
-  and :class:`CallTimeout` (no answer in time).
+  address accepted the connection; :class:`TLSError`, one of them: TLS with
+  the daemon failed), :class:`ConnectionLost` (the stream broke or the daemon
+  closed it), :class:`BadResponse` (the peer broke the protocol) and
+  :class:`CallTimeout` (no answer in time).
 """
 
 from __future__ import annotations
@@ -55,15 +56,57 @@ class TransportError(MytimerError):
 
 
 class ConnectError(TransportError):
-    """No address accepted the connection; ``attempts`` lists (address, reason)."""
+    """No address accepted the connection; ``attempts`` lists (address, reason).
 
-    def __init__(self, attempts: Sequence[tuple[Address, str]]) -> None:
+    ``errnos`` holds the ``errno`` of each attempt (None where there is none,
+    e.g. a host name that does not resolve), e.g. ``errno.EACCES`` for a unix
+    socket this user may not open.
+    """
+
+    def __init__(
+        self,
+        attempts: Sequence[tuple[Address, str]],
+        errnos: Sequence[int | None] | None = None,
+    ) -> None:
         first, reason = attempts[0]
         super().__init__(first, reason)
         self.attempts = list(attempts)
+        self.errnos = list(errnos) if errnos is not None else [None] * len(self.attempts)
 
     def __str__(self) -> str:
         return "; ".join(f"cannot connect to {a}: {r}" for a, r in self.attempts)
+
+
+class TLSError(ConnectError):
+    """TLS with the daemon at ``address`` failed; ``reason`` says what failed.
+
+    ``problem`` names it:
+
+    - ``"untrusted"``: the daemon's certificate is not signed by a CA the
+      client trusts (or has expired);
+    - ``"name"``: the daemon's certificate does not name the host connected
+      to (or ``server_hostname``);
+    - ``"client-certificate"``: the daemon refused the client's certificate,
+      or wants one and none was given; ``alert`` is the TLS alert it sent
+      (``"certificate required"``, ``"unknown ca"``, ``"certificate expired"``,
+      ``"bad certificate"``...);
+    - ``"not-tls"``: the peer does not speak TLS (a plaintext port);
+    - ``"handshake"``: anything else (``alert`` set if the daemon sent one).
+
+    With TLS 1.3 the daemon checks the client's certificate after the client
+    has finished its side of the handshake, so a refused certificate shows
+    on the first read of the connection: the call fails with this error too.
+    """
+
+    def __init__(
+        self, address: Address, reason: str, problem: str = "handshake", alert: str | None = None
+    ) -> None:
+        super().__init__([(address, reason)])
+        self.problem = problem
+        self.alert = alert
+
+    def __str__(self) -> str:
+        return f"TLS with {self.address} failed: {self.reason}"
 
 
 class ConnectionLost(TransportError):

@@ -10,10 +10,12 @@ Every typed method takes a keyword-only ``timeout=`` that it hands to ``call``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import types
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from ssl import SSLContext, create_default_context
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -26,7 +28,7 @@ from typing import (
     overload,
 )
 
-from ..protocol.address import Address
+from ..protocol.address import Address, TcpAddress, UnixAddress
 from .common import (
     CLIENT_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
@@ -36,6 +38,7 @@ from .common import (
     check_timeout,
     resolve_addresses,
 )
+from .tls import check_context
 
 if TYPE_CHECKING:  # only for the overloads of TypedCall.__get__: both clients import this module
     from .aio import AsyncClient
@@ -299,13 +302,46 @@ class TypedMethods:
         *,
         timeout: float | None = DEFAULT_TIMEOUT,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+        ssl: SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> None:
         """The settings both clients share (see :class:`Client`)."""
+        self.ssl = check_context(ssl)
+        self.server_hostname = server_hostname
         self.addresses = resolve_addresses(address)
+        if ssl is not None or server_hostname is not None:
+            given = "ssl=" if ssl is not None else "server_hostname="
+            if any(isinstance(a, UnixAddress) for a in self.addresses):
+                raise ValueError(
+                    f"{given} needs a TCP address (tls:host:port or tcp:host:port); "
+                    f"{', '.join(map(str, self.addresses))} is a unix socket, which is not TLS"
+                )
+            # TLS asked for by its settings: a tcp: address is spoken over TLS too.
+            self.addresses = [
+                dataclasses.replace(a, tls=True) if isinstance(a, TcpAddress) else a
+                for a in self.addresses
+            ]
+        self._default_context: SSLContext | None = None
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         #: The address connected to, once connected.
         self.address: Address | None = None
+
+    def tls_for(self, address: Address) -> tuple[SSLContext, str] | None:
+        """The context and server name to speak TLS to ``address`` with, or None for plaintext.
+
+        The context is ``ssl=``, or :func:`ssl.create_default_context` (the
+        system's CA store, made once per client); the name is
+        ``server_hostname=``, or the address's host.
+        """
+        if not isinstance(address, TcpAddress) or not address.tls:
+            return None
+        context = self.ssl
+        if context is None:
+            if self._default_context is None:
+                self._default_context = create_default_context()
+            context = self._default_context
+        return context, self.server_hostname or address.host
 
     @property
     def timeout(self) -> float | None:

@@ -13,7 +13,8 @@ SYSTEM_SOCKET: Final = Path("/run/mytimerd.sock")
 USER_SOCKET_NAME: Final = "mytimerd.sock"
 #: The original example's TCP port, used by mytimerd-tcp.socket.
 DEFAULT_TCP_PORT: Final = 9099
-#: Environment variable the client reads: unix:/path, tcp:host:port, tcp:[v6]:port.
+#: Environment variable the client reads: unix:/path, tcp:host:port, tcp:[v6]:port,
+#: tls:host:port, tls:[v6]:port.
 ADDRESS_ENV: Final = "MYTIMER_ADDRESS"
 
 
@@ -29,14 +30,18 @@ class UnixAddress:
 
 @dataclass(frozen=True)
 class TcpAddress:
-    """A TCP endpoint; ``host`` is a name, an IPv4 or a bare IPv6 address."""
+    """A TCP endpoint; ``host`` is a name, an IPv4 or a bare IPv6 address.
+
+    ``tls``: spoken over TLS (written ``tls:host:port``); plaintext otherwise.
+    """
 
     host: str
     port: int
+    tls: bool = False
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"tcp:{host}:{self.port}"
+        return f"{'tls' if self.tls else 'tcp'}:{host}:{self.port}"
 
 
 Address = UnixAddress | TcpAddress
@@ -54,21 +59,26 @@ def parse_port(text: str) -> int:
 
 
 def parse_address(text: str) -> Address:
-    """Parse ``unix:/path``, ``tcp:host:port`` or ``tcp:[v6addr]:port``."""
+    """Parse ``unix:/path``, ``tcp:host:port``, ``tcp:[v6addr]:port``, or the same with ``tls:``.
+
+    ``tls:`` is a TCP address spoken over TLS (``TcpAddress.tls``).
+    """
     kind, sep, rest = text.partition(":")
     if sep and kind == "unix" and rest:
         return UnixAddress(rest)
-    if sep and kind == "tcp":
+    if sep and kind in ("tcp", "tls"):
+        tls = kind == "tls"
         if rest.startswith("["):
             host, bracket, tail = rest[1:].partition("]")
             if not bracket or not tail.startswith(":") or not host:
-                raise ValueError(f"bad address {text!r}: expected tcp:[v6addr]:port")
-            return TcpAddress(host, parse_port(tail[1:]))
+                raise ValueError(f"bad address {text!r}: expected {kind}:[v6addr]:port")
+            return TcpAddress(host, parse_port(tail[1:]), tls)
         host, colon, port = rest.rpartition(":")
         if colon and host and ":" not in host:
-            return TcpAddress(host, parse_port(port))
+            return TcpAddress(host, parse_port(port), tls)
     raise ValueError(
-        f"bad address {text!r}: expected unix:/path, tcp:host:port or tcp:[v6addr]:port"
+        f"bad address {text!r}: expected unix:/path, tcp:host:port, tls:host:port "
+        "or tcp:[v6addr]:port"
     )
 
 
