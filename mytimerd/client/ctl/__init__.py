@@ -9,8 +9,8 @@ defaults apply. Calls go through :class:`mytimerd.client.Client`.
 
 Modules: :mod:`.commands` (the command table), :mod:`.parser` (argparse and
 exit codes), :mod:`.render` (JSON forms and human output), :mod:`.completion`
-(shell scripts) and :mod:`.main` (the entry point, ``mytimerctl`` in
-pyproject.toml's console scripts).
+(shell scripts), :mod:`.hints` (what to do after an error) and :mod:`.main`
+(the entry point, ``mytimerctl`` in pyproject.toml's console scripts).
 """
 
 from __future__ import annotations

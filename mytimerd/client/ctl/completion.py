@@ -12,7 +12,18 @@ from .commands import COMMANDS, EXTRA_COMMANDS, PROG
 SHELLS: Final = ("bash", "zsh")
 
 #: The options every command takes (see parser._add_common), completed everywhere.
-_GLOBAL_FLAGS: Final = ("--unix", "--tcp", "--timeout", "--json", "--help")
+_GLOBAL_FLAGS: Final = (
+    "--unix",
+    "--tcp",
+    "--tls",
+    "--tls-ca",
+    "--tls-cert",
+    "--tls-key",
+    "--tls-server-name",
+    "--timeout",
+    "--json",
+    "--help",
+)
 
 #: Options only given before the command.
 _TOP_FLAGS: Final = ("--version",)
@@ -43,12 +54,15 @@ _{PROG}() {{
     local globals="{" ".join(_GLOBAL_FLAGS)}" command="" args=0 i words=""
     # Walk the words before the cursor: find the command, count its positional
     # arguments, and step over option values. When the cursor is on a value
-    # (--unix PATH, --tcp HOST PORT, --timeout SECONDS, --delay-ms N...),
+    # (--unix PATH, --tcp HOST PORT, --tls-ca FILE, --timeout SECONDS, --delay-ms N...),
     # complete that value and nothing else.
     for ((i = 1; i < COMP_CWORD; i++)); do
         case "${{COMP_WORDS[i]}}" in
-            --unix) if ((i + 1 == COMP_CWORD)); then
+            --unix|--tls-ca|--tls-cert|--tls-key) if ((i + 1 == COMP_CWORD)); then
                         COMPREPLY=($(compgen -f -- "$cur")); return
+                    fi; ((i++));;
+            --tls-server-name) if ((i + 1 == COMP_CWORD)); then
+                        COMPREPLY=($(compgen -A hostname -- "$cur")); return
                     fi; ((i++));;
             --tcp) if ((i + 1 == COMP_CWORD)); then
                        COMPREPLY=($(compgen -A hostname -- "$cur")); return
@@ -91,8 +105,14 @@ def _zsh_describe(text: str) -> str:
 
 def _zsh_script() -> str:
     globals_ = [
-        "'(--tcp)--unix[Unix socket of the daemon]:socket:_files'",
+        "'(--tcp --tls --tls-ca --tls-cert --tls-key --tls-server-name)"
+        "--unix[Unix socket of the daemon]:socket:_files'",
         "'(--unix)--tcp[TCP endpoint of the daemon]:host:_hosts:port: '",
+        "'(--unix)--tls[Speak TLS to the daemon]'",
+        "'(--unix)--tls-ca[CA certificates to trust for the daemon]:file:_files'",
+        "'(--unix)--tls-cert[Client certificate]:file:_files'",
+        "'(--unix)--tls-key[Key of the client certificate]:file:_files'",
+        "'(--unix)--tls-server-name[Name the daemon certificate must hold]:name:_hosts'",
         "'--timeout[Seconds to wait]:seconds: '",
         "'--json[Print the answer as JSON]'",
     ]

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import signal
+import ssl
 import sys
-import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
@@ -22,17 +23,26 @@ import cbor2
 
 from ...protocol.address import ADDRESS_ENV, Address, TcpAddress, UnixAddress, parse_port
 from ..blocking import Client
-from ..common import decode_body, encode_payload, os_reason
+from ..common import decode_body, encode_payload, os_reason, resolve_addresses
 from ..errors import (
     BadResponse,
     CallTimeout,
     ConnectError,
     DaemonCallError,
     LibraryError,
+    TLSError,
     TransportError,
 )
+from ..tls import speaks_tls
 from .commands import COMMANDS_BY_NAME, PROG
 from .completion import completion_script
+from .hints import (
+    permission_denied_hint,
+    permission_hint,
+    plaintext_on_tls_hint,
+    start_hint,
+    tls_hint,
+)
 from .parser import (
     EXIT_BROKEN_PIPE,
     EXIT_DAEMON_ERROR,
@@ -47,25 +57,6 @@ from .parser import (
     utf8,
 )
 from .render import escape_controls, parse_json_request, render, to_json
-
-
-def _start_hint(addresses: Sequence[Address]) -> str:
-    first = addresses[0]
-    if isinstance(first, TcpAddress):
-        by_hand = f"mytimerd --tcp {first.host} {first.port}"
-        unit = "mytimerd-tcp.socket"
-    else:
-        by_hand = f"mytimerd --unix {first.path}"
-        unit = "mytimerd.socket"
-    return textwrap.fill(
-        f"hint: is mytimerd running? Start it with 'systemctl start {unit}' "
-        f"(or 'systemctl --user start {unit}' for your own daemon), or by hand: "
-        f"'{by_hand}'. Point {PROG} elsewhere with --unix, --tcp or ${ADDRESS_ENV}.",
-        79,
-        subsequent_indent="      ",
-        break_on_hyphens=False,
-        break_long_words=False,
-    )
 
 
 class _OutputFailed(Exception):
@@ -146,6 +137,51 @@ def _explicit_address(parser: argparse.ArgumentParser, ns: argparse.Namespace) -
     return None
 
 
+def _tls_context(ns: argparse.Namespace, addresses: Sequence[Address]) -> ssl.SSLContext | None:
+    """The TLS context the options ask for, or None for plaintext; ValueError if they cannot be.
+
+    TLS is spoken to a ``tls:`` address, or to a TCP address given with
+    ``--tls`` or any ``--tls-*`` option; a unix socket is never TLS.
+    """
+    options = {
+        "--tls": ns.tls,
+        "--tls-ca": ns.tls_ca,
+        "--tls-cert": ns.tls_cert,
+        "--tls-key": ns.tls_key,
+        "--tls-server-name": ns.tls_server_name,
+    }
+    given = [flag for flag, value in options.items() if value not in (None, False)]
+    if given and any(isinstance(a, UnixAddress) for a in addresses):
+        where = ", ".join(str(a) for a in addresses)
+        raise ValueError(
+            f"{given[0]} needs a TCP address (--tcp HOST PORT, or "
+            f"${ADDRESS_ENV}=tls:HOST:PORT); {where} is a unix socket, which is never TLS"
+        )
+    if ns.tls_key is not None and ns.tls_cert is None:
+        raise ValueError("--tls-key goes with --tls-cert (the client certificate)")
+    if not given and not any(isinstance(a, TcpAddress) and a.tls for a in addresses):
+        return None
+    try:
+        context = ssl.create_default_context(cafile=ns.tls_ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"--tls-ca {ns.tls_ca}: cannot load it: {_ssl_reason(exc)}") from None
+    if ns.tls_cert is not None:
+        try:
+            context.load_cert_chain(ns.tls_cert, ns.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            key = f" with --tls-key {ns.tls_key}" if ns.tls_key else ""
+            raise ValueError(
+                f"--tls-cert {ns.tls_cert}{key}: cannot load it: {_ssl_reason(exc)}"
+            ) from None
+    return context
+
+
+def _ssl_reason(exc: OSError | ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or exc).lower().replace("_", " ")
+    return os_reason(exc)
+
+
 def _read_stdin(stdin: TextIO | None) -> str:
     """The request text on standard input: _InputFailed if it is closed or unreadable."""
     if stdin is None:
@@ -195,6 +231,25 @@ def _output(ns: argparse.Namespace, method: str, answer: Any) -> str:
     return render(method, answer) + "\n"
 
 
+def _plaintext_on_tls(address: Address | None, timeout: float | None) -> bool:
+    """Whether a plaintext connection to ``address`` failed because the port speaks TLS.
+
+    The daemon hangs up on a plaintext client on its TLS port without a
+    word; a TLS handshake tells such a port from a broken daemon. If it
+    does, say so (and how to speak TLS) and return True.
+    """
+    if not isinstance(address, TcpAddress) or address.tls:
+        return False
+    if not speaks_tls(address, timeout or None):
+        return False
+    _error(
+        f"the daemon at {address} hung up without an answer: that port speaks TLS, "
+        "and this connection was plaintext"
+    )
+    _hint(plaintext_on_tls_hint(address))
+    return True
+
+
 def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None) -> int:
     """Run mytimerctl with ``argv`` (default: sys.argv[1:]); return the exit status.
 
@@ -235,9 +290,17 @@ def _run(argv: Sequence[str] | None, stdin: TextIO | None) -> int:
         _error("give either --json or --format, not both")
         return EXIT_USAGE
     try:
+        addresses = resolve_addresses(address)
+        context = _tls_context(ns, addresses)
         method, request = _request(ns, stdin)
         payload = _encode(request)
-        conn = Client(address, timeout=ns.timeout, connect_timeout=ns.timeout)
+        conn = Client(
+            address,
+            timeout=ns.timeout,
+            connect_timeout=ns.timeout,
+            ssl=context,
+            server_hostname=ns.tls_server_name,
+        )
     except _InputFailed as exc:
         _error(str(exc))
         return EXIT_IO
@@ -247,17 +310,31 @@ def _run(argv: Sequence[str] | None, stdin: TextIO | None) -> int:
     try:
         with conn:
             answer = decode_body(conn.call_raw(method, payload), conn.address)
+    except TLSError as exc:
+        _error(f"TLS with the daemon at {exc.address} failed: {exc.reason}")
+        _hint(tls_hint(exc))
+        return EXIT_UNREACHABLE
     except ConnectError as exc:
         _error(*(f"cannot connect to the daemon at {a}: {r}" for a, r in exc.attempts))
-        _hint(_start_hint([a for a, _ in exc.attempts]))
+        denied = [
+            a.path
+            for (a, _), code in zip(exc.attempts, exc.errnos, strict=True)
+            if isinstance(a, UnixAddress) and code == errno.EACCES
+        ]
+        for path in denied:
+            _hint(permission_hint(path))
+        if not denied:
+            _hint(start_hint([a for a, _ in exc.attempts]))
         return EXIT_UNREACHABLE
     except CallTimeout as exc:
         _error(f"{exc} (see --timeout)")
         return EXIT_TIMEOUT
-    except BadResponse as exc:
-        _error(f"the peer at {exc.address} does not speak the mytimerd protocol: {exc.reason}")
-        return EXIT_UNREACHABLE
-    except TransportError as exc:
+    except (BadResponse, TransportError) as exc:
+        if _plaintext_on_tls(exc.address, ns.timeout):
+            return EXIT_UNREACHABLE
+        if isinstance(exc, BadResponse):
+            _error(f"the peer at {exc.address} does not speak the mytimerd protocol: {exc.reason}")
+            return EXIT_UNREACHABLE
         _error(f"lost the connection to the daemon at {exc.address}: {exc.reason}")
         _hint(
             "hint: the daemon may have stopped; see 'systemctl status mytimerd' "
@@ -266,6 +343,8 @@ def _run(argv: Sequence[str] | None, stdin: TextIO | None) -> int:
         return EXIT_UNREACHABLE
     except DaemonCallError as exc:
         _error(str(exc))
+        if exc.name == "PermissionDenied":
+            _hint(permission_denied_hint(conn.address))
         return EXIT_DAEMON_ERROR
     except LibraryError as exc:
         _error(f"library error: {exc.message}")

@@ -33,10 +33,15 @@ EXIT_BROKEN_PIPE: Final = 128 + signal.SIGPIPE
 #: Every exit status with its meaning (shown by --help and in docs/mytimerctl.md).
 EXIT_CODES: Final[tuple[tuple[int, str], ...]] = (
     (EXIT_OK, "success"),
-    (EXIT_USAGE, f"usage error: bad command, option, JSON or ${ADDRESS_ENV}"),
+    (
+        EXIT_USAGE,
+        f"usage error: bad command, option, JSON or ${ADDRESS_ENV}; a --tls-* file that"
+        " cannot be loaded",
+    ),
     (
         EXIT_UNREACHABLE,
-        "daemon unreachable: the connection failed or dropped, or the peer broke the protocol",
+        "daemon unreachable: the connection failed or dropped, TLS failed (the message"
+        " says what), or the peer broke the protocol",
     ),
     (EXIT_TIMEOUT, "timeout: no answer within --timeout"),
     (EXIT_DAEMON_ERROR, f"daemon error: the daemon refused the call ({PREFIX}<Name>)"),
@@ -124,6 +129,43 @@ def _add_common(parser: argparse.ArgumentParser, default: Any) -> None:
         default=given(None),
         help=f"Talk to the daemon on this TCP endpoint (its usual port is {DEFAULT_TCP_PORT}).",
     )
+    tls = parser.add_argument_group(
+        "TLS (TCP only; any of these speaks TLS to a --tcp or tcp: address)"
+    )
+    tls.add_argument(
+        "--tls",
+        action="store_true",
+        default=given(False),
+        help="Speak TLS to the daemon, checking its certificate against the system's CA "
+        "store (or --tls-ca). Same as the address tls:HOST:PORT.",
+    )
+    tls.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        default=given(None),
+        help="Trust the CA certificates in FILE (PEM) for the daemon's certificate, "
+        "instead of the system's store.",
+    )
+    tls.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        default=given(None),
+        help="Present this client certificate (PEM), for a daemon that wants one "
+        "(mutual TLS, its --tls-client-ca).",
+    )
+    tls.add_argument(
+        "--tls-key",
+        metavar="FILE",
+        default=given(None),
+        help="The private key of --tls-cert (PEM; default: read from the --tls-cert file).",
+    )
+    tls.add_argument(
+        "--tls-server-name",
+        metavar="NAME",
+        default=given(None),
+        help="Check that the daemon's certificate names NAME (and ask for NAME by SNI), "
+        "instead of the host connected to.",
+    )
     where.add_argument(
         "--timeout",
         type=_timeout,
@@ -180,8 +222,9 @@ def _addressing() -> str:
     return (
         "address:\n"
         "  --unix PATH or --tcp HOST PORT; else $MYTIMER_ADDRESS (unix:/path,\n"
-        "  tcp:host:port or tcp:[v6addr]:port); else the default sockets, in order:\n"
-        f"  {defaults}"
+        "  tcp:host:port, tcp:[v6addr]:port, or tls:host:port for TLS); else the\n"
+        f"  default sockets, in order: {defaults}\n"
+        "  TLS: tls:HOST:PORT, or --tls or any --tls-* option with a TCP address."
     )
 
 
@@ -205,6 +248,18 @@ def build_parser() -> argparse.ArgumentParser:
                         ["version"],
                         ["--json", "echo", "hello"],
                         ["--tcp", "127.0.0.1", str(DEFAULT_TCP_PORT), "ping"],
+                        [
+                            "--tcp",
+                            "timer.example",
+                            str(DEFAULT_TCP_PORT),
+                            "--tls-ca",
+                            "ca.pem",
+                            "--tls-cert",
+                            "me.crt",
+                            "--tls-key",
+                            "me.key",
+                            "ping",
+                        ],
                         ["call", "echo", '{"req": {"message": "hi"}}'],
                     ]
                 ),
