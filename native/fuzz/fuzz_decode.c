@@ -1,7 +1,8 @@
 /*
  * libFuzzer target for the request decoders and reply encoders
  * (make -C native fuzz; run: build/fuzz_decode -max_total_time=60 DIR corpus).
- * Every input is fed to all five decoders; successful decodes are encoded
+ * Every input is fed to all five decoders (schedule under the rules of both
+ * generations); successful decodes are encoded
  * into replies, and invariants that the library relies on are checked.
  */
 #include <stdint.h>
@@ -71,15 +72,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check_err(&d);
     }
 
-    mt_schedule_req sr;
-    mt_dec_init(&d, data, size);
-    if (mt_decode_schedule(&d, &sr) == 0) {
-        check_str(data, size, sr.job_name);
-        mt_buf_init(&b);
-        mt_eval_schedule(&b, &sr, name);
-        mt_buf_free(&b);
-    } else {
-        check_err(&d);
+    for (int gen = 2; gen <= 3; gen++) { /* integer priority, then the text enum */
+        mt_schedule_req sr;
+        mt_dec_init(&d, data, size);
+        if (mt_decode_schedule(&d, &sr, gen) == 0) {
+            check_str(data, size, sr.job_name);
+            if (sr.prio < MT_PRIO_LOW || sr.prio > MT_PRIO_HIGH)
+                __builtin_trap();
+            mt_buf_init(&b);
+            if (mt_eval_schedule(&b, &sr, name) == 0 && gen == 3)
+                mt_encode_job_event(&b, &sr, name);
+            mt_buf_free(&b);
+        } else {
+            check_err(&d);
+        }
     }
     return 0;
 }

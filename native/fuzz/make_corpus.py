@@ -12,6 +12,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SPEC = HERE.parents[1] / "tests" / "vectors" / "abi-vectors.json"
+SPEC_03 = HERE.parents[1] / "tests" / "vectors" / "abi-vectors-0.3.json"
 
 
 def main() -> None:
@@ -19,6 +20,8 @@ def main() -> None:
     vectors = json.loads(SPEC.read_text())
     seeds.append(bytes.fromhex(vectors["create"]["request_hex"]))
     seeds += [bytes.fromhex(v["request_hex"]) for v in vectors["calls"]]
+    # the 0.3 generation's requests (text priorities) for the gen-3 schedule decoder
+    seeds += [bytes.fromhex(v["request_hex"]) for v in json.loads(SPEC_03.read_text())["calls"]]
     h = bytes.fromhex
     seeds += [
         b"",

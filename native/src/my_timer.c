@@ -7,9 +7,26 @@
  * Only the library thread invokes result and event callbacks, so callbacks of
  * one context never overlap; the exceptions are the synchronous errors the
  * spec puts on the caller's thread (invalid context, failed create).
+ *
+ * The same source builds both ABI generations: MT_GENERATION=2 (default,
+ * libmy_timer.so, _cbor symbols) and MT_GENERATION=3 (libmy_timer-0.3.so:
+ * suffix-less symbols, static lib_version, text priority, echo delay limit,
+ * on_job_scheduled, RET_STALE_WARN, and events delivered by a second,
+ * per-context event thread instead of the library thread).
  */
 #define _GNU_SOURCE
+#ifndef MT_GENERATION
+#define MT_GENERATION 2
+#endif
+#if MT_GENERATION == 3
+#include "../include/my_timer.h"
+#define MT_SYM(name) my_timer_##name
+#elif MT_GENERATION == 2
 #include "../include/my_timer_cbor.h"
+#define MT_SYM(name) my_timer_##name##_cbor
+#else
+#error "MT_GENERATION must be 2 or 3"
+#endif
 
 #include <errno.h>
 #include <inttypes.h>
@@ -38,6 +55,8 @@ static const char *const method_name[] = {"create", "version", "echo", "complex"
 #define SPIN_NS 30000          /* idle spin before sleeping: keeps round trips cheap */
 #define DEFAULT_GRACE_MS 1500  /* like the real library's destroy bound */
 #define MAX_GRACE_MS 3600000
+#define DEFAULT_STALE_MS 5000  /* 0.3: RET_STALE_WARN interval */
+#define MAX_STALE_MS 3600000
 
 typedef struct req {
     struct req *next;
@@ -49,7 +68,9 @@ typedef struct req {
     uint8_t *payload;
     size_t len;
     uint64_t seq;
-    int64_t deadline_ns; /* while in the timer heap */
+    int64_t deadline_ns; /* while in the timer heap: next wake-up (finish or warning) */
+    int64_t start_ns, finish_ns; /* when the wait began, when it ends */
+    int64_t warned;              /* RET_STALE_WARN callbacks sent (0.3) */
     union {
         mt_echo_req echo;
         mt_schedule_req sched;
@@ -59,10 +80,19 @@ typedef struct req {
 
 typedef struct {
     uint64_t id;
-    char *name; /* NULL: wildcard */
+    char *name; /* NULL: wildcard (0.2), receives nothing (0.3) */
     FFICallBack cb;
     void *ud;
 } listener_t;
+
+/* 0.3: an event on its way to the event thread. */
+typedef struct ev {
+    struct ev *next;
+    const char *name; /* static string */
+    int code;
+    size_t len;
+    uint8_t body[];
+} ev_t;
 
 typedef struct ctx {
     pthread_mutex_t mu;
@@ -90,6 +120,16 @@ typedef struct ctx {
     listener_t *lst;
     size_t nl, lcap;
     uint64_t next_id;
+
+    int64_t stale_ns; /* 0.3: RET_STALE_WARN interval (0: never) */
+#if MT_GENERATION == 3
+    atomic_int nnamed; /* listeners with a name: events are queued only then */
+    pthread_t ethread; /* event thread: delivers events, nothing else */
+    pthread_mutex_t emu;
+    pthread_cond_t ecv;
+    ev_t *ehead, *etail;
+    int estop;
+#endif
 } ctx_t;
 
 /* ---- registry of live contexts ------------------------------------------ */
@@ -250,42 +290,104 @@ static req_t *heap_pop(ctx_t *c)
 
 /* ---- request handling (library thread) ---------------------------------- */
 
-static void fire_event(ctx_t *c, mt_str message)
+/* Runs the listeners of event `ev`. 0.2: on the library thread, wildcards
+ * (NULL name) included. 0.3: on the event thread, exact names only. The lock
+ * is held while listeners run so that once remove returns, that listener is
+ * never called again; add/remove from a callback are rejected, not
+ * deadlocked (tl_in_cb). */
+static void deliver_event(ctx_t *c, const char *ev, int code, const void *body, size_t len)
 {
-    static const char ev[] = "on_echo_fired";
-    mt_buf b;
-    mt_buf_init(&b);
-    mt_encode_echo_event(&b, message);
-    /* Held while listeners run so that once remove returns, that listener is
-     * never called again; add/remove from a callback are rejected, not
-     * deadlocked (tl_in_cb). */
     pthread_mutex_lock(&c->lmu);
     for (size_t i = 0; i < c->nl; i++) {
         listener_t *l = &c->lst[i];
+#if MT_GENERATION == 3
+        if (!l->name || strcmp(l->name, ev) != 0)
+            continue;
+#else
         if (l->name && strcmp(l->name, ev) != 0)
             continue;
-        if (b.oom)
-            call_err(l->cb, "out of memory encoding event", l->ud);
-        else
-            call_cb(l->cb, RET_OK, b.p, b.len, l->ud);
+#endif
+        call_cb(l->cb, code, body, len, l->ud);
     }
     pthread_mutex_unlock(&c->lmu);
-    mt_buf_free(&b);
 }
 
-static void reply(req_t *n, mt_buf *b, int code)
+/* Fires an encoded event: delivered now (0.2) or handed to the event thread
+ * (0.3, so it may reach listeners after the reply that follows it). */
+static void fire_event(ctx_t *c, const char *ev, const mt_buf *b)
+{
+    static const char oom[] = "out of memory encoding event";
+    const void *body = b->oom ? (const void *)oom : b->p;
+    size_t len = b->oom ? sizeof oom - 1 : b->len;
+    int code = b->oom ? RET_ERR : RET_OK;
+#if MT_GENERATION == 3
+    if (atomic_load(&c->nnamed) == 0)
+        return; /* nobody could receive it */
+    ev_t *e = malloc(sizeof *e + len);
+    if (!e)
+        return; /* out of memory: the event is lost, the call still answers */
+    e->next = NULL;
+    e->name = ev;
+    e->code = code;
+    e->len = len;
+    memcpy(e->body, body, len);
+    pthread_mutex_lock(&c->emu);
+    if (c->etail)
+        c->etail->next = e;
+    else
+        c->ehead = e;
+    c->etail = e;
+    pthread_cond_signal(&c->ecv);
+    pthread_mutex_unlock(&c->emu);
+#else
+    deliver_event(c, ev, code, body, len);
+#endif
+}
+
+#if MT_GENERATION == 3
+static void *event_main(void *arg)
+{
+    ctx_t *c = arg;
+    pthread_mutex_lock(&c->emu);
+    for (;;) {
+        while (!c->ehead && !c->estop)
+            pthread_cond_wait(&c->ecv, &c->emu);
+        ev_t *batch = c->ehead;
+        if (!batch)
+            break; /* stopping and drained */
+        c->ehead = c->etail = NULL;
+        pthread_mutex_unlock(&c->emu);
+        while (batch) {
+            ev_t *e = batch;
+            batch = e->next;
+            deliver_event(c, e->name, e->code, e->body, e->len);
+            free(e);
+        }
+        pthread_mutex_lock(&c->emu);
+    }
+    pthread_mutex_unlock(&c->emu);
+    return NULL;
+}
+#endif
+
+static void reply_to(FFICallBack cb, void *ud, mt_buf *b, int code)
 {
     if (b->oom)
-        call_err(n->cb, "out of memory encoding reply", n->ud);
+        call_err(cb, "out of memory encoding reply", ud);
     else
-        call_cb(n->cb, code, b->p, b->len, n->ud);
+        call_cb(cb, code, b->p, b->len, ud);
 }
+
+static void reply(req_t *n, mt_buf *b, int code) { reply_to(n->cb, n->ud, b, code); }
 
 static void finish_echo(ctx_t *c, req_t *n)
 {
     mt_buf b;
     mt_str name = {c->name, c->name_len};
-    fire_event(c, n->u.echo.message);
+    mt_buf_init(&b);
+    mt_encode_echo_event(&b, n->u.echo.message);
+    fire_event(c, "on_echo_fired", &b);
+    mt_buf_free(&b);
     mt_buf_init(&b);
     mt_encode_echo_reply(&b, n->u.echo.message, name);
     reply(n, &b, RET_OK);
@@ -298,8 +400,45 @@ static void finish_schedule(ctx_t *c, req_t *n)
     mt_str name = {c->name, c->name_len};
     mt_buf_init(&b);
     int rc = mt_eval_schedule(&b, &n->u.sched, name);
+#if MT_GENERATION == 3
+    if (rc == 0) { /* every successful schedule fires on_job_scheduled */
+        mt_buf e;
+        mt_buf_init(&e);
+        mt_encode_job_event(&e, &n->u.sched, name);
+        fire_event(c, "on_job_scheduled", &e);
+        mt_buf_free(&e);
+    }
+#endif
     reply(n, &b, rc == 0 ? RET_OK : RET_ERR);
     mt_buf_free(&b);
+}
+
+/* Next wake-up of a waiting request: its end, or its next RET_STALE_WARN if
+ * that comes first (0.3; a warning due at the very end goes first). */
+static int64_t next_wake(const ctx_t *c, const req_t *n)
+{
+    if (c->stale_ns > 0) {
+        int64_t warn_at;
+        if (!__builtin_mul_overflow(n->warned + 1, c->stale_ns, &warn_at) &&
+            !__builtin_add_overflow(warn_at, n->start_ns, &warn_at) && warn_at <= n->finish_ns)
+            return warn_at;
+    }
+    return n->finish_ns;
+}
+
+/* 1 if the wake-up at n->deadline_ns is a RET_STALE_WARN (sent here) rather
+ * than the end of the request. */
+static int stale_warning(ctx_t *c, req_t *n)
+{
+    int64_t elapsed;
+    if (c->stale_ns <= 0 || __builtin_mul_overflow(n->warned + 1, c->stale_ns, &elapsed) ||
+        elapsed > n->deadline_ns - n->start_ns)
+        return 0;
+    char msg[24];
+    int len = snprintf(msg, sizeof msg, "%" PRId64, elapsed / 1000000);
+    n->warned++;
+    call_cb(n->cb, RET_STALE_WARN, msg, (size_t)len, n->ud);
+    return 1;
 }
 
 static void finish_cancelled(req_t *n)
@@ -356,7 +495,7 @@ static int handle(ctx_t *c, req_t *n)
         break;
     }
     default:
-        rc = mt_decode_schedule(&d, &n->u.sched);
+        rc = mt_decode_schedule(&d, &n->u.sched, MT_GENERATION);
         break;
     }
     /* Trailing bytes after the request item are ignored, like the real library. */
@@ -378,6 +517,14 @@ static int handle(ctx_t *c, req_t *n)
     int64_t now = now_ns();
     if (n->method == M_ECHO) {
         int64_t delay = n->u.echo.delay_ms;
+#if MT_GENERATION == 3
+        if (delay > MT_MAX_DELAY_MS) { /* refused at once, no event */
+            mt_buf_puts(&b, "delayMs must not exceed 5000");
+            reply(n, &b, RET_ERR);
+            mt_buf_free(&b);
+            return 1;
+        }
+#endif
         if (delay <= 0) {
             finish_echo(c, n);
             return 1;
@@ -394,10 +541,13 @@ static int handle(ctx_t *c, req_t *n)
             mt_buf_free(&b);
             return 1;
         }
-        n->deadline_ns = now + delay * 1000000;
+        n->finish_ns = now + delay * 1000000;
     } else {
-        n->deadline_ns = now + 1000000; /* schedule waits 1 ms before answering */
+        n->finish_ns = now + 1000000; /* schedule waits 1 ms before answering */
     }
+    n->start_ns = now;
+    n->warned = 0;
+    n->deadline_ns = next_wake(c, n);
     if (heap_push(c, n)) {
         call_err(n->cb, "out of memory scheduling a timer", n->ud);
         return 1;
@@ -405,12 +555,20 @@ static int handle(ctx_t *c, req_t *n)
     return 0;
 }
 
-static void fire_timer(ctx_t *c, req_t *n)
+/* Returns 1 when the node is finished, 0 when it went back into the heap
+ * (after a RET_STALE_WARN). */
+static int fire_timer(ctx_t *c, req_t *n)
 {
+    if (stale_warning(c, n)) {
+        n->deadline_ns = next_wake(c, n);
+        heap_push(c, n); /* cannot fail: it was just popped */
+        return 0;
+    }
     if (n->method == M_ECHO)
         finish_echo(c, n);
     else
         finish_schedule(c, n);
+    return 1;
 }
 
 static void recycle(ctx_t *c, req_t **done)
@@ -484,8 +642,8 @@ static void *lib_main(void *arg)
             req_t *n = heap_pop(c);
             if (cancel)
                 finish_cancelled(n);
-            else
-                fire_timer(c, n);
+            else if (!fire_timer(c, n))
+                continue;
             n->next = done;
             done = n;
         }
@@ -592,25 +750,58 @@ static int submit(int method, void *ctx, FFICallBack cb, void *ud, const uint8_t
     return RET_OK;
 }
 
-int my_timer_version_cbor(void *ctx, FFICallBack cb, void *ud, const uint8_t *p, size_t n)
+int MT_SYM(version)(void *ctx, FFICallBack cb, void *ud, const uint8_t *p, size_t n)
 {
     return submit(M_VERSION, ctx, cb, ud, p, n);
 }
 
-int my_timer_echo_cbor(void *ctx, FFICallBack cb, void *ud, const uint8_t *p, size_t n)
+int MT_SYM(echo)(void *ctx, FFICallBack cb, void *ud, const uint8_t *p, size_t n)
 {
     return submit(M_ECHO, ctx, cb, ud, p, n);
 }
 
-int my_timer_complex_cbor(void *ctx, FFICallBack cb, void *ud, const uint8_t *p, size_t n)
+int MT_SYM(complex)(void *ctx, FFICallBack cb, void *ud, const uint8_t *p, size_t n)
 {
     return submit(M_COMPLEX, ctx, cb, ud, p, n);
 }
 
-int my_timer_schedule_cbor(void *ctx, FFICallBack cb, void *ud, const uint8_t *p, size_t n)
+int MT_SYM(schedule)(void *ctx, FFICallBack cb, void *ud, const uint8_t *p, size_t n)
 {
     return submit(M_SCHEDULE, ctx, cb, ud, p, n);
 }
+
+#if MT_GENERATION == 3
+/* The static call of the 0.3 generation: no context, so no library thread;
+ * it is answered on the caller's thread before it returns (the timing a host
+ * must already accept from the real library's quick handlers). */
+int my_timer_lib_version(FFICallBack cb, void *ud, const uint8_t *p, size_t len)
+{
+    if (tl_in_cb)
+        return RET_ERR; /* reentrant call: rejected without a callback */
+    if (!cb)
+        return RET_MISSING_CALLBACK;
+    mt_buf b;
+    mt_buf_init(&b);
+    if (!p && len > 0) {
+        mt_buf_puts(&b, "CBOR decode failed for MyTimerLibVersionReq: NULL payload pointer with length ");
+        mt_buf_put_u64(&b, len);
+        reply_to(cb, ud, &b, RET_ERR);
+    } else {
+        mt_dec d;
+        mt_dec_init(&d, p, len);
+        if (mt_decode_lib_version(&d)) {
+            mt_buf_puts(&b, "CBOR decode failed for MyTimerLibVersionReq: ");
+            mt_buf_puts(&b, d.err);
+            reply_to(cb, ud, &b, RET_ERR);
+        } else {
+            mt_encode_version(&b);
+            reply_to(cb, ud, &b, RET_OK);
+        }
+    }
+    mt_buf_free(&b);
+    return RET_OK;
+}
+#endif
 
 /* ---- create / destroy --------------------------------------------------- */
 
@@ -634,6 +825,15 @@ static void ctx_free(ctx_t *c)
     free(c->lst);
     free(c->heap);
     free(c->name);
+#if MT_GENERATION == 3
+    ev_t *e;
+    while ((e = c->ehead)) {
+        c->ehead = e->next;
+        free(e);
+    }
+    pthread_mutex_destroy(&c->emu);
+    pthread_cond_destroy(&c->ecv);
+#endif
     pthread_mutex_destroy(&c->mu);
     pthread_mutex_destroy(&c->lmu);
     pthread_cond_destroy(&c->cv_work);
@@ -641,7 +841,28 @@ static void ctx_free(ctx_t *c)
     free(c);
 }
 
-void *my_timer_create_cbor(const uint8_t *payload, size_t len, FFICallBack cb, void *ud)
+/* Stops an idle library thread (and the event thread, if started) and joins them. */
+static void stop_threads(ctx_t *c, int event_thread)
+{
+    pthread_mutex_lock(&c->mu);
+    c->stopping = 1;
+    pthread_cond_signal(&c->cv_work);
+    pthread_mutex_unlock(&c->mu);
+    pthread_join(c->thread, NULL);
+#if MT_GENERATION == 3
+    if (event_thread) {
+        pthread_mutex_lock(&c->emu);
+        c->estop = 1;
+        pthread_cond_signal(&c->ecv);
+        pthread_mutex_unlock(&c->emu);
+        pthread_join(c->ethread, NULL);
+    }
+#else
+    (void)event_thread;
+#endif
+}
+
+void *MT_SYM(create)(const uint8_t *payload, size_t len, FFICallBack cb, void *ud)
 {
     if (tl_in_cb || !cb)
         return NULL; /* nowhere to report, or a reentrant call */
@@ -673,6 +894,24 @@ void *my_timer_create_cbor(const uint8_t *payload, size_t len, FFICallBack cb, v
         }
         grace = v;
     }
+    int64_t stale_ms = 0;
+#if MT_GENERATION == 3
+    stale_ms = DEFAULT_STALE_MS;
+    const char *ss = getenv("MY_TIMER_STALE_WARN_MS"); /* a test aid */
+    if (ss && *ss) {
+        char *end;
+        errno = 0;
+        long long v = strtoll(ss, &end, 10);
+        if (errno || *end || v < 0 || v > MAX_STALE_MS) {
+            char q[80];
+            mt_quote(q, sizeof q, ss, strlen(ss));
+            return ctor_fail(cb, ud,
+                             "ffiCtor: invalid MY_TIMER_STALE_WARN_MS '%s' "
+                             "(expected an integer from 0 to 3600000)", q);
+        }
+        stale_ms = v;
+    }
+#endif
     if (!payload && len > 0) {
         char det[64];
         snprintf(det, sizeof det, "NULL payload pointer with length %zu", len);
@@ -697,6 +936,7 @@ void *my_timer_create_cbor(const uint8_t *payload, size_t len, FFICallBack cb, v
     c->name_len = r.name.n;
     c->handoff = handoff;
     c->grace_ms = grace;
+    c->stale_ns = stale_ms * 1000000;
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -704,13 +944,20 @@ void *my_timer_create_cbor(const uint8_t *payload, size_t len, FFICallBack cb, v
     pthread_mutex_init(&c->lmu, NULL);
     pthread_cond_init(&c->cv_work, &ca);
     pthread_cond_init(&c->cv_done, &ca);
+#if MT_GENERATION == 3
+    pthread_mutex_init(&c->emu, NULL);
+    pthread_cond_init(&c->ecv, NULL);
+#endif
     pthread_condattr_destroy(&ca);
 
-    /* The library thread takes no signals: they stay with the host's threads. */
+    /* The library's threads take no signals: they stay with the host's threads. */
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     int err = pthread_create(&c->thread, NULL, lib_main, c);
+#if MT_GENERATION == 3
+    int eerr = err ? 0 : pthread_create(&c->ethread, NULL, event_main, c);
+#endif
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (err) {
         free(n);
@@ -718,16 +965,24 @@ void *my_timer_create_cbor(const uint8_t *payload, size_t len, FFICallBack cb, v
         return ctor_fail(cb, ud, "ffiCtor: cannot start the library thread: %s",
                          strerror(err));
     }
+#if MT_GENERATION == 3
+    if (eerr || reg_add(c)) {
+        stop_threads(c, !eerr);
+        free(n);
+        ctx_free(c);
+        if (eerr)
+            return ctor_fail(cb, ud, "ffiCtor: cannot start the event thread: %s",
+                             strerror(eerr));
+        return ctor_fail(cb, ud, "ffiCtor: %s", "out of memory");
+    }
+#else
     if (reg_add(c)) {
-        pthread_mutex_lock(&c->mu);
-        c->stopping = 1;
-        pthread_cond_signal(&c->cv_work);
-        pthread_mutex_unlock(&c->mu);
-        pthread_join(c->thread, NULL);
+        stop_threads(c, 0);
         free(n);
         ctx_free(c);
         return ctor_fail(cb, ud, "ffiCtor: %s", "out of memory");
     }
+#endif
     /* The RET_OK callback comes from the library thread, normally after we return. */
     memset(n, 0, sizeof *n);
     n->method = M_CTOR;
@@ -773,6 +1028,14 @@ int my_timer_destroy(void *ctx)
     }
     pthread_mutex_unlock(&c->mu);
     pthread_join(c->thread, NULL);
+#if MT_GENERATION == 3
+    /* every event is queued by now: the event thread delivers them all, then exits */
+    pthread_mutex_lock(&c->emu);
+    c->estop = 1;
+    pthread_cond_signal(&c->ecv);
+    pthread_mutex_unlock(&c->emu);
+    pthread_join(c->ethread, NULL);
+#endif
     ctx_free(c);
     return RET_OK;
 }
@@ -801,6 +1064,10 @@ uint64_t my_timer_add_event_listener(void *ctx, const char *event, FFICallBack c
     }
     if (c->nl < c->lcap) {
         id = ++c->next_id;
+#if MT_GENERATION == 3
+        if (name)
+            atomic_fetch_add(&c->nnamed, 1);
+#endif
         c->lst[c->nl++] = (listener_t){id, name, cb, ud};
         name = NULL;
     }
@@ -821,6 +1088,10 @@ int my_timer_remove_event_listener(void *ctx, uint64_t id)
     pthread_mutex_lock(&c->lmu);
     for (size_t i = 0; i < c->nl; i++) {
         if (c->lst[i].id == id) {
+#if MT_GENERATION == 3
+            if (c->lst[i].name)
+                atomic_fetch_sub(&c->nnamed, 1);
+#endif
             free(c->lst[i].name);
             memmove(&c->lst[i], &c->lst[i + 1], (c->nl - i - 1) * sizeof c->lst[0]);
             c->nl--;

@@ -121,6 +121,11 @@ int mt_decode_version(mt_dec *d)
     return decode_struct(d, "MyTimerVersionReq", NULL, 0, no_field, NULL);
 }
 
+int mt_decode_lib_version(mt_dec *d)
+{
+    return decode_struct(d, "MyTimerLibVersionReq", NULL, 0, no_field, NULL);
+}
+
 /* ---- echo ------------------------------------------------------------ */
 
 static const char *const echo_fields[] = {"message", "delayMs"};
@@ -193,6 +198,32 @@ int mt_decode_complex(mt_dec *d, mt_complex_req *r)
 
 /* ---- schedule -------------------------------------------------------- */
 
+/* 0.3 generation: enums cross the wire as text. A wrong type is reported
+ * with the major type named as the real library names it (observed:
+ * "Expected: string but found: Unsigned"; the other names follow the same
+ * CBOR major-type naming: Negative, Bytes, Array, Map, Tag, SimpleOrFloat). */
+static int decode_priority(mt_dec *d, int *prio)
+{
+    static const char *const kinds[] = {"Unsigned", "Negative", "Bytes", "Text",
+                                        "Array", "Map", "Tag", "SimpleOrFloat"};
+    static const char *const members[] = {"low", "normal", "high"};
+    mt_str s;
+    if (d->p >= d->end)
+        return mt_dec_fail(d, "unexpected eof");
+    int major = *d->p >> 5;
+    if (major != 3)
+        return mt_dec_fail(d, "Expected: string but found: %s", kinds[major]);
+    if (mt_dec_text(d, &s))
+        return -1;
+    for (int i = 0; i < 3; i++) {
+        if (strlen(members[i]) == s.n && memcmp(members[i], s.s, s.n) == 0) {
+            *prio = i; /* MT_PRIO_LOW, MT_PRIO_NORMAL, MT_PRIO_HIGH */
+            return 0;
+        }
+    }
+    return mt_dec_fail(d, "Invalid value for 'JobPriority'");
+}
+
 static const char *const job_fields[] = {"name", "payload", "priority"};
 static int job_field(mt_dec *d, int idx, void *out)
 {
@@ -203,6 +234,8 @@ static int job_field(mt_dec *d, int idx, void *out)
     case 1:
         return decode_text_array(d);
     default:
+        if (r->gen >= 3)
+            return decode_priority(d, &r->prio);
         return mt_dec_int(d, &r->priority);
     }
 }
@@ -248,9 +281,11 @@ static int schedule_top_field(mt_dec *d, int idx, void *out)
     }
 }
 
-int mt_decode_schedule(mt_dec *d, mt_schedule_req *r)
+int mt_decode_schedule(mt_dec *d, mt_schedule_req *r, int gen)
 {
     memset(r, 0, sizeof *r);
+    r->gen = gen;
+    r->prio = MT_PRIO_LOW; /* a missing priority is the enum's first member */
     r->job_name.s = "";
     return decode_struct(d, "MyTimerScheduleReq", schedule_top_fields, 3,
                          schedule_top_field, r);
@@ -308,10 +343,32 @@ void mt_encode_complex_reply(mt_buf *b, const mt_complex_req *r)
     mt_buf_free(&summary);
 }
 
+static int64_t will_run_count(const mt_schedule_req *r)
+{
+    int64_t runs = 1;
+    if (r->interval_ms > 0) {
+        runs = 60000 / r->interval_ms; /* interval > 0: cannot overflow */
+        if (runs < 1)
+            runs = 1;
+    }
+    return runs;
+}
+
+static void encode_job_id(mt_buf *b, const mt_schedule_req *r, mt_str timer_name)
+{
+    mt_cbor_head(b, 3, (uint64_t)timer_name.n + 1 + r->job_name.n);
+    mt_buf_put(b, timer_name.s, timer_name.n);
+    mt_buf_put(b, ":", 1);
+    mt_buf_put(b, r->job_name.s, r->job_name.n);
+}
+
+static const char *const prio_names[] = {"low", "normal", "high"};
+
 int mt_eval_schedule(mt_buf *b, const mt_schedule_req *r, mt_str timer_name)
 {
     int64_t jitter = r->has_jitter ? r->jitter : 0;
     int64_t first;
+    int64_t backoff = r->backoff_ms;
     if (r->job_name.n == 0) {
         mt_buf_puts(b, "job name must not be empty");
         return -1;
@@ -329,23 +386,46 @@ int mt_eval_schedule(mt_buf *b, const mt_schedule_req *r, mt_str timer_name)
         mt_buf_puts(b, ")");
         return -1;
     }
-    int64_t runs = 1;
-    if (r->interval_ms > 0) {
-        runs = 60000 / r->interval_ms; /* interval > 0: cannot overflow */
-        if (runs < 1)
-            runs = 1;
+    if (r->gen >= 3) {
+        /* base = backoffMs (DefaultBackoffMs when <= 0); high halves it,
+         * normal keeps it, low doubles it. Only low can overflow. */
+        int64_t base = r->backoff_ms > 0 ? r->backoff_ms : MT_DEFAULT_BACKOFF_MS;
+        if (r->prio == MT_PRIO_HIGH) {
+            backoff = base / 2;
+        } else if (r->prio == MT_PRIO_NORMAL) {
+            backoff = base;
+        } else if (__builtin_mul_overflow(base, 2, &backoff)) {
+            mt_buf_puts(b, "retry.backoffMs * 2 (priority low) overflows int64 (backoffMs=");
+            mt_buf_put_i64(b, r->backoff_ms);
+            mt_buf_puts(b, ")");
+            return -1;
+        }
     }
-    mt_cbor_head(b, 5, 4);
+    mt_cbor_head(b, 5, r->gen >= 3 ? 5 : 4);
     mt_cbor_ctext(b, "jobId");
-    mt_cbor_head(b, 3, (uint64_t)timer_name.n + 1 + r->job_name.n);
-    mt_buf_put(b, timer_name.s, timer_name.n);
-    mt_buf_put(b, ":", 1);
-    mt_buf_put(b, r->job_name.s, r->job_name.n);
+    encode_job_id(b, r, timer_name);
     mt_cbor_ctext(b, "willRunCount");
-    mt_cbor_int(b, runs);
+    mt_cbor_int(b, will_run_count(r));
     mt_cbor_ctext(b, "firstRunAtMs");
     mt_cbor_int(b, first);
     mt_cbor_ctext(b, "effectiveBackoffMs");
-    mt_cbor_int(b, r->backoff_ms);
+    mt_cbor_int(b, backoff);
+    if (r->gen >= 3) {
+        mt_cbor_ctext(b, "priority");
+        mt_cbor_ctext(b, prio_names[r->prio]);
+    }
     return 0;
+}
+
+void mt_encode_job_event(mt_buf *b, const mt_schedule_req *r, mt_str timer_name)
+{
+    mt_cbor_head(b, 5, 2);
+    mt_cbor_ctext(b, "eventType");
+    mt_cbor_ctext(b, "on_job_scheduled");
+    mt_cbor_ctext(b, "payload");
+    mt_cbor_head(b, 5, 2);
+    mt_cbor_ctext(b, "jobId");
+    encode_job_id(b, r, timer_name);
+    mt_cbor_ctext(b, "willRunCount");
+    mt_cbor_int(b, will_run_count(r));
 }
