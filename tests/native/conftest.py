@@ -18,24 +18,45 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.support.native import HEADER, build_native
+from tests.support.native import HEADER, NATIVE_DIR, build_native, make_native
 
 # Timing bounds are the spec's; sanitizer reruns multiply them (slower code).
 SLACK = float(os.environ.get("MYTIMER_TIMING_SLACK", "1"))
 
 SPEC_DIR = Path(__file__).resolve().parents[1] / "vectors"
 
+# The nim-ffi 0.3 generation (make -C native GENERATION=0.3): its header, and
+# its library per variant, built from the same sources with -DMT_GENERATION=3.
+HEADER_03 = NATIVE_DIR / "include" / "my_timer.h"
+_BUILT_03: dict[str, Path] = {}
+_BUILD_03_LOCK = threading.Lock()
 
-def prototypes() -> str:
+
+def build_native_03(variant: str = "release") -> Path:
+    """Build libmy_timer-0.3.so (release, asan or tsan) once per process."""
+    paths = {
+        "release": NATIVE_DIR / "build" / "libmy_timer-0.3.so",
+        "asan": NATIVE_DIR / "build" / "asan" / "libmy_timer-0.3.so",
+        "tsan": NATIVE_DIR / "build" / "tsan" / "libmy_timer-0.3.so",
+    }
+    with _BUILD_03_LOCK:
+        if variant not in _BUILT_03:
+            make_native(f"{variant}-0.3")  # -> make GENERATION=0.3 <variant>
+            assert paths[variant].is_file(), paths[variant]
+            _BUILT_03[variant] = paths[variant]
+        return _BUILT_03[variant]
+
+
+def prototypes(header: Path = HEADER, count: int = 8) -> str:
     """The header's MY_TIMER_API function declarations, without the macro."""
-    decls = re.findall(r"^MY_TIMER_API\s+([^;]+;)", HEADER.read_text(), re.M)
-    assert len(decls) == 8, decls
+    decls = re.findall(r"^MY_TIMER_API\s+([^;]+;)", header.read_text(), re.M)
+    assert len(decls) == count, decls
     return "\n".join(" ".join(d.split()) for d in decls)
 
 
-def cffi_region() -> str:
+def cffi_region(header: Path = HEADER) -> str:
     """The header's CFFI-BEGIN..CFFI-END region (typedef and RET_* defines)."""
-    text = HEADER.read_text()
+    text = header.read_text()
     m = re.search(r"/\* CFFI-BEGIN \*/(.*)/\* CFFI-END \*/", text, re.S)
     assert m, "CFFI region missing from the header"
     return m.group(1)
@@ -62,13 +83,28 @@ class Sink:
         assert ok, f"expected {n} callbacks, got {len(self.results)}"
         return list(self.results)
 
+    def wait_final(self, timeout: float = 5.0) -> list[Result]:
+        """Waits for a final callback (code != RET_STALE_WARN); returns them all."""
+
+        def done() -> bool:
+            return any(r.code != 3 for r in self.results)
+
+        with self.cond:
+            ok = self.cond.wait_for(done, timeout)
+        assert ok, f"no final callback, got {self.results}"
+        return list(self.results)
+
 
 class Native:
     """The loaded library plus a callback dispatcher keyed by userData."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, generation: str = "0.2") -> None:
+        self.generation = generation
+        # 0.2: my_timer_echo_cbor, ...; 0.3: my_timer_echo, ... + my_timer_lib_version
+        self.suffix = "_cbor" if generation == "0.2" else ""
+        header, count = (HEADER, 8) if generation == "0.2" else (HEADER_03, 9)
         self.ffi = cffi.FFI()
-        self.ffi.cdef(cffi_region() + prototypes())
+        self.ffi.cdef(cffi_region(header) + prototypes(header, count))
         self.lib = self.ffi.dlopen(str(path))
         self._sinks: dict[int, Sink] = {}
         self._next = 1
@@ -115,14 +151,23 @@ class Native:
         if payload is None:
             payload = cbor2.dumps({"config": {"name": name}})
         ud, s = self.sink()
-        ctx = self.lib.my_timer_create_cbor(payload, len(payload), self.cb, ud)
+        ctx = getattr(self.lib, f"my_timer_create{self.suffix}")(payload, len(payload), self.cb, ud)
         return ctx, s
 
     def call(self, method: str, ctx: Any, payload: bytes) -> tuple[int, Sink]:
         ud, s = self.sink()
-        fn = getattr(self.lib, f"my_timer_{method}_cbor")
+        fn = getattr(self.lib, f"my_timer_{method}{self.suffix}")
         rc = fn(ctx, self.cb, ud, payload, len(payload))
         return rc, s
+
+    def static_call(self, method: str, payload: bytes) -> tuple[int, Sink]:
+        """A 0.3 static call (no context): my_timer_<method>(cb, ud, req, len)."""
+        ud, s = self.sink()
+        rc = getattr(self.lib, f"my_timer_{method}")(self.cb, ud, payload, len(payload))
+        return rc, s
+
+    def handle(self, ud: Any) -> int:
+        return int(self.ffi.cast("uintptr_t", ud))
 
 
 @pytest.fixture(scope="session")
@@ -145,6 +190,35 @@ def so_path() -> Path:
 @pytest.fixture(scope="session")
 def native(so_path: Path) -> Native:
     return Native(so_path)
+
+
+@pytest.fixture(scope="session")
+def vectors03() -> dict[str, Any]:
+    path = SPEC_DIR / "abi-vectors-0.3.json"
+    if not path.is_file():
+        pytest.fail(f"0.3 ABI vectors missing: {path.resolve()}")
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+@pytest.fixture(scope="session")
+def so_path03() -> Path:
+    # MYTIMER_NATIVE_VARIANT applies to the 0.3 build as well
+    return build_native_03(os.environ.get("MYTIMER_NATIVE_VARIANT", "release"))
+
+
+@pytest.fixture(scope="session")
+def native03(so_path03: Path) -> Native:
+    return Native(so_path03, "0.3")
+
+
+@pytest.fixture
+def ctx03(native03: Native) -> Iterator[Any]:
+    c, s = native03.create("demo")
+    assert c != native03.ffi.NULL
+    assert s.wait(1)[0].code == 0
+    yield c
+    assert native03.lib.my_timer_destroy(c) == 0
 
 
 @pytest.fixture
