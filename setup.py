@@ -1,8 +1,9 @@
 """Build hooks that pyproject.toml cannot express.
 
 - ``cffi_modules`` compiles the API-mode glue ``mytimerd._glue``.
-- ``build_py`` also builds native/ (``make -C native``) and ships
-  ``libmy_timer.so`` inside the package, where mytimerd finds it without
+- ``build_py`` also builds native/ (``make -C native``, and
+  ``GENERATION=0.3``) and ships ``libmy_timer.so`` (and the 0.3 drop-in
+  ``libmy_timer-0.3.so``) inside the package, where mytimerd finds it without
   configuration.
 """
 
@@ -18,13 +19,18 @@ from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 NATIVE_SO = ROOT / "native" / "build" / "libmy_timer.so"
+NATIVE_SO_03 = ROOT / "native" / "build" / "libmy_timer-0.3.so"
 
 
 class BuildPyWithNative(build_py):
     """build_py that also builds and ships the native library."""
 
     def run(self) -> None:
-        subprocess.run(["make", "-C", str(ROOT / "native"), f"-j{os.cpu_count() or 1}"], check=True)
+        for gen in ("0.2", "0.3"):
+            jobs = f"-j{os.cpu_count() or 1}"
+            subprocess.run(
+                ["make", "-C", str(ROOT / "native"), jobs, f"GENERATION={gen}"], check=True
+            )
         super().run()
         targets = [Path(self.build_lib) / "mytimerd" / "_lib"]
         if self.editable_mode:
@@ -33,9 +39,10 @@ class BuildPyWithNative(build_py):
             target.mkdir(parents=True, exist_ok=True)
             # Copy, then rename: a running daemon maps the old file, and
             # overwriting it in place would crash it with SIGBUS.
-            tmp = target / f".{NATIVE_SO.name}.{os.getpid()}"
-            shutil.copy2(NATIVE_SO, tmp)
-            os.replace(tmp, target / NATIVE_SO.name)
+            for so in (NATIVE_SO, NATIVE_SO_03):
+                tmp = target / f".{so.name}.{os.getpid()}"
+                shutil.copy2(so, tmp)
+                os.replace(tmp, target / so.name)
 
 
 setup(
