@@ -15,6 +15,20 @@
  *                             the wall time from the first connect() to the
  *                             last answer (burst and cold-start scenarios).
  *
+ *   handshakes   (--handshakes, needs --tls): closed loop of new connections;
+ *                             each connects, does a full TLS handshake (no
+ *                             session resumption), sends close_notify and
+ *                             waits for the server to close, then starts
+ *                             over. Counts completed cycles whose connect()
+ *                             was in the measured window; latency is
+ *                             connect() to the server's close.
+ *
+ * --tls speaks TLS 1.2+ (OpenSSL, non-blocking over the same epoll loop) on a
+ * TCP target: --tls-ca FILE verifies the server (its certificate must name the
+ * target address, or --tls-name), --tls-cert/--tls-key present a client
+ * certificate, --tls-version 1.2|1.3 pins the version. The handshake is part
+ * of connecting (before the measured window, except in --handshakes).
+ *
  * --idle M opens M extra connections (blocking connects) that never send
  * anything and are held open for the whole run; with --wait-stdin the program
  * prints an "idle_ready" JSON line and waits for a line on stdin before the
@@ -49,13 +63,22 @@
 #include <time.h>
 #include <unistd.h>
 
+#if defined(__has_include)
+#if !__has_include(<openssl/ssl.h>)
+#error "OpenSSL headers not found: install libssl-dev (Debian/Ubuntu) or openssl-devel"
+#endif
+#endif
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
 #define NS 1000000000ull
 #define MAX_BODY (16u << 20)
 #define LAT_CAP (16u * 1024 * 1024) /* recorded samples at most (128 MiB) */
 #define TIMER_TAG UINT64_MAX
 
-enum { C_RETRY, C_CONNECTING, C_OPEN, C_DONE, C_DEAD };
-enum { M_CLOSED, M_OPEN, M_COUNT };
+enum { C_RETRY, C_CONNECTING, C_HANDSHAKE, C_OPEN, C_SHUTDOWN, C_DONE, C_DEAD };
+enum { M_CLOSED, M_OPEN, M_COUNT, M_HANDSHAKES };
 
 struct conn {
     int fd;
@@ -69,6 +92,10 @@ struct conn {
     size_t q_head, q_len, q_cap;
     uint64_t sent, answered;
     uint64_t next_sched;
+    uint64_t t_connect; /* when this connection's connect() was started */
+    SSL *ssl;           /* --tls */
+    int wr_wants_w;     /* the last SSL_write wanted the socket writable */
+    int rd_wants_w;     /* the last SSL_read wanted the socket writable */
 };
 
 /* options */
@@ -79,6 +106,8 @@ static double o_duration = 5, o_warmup = 1, o_rate = 0, o_timeout = 10, o_drain 
 static const char *o_method = "version", *o_message = "hello over the wire", *o_lat_out;
 static long o_delay_ms = 0;
 static int o_wait_stdin = 0;
+static int o_tls = 0, o_tls_version = 0;
+static const char *o_tls_ca, *o_tls_cert, *o_tls_key, *o_tls_name;
 
 /* state */
 static struct conn *g_c;
@@ -97,6 +126,9 @@ static uint64_t g_answered_total, g_answered_window, g_mismatch, g_conn_errors,
     g_connect_fail, g_unanswered, g_dropped_lat;
 static uint64_t g_first_connect, g_last_answer;
 static int g_sending = 1;
+static SSL_CTX *g_ssl_ctx;
+static uint64_t g_tls_fail, g_handshakes;
+static char g_tls_err[200], g_tls_proto[32], g_tls_cipher[64];
 static volatile sig_atomic_t g_stop;
 
 static void on_signal(int s) {
@@ -275,17 +307,75 @@ static void set_events(struct conn *c, uint32_t ev) {
     if (epoll_ctl(g_ep, EPOLL_CTL_MOD, c->fd, &e) == 0) c->events = ev;
 }
 
-static void conn_kill(struct conn *c) {
-    if (c->state == C_DEAD) return;
-    if (c->state == C_OPEN || c->state == C_CONNECTING) g_conn_errors += c->q_len;
+static void conn_close(struct conn *c) {
+    if (c->ssl) {
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+    }
     if (c->fd >= 0) {
         epoll_ctl(g_ep, EPOLL_CTL_DEL, c->fd, NULL);
         close(c->fd);
     }
     c->fd = -1;
+    c->wr_wants_w = c->rd_wants_w = 0;
+}
+
+static void conn_kill(struct conn *c) {
+    if (c->state == C_DEAD) return;
+    if (c->state == C_OPEN || c->state == C_CONNECTING || c->state == C_HANDSHAKE)
+        g_conn_errors += c->q_len;
+    conn_close(c);
     c->q_len = 0;
     c->state = C_DEAD;
 }
+
+/* --- TLS --- */
+static void tls_note_error(const char *where) {
+    g_tls_fail++;
+    if (g_tls_err[0]) return; /* keep the first one */
+    unsigned long e = ERR_peek_error();
+    char buf[160];
+    if (e)
+        ERR_error_string_n(e, buf, sizeof buf);
+    else
+        snprintf(buf, sizeof buf, "%s", errno ? strerror(errno) : "connection closed");
+    snprintf(g_tls_err, sizeof g_tls_err, "%s: %s", where, buf);
+    for (char *p = g_tls_err; *p; p++)
+        if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20) *p = '\'';
+}
+
+static void tls_init(void) {
+    g_ssl_ctx = SSL_CTX_new(TLS_client_method());
+    if (!g_ssl_ctx) fail("SSL_CTX_new failed");
+    int lo = o_tls_version == 13 ? TLS1_3_VERSION : TLS1_2_VERSION;
+    int hi = o_tls_version == 12 ? TLS1_2_VERSION : 0;
+    if (!SSL_CTX_set_min_proto_version(g_ssl_ctx, lo) ||
+        !SSL_CTX_set_max_proto_version(g_ssl_ctx, hi))
+        fail("cannot set the TLS version range");
+    /* the out buffer moves and grows between retries of a partial SSL_write */
+    SSL_CTX_set_mode(g_ssl_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_CTX_set_session_cache_mode(g_ssl_ctx, SSL_SESS_CACHE_OFF); /* every handshake is full */
+#ifdef SSL_OP_IGNORE_UNEXPECTED_EOF
+    SSL_CTX_set_options(g_ssl_ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
+#endif
+    if (o_tls_ca) {
+        if (SSL_CTX_load_verify_locations(g_ssl_ctx, o_tls_ca, NULL) != 1) fail("cannot load --tls-ca");
+        SSL_CTX_set_verify(g_ssl_ctx, SSL_VERIFY_PEER, NULL);
+    } else {
+        SSL_CTX_set_verify(g_ssl_ctx, SSL_VERIFY_NONE, NULL);
+    }
+    if (o_tls_cert || o_tls_key) {
+        if (!o_tls_cert || !o_tls_key) fail("--tls-cert and --tls-key go together");
+        if (SSL_CTX_use_certificate_chain_file(g_ssl_ctx, o_tls_cert) != 1) fail("cannot load --tls-cert");
+        if (SSL_CTX_use_PrivateKey_file(g_ssl_ctx, o_tls_key, SSL_FILETYPE_PEM) != 1)
+            fail("cannot load --tls-key");
+        if (SSL_CTX_check_private_key(g_ssl_ctx) != 1) fail("--tls-key does not match --tls-cert");
+    }
+}
+
+/* the TCP connection is up: start the handshake (or, without TLS, it is open) */
+static void tls_start(struct conn *c);
+static void handshake_step(struct conn *c);
 
 static void start_connect(struct conn *c) {
     if (c->fd < 0) {
@@ -300,7 +390,8 @@ static void start_connect(struct conn *c) {
             setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         }
     }
-    if (!g_first_connect) g_first_connect = now_ns();
+    c->t_connect = now_ns();
+    if (!g_first_connect) g_first_connect = c->t_connect;
     int r = connect(c->fd, (struct sockaddr *)&g_sa, g_sa_len);
     uint32_t ev;
     if (r == 0) {
@@ -322,6 +413,7 @@ static void start_connect(struct conn *c) {
     struct epoll_event e = {.events = ev, .data.u64 = (uint64_t)(c - g_c)};
     if (epoll_ctl(g_ep, EPOLL_CTL_ADD, c->fd, &e) < 0) die("epoll_ctl add");
     c->events = ev;
+    if (c->state == C_OPEN && o_tls) tls_start(c);
 }
 
 static void q_push(struct conn *c, uint64_t ts) {
@@ -369,10 +461,63 @@ static void enqueue(struct conn *c, uint64_t ts) {
     c->sent++;
 }
 
+/* send/recv, plain or TLS: > 0 bytes, 0 end of stream, -1 with errno (EAGAIN: try later) */
+static ssize_t conn_send(struct conn *c, const uint8_t *b, size_t n) {
+    if (!c->ssl) return send(c->fd, b, n, MSG_NOSIGNAL);
+    ERR_clear_error();
+    int r = SSL_write(c->ssl, b, n > INT32_MAX ? INT32_MAX : (int)n);
+    c->wr_wants_w = 0;
+    if (r > 0) return r;
+    switch (SSL_get_error(c->ssl, r)) {
+    case SSL_ERROR_WANT_WRITE:
+        c->wr_wants_w = 1;
+        /* fall through */
+    case SSL_ERROR_WANT_READ:
+        errno = EAGAIN;
+        return -1;
+    default:
+        tls_note_error("SSL_write");
+        errno = EPIPE;
+        return -1;
+    }
+}
+
+static ssize_t conn_recv(struct conn *c, uint8_t *b, size_t n) {
+    if (!c->ssl) return recv(c->fd, b, n, 0);
+    ERR_clear_error();
+    int r = SSL_read(c->ssl, b, n > INT32_MAX ? INT32_MAX : (int)n);
+    c->rd_wants_w = 0;
+    if (r > 0) return r;
+    switch (SSL_get_error(c->ssl, r)) {
+    case SSL_ERROR_WANT_WRITE:
+        c->rd_wants_w = 1;
+        /* fall through */
+    case SSL_ERROR_WANT_READ:
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    case SSL_ERROR_SYSCALL:
+        if (ERR_peek_error() == 0 && errno == 0) return 0; /* EOF without close_notify */
+        /* fall through */
+    default:
+        tls_note_error("SSL_read");
+        errno = ECONNRESET;
+        return -1;
+    }
+}
+
+/* what to wait for on an open connection */
+static void open_events(struct conn *c) {
+    int pending = c->out_off < c->out_len;
+    int want_out = c->ssl ? (pending && c->wr_wants_w) || c->rd_wants_w : pending;
+    set_events(c, EPOLLIN | (want_out ? EPOLLOUT : 0));
+}
+
 static void flush(struct conn *c) {
     if (c->state != C_OPEN) return;
     while (c->out_off < c->out_len) {
-        ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
+        ssize_t n = conn_send(c, c->out + c->out_off, c->out_len - c->out_off);
         if (n > 0) {
             c->out_off += (size_t)n;
         } else if (n < 0 && errno == EINTR) {
@@ -384,7 +529,7 @@ static void flush(struct conn *c) {
             return;
         }
     }
-    set_events(c, EPOLLIN | (c->out_off < c->out_len ? EPOLLOUT : 0));
+    open_events(c);
 }
 
 static void record(uint64_t ts, uint64_t t) {
@@ -418,7 +563,8 @@ static void refill(struct conn *c, uint64_t t) {
 }
 
 static void on_readable(struct conn *c) {
-    for (int rounds = 0; rounds < 8; rounds++) {
+    /* TLS: what OpenSSL already took off the socket must be read now, epoll will not say so */
+    for (int rounds = 0; rounds < 8 || (c->ssl && SSL_has_pending(c->ssl)); rounds++) {
         if (c->in_cap - c->in_len < 4096) {
             size_t cap = c->in_cap ? c->in_cap * 2 : 16384;
             uint8_t *n = realloc(c->in, cap);
@@ -426,7 +572,8 @@ static void on_readable(struct conn *c) {
             c->in = n;
             c->in_cap = cap;
         }
-        ssize_t n = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+        errno = 0;
+        ssize_t n = conn_recv(c, c->in + c->in_len, c->in_cap - c->in_len);
         if (n == 0) {
             conn_kill(c);
             return;
@@ -471,12 +618,10 @@ static void on_readable(struct conn *c) {
         refill(c, t);
         if (o_mode == M_COUNT && (long)c->answered >= o_count) {
             c->state = C_DONE;
-            epoll_ctl(g_ep, EPOLL_CTL_DEL, c->fd, NULL);
-            close(c->fd);
-            c->fd = -1;
+            conn_close(c);
             return;
         }
-        if ((size_t)n < 4096) break;
+        if ((size_t)n < 4096 && !(c->ssl && SSL_has_pending(c->ssl))) break;
     }
     flush(c);
 }
@@ -490,7 +635,123 @@ static void on_connected(struct conn *c) {
         return;
     }
     c->state = C_OPEN;
-    set_events(c, EPOLLIN);
+    if (o_tls)
+        tls_start(c);
+    else
+        set_events(c, EPOLLIN);
+}
+
+static void tls_start(struct conn *c) {
+    c->ssl = SSL_new(g_ssl_ctx);
+    if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1) {
+        tls_note_error("SSL_new");
+        conn_kill(c);
+        return;
+    }
+    const char *name = o_tls_name ? o_tls_name : o_host;
+    struct in6_addr ip;
+    int is_ip = inet_pton(AF_INET, name, &ip) == 1 || inet_pton(AF_INET6, name, &ip) == 1;
+    if (!is_ip) SSL_set_tlsext_host_name(c->ssl, name); /* SNI: names only */
+    if (o_tls_ca) {
+        X509_VERIFY_PARAM *vp = SSL_get0_param(c->ssl);
+        if (is_ip ? X509_VERIFY_PARAM_set1_ip_asc(vp, name) != 1 : SSL_set1_host(c->ssl, name) != 1) {
+            tls_note_error("server name check");
+            conn_kill(c);
+            return;
+        }
+    }
+    SSL_set_connect_state(c->ssl);
+    c->state = C_HANDSHAKE;
+    handshake_step(c);
+}
+
+/* --handshakes: one cycle is over (ok or not); start the next one */
+static void hs_next(struct conn *c) {
+    conn_close(c);
+    c->q_len = 0;
+    c->state = C_RETRY;
+    if (g_sending && !g_stop)
+        start_connect(c);
+    else
+        c->state = C_DONE;
+}
+
+/* --handshakes: close_notify sent; wait for the server's close */
+static void shutdown_step(struct conn *c) {
+    ERR_clear_error();
+    errno = 0;
+    int r = SSL_shutdown(c->ssl);
+    /* 1: the server's close_notify came, or a fatal alert (a refused client
+       certificate in TLS 1.3 comes after the client's handshake is done),
+       which leaves its reason in the error queue */
+    if (r == 1 && ERR_peek_error() == 0) goto done;
+    if (r == 1) {
+        tls_note_error("server closed with an alert");
+        hs_next(c);
+        return;
+    }
+    if (r == 0) {           /* ours is out; wait for the server */
+        set_events(c, EPOLLIN);
+        return;
+    }
+    switch (SSL_get_error(c->ssl, r)) {
+    case SSL_ERROR_WANT_READ:
+        set_events(c, EPOLLIN);
+        return;
+    case SSL_ERROR_WANT_WRITE:
+        set_events(c, EPOLLOUT);
+        return;
+    case SSL_ERROR_ZERO_RETURN:
+        goto done;
+    case SSL_ERROR_SYSCALL:
+        if (ERR_peek_error() == 0 && (errno == 0 || errno == ECONNRESET || errno == EPIPE))
+            goto done; /* the server closed the TCP connection: fine */
+        /* fall through */
+    default:
+        tls_note_error("SSL_shutdown");
+        hs_next(c);
+        return;
+    }
+done:
+    g_answered_total++;
+    g_last_answer = now_ns();
+    record(c->t_connect, g_last_answer);
+    hs_next(c);
+}
+
+static void handshake_step(struct conn *c) {
+    ERR_clear_error();
+    errno = 0;
+    int r = SSL_do_handshake(c->ssl);
+    if (r == 1) {
+        g_handshakes++;
+        if (!g_tls_proto[0]) {
+            snprintf(g_tls_proto, sizeof g_tls_proto, "%s", SSL_get_version(c->ssl));
+            snprintf(g_tls_cipher, sizeof g_tls_cipher, "%s", SSL_get_cipher_name(c->ssl));
+        }
+        if (o_mode == M_HANDSHAKES) {
+            c->state = C_SHUTDOWN;
+            shutdown_step(c);
+            return;
+        }
+        c->state = C_OPEN;
+        set_events(c, EPOLLIN);
+        return;
+    }
+    switch (SSL_get_error(c->ssl, r)) {
+    case SSL_ERROR_WANT_READ:
+        set_events(c, EPOLLIN);
+        return;
+    case SSL_ERROR_WANT_WRITE:
+        set_events(c, EPOLLOUT);
+        return;
+    default:
+        tls_note_error("handshake");
+        if (o_mode == M_HANDSHAKES)
+            hs_next(c);
+        else
+            conn_kill(c);
+    }
 }
 
 static void arm_timer(uint64_t at) {
@@ -519,16 +780,27 @@ static void poll_events(int timeout_ms) {
         struct conn *c = &g_c[evs[i].data.u64];
         if (c->fd < 0) continue;
         uint32_t e = evs[i].events;
-        if (c->state == C_CONNECTING) {
-            if (e & (EPOLLOUT | EPOLLERR | EPOLLHUP)) on_connected(c);
+        if (c->state == C_CONNECTING || c->state == C_HANDSHAKE) {
+            if (c->state == C_CONNECTING) {
+                if (e & (EPOLLOUT | EPOLLERR | EPOLLHUP)) {
+                    on_connected(c);
+                    if (c->state == C_DEAD && o_mode == M_HANDSHAKES) hs_next(c);
+                }
+            } else {
+                handshake_step(c);
+            }
             if (c->state == C_OPEN && o_mode == M_COUNT) {
                 refill(c, now_ns());
                 flush(c);
             }
             continue;
         }
+        if (c->state == C_SHUTDOWN) {
+            shutdown_step(c);
+            continue;
+        }
         if (c->state != C_OPEN) continue;
-        if (e & (EPOLLIN | EPOLLERR | EPOLLHUP)) on_readable(c);
+        if ((e & (EPOLLIN | EPOLLERR | EPOLLHUP)) || (c->rd_wants_w && (e & EPOLLOUT))) on_readable(c);
         if (c->state == C_OPEN && (e & EPOLLOUT)) flush(c);
     }
 }
@@ -596,7 +868,9 @@ static void usage(void) {
             "               [--rate CALLS_PER_S] [--drain S]      open loop\n"
             "               [--count K] [--timeout S]             fixed count per connection\n"
             "               [--method version|echo] [--message TEXT] [--delay-ms MS]\n"
-            "               [--idle M [--wait-stdin]] [--max-inflight N] [--latency-out FILE]\n");
+            "               [--idle M [--wait-stdin]] [--max-inflight N] [--latency-out FILE]\n"
+            "               [--tls [--tls-ca FILE] [--tls-name NAME] [--tls-cert FILE --tls-key FILE]\n"
+            "                [--tls-version 1.2|1.3] [--handshakes]]   TLS (TCP targets only)\n");
 }
 
 int main(int argc, char **argv) {
@@ -620,6 +894,16 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--wait-stdin")) o_wait_stdin = 1;
         else if (!strcmp(a, "--max-inflight") && more) o_max_inflight = atol(argv[++i]);
         else if (!strcmp(a, "--latency-out") && more) o_lat_out = argv[++i];
+        else if (!strcmp(a, "--tls")) o_tls = 1;
+        else if (!strcmp(a, "--tls-ca") && more) o_tls_ca = argv[++i];
+        else if (!strcmp(a, "--tls-cert") && more) o_tls_cert = argv[++i];
+        else if (!strcmp(a, "--tls-key") && more) o_tls_key = argv[++i];
+        else if (!strcmp(a, "--tls-name") && more) o_tls_name = argv[++i];
+        else if (!strcmp(a, "--tls-version") && more) {
+            const char *v = argv[++i];
+            o_tls_version = !strcmp(v, "1.2") ? 12 : !strcmp(v, "1.3") ? 13 : -1;
+        }
+        else if (!strcmp(a, "--handshakes")) o_mode = M_HANDSHAKES;
         else if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(); return 0; }
         else { usage(); return 2; }
     }
@@ -631,6 +915,11 @@ int main(int argc, char **argv) {
     if (o_mode == M_OPEN && (o_rate <= 0 || o_rate > 10e6)) fail("bad --rate");
     if (o_mode == M_COUNT && (o_count < 1 || o_count > 100000000)) fail("bad --count");
     if (o_max_inflight < 1) fail("bad --max-inflight");
+    if (o_tls_version < 0) fail("--tls-version must be 1.2 or 1.3");
+    if ((o_tls_ca || o_tls_cert || o_tls_key || o_tls_name || o_tls_version) && !o_tls)
+        fail("--tls-* options need --tls");
+    if (o_tls && o_unix) fail("--tls needs a --tcp target");
+    if (o_mode == M_HANDSHAKES && !o_tls) fail("--handshakes needs --tls");
 
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
@@ -647,6 +936,7 @@ int main(int argc, char **argv) {
 
     build_request();
     resolve_target();
+    if (o_tls) tls_init();
     g_ep = epoll_create1(EPOLL_CLOEXEC);
     if (g_ep < 0) die("epoll_create1");
     g_tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
@@ -695,7 +985,9 @@ int main(int argc, char **argv) {
                     }
                 }
                 if (c->state == C_RETRY) retry++;
-                if (c->state == C_RETRY || c->state == C_CONNECTING || c->state == C_OPEN) pending++;
+                if (c->state == C_RETRY || c->state == C_CONNECTING || c->state == C_HANDSHAKE ||
+                    c->state == C_OPEN)
+                    pending++;
             }
             if (!pending || now_ns() >= hard_end) break;
             poll_events(retry ? 1 : 50);
@@ -707,18 +999,54 @@ int main(int argc, char **argv) {
         t_start = g_first_connect;
         t_end = g_last_answer ? g_last_answer : now_ns();
         elapsed_s = (double)(t_end - t_start) / 1e9;
+    } else if (o_mode == M_HANDSHAKES) {
+        /* every connection loops connect -> handshake -> close; the first ones are under way */
+        t_start = t_begin;
+        g_rec_from = t_start + (uint64_t)(o_warmup * NS);
+        g_rec_to = g_rec_from + (uint64_t)(o_duration * NS);
+        t_end = g_rec_to;
+        while (!g_stop) {
+            uint64_t t = now_ns();
+            if (t >= t_end) break;
+            long retry = 0;
+            for (long i = 0; i < o_conns; i++) {
+                struct conn *c = &g_c[i];
+                if (c->state == C_RETRY) start_connect(c);
+                if (c->state == C_RETRY) retry++;
+            }
+            uint64_t left_ms = (t_end - t) / 1000000 + 1;
+            poll_events(retry ? 1 : left_ms > 100 ? 100 : (int)left_ms);
+        }
+        g_sending = 0;
+        /* let the cycles under way finish (not counted), so the server sees no
+           handshake abandoned halfway */
+        uint64_t drain_end = now_ns() + (uint64_t)(o_drain * NS);
+        while (!g_stop && now_ns() < drain_end) {
+            long busy = 0;
+            for (long i = 0; i < o_conns; i++) {
+                int st = g_c[i].state;
+                if (st == C_RETRY) g_c[i].state = C_DONE;
+                if (st == C_CONNECTING || st == C_HANDSHAKE || st == C_SHUTDOWN) busy++;
+            }
+            if (!busy) break;
+            poll_events(10);
+        }
+        elapsed_s = o_duration;
     } else {
-        /* connect everything first */
+        /* connect everything first (TLS: and handshake) */
         for (;;) {
             long pending = 0;
             for (long i = 0; i < o_conns; i++) {
                 if (g_c[i].state == C_RETRY) start_connect(&g_c[i]);
-                if (g_c[i].state == C_RETRY || g_c[i].state == C_CONNECTING) pending++;
+                if (g_c[i].state == C_RETRY || g_c[i].state == C_CONNECTING ||
+                    g_c[i].state == C_HANDSHAKE)
+                    pending++;
             }
             if (!pending || g_stop) break;
             if (now_ns() >= connect_deadline) {
                 for (long i = 0; i < o_conns; i++)
-                    if (g_c[i].state == C_RETRY || g_c[i].state == C_CONNECTING) {
+                    if (g_c[i].state == C_RETRY || g_c[i].state == C_CONNECTING ||
+                        g_c[i].state == C_HANDSHAKE) {
                         g_connect_fail++;
                         conn_kill(&g_c[i]);
                     }
@@ -794,18 +1122,28 @@ int main(int argc, char **argv) {
     }
 
     long dropped_idle = o_idle > 0 ? idle_dropped() : 0;
+    struct rusage ru;
+    double cpu_s = 0;
+    if (getrusage(RUSAGE_SELF, &ru) == 0)
+        cpu_s = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+                (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
     qsort(g_lat, g_lat_n, sizeof *g_lat, cmp_u64);
     double sum = 0;
     for (size_t i = 0; i < g_lat_n; i++) sum += (double)g_lat[i];
     uint64_t calls = o_mode == M_COUNT ? g_answered_total : g_answered_window;
-    uint64_t errors = g_mismatch + g_conn_errors + g_connect_fail + g_unanswered;
-    const char *mode = o_mode == M_CLOSED ? "closed" : o_mode == M_OPEN ? "open" : "count";
+    uint64_t errors = g_mismatch + g_conn_errors + g_connect_fail + g_unanswered + g_tls_fail;
+    const char *mode = o_mode == M_CLOSED ? "closed"
+                       : o_mode == M_OPEN ? "open"
+                       : o_mode == M_COUNT ? "count"
+                                           : "handshakes";
     printf("{\"mode\":\"%s\",\"method\":\"%s\",\"transport\":\"%s\",\"conns\":%ld,\"depth\":%ld,"
            "\"rate\":%.1f,\"duration_s\":%.6f,\"calls\":%llu,\"calls_per_s\":%.1f,"
            "\"errors\":%llu,\"mismatches\":%llu,\"conn_errors\":%llu,\"connect_failures\":%llu,"
            "\"unanswered\":%llu,\"lat_samples\":%zu,\"lat_us\":{\"p50\":%.1f,\"p90\":%.1f,"
            "\"p99\":%.1f,\"p999\":%.1f,\"max\":%.1f,\"mean\":%.1f},\"wall_ms\":%.3f,"
-           "\"idle\":%ld,\"idle_connected\":%ld,\"idle_dropped\":%ld,\"interrupted\":%s}\n",
+           "\"idle\":%ld,\"idle_connected\":%ld,\"idle_dropped\":%ld,\"interrupted\":%s,"
+           "\"tls\":%s,\"tls_version\":\"%s\",\"tls_cipher\":\"%s\",\"handshakes\":%llu,"
+           "\"tls_failures\":%llu,\"tls_error\":\"%s\",\"cpu_s\":%.3f}\n",
            mode, o_method, o_unix ? "unix" : "tcp", o_conns, o_depth, o_rate, elapsed_s,
            (unsigned long long)calls, elapsed_s > 0 ? (double)calls / elapsed_s : 0.0,
            (unsigned long long)errors, (unsigned long long)g_mismatch,
@@ -814,7 +1152,8 @@ int main(int argc, char **argv) {
            g_lat_n ? (double)g_lat[g_lat_n - 1] / 1000.0 : -1.0,
            g_lat_n ? sum / (double)g_lat_n / 1000.0 : -1.0,
            o_mode == M_COUNT ? elapsed_s * 1000.0 : -1.0, o_idle, g_idle_ok, dropped_idle,
-           g_stop ? "true" : "false");
+           g_stop ? "true" : "false", o_tls ? "true" : "false", g_tls_proto, g_tls_cipher,
+           (unsigned long long)g_handshakes, (unsigned long long)g_tls_fail, g_tls_err, cpu_s);
     fflush(stdout);
     if (o_lat_out) {
         FILE *f = fopen(o_lat_out, "w");

@@ -27,6 +27,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -64,6 +65,8 @@ T_BURST_MS = 150.0
 T_COLD_MS = 150.0
 T_IDLE_RSS_MB = 150.0
 T_IDLE_P50_X = 2.0
+# issue 12: TLS throughput vs the daemon's own plaintext TCP in the same run
+T_RATIO_TLS = 0.50
 
 # ---------------------------------------------------------------- children
 
@@ -138,6 +141,146 @@ def version_call(family: int, addr: Any, timeout: float = 1.0) -> bool:
         return False
 
 
+def tls_version_call(port: int, tls: TLSFiles, timeout: float = 1.0) -> bool:
+    """A version call over TLS (the readiness check of the TLS daemon)."""
+    try:
+        ctx = ssl.create_default_context(cafile=str(tls.ca))
+        if tls.mutual:
+            ctx.load_cert_chain(str(tls.client_cert), str(tls.client_key))
+        with (
+            socket.create_connection((LOOPBACK, port), timeout=timeout) as raw,
+            ctx.wrap_socket(raw, server_hostname=LOOPBACK) as s,
+        ):
+            s.sendall(VERSION_REQ)
+            got = b""
+            deadline = time.monotonic() + timeout
+            while len(got) < len(VERSION_RESP) and time.monotonic() < deadline:
+                chunk = s.recv(len(VERSION_RESP) - len(got))
+                if not chunk:
+                    break
+                got += chunk
+            return got == VERSION_RESP
+    except (OSError, ssl.SSLError):
+        return False
+
+
+class TLSFiles:
+    """Test certificates made at run time: a CA, a server certificate for
+    127.0.0.1/localhost and a client certificate, all ECDSA P-256, valid one day."""
+
+    KEY = "ECDSA P-256"
+
+    def __init__(self, d: Path, mutual: bool) -> None:
+        self.dir, self.mutual = d, mutual
+        self.ca = d / "ca.pem"
+        self.server_cert, self.server_key = d / "server.pem", d / "server.key"
+        self.client_cert, self.client_key = d / "client.pem", d / "client.key"
+
+    def make(self) -> None:
+        import datetime
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+        self.dir.mkdir(mode=0o700, exist_ok=True)
+        now = datetime.datetime.now(datetime.UTC)
+        before, after = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1)
+
+        def name(cn: str) -> x509.Name:
+            return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+        def write_key(k: ec.EllipticCurvePrivateKey, path: Path) -> None:
+            path.write_bytes(
+                k.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
+            )
+            path.chmod(0o600)
+
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca = (
+            x509.CertificateBuilder()
+            .subject_name(name("mytimerd bench CA"))
+            .issuer_name(name("mytimerd bench CA"))
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(before)
+            .not_valid_after(after)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        self.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+
+        def leaf(cn: str, san: list[x509.GeneralName], usage: Any, cert: Path, key: Path) -> None:
+            k = ec.generate_private_key(ec.SECP256R1())
+            c = (
+                x509.CertificateBuilder()
+                .subject_name(name(cn))
+                .issuer_name(ca.subject)
+                .public_key(k.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(before)
+                .not_valid_after(after)
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.SubjectAlternativeName(san), critical=False)
+                .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+                .add_extension(
+                    x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                    critical=False,
+                )
+                .sign(ca_key, hashes.SHA256())
+            )
+            cert.write_bytes(c.public_bytes(serialization.Encoding.PEM))
+            write_key(k, key)
+
+        leaf(
+            "localhost",
+            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(LOOPBACK))],
+            ExtendedKeyUsageOID.SERVER_AUTH,
+            self.server_cert,
+            self.server_key,
+        )
+        leaf(
+            "mytimerd-bench-client",
+            [x509.DNSName("mytimerd-bench-client")],
+            ExtendedKeyUsageOID.CLIENT_AUTH,
+            self.client_cert,
+            self.client_key,
+        )
+
+    def server_args(self) -> list[str]:
+        a = ["--tls-cert", str(self.server_cert), "--tls-key", str(self.server_key)]
+        return a + (["--tls-client-ca", str(self.ca)] if self.mutual else [])
+
+    def client_args(self) -> list[str]:
+        a = ["--tls", "--tls-ca", str(self.ca)]
+        if self.mutual:
+            a += ["--tls-cert", str(self.client_cert), "--tls-key", str(self.client_key)]
+        return a
+
+
 def descendants(pid: int) -> list[int]:
     parent: dict[int, int] = {}
     for d in os.listdir("/proc"):
@@ -201,11 +344,21 @@ class Server:
         self.log = workdir / f"{name}.log"
         self.starts = 0
         self.error = ""
+        self.label = name  # the first part of its raw results' keys
+
+    def transport(self, transport: str) -> str:
+        """What a scenario's transport is called in keys and rows for this server."""
+        return transport
 
     def target(self, transport: str) -> list[str]:
         if transport == "unix":
             return ["--unix", self.unix]
         return ["--tcp", LOOPBACK, str(self.port)]
+
+    def ready(self) -> bool:
+        return version_call(socket.AF_UNIX, self.unix, 0.5) and version_call(
+            socket.AF_INET, (LOOPBACK, self.port), 0.5
+        )
 
     def start(self, timeout: float = 20.0) -> bool:
         self.stop()
@@ -223,9 +376,7 @@ class Server:
             if self.proc.poll() is not None:
                 self.error = f"exited with {self.proc.returncode}: {tail(self.log, 4)}"
                 return False
-            if version_call(socket.AF_UNIX, self.unix, 0.5) and version_call(
-                socket.AF_INET, (LOOPBACK, self.port), 0.5
-            ):
+            if self.ready():
                 self.error = ""
                 return True
             time.sleep(0.05)
@@ -245,6 +396,32 @@ class Server:
             self.proc = None
 
 
+class TLSServer(Server):
+    """The daemon again, its TCP listener speaking TLS (--tls-cert/--tls-key): a
+    second process, since TLS covers every TCP listener of a daemon. Its scenarios
+    use transport "tcp" and are keyed and shown as daemon / tls."""
+
+    def __init__(
+        self, name: str, cmd: list[str], extra: list[str], workdir: Path, tls: TLSFiles
+    ) -> None:
+        super().__init__(name, cmd, [*extra, *tls.server_args()], workdir)
+        self.tls = tls
+        self.label = "daemon"
+
+    def transport(self, transport: str) -> str:
+        return "tls" if transport == "tcp" else transport
+
+    def target(self, transport: str) -> list[str]:
+        if transport == "tcp":
+            return [*super().target("tcp"), *self.tls.client_args()]
+        return super().target(transport)
+
+    def ready(self) -> bool:
+        return version_call(socket.AF_UNIX, self.unix, 0.5) and tls_version_call(
+            self.port, self.tls, 0.5
+        )
+
+
 # ---------------------------------------------------------------- loadgen
 
 
@@ -258,7 +435,8 @@ class Bench:
         self.t0 = time.monotonic()
         self.load0 = [round(x, 2) for x in os.getloadavg()]
         self.current: Server | None = None  # the server the running scenario targets
-        self.budget = 110.0 if self.quick else 300.0
+        self.tls_skipped = True  # until the TLS scenarios are set up
+        self.budget = 125.0 if self.quick else 340.0
         self.rounds = 2 if self.quick else 3
         if self.quick:
             self.dur, self.warm = 0.5, 0.2
@@ -326,8 +504,9 @@ class Bench:
         method: str,
         delay: int,
         rnd: int,
+        handshakes: bool = False,
     ) -> dict[str, Any]:
-        key = f"{srv.name}.{transport}.{method}.c{conns}.d{depth}.round{rnd}"
+        key = f"{self.closed_key(srv, transport, conns, depth, method, handshakes)}.round{rnd}"
         self.current = srv
         if not srv.ensure():
             self.notes.append(f"{key}: server not running: {srv.error}")
@@ -346,9 +525,18 @@ class Bench:
             "--delay-ms",
             str(delay),
         ]
+        if handshakes:
+            a.append("--handshakes")
         r = self.loadgen(key, srv.target(transport), a, timeout=self.dur + self.warm + 30)
         del self.raw[key]  # kept in the aggregate below
         return r
+
+    @staticmethod
+    def closed_key(
+        srv: Server, transport: str, conns: int, depth: int, method: str, handshakes: bool
+    ) -> str:
+        what = f"handshakes.c{conns}" if handshakes else f"{method}.c{conns}.d{depth}"
+        return f"{srv.label}.{srv.transport(transport)}.{what}"
 
     def closed(
         self,
@@ -358,17 +546,21 @@ class Bench:
         depth: int,
         method: str = "version",
         delay: int = 0,
+        handshakes: bool = False,
     ) -> None:
         """Closed loop, self.rounds rounds; in each round every server is measured
-        in turn. Reported: the round with the median calls/s, and all rounds."""
+        in turn. Reported: the round with the median calls/s, and all rounds.
+        handshakes: loadgen --handshakes (TLS), "calls" are handshake cycles."""
         runs: dict[str, list[dict[str, Any]]] = {srv.name: [] for srv in servers}
         for rnd in range(self.rounds):
             for srv in servers:
                 if not self.over_budget():
-                    r = self.closed_once(srv, transport, conns, depth, method, delay, rnd)
+                    r = self.closed_once(
+                        srv, transport, conns, depth, method, delay, rnd, handshakes
+                    )
                     runs[srv.name].append(r)
         for srv in servers:
-            key = f"{srv.name}.{transport}.{method}.c{conns}.d{depth}"
+            key = self.closed_key(srv, transport, conns, depth, method, handshakes)
             rs = runs[srv.name]
             if not rs:
                 continue
@@ -379,11 +571,15 @@ class Bench:
             agg["rounds_calls_per_s"] = [r.get("calls_per_s") for r in rs]
             self.raw[key] = agg
             rounds = ", ".join(f"{r.get('calls_per_s', 0):,.0f}" for r in rs)
+            unit = "handshakes/s" if handshakes else "calls/s"
             print(
-                f"  {key:<40} {agg.get('calls_per_s', 0):>12,.0f} calls/s (rounds {rounds})"
+                f"  {key:<40} {agg.get('calls_per_s', 0):>12,.0f} {unit} (rounds {rounds})"
                 f"  errors {errors}",
                 flush=True,
             )
+            tls_errors = sorted({r["tls_error"] for r in rs if r.get("tls_error")})
+            if tls_errors:
+                self.notes.append(f"{key}: TLS error: {'; '.join(tls_errors)}")
 
     def open_loop(
         self, srv: Server, transport: str, rate: float = 5000, conns: int = 16
@@ -662,7 +858,9 @@ class Bench:
             )
 
         print("building bench/ (make -C bench) ...", flush=True)
-        subprocess.run(["make", "-s", "-C", str(BENCH)], check=True)
+        if subprocess.run(["make", "-s", "-C", str(BENCH)]).returncode != 0:
+            print("bench: building the C programs failed (see above)", file=sys.stderr)
+            return 2
 
         daemon_cmd = (
             shlex.split(args.daemon_cmd) if args.daemon_cmd else [sys.executable, "-m", "mytimerd"]
@@ -670,6 +868,8 @@ class Bench:
         daemon_extra = shlex.split(args.daemon_args)
         floor = Server("floor", [str(FLOOR), "--lifetime", "900"], [], self.workdir)
         daemon = Server("daemon", daemon_cmd, daemon_extra, self.workdir)
+        tls = TLSFiles(self.workdir / "tls", mutual=args.tls_mutual)
+        daemon_tls: TLSServer | None = None
         servers = [floor]
         if not floor.start():
             print(f"floor server does not start: {floor.error}", file=sys.stderr)
@@ -682,17 +882,43 @@ class Bench:
             else:
                 self.notes.append(f"daemon unavailable ({shlex.join(daemon_cmd)}): {daemon.error}")
                 print(f"!! daemon unavailable, floor only: {daemon.error}", flush=True)
+        if daemon_ok and not args.no_tls:
+            try:
+                tls.make()
+            except Exception as e:  # cryptography missing or broken: no TLS rows
+                self.notes.append(f"TLS scenarios skipped: cannot make test certificates: {e!r}")
+            else:
+                daemon_tls = TLSServer("daemon-tls", daemon_cmd, daemon_extra, self.workdir, tls)
+                self.tls_skipped = False
+        elif args.no_tls:
+            self.notes.append("TLS scenarios skipped (--no-tls)")
         transports = ["unix", "tcp"]
 
         # Floor and daemon run side by side (the one not measured is idle) and each
         # scenario is measured on the floor and then at once on the daemon, so that
         # the noise of this small shared machine hits both figures of a ratio alike.
+        # TLS (issue 12): a second daemon serves TLS on its TCP port; "version, 1 conn"
+        # and "16 conns" measure it in the same rounds as the plaintext TCP daemon
+        # (floor, daemon TCP, daemon TLS, in turn). It runs only for the TCP rows and the
+        # handshake scenario, then stops.
         print(f"scenarios ({'quick' if self.quick else 'full'}) ...", flush=True)
         for t in transports:
+            with_tls = list(servers)
+            if t == "tcp" and daemon_tls is not None:
+                if daemon_tls.start():
+                    with_tls.append(daemon_tls)
+                else:
+                    self.notes.append(f"TLS daemon unavailable: {daemon_tls.error}")
+                    print(f"!! TLS daemon unavailable: {daemon_tls.error}", flush=True)
+                    daemon_tls = None
             for conns, depth in ((1, 1), (16, 1), (1, 32)):
-                self.closed(servers, t, conns, depth)
+                self.closed(with_tls if depth == 1 else servers, t, conns, depth)
             if daemon_ok:
                 self.closed([daemon], t, 16, 1, method="echo", delay=0)
+        if daemon_tls is not None:
+            for conns in (1, 4):
+                self.closed([daemon_tls], "tcp", conns, 1, handshakes=True)
+            daemon_tls.stop()
         for t in transports:
             for srv in servers:
                 if not self.over_budget():
@@ -743,7 +969,12 @@ class Bench:
                 "elapsed_s": round(time.monotonic() - self.t0, 1),
                 "loadavg_start": self.load0,
                 "loadavg_end": [round(x, 2) for x in os.getloadavg()],
-                "server_starts": {"floor": floor.starts, "daemon": daemon.starts},
+                "server_starts": {
+                    "floor": floor.starts,
+                    "daemon": daemon.starts,
+                    "daemon_tls": daemon_tls.starts if daemon_tls is not None else 0,
+                },
+                "tls": self.tls_meta(tls, daemon_tls is not None),
             },
             "rows": rows,
             "targets": [r for r in rows if r.get("target")],
@@ -758,6 +989,23 @@ class Bench:
         return 1 if (fails and args.strict) else 0
 
     # ------------------------------------------------------------ report
+
+    def tls_meta(self, tls: TLSFiles, ran: bool) -> dict[str, Any]:
+        seen: dict[str, Any] = next(
+            (
+                r
+                for k, r in self.raw.items()
+                if k.startswith("daemon.tls.") and r.get("tls_version")
+            ),
+            {},
+        )
+        return {
+            "ran": ran,
+            "key": TLSFiles.KEY,
+            "mutual": tls.mutual,
+            "version": seen.get("tls_version"),
+            "cipher": seen.get("tls_cipher"),
+        }
 
     def rows(self, daemon_ok: bool, n_idle: int) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
@@ -874,6 +1122,54 @@ class Bench:
                 }
             )
 
+        # TLS: the daemon over TLS against the daemon over plaintext TCP, same rounds;
+        # the floor column holds the plaintext figure (the ratio's base)
+        for name, conns in (("version, 1 conn", 1), ("version, 16 conns", 16)):
+            plain = raw.get(f"daemon.tcp.version.c{conns}.d1")
+            sec = raw.get(f"daemon.tls.version.c{conns}.d1")
+            pv = plain.get("calls_per_s") if good(plain) else None  # type: ignore[union-attr]
+            sv = sec.get("calls_per_s") if good(sec) else None  # type: ignore[union-attr]
+            ratio = sv / pv if sv is not None and pv else None
+            trow: dict[str, Any] = {
+                "scenario": name,
+                "transport": "tls",
+                "unit": "calls/s",
+                "floor": pv,
+                "daemon": sv,
+                "floor_is": "daemon over plaintext TCP (same rounds)",
+                "floor_errors": (plain or {}).get("errors"),
+                "daemon_errors": (sec or {}).get("errors"),
+                "ratio": ratio,
+                "target": f">= {T_RATIO_TLS:.2f}x daemon TCP",
+                "threshold": T_RATIO_TLS,
+                # SKIP when TLS was not tried (--no-tls, no certificates, no daemon);
+                # a TLS daemon that does not start or fails its calls is a FAIL
+                "result": "SKIP"
+                if self.tls_skipped
+                else verdict(None if ratio is None else ratio >= T_RATIO_TLS),
+            }
+            pl = (plain or {}).get("rounds_calls_per_s") or []
+            sl = (sec or {}).get("rounds_calls_per_s") or []
+            if pl and sl and good(plain) and good(sec):
+                trow["ratio_per_round"] = [
+                    d / f if f else None for f, d in zip(pl, sl, strict=False)
+                ]
+            rows.append(trow)
+        for conns in (1, 4):
+            h = raw.get(f"daemon.tls.handshakes.c{conns}")
+            rows.append(
+                {
+                    "scenario": f"TLS handshakes, {conns} client{'s' if conns > 1 else ''}",
+                    "transport": "tls",
+                    "unit": "handshakes/s",
+                    "floor": None,
+                    "daemon": h.get("calls_per_s") if good(h) else None,  # type: ignore[union-attr]
+                    "daemon_errors": (h or {}).get("errors"),
+                    "daemon_rounds": (h or {}).get("rounds_calls_per_s"),
+                    "ratio": None,
+                }
+            )
+
         fc, dc = raw.get("floor.cold_start"), raw.get("daemon.cold_start")
         fcv = fc.get("wall_ms_median") if fc and fc.get("errors") == 0 else None
         dcv = dc.get("wall_ms_median") if dc and dc.get("errors") == 0 else None
@@ -951,7 +1247,7 @@ class Bench:
         def fmt(v: Any, unit: str) -> str:
             if v is None:
                 return "-"
-            if unit == "calls/s":
+            if unit in ("calls/s", "handshakes/s"):
                 return f"{v:,.0f}"
             if unit.startswith("x"):
                 return f"{v:.2f}x"
@@ -1003,6 +1299,13 @@ class Bench:
             "(a busy machine makes every figure noisier)"
         )
         print("ratio = daemon / floor in this run (version depth 32: / floor 1 conn unpipelined)")
+        t = m.get("tls") or {}
+        if t.get("ran"):
+            print(
+                "tls rows: the daemon over TLS; floor column = the daemon over plaintext TCP "
+                f"(same rounds), ratio = TLS / TCP; {t.get('version')} {t.get('cipher')}, "
+                f"{t.get('key')} certificate" + (", client certificates" if t.get("mutual") else "")
+            )
         print()
         for i, row in enumerate(table):
             cells = [
@@ -1101,6 +1404,12 @@ def main() -> int:
     ap.add_argument(
         "--idle-conns", type=int, default=10000, help="idle connections (default 10000)"
     )
+    ap.add_argument(
+        "--tls-mutual",
+        action="store_true",
+        help="TLS scenarios with client certificates (daemon --tls-client-ca)",
+    )
+    ap.add_argument("--no-tls", action="store_true", help="skip the TLS scenarios")
     ap.add_argument("--strict", action="store_true", help="exit 1 if any target FAILs")
     args = ap.parse_args()
     if not 0 <= args.idle_conns <= 100000:
