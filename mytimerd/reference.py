@@ -15,14 +15,14 @@ from collections.abc import Iterable
 from dataclasses import fields
 from pathlib import Path
 
-from .protocol import errors, schema
+from .protocol import errors, interfaces, schema
 from .protocol.limits import Limits
 
 
 def methods_table() -> str:
     """Markdown: every method, its request and what it answers."""
     rows = ["| method | request | answer |", "|---|---|---|"]
-    for m in schema.METHODS:
+    for m in interfaces.METHODS:
         if m.request.fields:
             request = (
                 "`{ " + ", ".join(f"{f.name}: {f.type.cddl()}" for f in m.request.fields) + " }`"
@@ -32,7 +32,7 @@ def methods_table() -> str:
         rows.append(f"| `{m.name}` | {request} | {m.doc} |")
     structs = []
     seen = set()
-    for m in schema.METHODS:
+    for m in interfaces.METHODS:
         for f in m.request.fields:
             if isinstance(f.type, schema.Struct) and f.type.name not in seen:
                 seen.add(f.type.name)

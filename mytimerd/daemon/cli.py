@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import get_args
 
 from .. import __version__
-from ..protocol import errors, schema
+from ..protocol import errors, interfaces
 from ..protocol.address import (
     DEFAULT_TCP_PORT,
     Address,
@@ -65,7 +65,7 @@ sockets:
   but refuses one that another server is listening on.
 
 methods:
-{textwrap.indent(chr(10).join(f"{m.name:<20} {m.doc}" for m in schema.METHODS), "  ")}
+{textwrap.indent(chr(10).join(f"{m.name:<20} {m.doc}" for m in interfaces.METHODS), "  ")}
 
 errors (RET_ERR bodies "mytimerd.<Name>: <message>"; library errors pass through):
 {textwrap.indent(chr(10).join(f"{n:<20} {d}" for n, d in errors.CATALOGUE.items()), "  ")}

@@ -15,7 +15,7 @@ from typing import Final
 import cbor2
 
 from .._glue import ffi, lib
-from ..protocol.schema import LIBRARY_METHODS
+from ..protocol.interfaces import LIBRARY_METHODS
 from .library import LibraryLoadError, Result, Status
 
 #: The library built from native/ and shipped inside the package.

@@ -23,7 +23,7 @@ from typing import Any, Final
 import cbor2
 
 from .. import __version__
-from ..protocol import errors, schema, wire
+from ..protocol import errors, interfaces, wire
 from ..protocol.errors import DaemonError
 from .activation import Listener
 from .admission import Admission
@@ -180,10 +180,10 @@ class Server:
     def handle(self, conn: Connection, request: wire.Request) -> None:
         """Validate and dispatch one request; its answer lands in ``conn``'s order."""
         started = self.clock()
-        method = schema.BY_NAME.get(request.method)
+        method = interfaces.BY_NAME.get(request.method)
         try:
             if method is None:
-                schema.lookup(request.method)  # raises UnknownMethod
+                interfaces.lookup(request.method)  # raises UnknownMethod
                 raise AssertionError("unreachable")
             method.validate(request.payload, self.limits.max_items)
         except DaemonError as exc:
@@ -234,7 +234,7 @@ class Server:
                 f"payload of {event.length} bytes exceeds the limit of {event.limit}",
             )
             # Stats are keyed by known names only: a client chooses this one.
-            known = schema.BY_NAME.get(event.method)
+            known = interfaces.BY_NAME.get(event.method)
             method = known.name if known else "(unknown)"
         else:
             foreign = wire.foreign_protocol(event.length)
@@ -267,7 +267,7 @@ class Server:
 
     def shed(self, conn: Connection, request: wire.Request) -> None:
         """Answer a request read but not started before the drain: ShuttingDown."""
-        known = schema.BY_NAME.get(request.method)
+        known = interfaces.BY_NAME.get(request.method)
         err = DaemonError("ShuttingDown", "the daemon is stopping; this request was not started")
         self._answer_error(conn, known.name if known else "(unknown)", err, self.clock())
 
@@ -407,7 +407,7 @@ class Server:
             "daemon": {"name": "mytimerd", "version": __version__},
             "library": {"path": self.library.path, "version": self.library_version},
             "timerName": self.config.name,
-            "methods": [m.to_json() for m in schema.METHODS],
+            "methods": [m.to_json() for m in interfaces.METHODS],
             "limits": self.limits.to_json(),
             "errors": {errors.PREFIX + k: v for k, v in errors.CATALOGUE.items()},
             "listeners": [{"name": x.name, "address": x.address} for x in self.listeners],

@@ -1,11 +1,14 @@
-"""The method table: every method's name, documentation and schemas, once.
+"""The schema types: what a method's request and answer may be, how a value
+is checked, and the :class:`Interface` (methods and events) they make up.
 
-This table drives request validation in the daemon, ``mytimerd.describe``, the
-commands and options of ``mytimerctl`` and the method list in the README.
-Validation mirrors the library's decoder where that is safe (every key may be
-missing and then takes the library's zero value; unknown keys are refused) and
-is stricter where the library is not safe (types are exact, integers must fit
-int64, a delay must fit the library's millisecond clock).
+An interface is built from the library's own description (its CDDL, see
+:mod:`.interfaces`) and drives request validation in the daemon,
+``mytimerd.describe``, the commands and options of ``mytimerctl`` and the
+method tables in the docs. Validation mirrors the library's decoder where that
+is safe (every key may be missing and then takes the library's zero value;
+unknown keys are refused) and is stricter where the library is not safe (types
+are exact, integers must fit int64, a delay must fit the library's
+millisecond clock).
 """
 
 from __future__ import annotations
@@ -122,6 +125,40 @@ class Array(Type):
 
 
 @dataclass(frozen=True)
+class Enum(Type):
+    """One of a few text values (nim-ffi sends enums as text)."""
+
+    name: str
+    choices: tuple[str, ...]
+
+    def check(self, value: object, path: str) -> None:
+        if type(value) is not str or value not in self.choices:
+            shown = repr(value).replace("'", '"') if type(value) is str else cbor.type_name(value)
+            raise invalid(path, f"expected one of {', '.join(self.choices)}, got {shown}")
+
+    def to_json(self) -> dict[str, JSONValue]:
+        return {"type": "enum", "name": self.name, "choices": list(self.choices)}
+
+    def cddl(self) -> str:
+        return " / ".join(f'"{c}"' for c in self.choices)
+
+
+@dataclass(frozen=True)
+class Null(Type):
+    """Nothing: a response that carries no value."""
+
+    def check(self, value: object, path: str) -> None:
+        if value is not None:
+            raise invalid(path, f"expected null, {_got(value)}")
+
+    def to_json(self) -> dict[str, JSONValue]:
+        return {"type": "null"}
+
+    def cddl(self) -> str:
+        return "nil"
+
+
+@dataclass(frozen=True)
 class Any_(Type):
     """Any value (daemon responses whose shape is documented in prose)."""
 
@@ -215,8 +252,9 @@ Check = Callable[[dict[str, Any]], None]
 class Method:
     """One callable method.
 
-    ``library`` methods go to ``my_timer_<name>_cbor``; the others are answered
-    by the daemon. ``example`` is a request used in help texts.
+    ``library`` methods go to the library's entry point of that name (on the
+    context; ``static`` ones without it); the others are answered by the
+    daemon. ``example`` is a request used in help texts.
     """
 
     name: str
@@ -226,6 +264,7 @@ class Method:
     library: bool
     example: dict[str, JSONValue] = field(default_factory=dict)
     checks: tuple[Check, ...] = ()
+    static: bool = False
 
     def validate(self, payload: bytes, max_items: int = cbor.MAX_ITEMS) -> None:
         """Raise DaemonError unless ``payload`` is an acceptable request of at
@@ -246,196 +285,49 @@ class Method:
         return {
             "name": self.name,
             "doc": self.doc,
-            "handler": "library" if self.library else "daemon",
+            "handler": ("static" if self.static else "library") if self.library else "daemon",
             "request": self.request.to_json(),
             "response": self.response.to_json(),
             "example": self.example,
         }
 
 
-# --- the library's types -------------------------------------------------
+@dataclass(frozen=True)
+class Event:
+    """An event the library fires: its name and the shape of its payload."""
 
-ECHO_REQUEST: Final = Struct(
-    "EchoRequest",
-    (
-        Field("message", Text(), "Text to echo back.", default=""),
-        Field(
-            "delayMs",
-            Int(-DELAY_MS_LIMIT, DELAY_MS_LIMIT),
-            "Milliseconds to wait before replying (<= 0: reply at once).",
-            default=0,
-            cli="delay-ms",
-        ),
-    ),
-    "One echo.",
-)
+    name: str
+    doc: str
+    payload: Type
 
-COMPLEX_REQUEST: Final = Struct(
-    "ComplexRequest",
-    (
-        Field(
-            "messages",
-            Array(ECHO_REQUEST),
-            "Messages to count (delays are ignored).",
-            [],
-            cli="message",
-        ),
-        Field("tags", Array(Text()), "Free-form tags.", [], cli="tag"),
-        Field("note", Text(), "A note; an empty string counts as present.", option=True),
-        Field("retries", Int(), "Reported back in the summary.", option=True),
-    ),
-    "A request with nested and optional values.",
-)
-
-JOB_SPEC: Final = Struct(
-    "JobSpec",
-    (
-        Field("name", Text(), "Job name (must not be empty).", "", cli="job"),
-        Field("payload", Array(Text()), "Job arguments.", []),
-        Field("priority", Int(), "Job priority.", 0),
-    ),
-)
-
-RETRY_POLICY: Final = Struct(
-    "RetryPolicy",
-    (
-        Field("maxAttempts", Int(), "Attempts allowed (must be positive).", 0),
-        Field("backoffMs", Int(), "Milliseconds between attempts.", 0),
-        Field("retryOn", Array(Text()), "Conditions that trigger a retry.", []),
-    ),
-)
-
-SCHEDULE_CONFIG: Final = Struct(
-    "ScheduleConfig",
-    (
-        Field("startAtMs", Int(), "First run, in ms.", 0),
-        Field("intervalMs", Int(), "Period in ms (<= 0: runs once).", 0),
-        Field("jitter", Int(), "Added to startAtMs.", option=True),
-    ),
-)
+    def to_json(self) -> dict[str, JSONValue]:
+        """A JSON-able description (served by mytimerd.describe)."""
+        return {"name": self.name, "doc": self.doc, "payload": self.payload.to_json()}
 
 
-def _schedule_sum_fits(value: dict[str, Any]) -> None:
-    """startAtMs + jitter must fit int64: the real library aborts otherwise."""
-    sched = value.get("schedule")
-    if not isinstance(sched, dict):
-        return
-    start = sched.get("startAtMs") or 0
-    jitter = sched.get("jitter")
-    if isinstance(jitter, int) and not INT64_MIN <= start + jitter <= INT64_MAX:
-        raise invalid(
-            "schedule.jitter",
-            f"startAtMs + jitter = {start + jitter} does not fit a 64-bit integer",
-        )
+@dataclass(frozen=True)
+class Interface:
+    """A library's whole interface plus the daemon's own methods."""
 
+    #: Where it came from (a bundled generation or a --schema file).
+    source: str
+    methods: tuple[Method, ...]
+    events: tuple[Event, ...]
+    by_name: Mapping[bytes, Method] = field(init=False, repr=False, compare=False)
 
-ECHO_RESPONSE: Final = Struct(
-    "EchoResponse",
-    (
-        Field("echoed", Text(), "The message."),
-        Field("timerName", Text(), "The daemon's timer name (--name)."),
-    ),
-)
-COMPLEX_RESPONSE: Final = Struct(
-    "ComplexResponse",
-    (
-        Field("summary", Text(), "One-line summary."),
-        Field("itemCount", Int(), "Number of messages."),
-        Field("hasNote", Bool(), "Whether a note was given."),
-    ),
-)
-SCHEDULE_RESPONSE: Final = Struct(
-    "ScheduleResponse",
-    (
-        Field("jobId", Text(), "<timer name>:<job name>."),
-        Field("willRunCount", Int(), "Runs in the next minute."),
-        Field("firstRunAtMs", Int(), "startAtMs + jitter."),
-        Field("effectiveBackoffMs", Int(), "retry.backoffMs."),
-    ),
-)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_name", {m.name.encode(): m for m in self.methods})
 
-EMPTY: Final = Struct("Empty", (), "No parameters: send an empty map (a0).")
+    @property
+    def library_methods(self) -> tuple[Method, ...]:
+        """The methods the library answers."""
+        return tuple(m for m in self.methods if m.library)
 
-# --- the table -------------------------------------------------------------
-
-METHODS: Final[tuple[Method, ...]] = (
-    Method(
-        "version",
-        "The library's version string.",
-        EMPTY,
-        Text(),
-        library=True,
-    ),
-    Method(
-        "echo",
-        "Echo a message back after an optional delay; fires the on_echo_fired event.",
-        Struct("echo-request", (Field("req", ECHO_REQUEST, "The echo."),)),
-        ECHO_RESPONSE,
-        library=True,
-        example={"req": {"message": "hello", "delayMs": 0}},
-    ),
-    Method(
-        "complex",
-        "Summarise a list of messages, tags and optional values.",
-        Struct("complex-request", (Field("req", COMPLEX_REQUEST, "The request."),)),
-        COMPLEX_RESPONSE,
-        library=True,
-        example={"req": {"messages": [{"message": "a", "delayMs": 0}], "tags": ["t"]}},
-    ),
-    Method(
-        "schedule",
-        "Plan a job: its id, runs per minute, first run and backoff.",
-        Struct(
-            "schedule-request",
-            (
-                Field("job", JOB_SPEC, "The job."),
-                Field("retry", RETRY_POLICY, "Its retry policy."),
-                Field("schedule", SCHEDULE_CONFIG, "When it runs."),
-            ),
-        ),
-        SCHEDULE_RESPONSE,
-        library=True,
-        example={
-            "job": {"name": "backup", "payload": [], "priority": 1},
-            "retry": {"maxAttempts": 3, "backoffMs": 100, "retryOn": ["timeout"]},
-            "schedule": {"startAtMs": 1000, "intervalMs": 250},
-        },
-        checks=(_schedule_sum_fits,),
-    ),
-    Method(
-        "mytimerd.describe",
-        "The daemon and library versions, the timer name, every method with its "
-        "request and response schema, the limits and the error names.",
-        EMPTY,
-        Any_(),
-        library=False,
-    ),
-    Method(
-        "mytimerd.ping",
-        "Health: whether the library answers its liveness probe in time.",
-        EMPTY,
-        Any_(),
-        library=False,
-    ),
-    Method(
-        "mytimerd.stats",
-        "Uptime, connections, calls and errors by method and name, calls in "
-        "flight and latency percentiles.",
-        EMPTY,
-        Any_(),
-        library=False,
-    ),
-)
-
-BY_NAME: Final[dict[bytes, Method]] = {m.name.encode(): m for m in METHODS}
-LIBRARY_METHODS: Final = tuple(m for m in METHODS if m.library)
-
-
-def lookup(name: bytes) -> Method:
-    """The method called ``name``, or DaemonError UnknownMethod."""
-    method = BY_NAME.get(name)
-    if method is None:
-        shown = name.decode("utf-8", "backslashreplace")
-        names = ", ".join(m.name for m in METHODS)
-        raise DaemonError("UnknownMethod", f"no method {shown!r} (try: {names})")
-    return method
+    def lookup(self, name: bytes) -> Method:
+        """The method called ``name``, or DaemonError UnknownMethod."""
+        method = self.by_name.get(name)
+        if method is None:
+            shown = name.decode("utf-8", "backslashreplace")
+            names = ", ".join(m.name for m in self.methods)
+            raise DaemonError("UnknownMethod", f"no method {shown!r} (try: {names})")
+        return method

@@ -31,7 +31,8 @@ from mytimerd.client import (
 )
 from mytimerd.protocol import wire
 from mytimerd.protocol.address import TcpAddress, UnixAddress
-from mytimerd.protocol.schema import BY_NAME, Struct
+from mytimerd.protocol.interfaces import BY_NAME
+from mytimerd.protocol.schema import Struct
 
 from .conftest import Daemon, FakeServer, canned, err, ok, restart_daemon, stop_daemon
 

@@ -15,7 +15,8 @@ import pytest
 
 from mytimerd.client import Client, ctl
 from mytimerd.protocol import wire
-from mytimerd.protocol.schema import METHODS, Array, Struct
+from mytimerd.protocol.interfaces import METHODS
+from mytimerd.protocol.schema import Array, Struct
 
 from .conftest import Daemon, FakeServer, canned
 

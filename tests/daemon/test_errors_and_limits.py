@@ -26,7 +26,9 @@ def test_unknown_method(daemon: Daemon) -> None:
     with daemon.client() as c:
         resp = c.call("frobnicate")
         assert resp.ret == 1
-        assert resp.body.startswith(b"mytimerd.UnknownMethod: no method 'frobnicate' (try: version")
+        assert resp.body.startswith(
+            b"mytimerd.UnknownMethod: no method 'frobnicate' (try: echo, version"
+        )
         assert c.call_value("version") == "nim-timer v0.1.0"  # the connection lives on
 
 

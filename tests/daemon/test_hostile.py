@@ -11,11 +11,11 @@ import cbor2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mytimerd.protocol import schema, wire
+from mytimerd.protocol import interfaces, schema, wire
 from mytimerd.protocol.errors import parse_error_body
 from tests.support.daemon import Daemon
 
-LIBRARY_METHODS = [m.name for m in schema.LIBRARY_METHODS]
+LIBRARY_METHODS = [m.name for m in interfaces.LIBRARY_METHODS]
 
 
 def _keys(struct: schema.Struct) -> set[str]:
@@ -29,7 +29,7 @@ def _keys(struct: schema.Struct) -> set[str]:
 
 
 # Every key the schema knows, and one it does not.
-KEYS = sorted(set().union(*(_keys(m.request) for m in schema.LIBRARY_METHODS)) | {"extra"})
+KEYS = sorted(set().union(*(_keys(m.request) for m in interfaces.LIBRARY_METHODS)) | {"extra"})
 
 values = st.recursive(
     st.none()

@@ -179,15 +179,15 @@ def test_daemon_methods(daemon: Daemon) -> None:
     assert desc["library"]["version"] == "nim-timer v0.1.0"
     assert desc["timerName"] == "demo"
     assert [m["name"] for m in desc["methods"]] == [
-        "version",
         "echo",
+        "version",
         "complex",
         "schedule",
         "mytimerd.describe",
         "mytimerd.ping",
         "mytimerd.stats",
     ]
-    echo_req = desc["methods"][1]["request"]["fields"][0]
+    echo_req = desc["methods"][0]["request"]["fields"][0]
     assert [f["name"] for f in echo_req["fields"]] == ["message", "delayMs"]
     assert desc["limits"]["maxPayload"] == 1 << 20
     assert "mytimerd.Timeout" in desc["errors"]

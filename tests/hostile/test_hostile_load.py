@@ -22,7 +22,7 @@ from typing import Any
 import cbor2
 import pytest
 
-from mytimerd.protocol import schema, wire
+from mytimerd.protocol import interfaces, wire
 from mytimerd.protocol.address import Address, TcpAddress, UnixAddress
 from tests.support.daemon import Daemon, free_tcp_port, mytimerd_command, start_daemon
 from tests.support.hostile import (
@@ -45,7 +45,7 @@ from tests.support.hostile import (
     stats,
 )
 
-KNOWN_METHODS = {m.name for m in schema.METHODS}
+KNOWN_METHODS = {m.name for m in interfaces.METHODS}
 VERSION_FRAME = wire.encode_request("version", b"\xa0")
 
 

@@ -16,7 +16,7 @@ import pytest
 from mytimerd import manpages
 from mytimerd.client.ctl.parser import EXIT_CODES as CTL_EXIT_CODES
 from mytimerd.daemon.cli import EXIT_CODES as DAEMON_EXIT_CODES
-from mytimerd.protocol import errors, schema
+from mytimerd.protocol import errors, interfaces
 from tests.packaging.conftest import cannot_run
 
 
@@ -99,7 +99,7 @@ def test_mytimerctl_page_has_every_command(pages: dict[str, Path]) -> None:
 def test_mytimerd_page_has_methods_errors_exit_status(pages: dict[str, Path]) -> None:
     text, _ = render(pages["mytimerd"])
     flat = " ".join(text.split())
-    for method in schema.METHODS:
+    for method in interfaces.METHODS:
         assert re.search(rf"^\s+{re.escape(method.name)}\b", text, re.M), method.name
     for name, meaning in errors.CATALOGUE.items():
         assert name in text and " ".join(meaning.split())[:40] in flat, name

@@ -16,7 +16,7 @@ from typing import Any
 import cbor2
 import pytest
 
-from mytimerd.protocol import errors, schema, wire
+from mytimerd.protocol import errors, interfaces, wire
 from mytimerd.protocol.limits import Limits
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
@@ -87,7 +87,7 @@ def test_example_decodes_to_exactly_the_expected_frame(name: str) -> None:
         assert frame.method.decode() == expected.method
         assert cbor2.loads(frame.payload) == expected.payload
         # The payload must also pass the daemon's own checks, as a real one would.
-        schema.lookup(frame.method).validate(frame.payload)
+        interfaces.lookup(frame.method).validate(frame.payload)
         assert wire.encode_request(expected.method, frame.payload) == data
     else:
         rparser = wire.ResponseParser()
@@ -123,4 +123,4 @@ def test_unknown_method_example_names_only_real_methods() -> None:
     listed = re.search(r"\(try: (.*)\)$", expected.body)
     assert listed is not None
     for method in listed.group(1).split(", "):
-        schema.lookup(method.encode())
+        interfaces.lookup(method.encode())

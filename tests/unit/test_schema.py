@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mytimerd.protocol import cbor, schema
+from mytimerd.protocol import cbor, interfaces
 from mytimerd.protocol.errors import CATALOGUE, DaemonError, parse_error_body
 
 VECTORS = json.loads(
@@ -20,7 +20,7 @@ VECTORS = json.loads(
 
 def error_of(method: str, payload: bytes) -> str:
     with pytest.raises(DaemonError) as info:
-        schema.lookup(method.encode()).validate(payload)
+        interfaces.lookup(method.encode()).validate(payload)
     return str(info.value)
 
 
@@ -34,7 +34,7 @@ def error_of(method: str, payload: bytes) -> str:
     ids=lambda c: c["name"],
 )
 def test_spec_vectors_that_the_library_accepts_pass_validation(call: dict[str, str]) -> None:
-    schema.lookup(call["method"].encode()).validate(bytes.fromhex(call["request_hex"]))
+    interfaces.lookup(call["method"].encode()).validate(bytes.fromhex(call["request_hex"]))
 
 
 @pytest.mark.parametrize(
@@ -70,7 +70,7 @@ def test_spec_vectors_that_the_library_accepts_pass_validation(call: dict[str, s
         (
             "echo",
             [1],
-            "mytimerd.InvalidParameter: request: expected a map (echo-request), got an array",
+            "mytimerd.InvalidParameter: request: expected a map (MyTimerEchoReq), got an array",
         ),
         (
             "complex",
@@ -98,7 +98,7 @@ def test_spec_vectors_that_the_library_accepts_pass_validation(call: dict[str, s
         (
             "version",
             {"x": 1},
-            "mytimerd.InvalidParameter: request: unknown key 'x' (Empty has: no keys)",
+            "mytimerd.InvalidParameter: request: unknown key 'x' (MyTimerVersionReq has: no keys)",
         ),
     ],
 )
@@ -108,7 +108,7 @@ def test_schema_errors_name_the_path(method: str, value: object, expected: str) 
 
 def test_options_accept_null_and_undefined() -> None:
     payload = cbor2.dumps({"req": {"note": None, "retries": cbor2.undefined}})
-    schema.lookup(b"complex").validate(payload)
+    interfaces.lookup(b"complex").validate(payload)
 
 
 @pytest.mark.parametrize(
@@ -136,16 +136,16 @@ def test_cbor_errors_are_precise(payload: bytes, expected: str) -> None:
 
 def test_unknown_method_lists_the_methods() -> None:
     with pytest.raises(DaemonError) as info:
-        schema.lookup(b"frobnicate")
+        interfaces.lookup(b"frobnicate")
     assert str(info.value) == (
-        "mytimerd.UnknownMethod: no method 'frobnicate' (try: version, echo, complex, "
+        "mytimerd.UnknownMethod: no method 'frobnicate' (try: echo, version, complex, "
         "schedule, mytimerd.describe, mytimerd.ping, mytimerd.stats)"
     )
 
 
 @given(st.binary(max_size=200))
 def test_any_bytes_are_accepted_or_refused_with_a_named_error(payload: bytes) -> None:
-    for method in schema.METHODS:
+    for method in interfaces.METHODS:
         try:
             method.validate(payload)
         except DaemonError as exc:

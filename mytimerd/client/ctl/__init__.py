@@ -1,7 +1,7 @@
 """mytimerctl: call mytimerd from the command line.
 
 Commands, options and help texts are generated from the method table
-(:data:`mytimerd.protocol.schema.METHODS`): one command per method (daemon
+(:data:`mytimerd.protocol.interfaces.METHODS`): one command per method (daemon
 methods without their ``mytimerd.`` prefix), one option per leaf field of its
 request, named after the field (camelCase to kebab-case, or ``Field.cli``).
 Options the user leaves out are left out of the request, so the library's

@@ -1,6 +1,6 @@
 """The command table of mytimerctl, derived from the method table.
 
-One :class:`Command` per method of :data:`mytimerd.protocol.schema.METHODS`
+One :class:`Command` per method of :data:`mytimerd.protocol.interfaces.METHODS`
 (daemon methods without their ``mytimerd.`` prefix), one :class:`Param` per
 leaf field of its request, named after the field (camelCase to kebab-case, or
 ``Field.cli``).
@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ...protocol.errors import PREFIX
-from ...protocol.schema import METHODS, Array, Field, Int, Method, Struct, Text
+from ...protocol.interfaces import METHODS
+from ...protocol.schema import Array, Field, Int, Method, Struct, Text
 
 PROG: Final = "mytimerctl"
 

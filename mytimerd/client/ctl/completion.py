@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 from typing import Final
 
-from ...protocol.schema import METHODS
+from ...protocol.interfaces import METHODS
 from .commands import COMMANDS, EXTRA_COMMANDS, PROG
 
 #: The shells ``mytimerctl completion`` writes a script for.

@@ -14,7 +14,8 @@ from typing import Any, Final
 from ... import __version__
 from ...protocol.address import ADDRESS_ENV, DEFAULT_TCP_PORT, default_client_paths
 from ...protocol.errors import PREFIX
-from ...protocol.schema import METHODS, Int
+from ...protocol.interfaces import METHODS
+from ...protocol.schema import Int
 from ..common import DEFAULT_TIMEOUT
 from .commands import COMMANDS, PROG
 from .completion import SHELLS
