@@ -1,25 +1,35 @@
 #!/bin/sh
-# Install mytimerd, its native library and its systemd units.
+# Install, upgrade or uninstall mytimerd on a host without dpkg (on Debian,
+# prefer the package: packaging/build-deb, then apt install ./dist/mytimerd_*.deb).
 #
-#   sudo packaging/install.sh                       # PREFIX=/usr/local
-#   sudo PREFIX=/usr packaging/install.sh
+#   sudo packaging/install.sh                       # install or upgrade, PREFIX=/usr/local
+#   sudo packaging/install.sh uninstall             # stop, disable, remove everything
+#   sudo PREFIX=/opt/mytimerd packaging/install.sh
 #   PREFIX=/usr DESTDIR=/tmp/stage packaging/install.sh   # staged (packaging)
 #
+# An upgrade never takes a running installation down: the new version is
+# built aside in its own directory, then switched to with one atomic rename
+# of a symlink, and only then is mytimerd.service restarted, and only if it
+# was running (systemd keeps the sockets open meanwhile: no client is
+# refused). If anything fails before the switch, the old version stays.
+#
 # Layout (PREFIX=/usr/local):
-#   $PREFIX/lib/mytimerd/              self-contained venv (built on $PYTHON) with
-#                                      the mytimerd package, its libmy_timer.so
-#                                      (mytimerd/_lib/) and cbor2, cffi, systemd-python
-#   $PREFIX/bin/mytimerd, mytimerctl   symlinks into the venv
+#   $PREFIX/lib/mytimerd/releases/<version>-<time>/   a self-contained venv (packaging/build-venv)
+#   $PREFIX/lib/mytimerd/current -> releases/<...>    the version in use (the previous one is kept)
+#   $PREFIX/lib/mytimerd/installed-files              every file installed outside lib/mytimerd
+#   $PREFIX/bin/mytimerd, mytimerctl                  -> ../lib/mytimerd/current/bin/...
 #   $UNITDIR/mytimerd.socket, mytimerd-tcp.socket, mytimerd.service
 #                                      (ExecStart= rewritten to $PREFIX/bin/mytimerd)
 #   $SYSUSERSDIR/mytimerd.conf         sysusers.d file creating group "mytimer"
-#   $PREFIX/share/doc/mytimerd/        docs/systemd.md and the example drop-in
+#   $PREFIX/share/man/man8/mytimerd.8, man1/mytimerctl.1
+#   $PREFIX/share/bash-completion/completions/mytimerctl, $ZSHDIR/_mytimerctl
+#   $PREFIX/share/doc/mytimerd/        README.md, docs/*.md, examples/
 #
 # Variables (environment or VAR=value arguments):
 #   PREFIX       default /usr/local
-#   DESTDIR      staging root, default empty. The venv is built in the staging
-#                directory and its absolute paths are rewritten to the final
-#                location, so it works once $DESTDIR$PREFIX is moved to $PREFIX.
+#   DESTDIR      staging root, default empty. Paths inside are those of the
+#                final location, so the tree works once $DESTDIR$PREFIX is
+#                moved to $PREFIX. Never touches systemd.
 #   PYTHON       interpreter the venv is built on, default /usr/bin/python3. It
 #                must be readable by any user (the service runs with
 #                DynamicUser=yes): do not use one under /root or /home.
@@ -28,17 +38,23 @@
 #                /etc/systemd/system for any other PREFIX.
 #   SYSUSERSDIR  default $PREFIX/lib/sysusers.d for /usr and /usr/local,
 #                /etc/sysusers.d otherwise.
+#   ZSHDIR       default /usr/share/zsh/vendor-completions for PREFIX=/usr,
+#                $PREFIX/share/zsh/site-functions otherwise.
 #   PIP_ARGS     extra arguments for pip install (e.g. --no-index --find-links DIR)
-#   POSTINST     yes|no|auto (default auto): run systemd-sysusers and
-#                systemctl daemon-reload afterwards. auto = only when DESTDIR is
-#                empty, we are root and systemd is running.
+#   POSTINST     yes|no|auto (default auto): run systemd-sysusers, systemctl
+#                daemon-reload and try-restart mytimerd.service (install), or
+#                stop and disable the units and remove group mytimer
+#                (uninstall). auto = only when DESTDIR is empty, we are root
+#                and systemd is running.
 #
-# Build requirements: python3-venv, gcc, pkg-config, libsystemd-dev, python3-dev.
+# Build requirements: python3-venv, gcc, make, pkg-config, libsystemd-dev, python3-dev.
 set -eu
 
+ACTION=install
 for arg in "$@"; do
     case "$arg" in
-        PREFIX=*|DESTDIR=*|PYTHON=*|UNITDIR=*|SYSUSERSDIR=*|PIP_ARGS=*|POSTINST=*) export "$arg";;
+        install|uninstall) ACTION=$arg;;
+        PREFIX=*|DESTDIR=*|PYTHON=*|UNITDIR=*|SYSUSERSDIR=*|ZSHDIR=*|PIP_ARGS=*|POSTINST=*) export "${arg?}";;
         -h|--help) sed -n '2,/^set -eu/p' "$0" | sed '/^set -eu/d; s/^# \{0,1\}//'; exit 0;;
         *) echo "install.sh: unknown argument: $arg (see --help)" >&2; exit 2;;
     esac
@@ -48,78 +64,31 @@ PREFIX=${PREFIX:-/usr/local}
 PREFIX=${PREFIX%/}
 DESTDIR=${DESTDIR:-}
 DESTDIR=${DESTDIR%/}
-PYTHON=${PYTHON:-/usr/bin/python3}
-PIP_ARGS=${PIP_ARGS:-}
 POSTINST=${POSTINST:-auto}
+case "$PREFIX" in /*) ;; *) echo "install.sh: PREFIX must be absolute" >&2; exit 2;; esac
 case "$PREFIX" in
     /usr|/usr/local) UNITDIR=${UNITDIR:-$PREFIX/lib/systemd/system}
                      SYSUSERSDIR=${SYSUSERSDIR:-$PREFIX/lib/sysusers.d};;
     *)               UNITDIR=${UNITDIR:-/etc/systemd/system}
                      SYSUSERSDIR=${SYSUSERSDIR:-/etc/sysusers.d};;
 esac
-case "$PREFIX" in /*) ;; *) echo "install.sh: PREFIX must be absolute" >&2; exit 2;; esac
+case "$PREFIX" in
+    /usr) ZSHDIR=${ZSHDIR:-/usr/share/zsh/vendor-completions};;
+    *)    ZSHDIR=${ZSHDIR:-$PREFIX/share/zsh/site-functions};;
+esac
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)
-VENV=$PREFIX/lib/mytimerd          # final location
-STAGE=$DESTDIR$VENV                # where we build it now
+LIBDIR=$PREFIX/lib/mytimerd
 BINDIR=$PREFIX/bin
 DOCDIR=$PREFIX/share/doc/mytimerd
+MANDIR=$PREFIX/share/man
+BASHDIR=$PREFIX/share/bash-completion/completions
+MANIFEST=$LIBDIR/installed-files
+UNITS="mytimerd.socket mytimerd-tcp.socket mytimerd.service"
+SERVICE=mytimerd.service
 
 say() { printf 'install.sh: %s\n' "$*"; }
-
-umask 022
-say "building venv at $STAGE (final location $VENV) on $PYTHON"
-rm -rf "$STAGE"
-mkdir -p "$(dirname "$STAGE")"
-"$PYTHON" -m venv "$STAGE"
-# build from a scratch copy: the build (make -C native, setuptools) then never
-# writes into the checkout, and runs alongside other builds safely
-BUILD=$(mktemp -d "${TMPDIR:-/tmp}/mytimerd-build.XXXXXX")
-trap 'rm -rf "$BUILD"' EXIT
-tar -C "$SRC" -cf - \
-    --exclude=./.git --exclude=./.venv --exclude=./build --exclude=./dist \
-    --exclude=./native/build --exclude=./bench/build --exclude=./tests/build \
-    --exclude=./mytimerd/_lib --exclude='*.egg-info' --exclude=__pycache__ \
-    --exclude=.mypy_cache --exclude=.ruff_cache --exclude=.pytest_cache . \
-    | tar -C "$BUILD" -xf -
-# shellcheck disable=SC2086
-"$STAGE/bin/python" -m pip install --quiet --no-compile --disable-pip-version-check $PIP_ARGS "$BUILD"
-# pip and setuptools are not needed at run time
-"$STAGE/bin/python" -m pip uninstall --quiet --yes pip setuptools >/dev/null 2>&1 || true
-rm -f "$STAGE"/bin/pip "$STAGE"/bin/pip3* "$STAGE"/bin/activate* "$STAGE"/bin/Activate.ps1
-
-if [ -n "$DESTDIR" ]; then
-    # venvs embed their absolute path: rewrite the staging path to the final one
-    say "relocating venv paths $STAGE -> $VENV"
-    for f in "$STAGE"/bin/* "$STAGE/pyvenv.cfg"; do
-        [ -f "$f" ] && [ ! -L "$f" ] || continue
-        if grep -qI -F "$STAGE" "$f" 2>/dev/null; then
-            sed -i "s|$STAGE|$VENV|g" "$f"
-        fi
-    done
-fi
-# byte-compile now (the service cannot write __pycache__ under ProtectSystem=strict),
-# recording the final paths in the .pyc files
-"$STAGE/bin/python" -m compileall -q -j 0 ${DESTDIR:+-s "$DESTDIR" -p /} "$STAGE/lib" >/dev/null
-chmod -R u+rwX,go+rX,go-w "$STAGE"
-
-say "linking $DESTDIR$BINDIR/mytimerd, mytimerctl"
-mkdir -p "$DESTDIR$BINDIR"
-for prog in mytimerd mytimerctl; do
-    ln -sfn "$VENV/bin/$prog" "$DESTDIR$BINDIR/$prog"
-done
-
-say "installing units to $DESTDIR$UNITDIR"
-mkdir -p "$DESTDIR$UNITDIR" "$DESTDIR$SYSUSERSDIR" "$DESTDIR$DOCDIR/examples"
-for unit in mytimerd.socket mytimerd-tcp.socket mytimerd.service; do
-    sed -e "s|/usr/local/bin/mytimerd|$BINDIR/mytimerd|g" \
-        -e "s|/usr/local/share/doc/mytimerd|$DOCDIR|g" "$SRC/systemd/$unit" > "$DESTDIR$UNITDIR/$unit.tmp"
-    chmod 644 "$DESTDIR$UNITDIR/$unit.tmp"
-    mv "$DESTDIR$UNITDIR/$unit.tmp" "$DESTDIR$UNITDIR/$unit"
-done
-install -m 644 "$SRC/systemd/mytimerd.sysusers" "$DESTDIR$SYSUSERSDIR/mytimerd.conf"
-install -m 644 "$SRC/docs/systemd.md" "$DESTDIR$DOCDIR/systemd.md"
-install -m 644 "$SRC"/systemd/examples/* "$DESTDIR$DOCDIR/examples/" 2>/dev/null || true
+die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
 
 if [ "$POSTINST" = auto ]; then
     if [ -z "$DESTDIR" ] && [ "$(id -u)" = 0 ] && [ -d /run/systemd/system ]; then
@@ -128,10 +97,169 @@ if [ "$POSTINST" = auto ]; then
         POSTINST=no
     fi
 fi
+
+umask 022
+mkdir -p "$DESTDIR$LIBDIR"
+# one install.sh at a time per PREFIX
+if command -v flock >/dev/null 2>&1; then
+    exec 9>"$DESTDIR$LIBDIR/.lock"
+    flock -n 9 || die "another install.sh is running on $DESTDIR$LIBDIR"
+fi
+
+# make_dirs DIR: mkdir -p, recording the directories it creates ("DIR/" lines)
+make_dirs() {
+    d=$1
+    created=
+    while [ ! -d "$DESTDIR$d" ]; do
+        created="$d $created"
+        d=$(dirname "$d")
+    done
+    mkdir -p "$DESTDIR$1"
+    for d in $created; do echo "$d/" >> "$DESTDIR$MANIFEST.new"; done
+}
+# put_file SRC DEST [MODE]: install one file atomically and record it
+put_file() {
+    make_dirs "$(dirname "$2")"
+    cp "$1" "$DESTDIR$2.new.$$"
+    chmod "${3:-644}" "$DESTDIR$2.new.$$"
+    mv -f "$DESTDIR$2.new.$$" "$DESTDIR$2"
+    echo "$2" >> "$DESTDIR$MANIFEST.new"
+}
+# put_link TARGET DEST: create or replace a symlink atomically and record it
+put_link() {
+    make_dirs "$(dirname "$2")"
+    ln -sfn "$1" "$DESTDIR$2.new.$$"
+    mv -Tf "$DESTDIR$2.new.$$" "$DESTDIR$2"
+    echo "$2" >> "$DESTDIR$MANIFEST.new"
+}
+
+uninstall() {
+    if [ "$POSTINST" = yes ]; then
+        say "stopping and disabling $UNITS"
+        systemctl disable --now mytimerd.socket mytimerd-tcp.socket >/dev/null 2>&1 || true
+        systemctl stop "$SERVICE" mytimerd.socket mytimerd-tcp.socket 2>/dev/null || true
+    fi
+    if [ -f "$DESTDIR$MANIFEST" ]; then
+        files=$(cat "$DESTDIR$MANIFEST")
+    else  # installed by an install.sh without a manifest: its known files
+        files="$BINDIR/mytimerd $BINDIR/mytimerctl $SYSUSERSDIR/mytimerd.conf"
+        for unit in $UNITS; do files="$files $UNITDIR/$unit"; done
+    fi
+    say "removing installed files"
+    for f in $files; do
+        case "$f" in */) ;; /*) rm -f "$DESTDIR$f";; esac
+    done
+    rm -rf "$DESTDIR$DOCDIR" "$DESTDIR$LIBDIR"
+    # the directories install.sh created, deepest first, if nothing else is in them
+    for d in $(printf '%s\n' $files | grep '/$' | awk '{ print length, $0 }' | sort -rn | cut -d' ' -f2-); do
+        rmdir "$DESTDIR$d" 2>/dev/null || true
+    done
+    if [ "$POSTINST" = yes ]; then
+        systemctl daemon-reload
+        systemctl reset-failed $UNITS 2>/dev/null || true
+        if getent group mytimer >/dev/null; then
+            say "removing group mytimer"
+            groupdel mytimer
+        fi
+    fi
+    say "uninstalled"
+}
+
+if [ "$ACTION" = uninstall ]; then
+    uninstall
+    exit 0
+fi
+
+# ------------------------------------------------------------------ install
+VERSION=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$SRC/mytimerd/__init__.py")
+[ -n "$VERSION" ] || die "cannot read __version__ from $SRC/mytimerd/__init__.py"
+ID=$VERSION-$(date -u +%Y%m%dT%H%M%SZ)-$$
+RELEASE=$LIBDIR/releases/$ID
+STAGE=$DESTDIR$RELEASE
+OLD=$(readlink "$DESTDIR$LIBDIR/current" 2>/dev/null || true)
+
+cleanup_failed() {
+    rc=$?
+    if [ "$rc" != 0 ]; then
+        rm -rf "$STAGE" "$DESTDIR$MANIFEST.new"
+        [ -z "${GEN:-}" ] || rm -rf "$GEN"
+        printf 'install.sh: FAILED (exit %s); the installed version, if any, is unchanged\n' "$rc" >&2
+    fi
+}
+trap cleanup_failed EXIT
+
+say "building $ID aside in $STAGE"
+"$SRC/packaging/build-venv" "$STAGE" "$RELEASE"
+
+# man pages and completion scripts, generated by the new version itself
+GEN=$(mktemp -d "${TMPDIR:-/tmp}/mytimerd-gen.XXXXXX")
+"$STAGE/bin/python" -I -m mytimerd.manpages "$GEN" >/dev/null
+"$STAGE/bin/python" -I -c 'import sys; from mytimerd.client.ctl import main; sys.exit(main(sys.argv[1:]))' \
+    completion bash > "$GEN/mytimerctl.bash"
+"$SRC/packaging/zsh-completion" "$STAGE/bin/python" > "$GEN/_mytimerctl"
+
+say "installing units to $DESTDIR$UNITDIR, docs, man pages, completions"
+# directories an earlier install created stay on the list
+grep '/$' "$DESTDIR$MANIFEST" > "$DESTDIR$MANIFEST.new" 2>/dev/null || : > "$DESTDIR$MANIFEST.new"
+for unit in $UNITS; do
+    sed -e "s|/usr/local/bin/mytimerd|$BINDIR/mytimerd|g" \
+        -e "s|/usr/local/share/doc/mytimerd|$DOCDIR|g" "$SRC/systemd/$unit" > "$GEN/$unit"
+    put_file "$GEN/$unit" "$UNITDIR/$unit"
+done
+put_file "$SRC/systemd/mytimerd.sysusers" "$SYSUSERSDIR/mytimerd.conf"
+put_file "$GEN/mytimerd.8" "$MANDIR/man8/mytimerd.8"
+put_file "$GEN/mytimerctl.1" "$MANDIR/man1/mytimerctl.1"
+put_file "$GEN/mytimerctl.bash" "$BASHDIR/mytimerctl"
+put_file "$GEN/_mytimerctl" "$ZSHDIR/_mytimerctl"
+rm -rf "$GEN"
+GEN=
+make_dirs "$DOCDIR/examples"
+install -m 644 "$SRC/README.md" "$SRC"/docs/*.md "$DESTDIR$DOCDIR/"
+install -m 644 "$SRC"/systemd/examples/* "$DESTDIR$DOCDIR/examples/"
+
+# the switch: one rename each, so every path always points at a complete version
+say "switching $LIBDIR/current to releases/$ID"
+put_link "releases/$ID" "$LIBDIR/current"
+for prog in mytimerd mytimerctl; do
+    put_link "../lib/mytimerd/current/bin/$prog" "$BINDIR/$prog"
+done
+mv -f "$DESTDIR$MANIFEST.new" "$DESTDIR$MANIFEST"
+trap - EXIT
+
 if [ "$POSTINST" = yes ]; then
     say "creating group mytimer (systemd-sysusers) and reloading systemd"
     systemd-sysusers "$SYSUSERSDIR/mytimerd.conf"
     systemctl daemon-reload
+    if systemctl --quiet is-active "$SERVICE"; then
+        say "restarting $SERVICE on the new version (its sockets stay open)"
+        if ! systemctl restart "$SERVICE" || ! systemctl --quiet is-active "$SERVICE"; then
+            if [ -n "$OLD" ]; then
+                say "$SERVICE did not start on $ID: switching back to $OLD"
+                ln -sfn "$OLD" "$LIBDIR/current.new.$$"
+                mv -Tf "$LIBDIR/current.new.$$" "$LIBDIR/current"
+                systemctl reset-failed "$SERVICE" 2>/dev/null || true
+                systemctl restart "$SERVICE" || true
+            fi
+            die "$SERVICE did not start on $ID (see journalctl -u mytimerd); $ID stays in $LIBDIR/releases"
+        fi
+    fi
 fi
 
-say "done. Next: systemctl enable --now mytimerd.socket  (and mytimerd-tcp.socket for TCP)"
+# an install.sh before releases/ kept the venv directly in $LIBDIR: remove it
+# now that nothing runs from it any more
+if [ -f "$DESTDIR$LIBDIR/pyvenv.cfg" ]; then
+    say "removing the old single-venv layout from $LIBDIR"
+    rm -rf "$DESTDIR$LIBDIR/bin" "$DESTDIR$LIBDIR/lib" "$DESTDIR$LIBDIR/lib64" \
+        "$DESTDIR$LIBDIR/include" "$DESTDIR$LIBDIR/share" "$DESTDIR$LIBDIR/pyvenv.cfg"
+fi
+# keep the new release and the one before it (to roll back to); remove older ones
+for dir in "$DESTDIR$LIBDIR"/releases/*; do
+    name=releases/$(basename "$dir")
+    [ "$name" = "releases/$ID" ] || [ "$name" = "$OLD" ] || rm -rf "$dir"
+done
+
+if [ "$POSTINST" = yes ]; then
+    say "done: $ID is installed. Enable the socket once: systemctl enable --now mytimerd.socket"
+else
+    say "done: $ID is installed in $DESTDIR$PREFIX"
+fi
