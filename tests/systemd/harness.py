@@ -33,6 +33,17 @@ How it works (see docs/systemd.md, "Tests under a real systemd"):
 
 The network namespace is shared with the machine: TCP tests must use free
 ports.
+
+``Sandbox(private_system=True)`` (tests/packaging) boots a *private system*
+instead of bind-mounting an installed tree: /usr and /var are overlayfs
+mounts over the machine's (upper layers in the state directory, so dpkg's
+database, /usr/bin, /usr/lib/... change only there), /etc is the private
+copy with an empty /etc/systemd/system, /usr/lib/systemd/system is an empty
+directory (the machine's units stay hidden, what dpkg installs appears
+there), a container's policy-rc.d is hidden, and systemd's unit path is
+/run/systemd/system, /etc/systemd/system, /usr/local/lib/systemd/system,
+/usr/lib/systemd/system and the stand-ins. dpkg and install.sh then install,
+enable, start, upgrade and remove for real.
 """
 
 from __future__ import annotations
@@ -152,6 +163,16 @@ set -eu
 S=$MYTIMERD_SANDBOX_STATE
 # bind mounts whose sources live under the real /tmp come first
 mount --bind "$S/etc" /etc
+if [ -n "${MYTIMERD_SANDBOX_PRIVATE:-}" ]; then
+    # A private system for dpkg and install.sh: /usr and /var are overlays
+    # of the machine's, whose changes land in $S/overlay (the machine's own
+    # /usr and /var are never written).
+    for d in usr var; do
+        mkdir -p "$S/overlay/$d-upper" "$S/overlay/$d-work"
+        mount -t overlay -o "lowerdir=/$d,upperdir=$S/overlay/$d-upper,workdir=$S/overlay/$d-work" \
+            "sandbox-$d" "/$d"
+    done
+fi
 if [ -n "${MYTIMERD_SANDBOX_USR_LOCAL:-}" ]; then
     mount --bind "$MYTIMERD_SANDBOX_USR_LOCAL" /usr/local
 fi
@@ -197,12 +218,21 @@ Wants=systemd-journald.socket systemd-journald-dev-log.socket systemd-journald.s
 After=systemd-journald.socket systemd-journald-dev-log.socket systemd-journald.service
 AllowIsolate=yes
 EOT
+if [ -n "${MYTIMERD_SANDBOX_PRIVATE:-}" ]; then
+    # The machine's units stay hidden: an empty directory (on /run) takes
+    # the place of /usr/lib/systemd/system (= /lib/systemd/system), so what
+    # is found there is what dpkg or install.sh put there. A container's
+    # policy-rc.d (exit 101: start nothing) is not part of a real system.
+    mkdir -p /run/mytimerd-sandbox/system-units
+    mount --bind /run/mytimerd-sandbox/system-units /usr/lib/systemd/system
+    rm -f /usr/sbin/policy-rc.d
+fi
 D=${MYTIMERD_SANDBOX_UNIT_DIRS:-}
 export SYSTEMD_UNIT_PATH="/run/systemd/system:${D:+$D:}$U"
 export SYSTEMD_GENERATOR_PATH=/run/mytimerd-sandbox/no-generators
 export SYSTEMD_ENVIRONMENT_GENERATOR_PATH=/run/mytimerd-sandbox/no-generators
 unset MYTIMERD_SANDBOX_CGROUPS MYTIMERD_SANDBOX_STATE MYTIMERD_SANDBOX_USR_LOCAL
-unset MYTIMERD_SANDBOX_CGMODE MYTIMERD_SANDBOX_UNIT_DIRS
+unset MYTIMERD_SANDBOX_CGMODE MYTIMERD_SANDBOX_UNIT_DIRS MYTIMERD_SANDBOX_PRIVATE
 exec @SYSTEMD@ --system --unit=@TARGET@ --log-target=journal --show-status=no
 """
 
@@ -210,9 +240,21 @@ exec @SYSTEMD@ --system --unit=@TARGET@ --log-target=journal --show-status=no
 class Sandbox:
     """A systemd booted as PID 1 in private PID, mount and cgroup namespaces."""
 
-    def __init__(self, state_dir: Path, usr_local: Path | None = None) -> None:
+    def __init__(
+        self, state_dir: Path, usr_local: Path | None = None, *, private_system: bool = False
+    ) -> None:
+        """``usr_local``: a tree bind-mounted over /usr/local, whose units
+        systemd sees (install.sh DESTDIR tests). ``private_system``: /usr and
+        /var become private overlays of the machine's and /etc a private copy
+        with an empty /etc/systemd/system, and systemd sees
+        /etc/systemd/system and /usr/lib/systemd/system (empty at boot): a
+        system on which dpkg and install.sh can install, enable, upgrade and
+        remove for real."""
+        if usr_local is not None and private_system:
+            raise ValueError("usr_local and private_system do not go together")
         self.state = state_dir
         self.usr_local = usr_local
+        self.private_system = private_system
         self.proc: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None  # host PID of the sandbox's PID 1
         self.log_path = state_dir / "systemd-console.log"
@@ -235,6 +277,13 @@ class Sandbox:
         if etc.exists():
             shutil.rmtree(etc)
         subprocess.run(["cp", "-a", "/etc", str(etc)], check=True)
+        if self.private_system:
+            # the machine's enablement symlinks are not this system's
+            shutil.rmtree(etc / "systemd" / "system")
+            (etc / "systemd" / "system").mkdir(mode=0o755)
+            overlay = self.state / "overlay"
+            if overlay.exists():
+                shutil.rmtree(overlay)
         (self.state / "stage1").write_text(STAGE1)
         (self.state / "stage2").write_text(
             STAGE2.replace("@TARGET@", TARGET).replace("@SYSTEMD@", SYSTEMD)
@@ -269,7 +318,14 @@ class Sandbox:
             "MYTIMERD_SANDBOX_CGMODE": cgmode,
             "MYTIMERD_SANDBOX_USR_LOCAL": str(self.usr_local or ""),
             # the installed units (at their real path) are visible to systemd
-            "MYTIMERD_SANDBOX_UNIT_DIRS": UNIT_DIR if self.usr_local else "",
+            "MYTIMERD_SANDBOX_UNIT_DIRS": (
+                "/etc/systemd/system:/usr/local/lib/systemd/system:/usr/lib/systemd/system"
+                if self.private_system
+                else UNIT_DIR
+                if self.usr_local
+                else ""
+            ),
+            "MYTIMERD_SANDBOX_PRIVATE": "1" if self.private_system else "",
         }
         log = open(self.log_path, "wb")  # noqa: SIM115 - kept open for the child
         self.proc = subprocess.Popen(
@@ -429,6 +485,11 @@ class Sandbox:
             ["journalctl", "--no-pager", "-o", "short-monotonic", *args], check=False
         ).stdout
 
+    def upper(self, top: str) -> Path:
+        """Where a private system's changes to /usr or /var land (overlayfs upper)."""
+        assert self.private_system
+        return self.state / "overlay" / f"{top.strip('/')}-upper"
+
     def path(self, inside: str) -> Path:
         """A path inside the sandbox's mount namespace, reachable from outside."""
         assert self.pid is not None
@@ -454,8 +515,10 @@ class Sandbox:
 
 
 @contextlib.contextmanager
-def booted(state_dir: Path, usr_local: Path | None = None) -> Iterator[Sandbox]:
-    sb = Sandbox(state_dir, usr_local)
+def booted(
+    state_dir: Path, usr_local: Path | None = None, *, private_system: bool = False
+) -> Iterator[Sandbox]:
+    sb = Sandbox(state_dir, usr_local, private_system=private_system)
     try:
         sb.boot()
         yield sb
