@@ -19,6 +19,16 @@
 
 typedef void *(*create_fn)(const uint8_t *, size_t, FFICallBack, void *);
 typedef int (*method_fn)(void *, FFICallBack, void *, const uint8_t *, size_t);
+typedef int (*static_fn)(FFICallBack, void *, const uint8_t *, size_t);
+typedef uint64_t (*listen_fn)(void *, const char *, FFICallBack, void *);
+
+/* One registered event listener: its events come out as records with `id`.
+   Freed with the host, after the context is destroyed. */
+struct listener {
+    struct listener *next;
+    mt_host *host;
+    uint64_t id;
+};
 typedef int (*destroy_fn)(void *);
 
 /* One queued call. Freed when both the call has returned and its final
@@ -51,6 +61,10 @@ struct mt_host {
     create_fn create;
     destroy_fn destroy;
     method_fn methods[MT_MAX_METHODS];
+    static_fn statics[MT_MAX_METHODS]; /* set instead of methods[i] for static calls */
+    atomic_uint_least64_t stale_by_method[MT_MAX_METHODS];
+    listen_fn listen;
+    struct listener *listeners;
     int nmethods;
     void *ctx;
 
@@ -75,7 +89,7 @@ struct mt_host {
 
     int direct;
     atomic_int_least64_t call_started_ns;
-    atomic_uint_least64_t queued, submitted, completed, stale;
+    atomic_uint_least64_t queued, submitted, completed, stale, events;
 };
 
 static int64_t now_ns(void) {
@@ -96,7 +110,7 @@ static struct timespec realtime_in(int timeout_ms) {
     return ts;
 }
 
-static void push_done(mt_host *h, uint64_t id, int ret, const char *msg, size_t len) {
+static void push_record(mt_host *h, uint64_t id, int ret, const char *msg, size_t len) {
     if (len > UINT32_MAX) {
         static const char too_big[] = "library result larger than 4 GiB";
         ret = RET_ERR;
@@ -118,7 +132,6 @@ static void push_done(mt_host *h, uint64_t id, int ret, const char *msg, size_t 
     int wake = !h->armed;
     h->armed = 1;
     pthread_mutex_unlock(&h->done_mu);
-    atomic_fetch_add(&h->completed, 1);
     if (wake) {
         uint64_t one = 1;
         /* A full counter (never in practice) still leaves the fd readable. */
@@ -136,10 +149,30 @@ static void on_result(int ret, const char *msg, size_t len, void *ud) {
     struct call *c = ud;
     if (ret == RET_STALE_WARN) { /* newer nim-ffi: "still running", not final */
         atomic_fetch_add(&c->host->stale, 1);
+        atomic_fetch_add(&c->host->stale_by_method[c->method], 1);
         return;
     }
-    push_done(c->host, c->id, ret, msg, len);
+    atomic_fetch_add(&c->host->completed, 1);
+    push_record(c->host, c->id, ret, msg, len);
     release_call(c);
+}
+
+/* Events may come from any library thread (the newer generation has an
+   event thread of its own): push_record is thread-safe. */
+static void on_event(int ret, const char *msg, size_t len, void *ud) {
+    struct listener *l = ud;
+    if (ret != RET_OK)
+        return;
+    atomic_fetch_add(&l->host->events, 1);
+    push_record(l->host, l->id, ret, msg, len);
+}
+
+/* Call method number `method` of the library with the call as userData. */
+static void invoke(mt_host *h, struct call *c, const uint8_t *data, size_t len) {
+    if (h->statics[c->method])
+        h->statics[c->method](on_result, c, data, len);
+    else
+        h->methods[c->method](h->ctx, on_result, c, data, len);
 }
 
 static void on_create(int ret, const char *msg, size_t len, void *ud) {
@@ -180,6 +213,7 @@ mt_host *mt_open(const char *path, char *err, size_t errlen) {
     h->suffix = dlsym(h->dl, "my_timer_create_cbor") ? "_cbor" : "";
     h->create = (create_fn)resolve(h, "create");
     h->destroy = (destroy_fn)dlsym(h->dl, "my_timer_destroy");
+    h->listen = (listen_fn)dlsym(h->dl, "my_timer_add_event_listener");
     if (!h->create || !h->destroy) {
         snprintf(err, errlen,
                  "%s is not a libmy_timer CBOR-ABI library "
@@ -216,6 +250,41 @@ int mt_bind(mt_host *h, const char *name) {
     return h->nmethods++;
 }
 
+int mt_bind_static(mt_host *h, const char *name) {
+    if (h->nmethods == MT_MAX_METHODS)
+        return -1;
+    static_fn fn = (static_fn)resolve(h, name);
+    if (!fn)
+        return -1;
+    h->statics[h->nmethods] = fn;
+    return h->nmethods++;
+}
+
+int mt_generation(mt_host *h) { return h->suffix[0] ? 2 : 3; }
+
+int mt_listen(mt_host *h, const char *name, uint64_t id) {
+    if (!h->listen || !h->ctx)
+        return -1;
+    struct listener *l = malloc(sizeof *l);
+    if (!l)
+        return -1;
+    l->host = h;
+    l->id = id;
+    if (h->listen(h->ctx, name, on_event, l) == 0) {
+        free(l);
+        return -1;
+    }
+    l->next = h->listeners;
+    h->listeners = l;
+    return 0;
+}
+
+uint64_t mt_stale(mt_host *h, int method) {
+    if (method < 0 || method >= h->nmethods)
+        return 0;
+    return atomic_load(&h->stale_by_method[method]);
+}
+
 static void *submitter_main(void *arg) {
     mt_host *h = arg;
     for (;;) {
@@ -236,7 +305,7 @@ static void *submitter_main(void *arg) {
             batch = c->next;
             atomic_fetch_sub(&h->queued, 1);
             atomic_store(&h->call_started_ns, now_ns());
-            h->methods[c->method](h->ctx, on_result, c, c->data, c->len);
+            invoke(h, c, c->data, c->len);
             atomic_store(&h->call_started_ns, 0);
             atomic_fetch_add(&h->submitted, 1);
             free(c->data);
@@ -295,7 +364,7 @@ int mt_submit(mt_host *h, int method, uint64_t id, const uint8_t *payload, size_
             return -1;
         }
         atomic_store(&h->call_started_ns, now_ns());
-        h->methods[method](h->ctx, on_result, c, payload, len);
+        invoke(h, c, payload, len);
         atomic_store(&h->call_started_ns, 0);
         atomic_fetch_add(&h->submitted, 1);
         release_call(c);
@@ -378,6 +447,7 @@ void mt_get_status(mt_host *h, mt_status *out) {
     out->submitted = atomic_load(&h->submitted);
     out->completed = atomic_load(&h->completed);
     out->stale_warnings = atomic_load(&h->stale);
+    out->events = atomic_load(&h->events);
 }
 
 struct destroyer {
@@ -427,6 +497,11 @@ int mt_shutdown(mt_host *h, int timeout_ms) {
         struct done *next = d->next;
         free(d);
         d = next;
+    }
+    for (struct listener *l = h->listeners; l;) {
+        struct listener *next = l->next;
+        free(l);
+        l = next;
     }
     close(h->efd);
     free(h);

@@ -21,12 +21,23 @@ typedef struct {
     uint64_t submitted;     /* calls handed to the library */
     uint64_t completed;     /* final callbacks received */
     uint64_t stale_warnings;/* RET_STALE_WARN callbacks (newer nim-ffi), not final */
+    uint64_t events;        /* events received by the listeners */
 } mt_status;
 
 /* Load the library at path; NULL with a message in err on failure. */
 mt_host *mt_open(const char *path, char *err, size_t errlen);
 /* Index of method `name` for mt_submit, or -1 if the library lacks it. */
 int mt_bind(mt_host *h, const char *name);
+/* Like mt_bind, for a static entry point: no context, (cb, userData, req, len). */
+int mt_bind_static(mt_host *h, const char *name);
+/* The nim-ffi symbol generation: 2 (names with _cbor) or 3 (without). */
+int mt_generation(mt_host *h);
+/* After mt_create: listen to event `name` (by its exact name); its events come
+   out of mt_drain as RET_OK records with id `id`. 0, or -1 if the library has
+   no listener entry point or refused. */
+int mt_listen(mt_host *h, const char *name, uint64_t id);
+/* RET_STALE_WARN callbacks received so far by calls of method number `method`. */
+uint64_t mt_stale(mt_host *h, int method);
 /* Create the one context and wait for its callback (at most timeout_ms).
    With `direct`, mt_submit calls the library on the caller's thread instead
    of queueing to the submitter thread: one thread hand-off less per call,

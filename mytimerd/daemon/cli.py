@@ -28,10 +28,12 @@ from ..protocol.address import (
     default_unix_path,
     parse_port,
 )
+from ..protocol.cddl import CDDLError
 from ..protocol.limits import Limits
+from ..protocol.schema import Interface
 from . import activation
 from .config import Config, EventLoop, LogLevel, SubmitMode
-from .host import BUNDLED_LIBRARY, LibraryHost
+from .host import BUNDLED_LIBRARIES, BUNDLED_LIBRARY, LibraryHost
 from .library import LibraryLoadError
 from .server import Server
 from .service import Notifier, raise_fd_limit, setup_logging, watchdog_interval
@@ -184,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
         f"(also ${LIBRARY_ENV}; either symbol generation)",
     )
     p.add_argument(
+        "--schema",
+        metavar="FILE",
+        type=Path,
+        help="the library's interface description (the CDDL nim-ffi generates); default: "
+        "the description bundled for the library's symbol generation (0.2 with _cbor "
+        "names, 0.3 without)",
+    )
+    p.add_argument(
         "--submit",
         choices=get_args(SubmitMode),
         default="auto",
@@ -274,10 +284,16 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
         parser.error("--tls-client-ca needs --tls-cert and --tls-key")
     if args.tls_allow and args.tls_client_ca is None:
         parser.error("--tls-allow needs --tls-client-ca (the names come from client certificates)")
+    if args.schema is not None:
+        try:
+            interfaces.load(args.schema)
+        except (OSError, CDDLError) as exc:
+            parser.error(f"--schema {args.schema}: {exc}")
     library = args.library or os.environ.get(LIBRARY_ENV)
     return Config(
         name=args.name,
         library=Path(library) if library else None,
+        schema=args.schema,
         submit=args.submit,
         event_loop=args.event_loop,
         log_level=args.log_level,
@@ -299,11 +315,12 @@ async def serve(
     config: Config,
     listeners: list[activation.Listener],
     library: LibraryHost,
+    interface: Interface,
     tls: ssl.SSLContext | None,
 ) -> None:
     """Serve until SIGTERM/SIGINT, then drain."""
     notify = Notifier()
-    server = Server(config, library, notify, tls=tls)
+    server = Server(config, library, interface, notify, tls=tls)
     await server.start(listeners)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -318,14 +335,25 @@ async def serve(
     )
     where = ", ".join(f"{x.address} ({x.name})" for x in listeners)
     log.info(
-        "ready: serving %s with %s (%s, %s calls), timer %r",
+        "ready: serving %s with %s (%s, nim-ffi %s, %s calls, interface %s), timer %r",
         where,
         library.path,
         server.library_version,
+        library.generation,
         "direct" if library.direct else "threaded",
+        interface.source,
         config.name,
-        extra={"LISTENERS": where, "LIBRARY": library.path},
+        extra={"LISTENERS": where, "LIBRARY": library.path, "SCHEMA": interface.source},
     )
+    for name in sorted(library.unavailable):
+        log.warning(
+            "the library lacks %s, which its description lists: calls are answered "
+            "MethodUnavailable",
+            name,
+            extra={"METHOD": name},
+        )
+    for name in sorted(library.unheard):
+        log.warning("the library does not deliver event %s", name, extra={"EVENT": name})
     notify("READY=1")
     notify(f"STATUS=Ready: {where}")
     await stop.wait()
@@ -376,10 +404,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
     library_path = config.library or BUNDLED_LIBRARY
     direct = config.submit == "direct" or (
-        config.submit == "auto" and library_path.resolve() == BUNDLED_LIBRARY
+        config.submit == "auto" and library_path.resolve() in BUNDLED_LIBRARIES
     )
     try:
-        library = LibraryHost(library_path, config.name, config.limits.create_timeout, direct)
+        library = LibraryHost(library_path)
+        interface = (
+            interfaces.load(config.schema)
+            if config.schema
+            else interfaces.bundled(library.generation)
+        )
+        library.start(interface, config.name, config.limits.create_timeout, direct)
     except LibraryLoadError as exc:
         log.error("cannot start the library: %s", exc)
         for listener in listeners:
@@ -389,9 +423,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.event_loop == "uvloop":
             import uvloop
 
-            uvloop.run(serve(config, listeners, library, tls))
+            uvloop.run(serve(config, listeners, library, interface, tls))
         else:
-            asyncio.run(serve(config, listeners, library, tls))
+            asyncio.run(serve(config, listeners, library, interface, tls))
     finally:
         # The drain is over: a second signal must not interrupt the teardown,
         # which is bounded by its own timeout.

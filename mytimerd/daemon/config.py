@@ -19,7 +19,8 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 class Config:
     """Everything that shapes one run of mytimerd.
 
-    ``library`` is the build to load (None: the bundled one);
+    ``library`` is the build to load (None: the bundled one); ``schema`` its
+    interface description (None: the bundled one for its symbol generation);
     ``addresses`` are bound only when systemd hands over no sockets;
     ``watchdog`` is the interval at which WATCHDOG=1 is sent (half of
     systemd's WatchdogSec=), None when systemd asked for no watchdog;
@@ -35,6 +36,7 @@ class Config:
 
     name: str = "mytimerd"
     library: Path | None = None
+    schema: Path | None = None
     submit: SubmitMode = "auto"
     event_loop: EventLoop = "uvloop"
     log_level: LogLevel = "info"

@@ -107,6 +107,8 @@ class Connection(asyncio.Protocol):
         self._close_when_flushed = False
         self._closing = False
         self._draining = False
+        #: An event stream since mytimerd.subscribe: it takes no calls.
+        self.subscribed = False
         # Bytes of partial frames held by the parser, as last told to the host.
         self._buffered = 0
         self._eof_sent = False
@@ -227,6 +229,31 @@ class Connection(asyncio.Protocol):
         self.answer(frame)
         self._closing = True
         self._flush()
+
+    def push_event(self, frame: bytes, max_queue: int) -> bool:
+        """Send an event to a subscriber, after what it is owed; False if more
+        than ``max_queue`` would wait because the client does not read."""
+        if self._closing or self._transport is None:
+            return True
+        self._answers.append(ResponsePlace(frame))
+        if not self._write_paused:
+            self._flush()
+            return True
+        return len(self._answers) <= max_queue
+
+    def cut_off(self, frame: bytes) -> None:
+        """Drop what waits, send ``frame`` last and end; a client that reads
+        nothing is aborted after ``--linger`` instead of holding memory."""
+        transport = self._transport
+        if transport is None:
+            return
+        self._answers.clear()
+        self._closing = True
+        transport.write(frame)
+        if transport.can_write_eof() and not self._eof_sent:
+            self._eof_sent = True
+            transport.write_eof()
+        asyncio.get_running_loop().call_later(self.host.limits.linger, transport.abort)
 
     def drain(self) -> None:
         """The daemon is stopping: take no new requests, answer what was read.

@@ -15,11 +15,13 @@ from typing import Final
 import cbor2
 
 from .._glue import ffi, lib
-from ..protocol.interfaces import LIBRARY_METHODS
-from .library import LibraryLoadError, Result, Status
+from ..protocol.schema import Interface
+from .library import EVENT_ID_BASE, LibraryLoadError, Result, Status
 
-#: The library built from native/ and shipped inside the package.
+#: The library built from native/ and shipped inside the package (0.2
+#: generation), and its 0.3-generation twin; calls to them never block.
 BUNDLED_LIBRARY: Final = Path(__file__).resolve().parents[1] / "_lib" / "libmy_timer.so"
+BUNDLED_LIBRARIES: Final = (BUNDLED_LIBRARY, BUNDLED_LIBRARY.with_name("libmy_timer-0.3.so"))
 
 _RECORD: Final = struct.Struct("=QiI")
 _ERR_LEN: Final = 512
@@ -28,41 +30,73 @@ _ERR_LEN: Final = 512
 class LibraryHost:
     """A loaded libmy_timer build with its one context (a :class:`Library`)."""
 
-    def __init__(
-        self, path: Path | str, name: str, create_timeout: float = 5.0, direct: bool = False
-    ) -> None:
-        """Load ``path``, bind every library method, create the context ``name``.
-
-        Returns once the library has confirmed the context, so calls made after
-        this run against the named timer. ``direct`` makes calls on the
-        caller's thread instead of the submitter thread: only for libraries
-        whose calls never block (the bundled one).
-        """
+    def __init__(self, path: Path | str) -> None:
+        """Load ``path``; :attr:`generation` tells which nim-ffi symbol
+        generation it is ("0.2": names with ``_cbor``, "0.3": without)."""
         self.path = str(path)
-        err = ffi.new("char[]", _ERR_LEN)
-        host = lib.mt_open(self.path.encode(), err, _ERR_LEN)
+        self._err = ffi.new("char[]", _ERR_LEN)
+        host = lib.mt_open(self.path.encode(), self._err, _ERR_LEN)
         if host == ffi.NULL:
-            raise LibraryLoadError(ffi.string(err).decode(errors="replace"))
+            raise LibraryLoadError(ffi.string(self._err).decode(errors="replace"))
         self._host = host
+        self.generation = f"0.{lib.mt_generation(host)}"
         # Method name -> the glue's index for it.
         self._methods: dict[str, int] = {}
-        missing = []
-        for method in LIBRARY_METHODS:
-            index = lib.mt_bind(host, method.name.encode())
-            if index < 0:
-                missing.append(method.name)
-            self._methods[method.name] = index
-        if missing:
-            raise LibraryLoadError(f"{self.path} lacks the entry points for: {', '.join(missing)}")
-        request = cbor2.dumps({"config": {"name": name}})
-        self.direct = direct
-        timeout_ms = int(create_timeout * 1000)
-        if lib.mt_create(host, request, len(request), timeout_ms, direct, err, _ERR_LEN):
-            raise LibraryLoadError(ffi.string(err).decode(errors="replace"))
-        self.fd: int = lib.mt_fd(host)
+        self.unavailable: frozenset[str] = frozenset()
+        self.direct = False
+        self.fd = -1
         self._cap = 1 << 18
         self._buf = ffi.new("uint8_t[]", self._cap)
         self._closed = False
+
+    def start(
+        self,
+        interface: Interface,
+        name: str,
+        create_timeout: float = 5.0,
+        direct: bool = False,
+    ) -> None:
+        """Bind the interface's methods one by one, create the context
+        ``name``, and listen to the interface's events.
+
+        A method the library lacks is left :attr:`unavailable`; only
+        ``version`` (the liveness probe) is required. Returns once the library
+        has confirmed the context. ``direct`` makes calls on the caller's
+        thread instead of the submitter thread: only for libraries whose calls
+        never block (the bundled one).
+        """
+        host = self._host
+        missing = set()
+        for method in interface.library_methods:
+            bind = lib.mt_bind_static if method.static else lib.mt_bind
+            index = bind(host, method.name.encode())
+            if index < 0:
+                missing.add(method.name)
+            else:
+                self._methods[method.name] = index
+        if "version" not in self._methods:
+            raise LibraryLoadError(
+                f"{self.path} lacks my_timer_version, which the liveness probe needs"
+            )
+        self.unavailable = frozenset(missing)
+        request = cbor2.dumps({"config": {"name": name}})
+        self.direct = direct
+        timeout_ms = int(create_timeout * 1000)
+        if lib.mt_create(host, request, len(request), timeout_ms, direct, self._err, _ERR_LEN):
+            raise LibraryLoadError(ffi.string(self._err).decode(errors="replace"))
+        self.fd = lib.mt_fd(host)
+        unheard = [
+            e.name
+            for i, e in enumerate(interface.events)
+            if lib.mt_listen(host, e.name.encode(), EVENT_ID_BASE + i) != 0
+        ]
+        #: Events the library would not let the daemon listen to.
+        self.unheard = frozenset(unheard)
+
+    def stale_warnings(self) -> dict[str, int]:
+        """RET_STALE_WARN callbacks so far, by method (those with any)."""
+        counts = {name: lib.mt_stale(self._host, i) for name, i in self._methods.items()}
+        return {name: n for name, n in counts.items() if n}
 
     def submit(self, method: str, call_id: int, payload: bytes) -> bool:
         """Queue a call; False if the library is shutting down."""
@@ -93,7 +127,9 @@ class LibraryHost:
         """The glue's counters and how long the current library call has run."""
         st = ffi.new("mt_status *")
         lib.mt_get_status(self._host, st)
-        return Status(st.in_call_ns / 1e9, st.queued, st.submitted, st.completed, st.stale_warnings)
+        return Status(
+            st.in_call_ns / 1e9, st.queued, st.submitted, st.completed, st.stale_warnings, st.events
+        )
 
     def shutdown(self, timeout: float) -> str:
         """Destroy the context, waiting at most ``timeout`` seconds.

@@ -9,10 +9,15 @@ is tested in memory.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 #: A finished call as the library answered it: (call id, ret code, body).
+#: Events come the same way, with ids from :data:`EVENT_ID_BASE` on.
 Result = tuple[int, int, bytes]
+
+#: Ids of events: EVENT_ID_BASE + the event's index in the interface. Call
+#: ids count up from 1 and liveness probes down from 2**64 - 1.
+EVENT_ID_BASE: Final = 1 << 63
 
 
 class LibraryLoadError(Exception):
@@ -32,6 +37,7 @@ class Status:
     submitted: int
     completed: int
     stale_warnings: int
+    events: int = 0
 
 
 class Library(Protocol):
@@ -45,8 +51,14 @@ class Library(Protocol):
     path: str
     #: True when calls are made on the caller's thread (see ``--submit``).
     direct: bool
+    #: The nim-ffi symbol generation: "0.2" or "0.3".
+    generation: str
     #: A descriptor that becomes readable when results are waiting.
     fd: int
+    #: Methods of the interface the library lacks.
+    unavailable: frozenset[str]
+    #: Events of the interface the library would not let the daemon hear.
+    unheard: frozenset[str]
 
     def submit(self, method: str, call_id: int, payload: bytes) -> bool:
         """Start ``method`` with the CBOR ``payload``; False if shutting down."""
@@ -58,6 +70,10 @@ class Library(Protocol):
 
     def status(self) -> Status:
         """Counters and how long the current call has been running."""
+        ...
+
+    def stale_warnings(self) -> dict[str, int]:
+        """RET_STALE_WARN callbacks so far, by method."""
         ...
 
     def shutdown(self, timeout: float) -> str:

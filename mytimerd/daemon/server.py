@@ -22,16 +22,18 @@ from typing import Any, Final
 
 import cbor2
 
-from .. import __version__
-from ..protocol import errors, interfaces, wire
+from ..protocol import wire
 from ..protocol.errors import DaemonError
+from ..protocol.schema import Interface
+from . import introspection
 from .activation import Listener
 from .admission import Admission
 from .config import Config
 from .connection import Connection, ResponsePlace
+from .events import EventHub
 from .health import Health
 from .journal import RefusalLog
-from .library import Library
+from .library import EVENT_ID_BASE, Library
 from .stats import LIBRARY_ERROR, OK, Stats
 
 log = logging.getLogger("mytimerd")
@@ -65,12 +67,15 @@ class Server:
         self,
         config: Config,
         library: Library,
+        interface: Interface,
         notify: Callable[[str], None] = _no_notify,
         clock: Callable[[], float] = time.monotonic,
         tls: ssl.SSLContext | None = None,
     ) -> None:
-        """``tls``: the context TCP listeners serve with (None: plaintext)."""
+        """``interface``: the library's methods and events, as described;
+        ``tls``: the context TCP listeners serve with (None: plaintext)."""
         self.config = config
+        self.interface = interface
         self.tls = tls
         self.limits = config.limits
         self.library = library
@@ -78,6 +83,7 @@ class Server:
         self.clock = clock
         self.stats = Stats(clock)
         self.refusals = RefusalLog(clock)
+        self.events = EventHub(interface, config.limits.max_subscriber_queue)
         self.admission = Admission(config, self.stats, self.refusals)
         #: The connections being served (refused ones are not).
         self.connections = self.admission.open
@@ -99,10 +105,10 @@ class Server:
         self._last_slow_tick = -math.inf
         self._last_watchdog = -math.inf
         self._servers: list[asyncio.Server] = []
-        self._daemon_methods: dict[str, Callable[[], Any]] = {
-            "mytimerd.describe": self.answer_describe,
-            "mytimerd.ping": self.answer_ping,
-            "mytimerd.stats": self.answer_stats,
+        self._daemon_methods: dict[str, Callable[[Server], Any]] = {
+            "mytimerd.describe": introspection.describe,
+            "mytimerd.ping": introspection.ping,
+            "mytimerd.stats": introspection.stats,
         }
         self._ticker: asyncio.TimerHandle | None = None
         #: Set when the drain starts: connections take no new requests.
@@ -173,6 +179,7 @@ class Server:
 
     def forget(self, conn: Connection) -> None:
         """``conn`` is gone; its calls in flight finish and are dropped."""
+        self.events.drop(conn)
         if log.isEnabledFor(logging.DEBUG) and conn in self.connections:
             log.debug("connection from %s closed", conn.peer, extra={"PEER": conn.peer})
         self.admission.drop(conn)
@@ -180,18 +187,40 @@ class Server:
     def handle(self, conn: Connection, request: wire.Request) -> None:
         """Validate and dispatch one request; its answer lands in ``conn``'s order."""
         started = self.clock()
-        method = interfaces.BY_NAME.get(request.method)
+        method = self.interface.by_name.get(request.method)
         try:
+            if conn.subscribed:
+                raise DaemonError(
+                    "Subscribed",
+                    "this connection is an event stream; make calls on another connection",
+                )
             if method is None:
-                interfaces.lookup(request.method)  # raises UnknownMethod
+                self.interface.lookup(request.method)  # raises UnknownMethod
                 raise AssertionError("unreachable")
             method.validate(request.payload, self.limits.max_items)
+            if method.name == "mytimerd.subscribe":
+                names = self.events.subscribe(conn, cbor2.loads(request.payload))
+                self.stats.record(method.name, OK, self.clock() - started)
+                conn.answer(wire.encode_response(wire.RET_OK, cbor2.dumps({"subscribed": names})))
+                return
+            if method.name in self.library.unavailable:
+                raise DaemonError(
+                    "MethodUnavailable",
+                    f"{self.library.path} lacks the entry point of {method.name}, which "
+                    f"its description ({self.interface.source}) lists",
+                )
         except DaemonError as exc:
-            self._answer_error(conn, method.name if method else "(unknown)", exc, started)
+            name = method.name if method else "(unknown)"
+            if exc.name == "Subscribed":
+                self.stats.record_error(name, exc.name, 0.0)
+                self.refusals(exc.name, conn.peer, name, exc.message)
+                conn.refuse(wire.encode_response(wire.RET_ERR, exc.body()))
+                return
+            self._answer_error(conn, name, exc, started)
             return
         if not method.library:
             try:
-                body = cbor2.dumps(self._daemon_methods[method.name]())
+                body = cbor2.dumps(self._daemon_methods[method.name](self))
             except Exception:
                 log.exception("daemon method %s failed", method.name)
                 err = DaemonError("Internal", f"{method.name} failed; see the daemon's log")
@@ -234,7 +263,7 @@ class Server:
                 f"payload of {event.length} bytes exceeds the limit of {event.limit}",
             )
             # Stats are keyed by known names only: a client chooses this one.
-            known = interfaces.BY_NAME.get(event.method)
+            known = self.interface.by_name.get(event.method)
             method = known.name if known else "(unknown)"
         else:
             foreign = wire.foreign_protocol(event.length)
@@ -267,7 +296,7 @@ class Server:
 
     def shed(self, conn: Connection, request: wire.Request) -> None:
         """Answer a request read but not started before the drain: ShuttingDown."""
-        known = interfaces.BY_NAME.get(request.method)
+        known = self.interface.by_name.get(request.method)
         err = DaemonError("ShuttingDown", "the daemon is stopping; this request was not started")
         self._answer_error(conn, known.name if known else "(unknown)", err, self.clock())
 
@@ -314,6 +343,8 @@ class Server:
             if call is None:
                 if self.health.owns(call_id):
                     self.health.answered(call_id, self.clock())
+                elif call_id >= EVENT_ID_BASE:
+                    self.events.publish(call_id - EVENT_ID_BASE, body)
                 else:  # answered Timeout already
                     self.stats.late_results += 1
                 continue
@@ -398,48 +429,6 @@ class Server:
             f"flight, {self.stats.answered()} calls answered"
         )
         return text if healthy else f"{text}; UNHEALTHY: {why}"
-
-    # daemon methods -------------------------------------------------------------
-
-    def answer_describe(self) -> dict[str, Any]:
-        """The mytimerd.describe answer."""
-        return {
-            "daemon": {"name": "mytimerd", "version": __version__},
-            "library": {"path": self.library.path, "version": self.library_version},
-            "timerName": self.config.name,
-            "methods": [m.to_json() for m in interfaces.METHODS],
-            "limits": self.limits.to_json(),
-            "errors": {errors.PREFIX + k: v for k, v in errors.CATALOGUE.items()},
-            "listeners": [{"name": x.name, "address": x.address} for x in self.listeners],
-        }
-
-    def answer_ping(self) -> dict[str, Any]:
-        """The mytimerd.ping answer."""
-        healthy, why = self.health_verdict()
-        answered = self.health.last_answered
-        return {
-            "healthy": healthy,
-            "status": why,
-            "uptimeSeconds": self.stats.uptime(),
-            "library": {
-                "lastProbeAgoSeconds": None if answered is None else self.clock() - answered,
-                "submitBlockedSeconds": self.library.status().in_call_seconds,
-                "inFlight": len(self.pending),
-            },
-        }
-
-    def answer_stats(self) -> dict[str, Any]:
-        """The mytimerd.stats answer."""
-        return self.stats.snapshot(
-            len(self.connections),
-            len(self.pending),
-            self.library.status(),
-            held={
-                "calls": len(self.held),
-                "bytes": self.held_bytes,
-                "bufferedBytes": self.buffered_bytes,
-            },
-        )
 
     # shutdown ------------------------------------------------------------------
 

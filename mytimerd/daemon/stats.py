@@ -60,7 +60,13 @@ class Stats:
         return self._clock() - self.started
 
     def snapshot(
-        self, open_connections: int, in_flight: int, library: Status, held: dict[str, int]
+        self,
+        open_connections: int,
+        in_flight: int,
+        library: Status,
+        held: dict[str, int],
+        events: dict[str, Any],
+        stale_warnings: dict[str, int],
     ) -> dict[str, Any]:
         """The mytimerd.stats response."""
         latency = {}
@@ -86,6 +92,7 @@ class Stats:
             },
             "inFlight": in_flight,
             "held": held,
+            "events": events,
             "calls": {
                 method: {k: counts[k] for k in (OK, LIBRARY_ERROR, DAEMON_ERROR)}
                 for method, counts in self.calls.items()
@@ -97,6 +104,8 @@ class Stats:
                 "submitted": library.submitted,
                 "completed": library.completed,
                 "staleWarnings": library.stale_warnings,
+                "staleWarningsByMethod": stale_warnings,
+                "events": library.events,
             },
             "latencyMs": latency,
         }

@@ -47,6 +47,18 @@ CATALOGUE: Final[dict[str, str]] = {
         "and the daemon's own user always are), or a TLS client whose certificate names "
         "nothing on --tls-allow; answered once, then the connection is closed."
     ),
+    "MethodUnavailable": (
+        "The library's description lists this method but the loaded library lacks its "
+        "entry point (mytimerd.describe shows which)."
+    ),
+    "Subscribed": (
+        "This connection is an event stream since mytimerd.subscribe and takes no calls; "
+        "it is answered once and closed. Make calls on another connection."
+    ),
+    "SlowSubscriber": (
+        "More than --max-subscriber-queue events waited for this subscriber to read them; "
+        "it is sent this error last and cut off."
+    ),
     "Timeout": "The library did not answer within --timeout seconds.",
     "ShuttingDown": "The daemon is stopping and takes no new requests.",
     "Internal": "A bug in mytimerd; the daemon's log has the details.",

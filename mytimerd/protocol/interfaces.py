@@ -116,7 +116,14 @@ def build(text: str, source: str) -> Interface:
     builder = _Builder(description)
     methods = [builder.method(p) for p in description.procs if p.kind in cddl.CALLABLE_KINDS]
     methods += [
-        Method(name, doc, _EMPTY, Any_(), library=False) for name, doc in overlay.DAEMON_METHODS
+        Method(
+            name,
+            doc,
+            Struct(f"{name}-request", fields, "") if fields else _EMPTY,
+            Any_(),
+            library=False,
+        )
+        for name, doc, fields in overlay.DAEMON_METHODS
     ]
     events = [
         Event(name, notes.doc, builder.struct(notes.payload))

@@ -95,6 +95,13 @@ class Limits:
         "seconds",
         "Time a TCP client has to complete the TLS handshake before it is closed.",
     )
+    max_subscriber_queue: int = _limit(
+        1024,
+        "--max-subscriber-queue",
+        "events",
+        "Events queued for a subscriber that does not read; past it the subscriber is "
+        "sent SlowSubscriber and cut off.",
+    )
     timeout: float = _limit(
         30.0,
         "--timeout",

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from .schema import INT64_MAX, INT64_MIN, Check, invalid
+from .schema import INT64_MAX, INT64_MIN, Array, Check, Field, Text, invalid
 
 #: Largest |delayMs| accepted (about 31.7 years). The real library's clock
 #: overflows, and aborts the whole process, near 9.2e12 ms.
@@ -140,18 +140,35 @@ EVENTS: Final[Mapping[str, EventNotes]] = {
     "on_job_scheduled": EventNotes("OnJobScheduledPayload", "A job was scheduled."),
 }
 
-#: The daemon's own methods: (name, doc). They take ``{}`` and answer maps
-#: whose shape the docs describe.
-DAEMON_METHODS: Final[tuple[tuple[str, str], ...]] = (
+#: The daemon's own methods: (name, doc, request fields). Their answers are
+#: maps whose shape the docs describe.
+DAEMON_METHODS: Final[tuple[tuple[str, str, tuple[Field, ...]], ...]] = (
     (
         "mytimerd.describe",
         "The daemon and library versions, the timer name, every method with its "
-        "request and response schema, the limits and the error names.",
+        "request and response schema and whether the library has it, the events, the "
+        "limits and the error names.",
+        (),
     ),
-    ("mytimerd.ping", "Health: whether the library answers its liveness probe in time."),
+    ("mytimerd.ping", "Health: whether the library answers its liveness probe in time.", ()),
     (
         "mytimerd.stats",
         "Uptime, connections, calls and errors by method and name, calls in "
-        "flight and latency percentiles.",
+        "flight, events, stale warnings and latency percentiles.",
+        (),
+    ),
+    (
+        "mytimerd.subscribe",
+        "Turn this connection into an event stream: one answer acknowledging the "
+        "subscription, then one RET_OK frame per event (the library's event body).",
+        (
+            Field(
+                "events",
+                Array(Text()),
+                "Event names; none or empty: every event the library has.",
+                [],
+                cli="event",
+            ),
+        ),
     ),
 )

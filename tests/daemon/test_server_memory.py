@@ -13,11 +13,12 @@ from typing import Any, TypeVar
 import cbor2
 import pytest
 
+from mytimerd.daemon import introspection
 from mytimerd.daemon.config import Config
 from mytimerd.daemon.connection import Connection
 from mytimerd.daemon.health import MAX_PROBES
 from mytimerd.daemon.server import Server
-from mytimerd.protocol import wire
+from mytimerd.protocol import interfaces, wire
 from mytimerd.protocol.errors import parse_error_body
 from mytimerd.protocol.limits import Limits
 from tests.support.memory import Clock, FakeLibrary, FakeTransport
@@ -28,15 +29,24 @@ T = TypeVar("T")
 class Rig:
     """A server over a fake library, with what it told systemd."""
 
-    def __init__(self, watchdog: float | None = None, real_time: bool = False, **limits: Any):
+    def __init__(
+        self,
+        watchdog: float | None = None,
+        real_time: bool = False,
+        generation: str = "0.2",
+        **limits: Any,
+    ):
         self.library = FakeLibrary()
         self.clock = Clock()
         self.notes: list[str] = []
         config = Config(limits=Limits(**limits), watchdog=watchdog)
+        self.interface = interfaces.bundled(generation)
         if real_time:
-            self.server = Server(config, self.library, self.notes.append)
+            self.server = Server(config, self.library, self.interface, self.notes.append)
         else:
-            self.server = Server(config, self.library, self.notes.append, self.clock)
+            self.server = Server(
+                config, self.library, self.interface, self.notes.append, self.clock
+            )
 
     def connect(self) -> tuple[Connection, FakeTransport]:
         """A new client connection."""
@@ -237,12 +247,20 @@ def test_a_blocking_library_call_is_unhealthy() -> None:
 
 def test_stats_surface_the_library_counters() -> None:
     rig = Rig()
+    rig.library.stale = {"echo": 2}
     conn, transport = rig.connect()
     conn.data_received(echo("x") + wire.encode_request("mytimerd.stats", b"\xa0"))
     rig.library.answer(min(rig.library.held))
     rig.results()
     stats = cbor2.loads(transport.responses()[1].body)
-    assert stats["library"] == {"queued": 1, "submitted": 1, "completed": 0, "staleWarnings": 0}
+    assert stats["library"] == {
+        "queued": 1,
+        "submitted": 1,
+        "completed": 0,
+        "staleWarnings": 0,
+        "staleWarningsByMethod": {"echo": 2},
+        "events": 0,
+    }
     assert stats["inFlight"] == 1
 
 
@@ -399,7 +417,7 @@ def test_the_held_call_budget_outlives_timeouts_and_refuses_overload() -> None:
     rig.results()  # the library let one go: one call fits again
     conn.data_received(echo("x" * 100))
     assert len(rig.library.held) == 3
-    stats = rig.server.answer_stats()
+    stats = introspection.stats(rig.server)
     assert stats["held"] == {"calls": 3, "bytes": 3 * payload_bytes, "bufferedBytes": 0}
 
 

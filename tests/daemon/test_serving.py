@@ -186,7 +186,11 @@ def test_daemon_methods(daemon: Daemon) -> None:
         "mytimerd.describe",
         "mytimerd.ping",
         "mytimerd.stats",
+        "mytimerd.subscribe",
     ]
+    assert all(m["available"] for m in desc["methods"])
+    assert desc["interface"].endswith("my_timer-0.2.cddl")
+    assert [e["name"] for e in desc["events"]] == ["on_echo_fired"]
     echo_req = desc["methods"][0]["request"]["fields"][0]
     assert [f["name"] for f in echo_req["fields"]] == ["message", "delayMs"]
     assert desc["limits"]["maxPayload"] == 1 << 20

@@ -9,7 +9,7 @@ from typing import Any
 
 import cbor2
 
-from mytimerd.daemon.library import Result, Status
+from mytimerd.daemon.library import EVENT_ID_BASE, Result, Status
 from mytimerd.protocol import wire
 
 
@@ -45,6 +45,7 @@ class FakeLibrary:
 
     path = "fake://libmy_timer"
     direct = True
+    generation = "0.2"
 
     def __init__(self) -> None:
         # A real descriptor, so the server can register and unregister it.
@@ -53,6 +54,9 @@ class FakeLibrary:
         self.answers_version = True
         self.accepting = True
         self.in_call_seconds = 0.0
+        self.unavailable: frozenset[str] = frozenset()
+        self.unheard: frozenset[str] = frozenset()
+        self.stale: dict[str, int] = {}
         self.submitted = 0
         self.completed = 0
         self._ready: list[Result] = []
@@ -84,6 +88,14 @@ class FakeLibrary:
         """Counters; ``in_call_seconds`` is set by the test."""
         return Status(self.in_call_seconds, len(self.held), self.submitted, self.completed, 0)
 
+    def fire(self, index: int, body: bytes) -> None:
+        """The library fires event number ``index`` of the interface."""
+        self._ready.append((EVENT_ID_BASE + index, wire.RET_OK, body))
+
+    def stale_warnings(self) -> dict[str, int]:
+        """Set by the test."""
+        return self.stale
+
     def shutdown(self, timeout: float) -> str:
         """Close the descriptor."""
         os.close(self.fd)
@@ -97,6 +109,7 @@ class FakeTransport:
     written: bytearray = field(default_factory=bytearray)
     reading: bool = True
     closed: bool = False
+    aborted: bool = False
     eof_written: bool = False
     buffered: int = 0
     peername: tuple[str, int] = ("192.0.2.1", 40000)
@@ -126,6 +139,11 @@ class FakeTransport:
             self.closed = True
             self.protocol.connection_lost(None)
         self.closed = True
+
+    def abort(self) -> None:
+        """Closed at once, unsent data dropped."""
+        self.aborted = True
+        self.close()
 
     def is_closing(self) -> bool:
         """Whether close() was called."""

@@ -139,7 +139,7 @@ def test_unknown_method_lists_the_methods() -> None:
         interfaces.lookup(b"frobnicate")
     assert str(info.value) == (
         "mytimerd.UnknownMethod: no method 'frobnicate' (try: echo, version, complex, "
-        "schedule, mytimerd.describe, mytimerd.ping, mytimerd.stats)"
+        "schedule, mytimerd.describe, mytimerd.ping, mytimerd.stats, mytimerd.subscribe)"
     )
 
 
