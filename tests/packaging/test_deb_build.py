@@ -92,6 +92,19 @@ def test_bundled_library_and_no_bytecode(unpacked: Path) -> None:
     ]
 
 
+def test_copyright_covers_every_bundled_package(unpacked: Path) -> None:
+    """debian/copyright has a stanza for each package pip put in the venv."""
+    copyright_text = (unpacked / "usr/share/doc/mytimerd/copyright").read_text()
+    bundled = {
+        p.name.split(".")[0]
+        for p in (unpacked / SITE).iterdir()
+        if not p.name.endswith((".dist-info", ".pth")) and p.name != "mytimerd"
+    }
+    assert {"cbor2", "cffi", "uvloop"} <= bundled, bundled
+    missing = sorted(b for b in bundled if f"site-packages/{b}" not in copyright_text)
+    assert missing == [], f"packaging/debian/copyright does not cover: {missing}"
+
+
 def test_man_pages_are_the_help_parsers(unpacked: Path, tmp_path: Path) -> None:
     expected = {p.name: p.read_text() for p in manpages.write_pages(tmp_path)}
     for section, name in (("8", "mytimerd"), ("1", "mytimerctl")):
