@@ -240,25 +240,24 @@ mt_host *mt_open(const char *path, char *err, size_t errlen) {
     return h;
 }
 
-int mt_bind(mt_host *h, const char *name) {
+/* Resolve `name` into the next method number, as a method on the context or
+   as a static entry point; -1 if the library lacks it or the table is full. */
+static int bind_entry(mt_host *h, const char *name, int is_static) {
     if (h->nmethods == MT_MAX_METHODS)
         return -1;
-    method_fn fn = (method_fn)resolve(h, name);
+    void *fn = resolve(h, name);
     if (!fn)
         return -1;
-    h->methods[h->nmethods] = fn;
+    if (is_static)
+        h->statics[h->nmethods] = (static_fn)fn;
+    else
+        h->methods[h->nmethods] = (method_fn)fn;
     return h->nmethods++;
 }
 
-int mt_bind_static(mt_host *h, const char *name) {
-    if (h->nmethods == MT_MAX_METHODS)
-        return -1;
-    static_fn fn = (static_fn)resolve(h, name);
-    if (!fn)
-        return -1;
-    h->statics[h->nmethods] = fn;
-    return h->nmethods++;
-}
+int mt_bind(mt_host *h, const char *name) { return bind_entry(h, name, 0); }
+
+int mt_bind_static(mt_host *h, const char *name) { return bind_entry(h, name, 1); }
 
 int mt_generation(mt_host *h) { return h->suffix[0] ? 2 : 3; }
 

@@ -249,22 +249,14 @@ def _octal_mode(text: str) -> int:
     return mode
 
 
-def _uid(name: str) -> int:
+def _id(name: str, kind: str) -> int:
+    """A user's uid or a group's gid, by name or number."""
     try:
-        return pwd.getpwnam(name).pw_uid
+        return pwd.getpwnam(name).pw_uid if kind == "user" else grp.getgrnam(name).gr_gid
     except KeyError:
         if name.isdigit():
             return int(name)
-        raise ValueError(f"no user {name!r}") from None
-
-
-def _gid(name: str) -> int:
-    try:
-        return grp.getgrnam(name).gr_gid
-    except KeyError:
-        if name.isdigit():
-            return int(name)
-        raise ValueError(f"no group {name!r}") from None
+        raise ValueError(f"no {kind} {name!r}") from None
 
 
 def config_from_args(argv: Sequence[str] | None = None) -> Config:
@@ -273,9 +265,9 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
     args = parser.parse_args(argv)
     try:
         addresses = _addresses(args)
-        socket_group = None if args.socket_group is None else _gid(args.socket_group)
-        allow_uids = frozenset(_uid(u) for u in args.allow_user)
-        allow_gids = frozenset(_gid(g) for g in args.allow_group)
+        socket_group = None if args.socket_group is None else _id(args.socket_group, "group")
+        allow_uids = frozenset(_id(u, "user") for u in args.allow_user)
+        allow_gids = frozenset(_id(g, "group") for g in args.allow_group)
     except ValueError as exc:
         parser.error(str(exc))
     if (args.tls_cert is None) != (args.tls_key is None):
