@@ -157,17 +157,31 @@ def build_parser() -> argparse.ArgumentParser:
         "TLS (TCP listeners)",
         "With --tls-cert and --tls-key every TCP listener, bound or handed over by systemd, "
         "speaks TLS 1.2 or newer; unix listeners stay plain. Under systemd the files can "
-        "come from LoadCredential= (pass --tls-cert %d/cert.pem: %d is the credentials "
-        "directory). A plaintext TCP listener on a non-loopback address is logged as a "
-        "warning at start.",
+        "come from LoadCredential= (Environment=MYTIMERD_TLS_CERT=%d/server.pem ...: %d "
+        "is the credentials directory). A plaintext TCP listener on a non-loopback "
+        "address is logged as a warning at start.",
     )
-    tls.add_argument("--tls-cert", metavar="FILE", type=Path, help="server certificate (PEM)")
-    tls.add_argument("--tls-key", metavar="FILE", type=Path, help="its private key (PEM)")
+    tls.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        type=Path,
+        default=_env_path("MYTIMERD_TLS_CERT"),
+        help="server certificate (PEM; also $MYTIMERD_TLS_CERT)",
+    )
+    tls.add_argument(
+        "--tls-key",
+        metavar="FILE",
+        type=Path,
+        default=_env_path("MYTIMERD_TLS_KEY"),
+        help="its private key (PEM; also $MYTIMERD_TLS_KEY)",
+    )
     tls.add_argument(
         "--tls-client-ca",
         metavar="FILE",
         type=Path,
-        help="require client certificates signed by this CA (mutual TLS)",
+        default=_env_path("MYTIMERD_TLS_CLIENT_CA"),
+        help="require client certificates signed by this CA (mutual TLS; also "
+        "$MYTIMERD_TLS_CLIENT_CA)",
     )
     tls.add_argument(
         "--tls-allow",
@@ -235,6 +249,11 @@ def _addresses(args: argparse.Namespace) -> tuple[Address, ...]:
     for host, port in args.tcp:
         out.append(TcpAddress(host, parse_port(port)))
     return tuple(out)
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
 
 
 def _octal_mode(text: str) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import socket
+import ssl
 import struct
 import subprocess
 import threading
@@ -19,6 +20,7 @@ from pathlib import Path
 import cbor2
 import pytest
 
+from tests.support.certs import make_pki
 from tests.systemd.harness import UNIT_DIR, UNITS, Sandbox, free_tcp_port
 
 pytestmark = pytest.mark.systemd
@@ -317,3 +319,54 @@ def test_socket_permissions_by_group(sd: Sandbox) -> None:
     assert "ermission denied" in r.stderr or "EACCES" in r.stderr, r.stderr
     assert active(sd) == "inactive", "a refused connection must not reach the daemon"
     ok(ctl(sd, "version", user=(nobody, nobody, [gid])))
+
+
+# ----------------------------------------------------------------------- TLS
+def test_tls_under_the_locked_down_service(sd: Sandbox, tmp_path: Path) -> None:
+    """The documented TLS drop-in (systemd/examples/mytimerd-tls.conf): mutual
+    TLS on the TCP socket unit, the unix socket plain, under the shipped
+    sandbox (DynamicUser, MemoryDenyWriteExecute, ...).
+
+    The namespace harness's systemd leaves LoadCredential= directories empty
+    (it cannot set up the credentials file system there), so this test hands
+    the files over with the drop-in's Environment= lines pointing at files the
+    dynamic user can read, instead of at %d.
+    """
+    pki = make_pki(tmp_path)
+    for source, name in (
+        (pki.server.cert, "server.pem"),
+        (pki.server.key, "server.key"),
+        (pki.ca.pem, "clients-ca.pem"),
+    ):
+        sd.write_file(f"/etc/mytimerd/tls/{name}", source.read_text(), mode=0o644)
+    port = free_tcp_port()
+    drop_in(
+        sd,
+        "mytimerd-tcp.socket",
+        "port",
+        f"[Socket]\nListenStream=\nListenStream=127.0.0.1:{port}\n",
+    )
+    example = (REPO / "systemd" / "examples" / "mytimerd-tls.conf").read_text()
+    assert example.count("%d/") == 3
+    lines = [line for line in example.splitlines() if not line.startswith("LoadCredential=")]
+    drop_in(sd, SERVICE, "tls", "\n".join(lines).replace("%d/", "/etc/mytimerd/tls/") + "\n")
+    sd.systemctl("start", "mytimerd-tcp.socket")
+    ctx = ssl.create_default_context(cafile=str(pki.ca.pem))
+    ctx.load_cert_chain(pki.alice.cert, pki.alice.key)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=20) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as s,
+    ):
+        s.sendall(struct.pack(">I", 7) + b"version" + struct.pack(">I", 1) + b"\xa0")
+        ret, n = struct.unpack(">iI", _recv_exact(s, 8))  # type: ignore[arg-type]
+        assert (ret, cbor2.loads(_recv_exact(s, n))) == (0, "nim-timer v0.1.0")  # type: ignore[arg-type]
+    refused = ssl.create_default_context(cafile=str(pki.ca.pem))  # no client certificate
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=20) as raw,
+        refused.wrap_socket(raw, server_hostname="localhost") as s,
+    ):
+        s.sendall(struct.pack(">I", 7) + b"version" + struct.pack(">I", 1) + b"\xa0")
+        with pytest.raises(ssl.SSLError, match="CERTIFICATE_REQUIRED"):
+            s.recv(100)
+    ok(ctl(sd, "--unix", "/run/mytimerd.sock", "version"))  # unix stays plain
+    assert active(sd) == "active"
