@@ -15,6 +15,23 @@
  *                             the wall time from the first connect() to the
  *                             last answer (burst and cold-start scenarios).
  *
+ *   fan-out      (--fanout S): S more connections subscribe to on_echo_fired
+ *                             (mytimerd.subscribe) and read events; once every
+ *                             subscription is acknowledged, the --conns driver
+ *                             connections make echo calls, closed loop (--depth)
+ *                             or open loop (--rate), each message carrying its
+ *                             send time. Counts events fired (echo calls sent
+ *                             in the window and answered) and delivered (events
+ *                             of those calls received, all subscribers), and
+ *                             the delivery latency: the call's send time to the
+ *                             event's arrival at a subscriber. After the window
+ *                             it waits (--drain) for every answer and event.
+ *                             A subscriber cut off (SlowSubscriber) or closed
+ *                             and every missing event count as errors.
+ *                             --stall-subs N: N subscribers read nothing after
+ *                             their acknowledgement until the drain (to check
+ *                             that a cut-off is seen).
+ *
  *   handshakes   (--handshakes, needs --tls): closed loop of new connections;
  *                             each connects, does a full TLS handshake (no
  *                             session resumption), sends close_notify and
@@ -96,6 +113,10 @@ struct conn {
     SSL *ssl;           /* --tls */
     int wr_wants_w;     /* the last SSL_write wanted the socket writable */
     int rd_wants_w;     /* the last SSL_read wanted the socket writable */
+    int sub;            /* --fanout: an event subscriber, not a caller */
+    int acked;          /* --fanout: the subscription was acknowledged */
+    int stalled;        /* --stall-subs: not reading until the drain */
+    uint64_t ev_total;  /* --fanout: events received (from our calls) */
 };
 
 /* options */
@@ -108,6 +129,7 @@ static long o_delay_ms = 0;
 static int o_wait_stdin = 0;
 static int o_tls = 0, o_tls_version = 0;
 static const char *o_tls_ca, *o_tls_cert, *o_tls_key, *o_tls_name;
+static long o_subs = 0, o_stall_subs = 0; /* --fanout, --stall-subs */
 
 /* state */
 static struct conn *g_c;
@@ -130,6 +152,16 @@ static SSL_CTX *g_ssl_ctx;
 static uint64_t g_tls_fail, g_handshakes;
 static char g_tls_err[200], g_tls_proto[32], g_tls_cipher[64];
 static volatile sig_atomic_t g_stop;
+/* --fanout */
+#define FO_PREFIX "fo-"
+#define FO_MSG_LEN 19 /* "fo-" + 16 hex digits of the send time */
+static long g_n;      /* connections in g_c: drivers [0, o_conns), subscribers after */
+static size_t g_msg_off, g_exp_msg_off; /* where the message text sits in g_req / g_expect */
+static uint8_t g_sub_req[128];
+static size_t g_sub_req_len;
+static uint64_t g_subs_acked, g_cut_off, g_ev_window, g_ev_total, g_ev_foreign, g_ev_bad;
+static uint64_t *g_clat; /* the driver's call latencies (g_lat holds event deliveries) */
+static size_t g_clat_n, g_clat_cap;
 
 static void on_signal(int s) {
     (void)s;
@@ -211,12 +243,14 @@ static void build_request(void) {
         g_expect_len = sizeof vb;
     } else if (!strcmp(o_method, "echo")) {
         if (strlen(o_message) > 200) fail("--message too long (max 200 bytes)");
+        if (o_subs > 0) o_message = FO_PREFIX "0000000000000000"; /* patched per call */
         g_is_echo = 1;
         payload[pl++] = 0xa1;
         pl += cbor_text(payload + pl, "req");
         payload[pl++] = 0xa2;
         pl += cbor_text(payload + pl, "message");
         pl += cbor_text(payload + pl, o_message);
+        g_msg_off = pl - strlen(o_message);
         pl += cbor_text(payload + pl, "delayMs");
         pl += cbor_int(payload + pl, o_delay_ms);
         /* expected body prefix: {"echoed": msg, "timerName": <any text>} */
@@ -224,6 +258,7 @@ static void build_request(void) {
         g_expect[e++] = 0xa2;
         e += cbor_text(g_expect + e, "echoed");
         e += cbor_text(g_expect + e, o_message);
+        g_exp_msg_off = e - strlen(o_message);
         e += cbor_text(g_expect + e, "timerName");
         g_expect_len = e;
     } else {
@@ -237,6 +272,139 @@ static void build_request(void) {
     memcpy(g_req + 4, o_method, ml);
     put32(g_req + 4 + ml, (uint32_t)pl);
     memcpy(g_req + 8 + ml, payload, pl);
+    g_msg_off += 8 + ml;
+    if (o_subs > 0) { /* mytimerd.subscribe {"events": ["on_echo_fired"]} */
+        uint8_t sp[64];
+        size_t n = 0;
+        sp[n++] = 0xa1;
+        n += cbor_text(sp + n, "events");
+        sp[n++] = 0x81;
+        n += cbor_text(sp + n, "on_echo_fired");
+        const char *m = "mytimerd.subscribe";
+        size_t sl = strlen(m);
+        put32(g_sub_req, (uint32_t)sl);
+        memcpy(g_sub_req + 4, m, sl);
+        put32(g_sub_req + 4 + sl, (uint32_t)n);
+        memcpy(g_sub_req + 8 + sl, sp, n);
+        g_sub_req_len = 8 + sl + n;
+    }
+}
+
+/* --fanout: the send time as the 16 hex digits after FO_PREFIX */
+static void put_hex_ts(uint8_t *p, uint64_t ts) {
+    static const char hx[] = "0123456789abcdef";
+    memcpy(p, FO_PREFIX, 3);
+    for (int i = 0; i < 16; i++) p[3 + i] = (uint8_t)hx[(ts >> (60 - 4 * i)) & 15];
+}
+
+static int get_hex_ts(const uint8_t *p, size_t n, uint64_t *ts) {
+    if (n != FO_MSG_LEN || memcmp(p, FO_PREFIX, 3) != 0) return 0;
+    uint64_t v = 0;
+    for (int i = 3; i < FO_MSG_LEN; i++) {
+        uint8_t ch = p[i];
+        unsigned d;
+        if (ch >= '0' && ch <= '9') d = ch - '0';
+        else if (ch >= 'a' && ch <= 'f') d = (unsigned)(ch - 'a' + 10);
+        else return 0;
+        v = (v << 4) | d;
+    }
+    *ts = v;
+    return 1;
+}
+
+/* --- minimal CBOR reader (for event bodies) --- */
+struct cur {
+    const uint8_t *p, *end;
+};
+
+/* the head of the next item: major type and argument; 0 if malformed or indefinite */
+static int cbor_get_head(struct cur *c, unsigned *major, uint64_t *arg) {
+    if (c->p >= c->end) return 0;
+    uint8_t b = *c->p++;
+    *major = b >> 5;
+    unsigned ai = b & 31;
+    if (ai < 24) {
+        *arg = ai;
+        return 1;
+    }
+    if (ai > 27) return 0;
+    size_t n = (size_t)1 << (ai - 24);
+    if ((size_t)(c->end - c->p) < n) return 0;
+    uint64_t v = 0;
+    for (size_t i = 0; i < n; i++) v = (v << 8) | c->p[i];
+    c->p += n;
+    *arg = v;
+    return 1;
+}
+
+static int cbor_skip(struct cur *c, int depth) {
+    unsigned major;
+    uint64_t arg;
+    if (depth > 16 || !cbor_get_head(c, &major, &arg)) return 0;
+    switch (major) {
+    case 0: case 1: case 7:
+        return 1;
+    case 2: case 3:
+        if ((uint64_t)(c->end - c->p) < arg) return 0;
+        c->p += arg;
+        return 1;
+    case 4: case 5:
+        for (uint64_t i = 0; i < (major == 5 ? 2 * arg : arg); i++)
+            if (!cbor_skip(c, depth + 1)) return 0;
+        return 1;
+    case 6:
+        return cbor_skip(c, depth + 1);
+    }
+    return 0;
+}
+
+static int cbor_get_text(struct cur *c, const uint8_t **s, size_t *n) {
+    unsigned major;
+    uint64_t arg;
+    if (!cbor_get_head(c, &major, &arg) || major != 3 || (uint64_t)(c->end - c->p) < arg) return 0;
+    *s = c->p;
+    *n = (size_t)arg;
+    c->p += arg;
+    return 1;
+}
+
+static int text_is(const uint8_t *s, size_t n, const char *want) {
+    return n == strlen(want) && memcmp(s, want, n) == 0;
+}
+
+/* an event body {"eventType": "on_echo_fired", "payload": {"message": m, ...}}, keys
+   in any order: 1 and *msg / *msg_n set; 0 if it is anything else */
+static int parse_event(const uint8_t *b, size_t n, const uint8_t **msg, size_t *msg_n) {
+    struct cur c = {b, b + n};
+    unsigned major;
+    uint64_t arg;
+    int type_ok = 0, have_msg = 0;
+    if (!cbor_get_head(&c, &major, &arg) || major != 5) return 0;
+    for (uint64_t i = 0; i < arg; i++) {
+        const uint8_t *k, *v;
+        size_t kn, vn;
+        if (!cbor_get_text(&c, &k, &kn)) return 0;
+        if (text_is(k, kn, "eventType")) {
+            if (!cbor_get_text(&c, &v, &vn)) return 0;
+            type_ok = text_is(v, vn, "on_echo_fired");
+        } else if (text_is(k, kn, "payload")) {
+            unsigned pm;
+            uint64_t pn;
+            if (!cbor_get_head(&c, &pm, &pn) || pm != 5) return 0;
+            for (uint64_t j = 0; j < pn; j++) {
+                if (!cbor_get_text(&c, &k, &kn)) return 0;
+                if (text_is(k, kn, "message")) {
+                    if (!cbor_get_text(&c, msg, msg_n)) return 0;
+                    have_msg = 1;
+                } else if (!cbor_skip(&c, 1)) {
+                    return 0;
+                }
+            }
+        } else if (!cbor_skip(&c, 1)) {
+            return 0;
+        }
+    }
+    return type_ok && have_msg && c.p == c.end;
 }
 
 static int body_ok(int32_t ret, const uint8_t *b, uint32_t n) {
@@ -438,16 +606,16 @@ static uint64_t q_pop(struct conn *c) {
     return ts;
 }
 
-static void enqueue(struct conn *c, uint64_t ts) {
+static void enqueue_bytes(struct conn *c, const uint8_t *req, size_t req_len, uint64_t ts) {
     if (c->out_off > 0 && c->out_off == c->out_len) c->out_off = c->out_len = 0;
-    if (c->out_len + g_req_len > c->out_cap) {
+    if (c->out_len + req_len > c->out_cap) {
         if (c->out_off > 0) {
             memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
             c->out_len -= c->out_off;
             c->out_off = 0;
         }
         size_t cap = c->out_cap ? c->out_cap : 4096;
-        while (cap < c->out_len + g_req_len) cap *= 2;
+        while (cap < c->out_len + req_len) cap *= 2;
         if (cap != c->out_cap) {
             uint8_t *n = realloc(c->out, cap);
             if (!n) die("realloc");
@@ -455,10 +623,16 @@ static void enqueue(struct conn *c, uint64_t ts) {
             c->out_cap = cap;
         }
     }
-    memcpy(c->out + c->out_len, g_req, g_req_len);
-    c->out_len += g_req_len;
+    memcpy(c->out + c->out_len, req, req_len);
+    c->out_len += req_len;
     q_push(c, ts);
     c->sent++;
+}
+
+static void enqueue(struct conn *c, uint64_t ts) {
+    enqueue_bytes(c, g_req, g_req_len, ts);
+    /* --fanout: the message carries the send time, for the subscribers' latency */
+    if (o_subs > 0) put_hex_ts(c->out + c->out_len - g_req_len + g_msg_off, ts);
 }
 
 /* send/recv, plain or TLS: > 0 bytes, 0 end of stream, -1 with errno (EAGAIN: try later) */
@@ -532,29 +706,77 @@ static void flush(struct conn *c) {
     open_events(c);
 }
 
-static void record(uint64_t ts, uint64_t t) {
-    if (ts < g_rec_from || ts >= g_rec_to) return;
-    g_answered_window++;
-    if (g_lat_n == g_lat_cap) {
-        if (g_lat_cap >= LAT_CAP) {
+static void lat_push(uint64_t **v, size_t *len, size_t *cap, uint64_t lat) {
+    if (*len == *cap) {
+        if (*cap >= LAT_CAP) {
             g_dropped_lat++;
             return;
         }
-        size_t ncap = g_lat_cap ? g_lat_cap * 2 : 65536;
-        uint64_t *n = realloc(g_lat, ncap * sizeof *n);
+        size_t ncap = *cap ? *cap * 2 : 65536;
+        uint64_t *n = realloc(*v, ncap * sizeof *n);
         if (!n) {
             g_dropped_lat++;
             return;
         }
-        g_lat = n;
-        g_lat_cap = ncap;
+        *v = n;
+        *cap = ncap;
     }
-    g_lat[g_lat_n++] = t > ts ? t - ts : 0;
+    (*v)[(*len)++] = lat;
+}
+
+static void record(uint64_t ts, uint64_t t) {
+    if (ts < g_rec_from || ts >= g_rec_to) return;
+    g_answered_window++;
+    /* --fanout: g_lat is for event deliveries; the calls' own go to g_clat */
+    if (o_subs > 0)
+        lat_push(&g_clat, &g_clat_n, &g_clat_cap, t > ts ? t - ts : 0);
+    else
+        lat_push(&g_lat, &g_lat_n, &g_lat_cap, t > ts ? t - ts : 0);
+}
+
+/* --fanout: one frame on a subscriber connection */
+static int sub_frame(struct conn *c, int32_t ret, const uint8_t *b, uint32_t n, uint64_t t) {
+    if (!c->acked) { /* the subscription's answer: {"subscribed": [...]} */
+        if (c->q_len) q_pop(c);
+        if (ret != 0 || n < 12 || memcmp(b, "\xa1\x6asubscribed", 12) != 0) {
+            g_mismatch++;
+            return 0;
+        }
+        c->acked = 1;
+        g_subs_acked++;
+        if (c - g_c < o_conns + o_stall_subs) c->stalled = 1; /* stops reading after this frame */
+        return 1;
+    }
+    if (ret != 0) { /* SlowSubscriber (or any error) is its last frame */
+        if (n >= 14 && memmem(b, n, "SlowSubscriber", 14))
+            g_cut_off++;
+        else
+            g_mismatch++;
+        return 0;
+    }
+    const uint8_t *msg = NULL;
+    size_t mn = 0;
+    uint64_t ts;
+    if (!parse_event(b, n, &msg, &mn)) {
+        g_ev_bad++; /* not an on_echo_fired event body */
+        return 1;
+    }
+    if (!get_hex_ts(msg, mn, &ts)) {
+        g_ev_foreign++; /* an echo someone else made */
+        return 1;
+    }
+    c->ev_total++;
+    g_ev_total++;
+    if (ts >= g_rec_from && ts < g_rec_to) {
+        g_ev_window++;
+        lat_push(&g_lat, &g_lat_n, &g_lat_cap, t > ts ? t - ts : 0);
+    }
+    return 1;
 }
 
 /* the closed loop / count mode refill after answers */
 static void refill(struct conn *c, uint64_t t) {
-    if (!g_sending || c->state != C_OPEN) return;
+    if (!g_sending || c->state != C_OPEN || c->sub) return;
     if (o_mode == M_CLOSED) {
         while ((long)c->q_len < o_depth) enqueue(c, t);
     } else if (o_mode == M_COUNT) {
@@ -596,6 +818,14 @@ static void on_readable(struct conn *c) {
                 return;
             }
             if (c->in_len - pos < 8 + (size_t)blen) break;
+            if (c->sub) {
+                if (!sub_frame(c, ret, c->in + pos + 8, blen, t)) {
+                    conn_kill(c);
+                    return;
+                }
+                pos += 8 + (size_t)blen;
+                continue;
+            }
             if (c->q_len == 0) { /* answer to nothing we asked */
                 g_mismatch++;
                 conn_kill(c);
@@ -605,6 +835,7 @@ static void on_readable(struct conn *c) {
             c->answered++;
             g_answered_total++;
             g_last_answer = t;
+            if (o_subs > 0) put_hex_ts(g_expect + g_exp_msg_off, ts);
             if (!body_ok(ret, c->in + pos + 8, blen))
                 g_mismatch++;
             else
@@ -614,6 +845,10 @@ static void on_readable(struct conn *c) {
         if (pos) {
             memmove(c->in, c->in + pos, c->in_len - pos);
             c->in_len -= pos;
+        }
+        if (c->stalled) {
+            set_events(c, 0);
+            return;
         }
         refill(c, t);
         if (o_mode == M_COUNT && (long)c->answered >= o_count) {
@@ -869,6 +1104,9 @@ static void usage(void) {
             "               [--count K] [--timeout S]             fixed count per connection\n"
             "               [--method version|echo] [--message TEXT] [--delay-ms MS]\n"
             "               [--idle M [--wait-stdin]] [--max-inflight N] [--latency-out FILE]\n"
+            "               [--fanout S [--stall-subs N]]   S event subscribers (N of them do not\n"
+            "                read until the drain: a test of the cut-off count); --conns drivers\n"
+            "                make echo calls\n"
             "               [--tls [--tls-ca FILE] [--tls-name NAME] [--tls-cert FILE --tls-key FILE]\n"
             "                [--tls-version 1.2|1.3] [--handshakes]]   TLS (TCP targets only)\n");
 }
@@ -904,6 +1142,8 @@ int main(int argc, char **argv) {
             o_tls_version = !strcmp(v, "1.2") ? 12 : !strcmp(v, "1.3") ? 13 : -1;
         }
         else if (!strcmp(a, "--handshakes")) o_mode = M_HANDSHAKES;
+        else if (!strcmp(a, "--fanout") && more) o_subs = atol(argv[++i]);
+        else if (!strcmp(a, "--stall-subs") && more) o_stall_subs = atol(argv[++i]);
         else if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(); return 0; }
         else { usage(); return 2; }
     }
@@ -920,6 +1160,12 @@ int main(int argc, char **argv) {
         fail("--tls-* options need --tls");
     if (o_tls && o_unix) fail("--tls needs a --tcp target");
     if (o_mode == M_HANDSHAKES && !o_tls) fail("--handshakes needs --tls");
+    if (o_subs < 0 || o_subs > 100000) fail("--fanout out of range");
+    if (o_stall_subs < 0 || o_stall_subs > o_subs) fail("--stall-subs out of range");
+    if (o_subs > 0) {
+        if (o_mode != M_CLOSED && o_mode != M_OPEN) fail("--fanout goes with the closed or open loop");
+        o_method = "echo";
+    }
 
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
@@ -953,15 +1199,19 @@ int main(int argc, char **argv) {
         }
     }
 
-    g_c = calloc((size_t)o_conns, sizeof *g_c);
+    g_n = o_conns + o_subs;
+    g_c = calloc((size_t)g_n, sizeof *g_c);
     if (!g_c) die("calloc");
-    for (long i = 0; i < o_conns; i++) g_c[i].fd = -1;
+    for (long i = 0; i < g_n; i++) {
+        g_c[i].fd = -1;
+        g_c[i].sub = i >= o_conns;
+    }
 
     uint64_t t_begin = now_ns();
     uint64_t connect_deadline = t_begin + (uint64_t)(o_timeout * NS);
     g_rec_from = 0;
     g_rec_to = UINT64_MAX;
-    for (long i = 0; i < o_conns; i++) {
+    for (long i = 0; i < g_n; i++) {
         start_connect(&g_c[i]);
         if (o_mode == M_COUNT && g_c[i].state == C_OPEN) {
             refill(&g_c[i], now_ns());
@@ -1036,7 +1286,7 @@ int main(int argc, char **argv) {
         /* connect everything first (TLS: and handshake) */
         for (;;) {
             long pending = 0;
-            for (long i = 0; i < o_conns; i++) {
+            for (long i = 0; i < g_n; i++) {
                 if (g_c[i].state == C_RETRY) start_connect(&g_c[i]);
                 if (g_c[i].state == C_RETRY || g_c[i].state == C_CONNECTING ||
                     g_c[i].state == C_HANDSHAKE)
@@ -1044,7 +1294,7 @@ int main(int argc, char **argv) {
             }
             if (!pending || g_stop) break;
             if (now_ns() >= connect_deadline) {
-                for (long i = 0; i < o_conns; i++)
+                for (long i = 0; i < g_n; i++)
                     if (g_c[i].state == C_RETRY || g_c[i].state == C_CONNECTING ||
                         g_c[i].state == C_HANDSHAKE) {
                         g_connect_fail++;
@@ -1053,6 +1303,20 @@ int main(int argc, char **argv) {
                 break;
             }
             poll_events(1);
+        }
+        if (o_subs > 0) { /* subscribe, and wait for every acknowledgement */
+            for (long i = o_conns; i < g_n; i++) {
+                if (g_c[i].state != C_OPEN) continue;
+                enqueue_bytes(&g_c[i], g_sub_req, g_sub_req_len, now_ns());
+                flush(&g_c[i]);
+            }
+            while (!g_stop && now_ns() < connect_deadline) {
+                long waiting = 0;
+                for (long i = o_conns; i < g_n; i++)
+                    if (g_c[i].state == C_OPEN && !g_c[i].acked) waiting++;
+                if (!waiting) break;
+                poll_events(10);
+            }
         }
         t_start = now_ns();
         g_rec_from = t_start + (uint64_t)(o_warmup * NS);
@@ -1070,6 +1334,18 @@ int main(int argc, char **argv) {
                 poll_events(left_ms > 100 ? 100 : (int)left_ms);
             }
             g_sending = 0;
+            if (o_subs > 0) { /* the calls in flight and their events */
+                uint64_t drain_end = now_ns() + (uint64_t)(o_drain * NS);
+                for (;;) {
+                    long inflight = 0;
+                    for (long i = 0; i < o_conns; i++)
+                        if (g_c[i].state == C_OPEN) inflight += (long)g_c[i].q_len;
+                    if (!inflight || g_stop || now_ns() >= drain_end) break;
+                    poll_events(10);
+                }
+                for (long i = 0; i < o_conns; i++)
+                    if (g_c[i].state == C_OPEN) g_unanswered += g_c[i].q_len;
+            }
         } else {
             double interval = (double)o_conns * 1e9 / o_rate;
             for (long i = 0; i < o_conns; i++)
@@ -1119,6 +1395,21 @@ int main(int argc, char **argv) {
             }
         }
         elapsed_s = o_duration;
+        if (o_subs > 0) { /* every subscriber gets every event of the calls answered */
+            for (long i = o_conns; i < g_n; i++) /* --stall-subs: read again */
+                if (g_c[i].stalled && g_c[i].state == C_OPEN) {
+                    g_c[i].stalled = 0;
+                    set_events(&g_c[i], EPOLLIN);
+                }
+            uint64_t drain_end = now_ns() + (uint64_t)(o_drain * NS);
+            while (!g_stop && now_ns() < drain_end) {
+                long behind = 0;
+                for (long i = o_conns; i < g_n; i++)
+                    if (g_c[i].state == C_OPEN && g_c[i].ev_total < g_answered_total) behind++;
+                if (!behind) break;
+                poll_events(10);
+            }
+        }
     }
 
     long dropped_idle = o_idle > 0 ? idle_dropped() : 0;
@@ -1132,6 +1423,17 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < g_lat_n; i++) sum += (double)g_lat[i];
     uint64_t calls = o_mode == M_COUNT ? g_answered_total : g_answered_window;
     uint64_t errors = g_mismatch + g_conn_errors + g_connect_fail + g_unanswered + g_tls_fail;
+    /* --fanout: subscribers gone (cut off included) or never acknowledged, events missed */
+    uint64_t subs_lost = 0, subs_unacked = 0, ev_missed = 0;
+    for (long i = o_conns; i < g_n; i++) {
+        if (g_c[i].state != C_OPEN) subs_lost++;
+        else if (!g_c[i].acked) subs_unacked++;
+    }
+    uint64_t ev_expected = (uint64_t)o_subs * g_answered_window;
+    if (o_subs > 0) {
+        ev_missed = ev_expected > g_ev_window ? ev_expected - g_ev_window : 0;
+        errors += subs_lost + subs_unacked + ev_missed + g_ev_bad;
+    }
     const char *mode = o_mode == M_CLOSED ? "closed"
                        : o_mode == M_OPEN ? "open"
                        : o_mode == M_COUNT ? "count"
@@ -1143,7 +1445,7 @@ int main(int argc, char **argv) {
            "\"p99\":%.1f,\"p999\":%.1f,\"max\":%.1f,\"mean\":%.1f},\"wall_ms\":%.3f,"
            "\"idle\":%ld,\"idle_connected\":%ld,\"idle_dropped\":%ld,\"interrupted\":%s,"
            "\"tls\":%s,\"tls_version\":\"%s\",\"tls_cipher\":\"%s\",\"handshakes\":%llu,"
-           "\"tls_failures\":%llu,\"tls_error\":\"%s\",\"cpu_s\":%.3f}\n",
+           "\"tls_failures\":%llu,\"tls_error\":\"%s\",\"cpu_s\":%.3f",
            mode, o_method, o_unix ? "unix" : "tcp", o_conns, o_depth, o_rate, elapsed_s,
            (unsigned long long)calls, elapsed_s > 0 ? (double)calls / elapsed_s : 0.0,
            (unsigned long long)errors, (unsigned long long)g_mismatch,
@@ -1154,6 +1456,26 @@ int main(int argc, char **argv) {
            o_mode == M_COUNT ? elapsed_s * 1000.0 : -1.0, o_idle, g_idle_ok, dropped_idle,
            g_stop ? "true" : "false", o_tls ? "true" : "false", g_tls_proto, g_tls_cipher,
            (unsigned long long)g_handshakes, (unsigned long long)g_tls_fail, g_tls_err, cpu_s);
+    if (o_subs > 0) {
+        qsort(g_clat, g_clat_n, sizeof *g_clat, cmp_u64);
+        double cp50 = g_clat_n ? (double)g_clat[(g_clat_n - 1) / 2] / 1000.0 : -1.0;
+        double cp99 = g_clat_n ? (double)g_clat[(size_t)(0.99 * (double)(g_clat_n - 1) + 0.5)] / 1000.0 : -1.0;
+        printf(",\"subs\":%ld,\"subs_acked\":%llu,\"subs_lost\":%llu,\"subs_unacked\":%llu,"
+               "\"cut_off\":%llu,\"events_fired\":%llu,\"events_fired_per_s\":%.1f,"
+               "\"events_delivered\":%llu,\"events_delivered_per_s\":%.1f,\"events_expected\":%llu,"
+               "\"events_missed\":%llu,\"events_total\":%llu,\"events_foreign\":%llu,"
+               "\"events_bad\":%llu,\"call_lat_us\":{\"p50\":%.1f,\"p99\":%.1f}",
+               o_subs, (unsigned long long)g_subs_acked, (unsigned long long)subs_lost,
+               (unsigned long long)subs_unacked, (unsigned long long)g_cut_off,
+               (unsigned long long)g_answered_window,
+               elapsed_s > 0 ? (double)g_answered_window / elapsed_s : 0.0,
+               (unsigned long long)g_ev_window,
+               elapsed_s > 0 ? (double)g_ev_window / elapsed_s : 0.0,
+               (unsigned long long)ev_expected, (unsigned long long)ev_missed,
+               (unsigned long long)g_ev_total, (unsigned long long)g_ev_foreign,
+               (unsigned long long)g_ev_bad, cp50, cp99);
+    }
+    printf("}\n");
     fflush(stdout);
     if (o_lat_out) {
         FILE *f = fopen(o_lat_out, "w");

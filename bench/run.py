@@ -67,6 +67,10 @@ T_IDLE_RSS_MB = 150.0
 T_IDLE_P50_X = 2.0
 # issue 12: TLS throughput vs the daemon's own plaintext TCP in the same run
 T_RATIO_TLS = 0.50
+# issue 11: event fan-out: subscriber counts; every subscriber gets every event, none cut off
+FANOUT_SUBS = (1, 10, 100)
+FANOUT_RATE = 500  # events/s offered in the latency run (100 subs: 50,000 deliveries/s)
+FANOUT_DRIVER = ("4", "4")  # driver connections, depth each, in the throughput run
 
 # ---------------------------------------------------------------- children
 
@@ -139,6 +143,31 @@ def version_call(family: int, addr: Any, timeout: float = 1.0) -> bool:
             return got == VERSION_RESP
     except OSError:
         return False
+
+
+def daemon_cut_off(path: str, timeout: float = 2.0) -> int | None:
+    """The daemon's own count of subscribers cut off (mytimerd.stats events.cutOff),
+    or None if it cannot be had (no such method, cbor2 missing, no answer)."""
+    try:
+        import cbor2
+
+        m = b"mytimerd.stats"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(path)
+            s.sendall(len(m).to_bytes(4, "big") + m + (1).to_bytes(4, "big") + b"\xa0")
+            got = b""
+            while len(got) < 8 or len(got) < 8 + int.from_bytes(got[4:8], "big"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    return None
+                got += chunk
+        if got[:4] != b"\0\0\0\0":
+            return None
+        cut = cbor2.loads(got[8 : 8 + int.from_bytes(got[4:8], "big")])["events"]["cutOff"]
+        return int(cut)
+    except Exception:  # whatever the reason, the figure is just not there
+        return None
 
 
 def tls_version_call(port: int, tls: TLSFiles, timeout: float = 1.0) -> bool:
@@ -315,6 +344,20 @@ def rss_kb(pid: int) -> int:
     return total
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) of a process and its descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in [pid, *descendants(pid)]:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, ValueError, IndexError):
+            pass
+    return total / tick
+
+
 def fd_count(pid: int) -> int:
     total = 0
     for p in [pid, *descendants(pid)]:
@@ -436,18 +479,21 @@ class Bench:
         self.load0 = [round(x, 2) for x in os.getloadavg()]
         self.current: Server | None = None  # the server the running scenario targets
         self.tls_skipped = True  # until the TLS scenarios are set up
-        self.budget = 125.0 if self.quick else 340.0
+        self.fanout_elapsed = 0.0
+        self.budget = 135.0 if self.quick else 365.0
         self.rounds = 2 if self.quick else 3
         if self.quick:
             self.dur, self.warm = 0.5, 0.2
             self.lat_dur, self.lat_warm = 1.5, 0.5
             self.idle_dur = 0.8
             self.reps = 2
+            self.fo_dur, self.fo_warm = 0.8, 0.2
         else:
             self.dur, self.warm = 1.5, 0.3
             self.lat_dur, self.lat_warm = 4.0, 1.0
             self.idle_dur = 1.5
             self.reps = 3
+            self.fo_dur, self.fo_warm = 2.5, 0.5
 
     def over_budget(self) -> bool:
         return time.monotonic() - self.t0 > self.budget
@@ -657,6 +703,66 @@ class Bench:
         self.raw[key] = res
         print(f"  {key:<40} wall ms {walls}  errors {errors}", flush=True)
         return res
+
+    def fanout(self, srv: Server, subs: int) -> None:
+        """Event fan-out (issue 11): `subs` connections subscribe to on_echo_fired on the
+        unix socket while driver connections make echo calls (each fires one event).
+        Two loadgen runs: a closed loop (4 connections x depth 4: as fast as the daemon
+        goes) for events fired/delivered per second, then an open loop at FANOUT_RATE
+        calls/s for the delivery latency. Errors include subscribers cut off or lost
+        and every event a subscriber missed."""
+        for kind in ("closed", "rate"):
+            key = f"{srv.name}.unix.fanout{subs}" + (
+                f".rate{FANOUT_RATE}" if kind == "rate" else ""
+            )
+            self.current = srv
+            if not srv.ensure():
+                self.raw[key] = {"errors": -1, "failure": srv.error}
+                continue
+            drive = (
+                ["--conns", FANOUT_DRIVER[0], "--depth", FANOUT_DRIVER[1]]
+                if kind == "closed"
+                else ["--conns", "4", "--rate", str(FANOUT_RATE)]
+            )
+            a = [
+                "--fanout", str(subs), *drive, "--duration", str(self.fo_dur),
+                "--warmup", str(self.fo_warm), "--drain", "5", "--timeout", "10",
+            ]  # fmt: skip
+            assert srv.proc is not None
+            pid = srv.proc.pid
+            cut0 = daemon_cut_off(srv.unix)
+            cpu0, t0 = cpu_seconds(pid), time.monotonic()
+            r = self.loadgen(key, srv.target("unix"), a, timeout=self.fo_dur + self.fo_warm + 40)
+            wall = time.monotonic() - t0
+            if srv.alive():
+                r["daemon_cpu_s"] = round(cpu_seconds(pid) - cpu0, 3)
+                r["daemon_cpu_share"] = round(r["daemon_cpu_s"] / wall, 3) if wall else None
+            r["loadgen_cpu_share"] = round(r.get("cpu_s", 0) / wall, 3) if wall else None
+            # the daemon's own count (a subscriber that does not read never sees the
+            # SlowSubscriber frame, the loadgen sees it lost): counted as errors too
+            cut1 = daemon_cut_off(srv.unix) if srv.alive() else None
+            r["daemon_cut_off"] = cut1 - cut0 if cut0 is not None and cut1 is not None else None
+            if r["daemon_cut_off"] and r.get("errors", -1) >= 0:
+                r["errors"] += r["daemon_cut_off"]
+            lat = r.get("lat_us", {})
+            print(
+                f"  {key:<40} fired {r.get('events_fired_per_s', 0):>9,.0f}/s  delivered "
+                f"{r.get('events_delivered_per_s', 0):>9,.0f}/s  p50 {lat.get('p50', -1):.0f} "
+                f"p99 {lat.get('p99', -1):.0f} us  missed {r.get('events_missed')}  cut off "
+                f"{r.get('daemon_cut_off')}  lost {r.get('subs_lost')}  CPU daemon "
+                f"{r.get('daemon_cpu_share') or 0:.0%} "
+                f"loadgen {r.get('loadgen_cpu_share') or 0:.0%}"
+                f"  errors {r.get('errors')}",
+                flush=True,
+            )
+            if r.get("errors", -1) != 0:
+                self.notes.append(
+                    f"{key}: errors {r.get('errors')}: cut off {r.get('daemon_cut_off')} (daemon) "
+                    f"/ {r.get('cut_off')} (SlowSubscriber seen), subscribers "
+                    f"lost {r.get('subs_lost')} / unacknowledged {r.get('subs_unacked')}, events "
+                    f"missed {r.get('events_missed')}, bad {r.get('events_bad')}, mismatches "
+                    f"{r.get('mismatches')}{', ' + r['failure'] if r.get('failure') else ''}"
+                )
 
     def cold_start(self, name: str, cmd: list[str]) -> dict[str, Any]:
         key = f"{name}.cold_start"
@@ -927,6 +1033,11 @@ class Bench:
             for t in transports:
                 if not self.over_budget():
                     self.burst(daemon, t)
+            t_fo = time.monotonic()
+            for subs in FANOUT_SUBS:
+                if not self.over_budget():
+                    self.fanout(daemon, subs)
+            self.fanout_elapsed = round(time.monotonic() - t_fo, 1)
         for srv in servers:
             srv.stop()
         if not self.over_budget():
@@ -965,6 +1076,10 @@ class Bench:
                 "closed_loop_rounds": self.rounds,
                 "warmup_s": self.warm,
                 "open_loop_s": self.lat_dur,
+                "fanout_s": self.fo_dur,
+                "fanout_subscribers": list(FANOUT_SUBS),
+                "fanout_rate": FANOUT_RATE,
+                "fanout_elapsed_s": self.fanout_elapsed,
                 "idle_connections": n_idle,
                 "elapsed_s": round(time.monotonic() - self.t0, 1),
                 "loadavg_start": self.load0,
@@ -1170,6 +1285,57 @@ class Bench:
                 }
             )
 
+        # event fan-out (issue 11): daemon only, unix; no floor (it has no events)
+        for subs in FANOUT_SUBS:
+            fo = raw.get(f"daemon.unix.fanout{subs}")
+            fr = raw.get(f"daemon.unix.fanout{subs}.rate{FANOUT_RATE}")
+            name = f"event fan-out, {subs} sub{'s' if subs > 1 else ''}"
+            errs = [(r or {}).get("errors") for r in (fo, fr)]
+            err_sum = (
+                sum(e if e >= 0 else 1 for e in errs if e is not None) if None not in errs else None
+            )
+            rows.append(
+                {
+                    "scenario": f"{name}: events fired",
+                    "transport": "unix",
+                    "unit": "events/s",
+                    "floor": None,
+                    "daemon": fo.get("events_fired_per_s") if good(fo) else None,  # type: ignore[union-attr]
+                    "daemon_errors": (fo or {}).get("errors"),
+                    "driver": f"{FANOUT_DRIVER[0]} conns x depth {FANOUT_DRIVER[1]}, closed loop",
+                    "ratio": None,
+                }
+            )
+            rows.append(
+                {
+                    "scenario": f"{name}: events delivered",
+                    "transport": "unix",
+                    "unit": "events/s",
+                    "floor": None,
+                    "daemon": fo.get("events_delivered_per_s") if good(fo) else None,  # type: ignore[union-attr]
+                    "daemon_errors": err_sum,
+                    "cut_off": [(r or {}).get("daemon_cut_off") for r in (fo, fr)],
+                    "events_missed": [(r or {}).get("events_missed") for r in (fo, fr)],
+                    "subs_lost": [(r or {}).get("subs_lost") for r in (fo, fr)],
+                    "ratio": None,
+                    "target": "every event to every sub, 0 cut off",
+                    "threshold": 0,
+                    "result": verdict(None if fo is None or fr is None else good(fo) and good(fr)),
+                }
+            )
+            for q in ("p50", "p99"):
+                rows.append(
+                    {
+                        "scenario": f"{name}: delivery {q} @ {FANOUT_RATE}/s",
+                        "transport": "unix",
+                        "unit": "us",
+                        "floor": None,
+                        "daemon": fr["lat_us"][q] if good(fr) else None,  # type: ignore[index]
+                        "daemon_errors": (fr or {}).get("errors"),
+                        "ratio": None,
+                    }
+                )
+
         fc, dc = raw.get("floor.cold_start"), raw.get("daemon.cold_start")
         fcv = fc.get("wall_ms_median") if fc and fc.get("errors") == 0 else None
         dcv = dc.get("wall_ms_median") if dc and dc.get("errors") == 0 else None
@@ -1247,7 +1413,7 @@ class Bench:
         def fmt(v: Any, unit: str) -> str:
             if v is None:
                 return "-"
-            if unit in ("calls/s", "handshakes/s"):
+            if unit in ("calls/s", "handshakes/s", "events/s"):
                 return f"{v:,.0f}"
             if unit.startswith("x"):
                 return f"{v:.2f}x"
