@@ -13,13 +13,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import re
 import types
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from ssl import SSLContext, create_default_context
 from typing import (
     TYPE_CHECKING,
     Any,
+    Final,
     Generic,
+    Literal,
+    NotRequired,
     ParamSpec,
     Protocol,
     Self,
@@ -28,7 +32,9 @@ from typing import (
     overload,
 )
 
+from ..protocol import interfaces
 from ..protocol.address import Address, TcpAddress, UnixAddress
+from ..protocol.schema import Array, Field, Method, Struct, Type
 from .common import (
     CLIENT_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
@@ -73,19 +79,131 @@ class ScheduleResult(TypedDict):
     willRunCount: int
     firstRunAtMs: int
     effectiveBackoffMs: int
+    #: 0.3 libraries only: the job's priority.
+    priority: NotRequired[str]
 
 
-# --- requests -----------------------------------------------------------------
+# --- requests, built from the method table -----------------------------------
+
+#: The bundled generations whose tables the requests follow, newest first: a
+#: method only a newer generation has (lib_version) is found there. The paths
+#: of the fields both have are the same in both.
+TABLE_GENERATIONS: Final = ("0.3", "0.2")
+
+#: ``priority`` of ``schedule``: an integer for 0.2 libraries, one of these for 0.3.
+Priority = int | Literal["low", "normal", "high"]
 
 
-def _present(**values: object) -> dict[str, object]:
-    """The keys whose value is not None: left-out keys take the library's defaults."""
-    return {key: value for key, value in values.items() if value is not None}
+def table_method(name: str) -> Method:
+    """The method ``name`` of the newest bundled table that has it; LookupError if none has."""
+    for generation in TABLE_GENERATIONS:
+        method = interfaces.bundled(generation).by_name.get(name.encode())
+        if method is not None:
+            return method
+    raise LookupError(f"no bundled library generation has a method {name!r}")
+
+
+def _snake(name: str) -> str:
+    """``maxAttempts`` -> ``max_attempts``."""
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
+
+
+def _leaves(struct: Struct, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Field]]:
+    out: list[tuple[tuple[str, ...], Field]] = []
+    for field in struct.fields:
+        if isinstance(field.type, Struct) and field.type.fields and field.type is not struct:
+            out += _leaves(field.type, (*path, field.name))
+        else:
+            out.append(((*path, field.name), field))
+    return out
+
+
+def _value(kind: Type, value: object) -> object:
+    """``value`` as the request holds it: sequences as lists; in an array of maps, a
+    text as the map whose first field it is (complex's ``messages``)."""
+    if not isinstance(kind, Array) or isinstance(value, str | bytes | Mapping):
+        return value
+    if not isinstance(value, Iterable):
+        return value  # the daemon says what is wrong with it
+    item = kind.item
+    if isinstance(item, Struct) and item.fields:
+        first = item.fields[0].name
+        return [{first: v} if isinstance(v, str) else dict(v) for v in value]
+    return list(value)
+
+
+class RequestShape:
+    """How a typed method's arguments become its request map, from the method table.
+
+    Each argument is one leaf field of the request: the one whose name, in
+    snake_case, is the argument's (``max_attempts`` -> ``retry.maxAttempts``),
+    or the dotted path ``paths`` gives it (``job`` -> ``job.name``). The
+    request has the table's nesting and key order; an argument that is None
+    is left out, and so is a sub-map no argument fills: the library's
+    defaults apply. Resolved against the table on first use.
+    """
+
+    def __init__(
+        self, method: str, names: Sequence[str], paths: Mapping[str, str] | None = None
+    ) -> None:
+        self.method = method
+        self.names = tuple(names)
+        self.paths = dict(paths or {})
+
+    @functools.cached_property
+    def leaves(self) -> tuple[tuple[str, tuple[str, ...], Type], ...]:
+        """(argument, path, type) in the table's order; LookupError if an argument has no field."""
+        table = _leaves(table_method(self.method).request)
+        found = {}
+        for name in self.names:
+            dotted = self.paths.get(name)
+            matches = [
+                (path, field)
+                for path, field in table
+                if (".".join(path) == dotted if dotted else _snake(field.name) == name)
+            ]
+            if len(matches) != 1:
+                raise LookupError(
+                    f"{self.method}: argument {name!r} matches {len(matches)} request fields"
+                )
+            found[matches[0][0]] = (name, matches[0][1].type)
+        return tuple((found[p][0], p, found[p][1]) for p, _ in table if p in found)
+
+    def build(self, values: Mapping[str, object]) -> dict[str, object]:
+        """The request map for the arguments ``values`` (None: left out)."""
+        request: dict[str, object] = {}
+        for name, path, kind in self.leaves:
+            value = values.get(name)
+            if value is None:
+                continue
+            node = request
+            for key in path[:-1]:
+                child = node.setdefault(key, {})
+                assert isinstance(child, dict)
+                node = child
+            node[path[-1]] = _value(kind, value)
+        return request
+
+
+_ECHO: Final = RequestShape("echo", ("message", "delay_ms"))
+_COMPLEX: Final = RequestShape("complex", ("messages", "tags", "note", "retries"))
+_SCHEDULE_ARGS: Final = (
+    "job",
+    "payload",
+    "priority",
+    "max_attempts",
+    "backoff_ms",
+    "retry_on",
+    "start_at_ms",
+    "interval_ms",
+    "jitter",
+)
+_SCHEDULE: Final = RequestShape("schedule", _SCHEDULE_ARGS, {"job": "job.name"})
 
 
 def echo_request(message: str, delay_ms: int | None = None) -> dict[str, object]:
     """The request map of ``echo``."""
-    return {"req": _present(message=message, delayMs=delay_ms)}
+    return _ECHO.build({"message": message, "delay_ms": delay_ms})
 
 
 def complex_request(
@@ -95,20 +213,14 @@ def complex_request(
     retries: int | None = None,
 ) -> dict[str, object]:
     """The request map of ``complex``; a message given as text becomes ``{"message": text}``."""
-    items = (
-        None
-        if messages is None
-        else [{"message": m} if isinstance(m, str) else dict(m) for m in messages]
-    )
-    tag_list = None if tags is None else list(tags)
-    return {"req": _present(messages=items, tags=tag_list, note=note, retries=retries)}
+    return _COMPLEX.build({"messages": messages, "tags": tags, "note": note, "retries": retries})
 
 
 def schedule_request(
     job: str | None = None,
     *,
     payload: Sequence[str] | None = None,
-    priority: int | None = None,
+    priority: Priority | None = None,
     max_attempts: int | None = None,
     backoff_ms: int | None = None,
     retry_on: Sequence[str] | None = None,
@@ -116,34 +228,38 @@ def schedule_request(
     interval_ms: int | None = None,
     jitter: int | None = None,
 ) -> dict[str, object]:
-    """The request map of ``schedule``; sub-maps with no value given are left out."""
-    parts = {
-        "job": _present(
-            name=job, payload=None if payload is None else list(payload), priority=priority
-        ),
-        "retry": _present(
-            maxAttempts=max_attempts,
-            backoffMs=backoff_ms,
-            retryOn=None if retry_on is None else list(retry_on),
-        ),
-        "schedule": _present(startAtMs=start_at_ms, intervalMs=interval_ms, jitter=jitter),
-    }
-    return {key: value for key, value in parts.items() if value}
+    """The request map of ``schedule``; sub-maps with no value given are left out.
+
+    ``priority``: an integer for a 0.2 library, ``"low"``, ``"normal"`` or
+    ``"high"`` for a 0.3 library.
+    """
+    return _SCHEDULE.build(
+        {
+            "job": job,
+            "payload": payload,
+            "priority": priority,
+            "max_attempts": max_attempts,
+            "backoff_ms": backoff_ms,
+            "retry_on": retry_on,
+            "start_at_ms": start_at_ms,
+            "interval_ms": interval_ms,
+            "jitter": jitter,
+        }
+    )
 
 
-# The signatures of the typed methods. Each builds the request from the
-# method's arguments and declares the keyword-only ``timeout`` that every typed
-# method takes: a ParamSpec cannot gain a keyword-only parameter (PEP 612), so
-# the typed signature is spelled here, whole, and TypedCall hands ``timeout``
-# to the client's ``call`` instead of to the request. The request builders
-# above stay free of it.
+# The signatures of the typed methods, for mypy, help() and argument binding:
+# TypedCall binds the arguments to one of these and builds the request from
+# the method table (RequestShape), so the bodies never run. Each declares the
+# keyword-only ``timeout`` that every typed method takes and hands to the
+# client's ``call``: a ParamSpec cannot gain a keyword-only parameter (PEP 612),
+# so the signature is spelled here, whole.
 
 
 def _typed_echo(
     message: str, delay_ms: int = 0, *, timeout: Timeout = CLIENT_TIMEOUT
-) -> dict[str, object]:
-    """The request of the typed ``echo``, which has always sent ``delayMs`` (default 0)."""
-    return echo_request(message, delay_ms)
+) -> None:  # pragma: no cover - a signature
+    """The typed ``echo``, which has always sent ``delayMs`` (default 0)."""
 
 
 def _typed_complex(
@@ -153,16 +269,15 @@ def _typed_complex(
     retries: int | None = None,
     *,
     timeout: Timeout = CLIENT_TIMEOUT,
-) -> dict[str, object]:
-    """The request of the typed ``complex``: :func:`complex_request`."""
-    return complex_request(messages, tags, note, retries)
+) -> None:  # pragma: no cover - a signature
+    """The typed ``complex``, as :func:`complex_request`."""
 
 
 def _typed_schedule(
     job: str | None = None,
     *,
     payload: Sequence[str] | None = None,
-    priority: int | None = None,
+    priority: Priority | None = None,
     max_attempts: int | None = None,
     backoff_ms: int | None = None,
     retry_on: Sequence[str] | None = None,
@@ -170,24 +285,12 @@ def _typed_schedule(
     interval_ms: int | None = None,
     jitter: int | None = None,
     timeout: Timeout = CLIENT_TIMEOUT,
-) -> dict[str, object]:
-    """The request of the typed ``schedule``: :func:`schedule_request`."""
-    return schedule_request(
-        job,
-        payload=payload,
-        priority=priority,
-        max_attempts=max_attempts,
-        backoff_ms=backoff_ms,
-        retry_on=retry_on,
-        start_at_ms=start_at_ms,
-        interval_ms=interval_ms,
-        jitter=jitter,
-    )
+) -> None:  # pragma: no cover - a signature
+    """The typed ``schedule``, as :func:`schedule_request`."""
 
 
-def _no_request(*, timeout: Timeout = CLIENT_TIMEOUT) -> object:
-    """The request of the typed methods that take no argument (an empty map)."""
-    return NO_REQUEST
+def _no_request(*, timeout: Timeout = CLIENT_TIMEOUT) -> None:  # pragma: no cover - a signature
+    """The typed methods that take no argument (an empty map)."""
 
 
 # --- one definition of each typed method, for both clients --------------------
@@ -200,39 +303,60 @@ class _Caller(Protocol):
 
 
 class TypedCall(Generic[P, T]):
-    """A typed method of both clients: sends ``build(*args, **kwargs)`` to ``method``.
+    """A typed method of both clients: sends the request its arguments make to ``method``.
 
     A descriptor: on a :class:`Client` the attribute is a bound method
     returning the answer (typed ``T``), on an :class:`AsyncClient` a bound
     coroutine method (``async def``-like, so the request is built when awaited).
     Either way the call goes through the client's ``call(method, request,
-    timeout=...)``. ``build`` must take a keyword-only ``timeout`` (the typed
-    methods' signatures are those of their builders, see above); its value
-    goes to ``call``. On the class it is the descriptor itself, which carries
-    the method's docstring and signature for ``help()`` and can be called with
-    the client as first argument, like an unbound method. ``result`` types the
-    answer; it is not checked at run time, as the daemon's answers are not.
+    timeout=...)``. ``signature`` gives the typed parameters (it is never
+    called): the arguments are bound to it and become the request by the
+    method table (:class:`RequestShape`: field names, nesting, left-out
+    keys; ``paths`` names the fields whose argument is not their snake_case
+    name). It must take a keyword-only ``timeout``, whose value goes to
+    ``call``. On the class it is the descriptor itself, which carries the
+    method's docstring and signature for ``help()`` and can be called with
+    the client as first argument, like an unbound method. ``result`` types
+    the answer; it is not checked at run time, as the daemon's answers are not.
     """
 
-    def __init__(self, method: str, build: Callable[P, object], result: type[T], doc: str) -> None:
+    def __init__(
+        self,
+        method: str,
+        signature: Callable[P, object],
+        result: type[T],
+        doc: str,
+        paths: Mapping[str, str] | None = None,
+    ) -> None:
         self.method = method
         self.__doc__ = doc
-        signature = inspect.signature(build)
-        timeout = signature.parameters.get("timeout")
+        params = inspect.signature(signature)
+        timeout = params.parameters.get("timeout")
         if timeout is None or timeout.kind is not inspect.Parameter.KEYWORD_ONLY:
-            raise TypeError(f"{method}: the builder must take a keyword-only timeout")
+            raise TypeError(f"{method}: the signature must take a keyword-only timeout")
+        names = [name for name in params.parameters if name != "timeout"]
+        #: How the arguments become the request.
+        self.shape = RequestShape(method, names, paths)
+        shape = self.shape
         self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        self.__signature__ = signature.replace(
-            parameters=[self_param, *signature.parameters.values()], return_annotation=result
+        self.__signature__ = params.replace(
+            parameters=[self_param, *params.parameters.values()], return_annotation=result
         )
 
+        def request(args: tuple[object, ...], kwargs: dict[str, object]) -> tuple[object, Timeout]:
+            bound = params.bind(*args, **kwargs)
+            bound.apply_defaults()
+            values = bound.arguments
+            timeout = _timeout_of(values)
+            return (shape.build(values) if names else NO_REQUEST), timeout
+
         def blocking(client: _Caller, /, *args: P.args, **kwargs: P.kwargs) -> Any:
-            request = build(*args, **kwargs)
-            return client.call(method, request, timeout=_timeout_of(kwargs))
+            payload, timeout = request(args, kwargs)
+            return client.call(method, payload, timeout=timeout)
 
         async def asynchronous(client: _Caller, /, *args: P.args, **kwargs: P.kwargs) -> Any:
-            request = build(*args, **kwargs)
-            return await client.call(method, request, timeout=_timeout_of(kwargs))
+            payload, timeout = request(args, kwargs)
+            return await client.call(method, payload, timeout=timeout)
 
         # Made once, bound per access (as Python binds functions), so that
         # ``c.echo == c.echo`` and help(c.echo) behave as for a plain method.
@@ -274,7 +398,7 @@ class TypedCall(Generic[P, T]):
 
 
 def _timeout_of(kwargs: Mapping[str, object]) -> Timeout:
-    """The ``timeout=`` a typed method was given (its builder took it, typed, and ignored it)."""
+    """The ``timeout=`` a typed method was given."""
     timeout = kwargs.get("timeout", CLIENT_TIMEOUT)
     if timeout is None or timeout is CLIENT_TIMEOUT or isinstance(timeout, int | float):
         return timeout
@@ -367,6 +491,13 @@ class TypedMethods:
     version = TypedCall(
         "version", _no_request, str, "The library's version string (``nim-timer v0.1.0``)."
     )
+    lib_version = TypedCall(
+        "lib_version",
+        _no_request,
+        str,
+        "The library's version string from its static call (0.3 libraries; a 0.2 "
+        "library's daemon answers ``mytimerd.UnknownMethod``).",
+    )
     echo = TypedCall(
         "echo",
         _typed_echo,
@@ -385,7 +516,10 @@ class TypedMethods:
         "schedule",
         _typed_schedule,
         ScheduleResult,
-        "Plan job ``job``; arguments left None are left out (library defaults).",
+        "Plan job ``job``; arguments left None are left out (library defaults).\n"
+        "\n"
+        "``priority``: an integer for a 0.2 library, ``low``, ``normal`` or ``high`` for 0.3.",
+        {"job": "job.name"},
     )
     describe = TypedCall(
         "mytimerd.describe",

@@ -28,8 +28,9 @@ from mytimerd.client import (
     TransportError,
     aio,
     common,
+    methods,
 )
-from mytimerd.protocol import wire
+from mytimerd.protocol import interfaces, wire
 from mytimerd.protocol.address import TcpAddress, UnixAddress
 from mytimerd.protocol.interfaces import BY_NAME
 from mytimerd.protocol.schema import Struct
@@ -99,7 +100,7 @@ def test_typed_methods_send_schema_requests(fake: FakeServer) -> None:
         c.schedule("k")
     assert fake.requests == [
         ("echo", {"req": {"message": "hi", "delayMs": 3}}),
-        ("complex", {"req": {}}),
+        ("complex", {}),  # a sub-map with nothing in it is left out, as in mytimerctl
         (
             "complex",
             {
@@ -113,6 +114,30 @@ def test_typed_methods_send_schema_requests(fake: FakeServer) -> None:
         ("schedule", {"job": {"name": "j"}, "retry": {"maxAttempts": 2, "retryOn": ["x"]}}),
         ("schedule", {"job": {"name": "k"}}),
     ]
+
+
+def test_typed_requests_follow_the_method_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The typed methods' requests come from the table: every argument of every
+    typed method is a field of it, and a table with other nesting gives other maps."""
+    for name, attr in vars(methods.TypedMethods).items():
+        if isinstance(attr, methods.TypedCall):
+            leaves = attr.shape.leaves  # resolves every argument, or LookupError
+            assert {a for a, _, _ in leaves} == set(attr.shape.names), name
+    paths = {a: p for a, p, _ in methods.TypedMethods.schedule.shape.leaves}
+    assert paths["job"] == ("job", "name") and paths["jitter"] == ("schedule", "jitter")
+    text = (
+        interfaces.BUNDLED["0.2"]
+        .read_text()
+        .replace(
+            "MyTimerEchoReq = { req: EchoRequest }", "MyTimerEchoReq = { request: EchoRequest }"
+        )
+    )
+    other = interfaces.build(text, "renamed")
+    monkeypatch.setattr(methods, "table_method", lambda name: other.by_name[name.encode()])
+    shape = methods.RequestShape("echo", ("message", "delay_ms"))
+    assert shape.build({"message": "x", "delay_ms": 3}) == {
+        "request": {"message": "x", "delayMs": 3}
+    }
 
 
 def _leaf_names(struct: Struct) -> set[str]:
