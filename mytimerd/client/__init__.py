@@ -15,6 +15,10 @@ Example::
     async with AsyncClient() as client:
         results = await asyncio.gather(*(client.echo(str(i)) for i in range(100)))
 
+    with Client() as client:
+        for event in client.subscribe(["on_echo_fired"]):  # a connection of its own
+            print(event.name, event.payload)
+
 Responses on a connection answer requests in order, so the late answer of a
 call that timed out (or was cancelled) would hold up every later call: the
 client leaves that connection and the next call opens a fresh one (calls
@@ -25,7 +29,8 @@ Neither client is thread-safe: use one per thread (or one AsyncClient per loop).
 
 Modules: :mod:`.errors` (exceptions), :mod:`.common` (addresses, payloads,
 answers), :mod:`.methods` (typed methods, requests and answers, shared by both
-clients), :mod:`.tls` (what a failed TLS handshake means), :mod:`.blocking`
+clients, their requests built from the method table), :mod:`.events` (event
+subscriptions), :mod:`.tls` (what a failed TLS handshake means), :mod:`.blocking`
 (Client), :mod:`.aio` (AsyncClient); the command line client is :mod:`.ctl`.
 """
 
@@ -54,6 +59,7 @@ from .errors import (
     TLSError,
     TransportError,
 )
+from .events import AsyncSubscription, Event, Subscription
 from .methods import (
     ComplexResult,
     EchoResult,
@@ -69,6 +75,7 @@ __all__ = [
     "MAX_RESPONSE",
     "NO_REQUEST",
     "AsyncClient",
+    "AsyncSubscription",
     "BadResponse",
     "CallError",
     "CallTimeout",
@@ -78,9 +85,11 @@ __all__ = [
     "ConnectionLost",
     "DaemonCallError",
     "EchoResult",
+    "Event",
     "LibraryError",
     "MytimerError",
     "ScheduleResult",
+    "Subscription",
     "TLSError",
     "TransportError",
     "complex_request",

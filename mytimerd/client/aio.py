@@ -25,7 +25,7 @@ import contextlib
 import select
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -54,6 +54,7 @@ from .errors import (
     TLSError,
     TransportError,
 )
+from .events import AsyncSubscription
 from .methods import TypedMethods
 from .tls import handshake_timeout, is_closed, tls_failure
 
@@ -329,22 +330,47 @@ class AsyncClient(TypedMethods):
             if self._conn is not None:
                 await self._conn.close()
                 self._conn = None
-            attempts: list[tuple[Address, str]] = []
-            errnos: list[int | None] = []
-            for address in self.addresses:
-                tls = self.tls_for(address)
-                try:
-                    reader, writer = await _open_stream(address, self.connect_timeout, tls)
-                except TLSError:
-                    raise  # it says what failed; the next address would not fix the setup
-                except (OSError, UnicodeError) as exc:
-                    attempts.append((address, os_reason(exc)))
-                    errnos.append(getattr(exc, "errno", None))
-                    continue
-                self.address = address
-                self._conn = _Connection(address, reader, writer, tls[1] if tls else None)
-                return self._conn
-            raise ConnectError(attempts, errnos)
+            address, reader, writer, tls_name = await self._open_first()
+            self.address = address
+            self._conn = _Connection(address, reader, writer, tls_name)
+            return self._conn
+
+    async def _open_first(
+        self,
+    ) -> tuple[Address, asyncio.StreamReader, asyncio.StreamWriter, str | None]:
+        """A stream to the first address that accepts, and the TLS name checked (None:
+        plaintext); ConnectError listing every attempt."""
+        attempts: list[tuple[Address, str]] = []
+        errnos: list[int | None] = []
+        for address in self.addresses:
+            tls = self.tls_for(address)
+            try:
+                reader, writer = await _open_stream(address, self.connect_timeout, tls)
+            except TLSError:
+                raise  # it says what failed; the next address would not fix the setup
+            except (OSError, UnicodeError) as exc:
+                attempts.append((address, os_reason(exc)))
+                errnos.append(getattr(exc, "errno", None))
+                continue
+            return address, reader, writer, tls[1] if tls else None
+        raise ConnectError(attempts, errnos)
+
+    def subscribe(
+        self, events: Sequence[str] | None = None, *, timeout: float | None = None
+    ) -> AsyncSubscription:
+        """Subscribe to the library's ``events`` (None or empty: every event) on a connection
+        of its own: ``async for event in client.subscribe(...)``.
+
+        As :meth:`Client.subscribe <.blocking.Client.subscribe>`, except when it
+        subscribes: at ``async with`` (``async with client.subscribe() as
+        events: async for event in events``), at ``await subscription.open()``,
+        or else at the first ``async for`` step. Events fired before then are
+        not delivered, so open it before causing the events you wait for.
+        ``async with`` (or ``await subscription.aclose()``) closes its
+        connection; an ``async for`` left by ``break`` closes it once the
+        subscription is garbage.
+        """
+        return AsyncSubscription(self, events, timeout)
 
     async def close(self) -> None:
         """Close the connection; calls still waiting fail with ConnectionLost."""

@@ -16,9 +16,11 @@ request. A request that may have reached the daemon is never sent again.
 from __future__ import annotations
 
 import collections
+import copy
 import socket
 import ssl
 import time
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -40,6 +42,7 @@ from .common import (
     result_body,
 )
 from .errors import BadResponse, CallTimeout, ConnectError, ConnectionLost, TLSError
+from .events import Subscription
 from .methods import TypedMethods
 from .tls import handshake_timeout, is_closed, tls_failure
 
@@ -126,6 +129,70 @@ class Client(TypedMethods):
         self._sock: socket.socket | None = None
         self._parser = wire.ResponseParser(MAX_RESPONSE)
         self._ready: collections.deque[wire.Response] = collections.deque()
+
+    def subscribe(
+        self, events: Sequence[str] | None = None, *, timeout: float | None = None
+    ) -> Subscription:
+        """Subscribe to the library's ``events`` (None or empty: every event) on a connection
+        of its own; iterate over the result for the events (:class:`~.events.Event`).
+
+        Subscribed when this returns (events fired from then on are delivered),
+        or raises: :class:`~.errors.DaemonCallError` ``InvalidParameter`` for
+        an event the library does not have, as any call does otherwise (the
+        client's ``timeout`` bounds the subscription's answer). The client's
+        own calls go on working on their connection.
+
+        ``timeout`` bounds each wait for the next event: None (the default)
+        or 0 waits as long as it takes; past it the iteration raises
+        :class:`~.errors.CallTimeout` and the subscription stays usable.
+        Iterating ends with an exception only: the daemon's
+        ``SlowSubscriber`` (or ``ShuttingDown``) as a DaemonCallError,
+        ConnectionLost when the daemon closes the connection. Use it as a
+        context manager (or call ``close()``) to close its connection; a
+        ``for`` loop left by ``break`` closes it once the iterator is
+        garbage (at once, in CPython).
+        """
+        return Subscription(self._twin(), events, timeout)
+
+    def _twin(self) -> Client:
+        """An unconnected client with this one's settings (for a subscription's connection)."""
+        twin = copy.copy(self)
+        twin._sock = None
+        twin._parser = wire.ResponseParser(MAX_RESPONSE)
+        twin._ready = collections.deque()
+        twin.address = None
+        return twin
+
+    def _receive(self, method: str, limit: float | None) -> wire.Response:
+        """The next response on the open connection, sent unasked (an event stream's).
+
+        CallTimeout if none comes within ``limit`` seconds (the connection is
+        kept: no answer is owed); ConnectionLost when the daemon closed it.
+        """
+        sock = self._sock
+        if sock is None:
+            raise ConnectionLost(self.address, "the subscription is closed")
+        deadline = None if limit is None else time.monotonic() + limit
+        while not self._ready:
+            try:
+                sock.settimeout(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                data = sock.recv(READ_SIZE)
+            except TimeoutError:
+                raise CallTimeout(self.address, method, limit) from None
+            except ssl.SSLError as exc:
+                if not is_closed(exc):
+                    raise self._tls_lost(exc) from None
+                data = b""
+            except OSError as exc:
+                raise self._lost(f"receiving failed: {os_reason(exc)}") from None
+            if not data:
+                raise self._lost("the daemon closed the connection")
+            try:
+                self._ready.extend(self._parser.feed(data))
+            except wire.ProtocolError as exc:
+                self.close()
+                raise BadResponse(self.address, str(exc)) from None
+        return self._ready.popleft()
 
     def connect(self) -> None:
         """Connect to the first address that accepts, unless connected already."""
