@@ -20,6 +20,7 @@ from pathlib import Path
 import cbor2
 import pytest
 
+import mytimerd
 from mytimerd.protocol import wire
 
 #: What a fake handler returns: (ret, body) to answer, or None to hang up.
@@ -27,6 +28,8 @@ Answer = tuple[int, bytes] | None
 Handler = Callable[[str, bytes], Answer]
 
 ROOT = Path(__file__).resolve().parents[2]
+#: The library of generation 0.3 (the bundled libmy_timer.so is 0.2).
+LIB03 = Path(mytimerd.__file__).resolve().parent / "_lib" / "libmy_timer-0.3.so"
 
 
 @pytest.fixture
@@ -285,20 +288,30 @@ def restart_daemon(daemon: Daemon, *extra: str) -> Daemon:
     return start_daemon(daemon.path.parent, *extra, port=daemon.port)
 
 
-@pytest.fixture(scope="module")
-def daemon() -> Iterator[Daemon]:
-    """One real daemon per test module (named "mytimerd", the default).
-
-    Teardown fails if the daemon died during the module: a test must not crash it.
-    """
+def _module_daemon(*extra: str) -> Iterator[Daemon]:
     directory = Path(tempfile.mkdtemp(prefix="mtd"))
-    running = start_daemon(directory)
+    running = start_daemon(directory, *extra)
     yield running
     died = running.proc.poll()
     stop_daemon(running)
     log = running.log.read_text(errors="replace")[-3000:]
     shutil.rmtree(directory, ignore_errors=True)
     assert died is None, f"mytimerd exited with {died} during the tests:\n{log}"
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[Daemon]:
+    """One real daemon per test module (named "mytimerd", the default; library 0.2).
+
+    Teardown fails if the daemon died during the module: a test must not crash it.
+    """
+    yield from _module_daemon()
+
+
+@pytest.fixture(scope="module")
+def daemon03() -> Iterator[Daemon]:
+    """One real daemon per test module serving the 0.3 library (:data:`LIB03`)."""
+    yield from _module_daemon("--library", str(LIB03))
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
 """mytimerctl: call mytimerd from the command line.
 
-Commands, options and help texts are generated from the method table
-(:data:`mytimerd.protocol.interfaces.METHODS`): one command per method (daemon
-methods without their ``mytimerd.`` prefix), one option per leaf field of its
+Commands, options and help texts are generated from the library's
+descriptions: one command per method of either bundled generation (0.2 and
+0.3, see :mod:`.commands`; daemon methods without their ``mytimerd.`` prefix,
+``watch`` for ``mytimerd.subscribe``), one option per leaf field of its
 request, named after the field (camelCase to kebab-case, or ``Field.cli``).
 Options the user leaves out are left out of the request, so the library's
 defaults apply. Calls go through :class:`mytimerd.client.Client`.

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 from typing import Final
 
-from ...protocol.interfaces import METHODS
-from .commands import COMMANDS, EXTRA_COMMANDS, PROG
+from .commands import COMMANDS, EXTRA_COMMANDS, METHOD_NAMES, PROG, Command
 
 #: The shells ``mytimerctl completion`` writes a script for.
 SHELLS: Final = ("bash", "zsh")
@@ -25,29 +25,88 @@ _GLOBAL_FLAGS: Final = (
     "--help",
 )
 
+#: What a command does, where its method's doc says what the protocol does.
+_SUMMARY: Final = {"watch": "Print the library's events as they come"}
+
 #: Options only given before the command.
 _TOP_FLAGS: Final = ("--version",)
 
 
-def _bash_script() -> str:
-    commands = [c.name for c in COMMANDS] + list(EXTRA_COMMANDS)
-    valued = sorted(
-        {"--timeout"} | {p.flag for c in COMMANDS for p in c.params if not p.positional}
+def _words(c: Command) -> list[str]:
+    """The options of command ``c`` (its request's and its own)."""
+    words = []
+    for p in c.params:
+        if not p.positional:
+            words += [p.flag, p.negative_flag] if p.switch else [p.flag]
+    return words + list(c.options)
+
+
+def _value_slots(commands: Sequence[Command]) -> dict[str, dict[str, tuple[str, ...] | None]]:
+    """Option -> command -> the choices of its value (() for free text), None: no value."""
+    slots: dict[str, dict[str, tuple[str, ...] | None]] = {}
+    for c in commands:
+        for p in c.params:
+            if p.positional:
+                continue
+            for flag in (p.flag, p.negative_flag) if p.switch else (p.flag,):
+                slots.setdefault(flag, {})[c.name] = None if p.switch else p.choices
+        for flag, values in c.options.items():
+            slots.setdefault(flag, {})[c.name] = values
+    return slots
+
+
+def _names(commands: Sequence[Command], name: str) -> tuple[str, ...]:
+    """``name`` and its aliases."""
+    return next(((c.name, *c.aliases) for c in commands if c.name == name), (name,))
+
+
+def _bash_value(values: tuple[str, ...]) -> str:
+    if not values:
+        return "if ((i + 1 == COMP_CWORD)); then COMPREPLY=(); return; fi; ((i++))"
+    return (
+        "if ((i + 1 == COMP_CWORD)); then\n"
+        f'                    COMPREPLY=($(compgen -W "{" ".join(values)}" -- "$cur")); return\n'
+        "                fi; ((i++))"
     )
+
+
+def _bash_script(commands: Sequence[Command] = COMMANDS) -> str:
+    names = [n for c in commands for n in (c.name, *c.aliases)] + list(EXTRA_COMMANDS)
+    valued = {"--timeout"}
+    choices = []
+    for flag, per_command in sorted(_value_slots(commands).items()):
+        kinds = set(per_command.values())
+        if kinds == {()}:
+            valued.add(flag)  # free text in every command: complete nothing
+            continue
+        if kinds == {None}:
+            continue  # a switch everywhere: a word like any other option
+        # The value (its choices), or none, depends on the command.
+        branches = [
+            f"                {'|'.join(_names(commands, name))}) {_bash_value(values)};;"
+            for name, values in per_command.items()
+            if values is not None
+        ]
+        choices.append(
+            f'{flag}) case "$command" in\n' + "\n".join(branches) + "\n            esac;;"
+        )
     cases = []
-    for c in COMMANDS:
-        words = " ".join([p.flag for p in c.params if not p.positional] + list(c.options))
-        positionals = sum(p.positional for p in c.params)
-        # A positional slot (echo's MESSAGE) takes free text: nothing to offer there.
-        free = f' [[ "$cur" != -* ]] && ((args < {positionals})) && return;' if positionals else ""
-        cases.append(f'        {c.name}) words="{words}";{free};')
-    choices = [
-        f"{flag}) if ((i + 1 == COMP_CWORD)); then\n"
-        f'                COMPREPLY=($(compgen -W "{" ".join(values)}" -- "$cur")); return\n'
-        "            fi; ((i++));;"
-        for flag, values in {f: v for c in COMMANDS for f, v in c.options.items()}.items()
-    ]
-    methods = " ".join(m.name for m in METHODS)
+    for c in commands:
+        words = " ".join(_words(c))
+        positional = [p for p in c.params if p.positional]
+        free = ""
+        if positional:
+            p = positional[0]
+            limit = "" if p.repeated else f" && ((args < {len(positional)}))"
+            offer = (
+                f'COMPREPLY=($(compgen -W "{" ".join(p.choices)}" -- "$cur")); '
+                if p.choices
+                else ""
+            )
+            # A positional slot: its choices (watch's events), or free text (echo's MESSAGE).
+            free = f' [[ "$cur" != -* ]]{limit} && {{ {offer}return; }};'
+        cases.append(f'        {"|".join((c.name, *c.aliases))}) words="{words}";{free};')
+    methods = " ".join(METHOD_NAMES)
     return f"""# bash completion for {PROG}, generated from the mytimerd method table
 _{PROG}() {{
     local cur="${{COMP_WORDS[COMP_CWORD]}}"
@@ -70,7 +129,7 @@ _{PROG}() {{
                    ((i + 2 == COMP_CWORD)) && {{ COMPREPLY=(); return; }}  # PORT
                    ((i += 2));;
 {chr(10).join("            " + line for line in choices)}
-            {"|".join(valued)})
+            {"|".join(sorted(valued))})
                 ((i + 1 == COMP_CWORD)) && {{ COMPREPLY=(); return; }}
                 ((i++));;
             -*) ;;
@@ -78,7 +137,7 @@ _{PROG}() {{
         esac
     done
     if [[ -z "$command" ]]; then
-        COMPREPLY=($(compgen -W "$globals {" ".join(_TOP_FLAGS)} {" ".join(commands)}" -- "$cur"))
+        COMPREPLY=($(compgen -W "$globals {" ".join(_TOP_FLAGS)} {" ".join(names)}" -- "$cur"))
         return
     fi
     COMPREPLY=()
@@ -103,7 +162,7 @@ def _zsh_describe(text: str) -> str:
     return text.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
 
 
-def _zsh_script() -> str:
+def _zsh_script(commands: Sequence[Command] = COMMANDS) -> str:
     globals_ = [
         "'(--tcp --tls --tls-ca --tls-cert --tls-key --tls-server-name)"
         "--unix[Unix socket of the daemon]:socket:_files'",
@@ -117,23 +176,36 @@ def _zsh_script() -> str:
         "'--json[Print the answer as JSON]'",
     ]
     described = [
-        shlex.quote(f"{c.name}:{c.method.doc}".replace("\\", "\\\\")) for c in COMMANDS
+        shlex.quote(f"{name}:{_SUMMARY.get(c.name, c.method.doc)}".replace("\\", "\\\\"))
+        for c in commands
+        for name in (c.name, *c.aliases)
     ] + ["'call:Call any method with a JSON request'", "'completion:Print a completion script'"]
     cases = []
-    for c in COMMANDS:
+    for c in commands:
         specs = []
         for p in c.params:
+            action = f"({' '.join(p.choices)})" if p.choices else " "
             if p.positional:
-                specs.append(shlex.quote(f":{p.flag}: "))
+                star = "*" if p.repeated else ""
+                specs.append(shlex.quote(f"{star}:{p.flag}:{action}"))
+            elif p.switch:
+                both = f"({p.flag} {p.negative_flag})"
+                doc = _zsh_describe(p.field.doc)
+                specs.append(shlex.quote(f"{both}{p.flag}[{doc}]"))
+                specs.append(shlex.quote(f"{both}{p.negative_flag}[{doc} (false)]"))
             else:
                 star = "*" if p.repeated else ""
                 specs.append(
-                    shlex.quote(f"{star}{p.flag}[{_zsh_describe(p.field.doc)}]:{p.metavar}: ")
+                    shlex.quote(
+                        f"{star}{p.flag}[{_zsh_describe(p.field.doc)}]:{p.metavar}:{action}"
+                    )
                 )
         for flag, values in c.options.items():
             specs.append(shlex.quote(f"{flag}[Output form]:{flag[2:]}:({' '.join(values)})"))
-        cases.append(f"        {c.name}) _arguments $globals {' '.join(specs)};;")
-    methods = " ".join(m.name for m in METHODS)
+        cases.append(
+            f"        {'|'.join((c.name, *c.aliases))}) _arguments $globals {' '.join(specs)};;"
+        )
+    methods = " ".join(METHOD_NAMES)
     return f"""# zsh completion for {PROG}, generated from the mytimerd method table
 _{PROG}() {{
     local -a globals commands
@@ -157,6 +229,6 @@ compdef _{PROG} {PROG}
 """
 
 
-def completion_script(shell: str) -> str:
-    """The completion script for ``shell`` (bash or zsh)."""
-    return _bash_script() if shell == "bash" else _zsh_script()
+def completion_script(shell: str, commands: Sequence[Command] = COMMANDS) -> str:
+    """The completion script for ``shell`` (bash or zsh) for the command table ``commands``."""
+    return _bash_script(commands) if shell == "bash" else _zsh_script(commands)

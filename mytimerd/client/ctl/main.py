@@ -33,6 +33,7 @@ from ..errors import (
     TLSError,
     TransportError,
 )
+from ..events import SUBSCRIBE
 from ..tls import speaks_tls
 from .commands import COMMANDS_BY_NAME, PROG
 from .completion import completion_script
@@ -56,7 +57,7 @@ from .parser import (
     build_parser,
     utf8,
 )
-from .render import escape_controls, parse_json_request, render, to_json
+from .render import escape_controls, parse_json_request, render, render_event, to_json
 
 
 class _OutputFailed(Exception):
@@ -204,7 +205,7 @@ def _request(ns: argparse.Namespace, stdin: TextIO | None) -> tuple[str, Any]:
     if ns.command == "call":
         text = _read_stdin(stdin) if ns.request == "-" else ns.request
         return ns.method, parse_json_request(text)
-    command = COMMANDS_BY_NAME[ns.command]
+    command = COMMANDS_BY_NAME[ns.command_name]
     return command.method.name, command.request(ns)
 
 
@@ -229,6 +230,23 @@ def _output(ns: argparse.Namespace, method: str, answer: Any) -> str:
     if ns.json:
         return json.dumps(to_json(answer), indent=2, ensure_ascii=False) + "\n"
     return render(method, answer) + "\n"
+
+
+def _watch(conn: Client, events: Sequence[str] | None, as_json: bool) -> int:
+    """``watch``: print each event as it comes, until interrupted or cut off.
+
+    Waiting for events has no time limit; the client's timeout bounds the
+    subscription's answer. Each line is written and flushed at once.
+    """
+    with conn.subscribe(events, timeout=None) as subscription:
+        for event in subscription:
+            if as_json:
+                value = decode_body(event.raw, subscription.address)
+                line = json.dumps(to_json(value), ensure_ascii=False)
+            else:
+                line = render_event(event.name, event.payload)
+            _write(line + "\n")
+    return EXIT_OK  # not reached: a subscription ends with an exception
 
 
 def _plaintext_on_tls(address: Address | None, timeout: float | None) -> bool:
@@ -308,6 +326,8 @@ def _run(argv: Sequence[str] | None, stdin: TextIO | None) -> int:
         _error(str(exc))
         return EXIT_USAGE
     try:
+        if method == SUBSCRIBE:
+            return _watch(conn, request.get("events"), ns.json)
         with conn:
             answer = decode_body(conn.call_raw(method, payload), conn.address)
     except TLSError as exc:
@@ -345,6 +365,12 @@ def _run(argv: Sequence[str] | None, stdin: TextIO | None) -> int:
         _error(str(exc))
         if exc.name == "PermissionDenied":
             _hint(permission_denied_hint(conn.address))
+        if exc.name == "SlowSubscriber":
+            _hint(
+                "hint: the daemon cut this watch off because it did not read the events as "
+                "fast as they came (its output was not read fast enough); run it again, with "
+                "its output going somewhere that keeps up (a file, or a faster reader)."
+            )
         return EXIT_DAEMON_ERROR
     except LibraryError as exc:
         _error(f"library error: {exc.message}")

@@ -14,10 +14,8 @@ from typing import Any, Final
 from ... import __version__
 from ...protocol.address import ADDRESS_ENV, DEFAULT_TCP_PORT, default_client_paths
 from ...protocol.errors import PREFIX
-from ...protocol.interfaces import METHODS
-from ...protocol.schema import Int
 from ..common import DEFAULT_TIMEOUT
-from .commands import COMMANDS, PROG
+from .commands import COMMANDS, GENERATIONS, PROG, Command, Param
 from .completion import SHELLS
 
 EXIT_OK: Final = 0
@@ -61,16 +59,16 @@ EXIT_CODES: Final[tuple[tuple[int, str], ...]] = (
 )
 
 
-def _int_in(lo: int, hi: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text, 10)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"{value} is out of range [{lo}, {hi}]")
-        return value
+def _value_of(param: Param) -> Callable[[str], Any]:
+    """An argparse type: one value of ``param`` (UTF-8 text, an integer, a choice)."""
 
+    def parse(text: str) -> Any:
+        try:
+            return param.parse(utf8(text, "the value"))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = param.metavar  # what argparse calls the type in its messages
     return parse
 
 
@@ -190,8 +188,26 @@ _OPTION_HELP: Final = {
     "collector reads). --json prints it as JSON.",
 }
 
+#: What a command does, where the method's doc says what the protocol does.
+_SUMMARIES: Final = {"watch": "Print the library's events as they come, until interrupted."}
+
+#: A command's description, where the method's doc says what the protocol does.
+_DESCRIPTIONS: Final[dict[str, Sequence[str]]] = {
+    "watch": (
+        "Print the library's events as they come, until interrupted (Ctrl-C exits 130): "
+        "one line per event, its name and its payload; with --json, one JSON object per "
+        'line, the event as the library sent it ({"eventType": ..., "payload": ...}). '
+        "No EVENT: every event the library has; an event it does not have is the "
+        "daemon's mytimerd.InvalidParameter (exit 5).",
+        "--timeout bounds connecting and the subscription's answer; waiting for events "
+        "has no limit. A watch that does not keep up (its output is not read) is cut off "
+        "by the daemon with mytimerd.SlowSubscriber (exit 5).",
+    ),
+}
+
 #: Examples shown in a command's help beyond those generated from its request.
 _EXTRA_EXAMPLES: Final[dict[str, list[Sequence[str] | str]]] = {
+    "watch": [["watch", "on_echo_fired", "on_job_scheduled"]],
     "stats": [
         ["stats", "--format", "openmetrics"],
         f"{PROG} stats --format prometheus > mytimerd.prom.tmp && mv mytimerd.prom.tmp "
@@ -229,8 +245,84 @@ def _addressing() -> str:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The mytimerctl argument parser, generated from the method table."""
+def _description(command: Command) -> str:
+    method = command.method
+    handler = "the library" if method.library else "the daemon"
+    if command.name in _DESCRIPTIONS:
+        return _paragraphs(*_DESCRIPTIONS[command.name], f"Calls method {method.name!r}.")
+    texts = [method.doc, f"Calls method {method.name!r}, answered by {handler}."]
+    if command.params:
+        texts[-1] += " Options left out are left out of the request: the library's defaults apply."
+    missing = [g for g in GENERATIONS if command.generations and g not in command.generations]
+    if method.library and missing:
+        texts.append(
+            f"Only libraries of generation {', '.join(command.generations)} have this method; "
+            f"a daemon serving generation {', '.join(missing)} answers mytimerd.UnknownMethod."
+        )
+    if command.json_only:
+        texts.append(
+            f"No option gives {', '.join(command.json_only)}: use "
+            f"'{PROG} call {method.name} JSON' to send "
+            + ("it." if len(command.json_only) == 1 else "them.")
+        )
+    return _paragraphs(*texts)
+
+
+def _add_command(commands: Any, common: argparse.ArgumentParser, command: Command) -> None:
+    """The subparser of one command: one argument per param."""
+    sub = commands.add_parser(
+        command.name,
+        aliases=command.aliases,
+        parents=[common],
+        help=_SUMMARIES.get(command.name, command.method.doc),
+        description=_description(command),
+        epilog=_examples(
+            [
+                command.example(),
+                ["--json", *command.example()],
+                *_EXTRA_EXAMPLES.get(command.name, ()),
+            ]
+        )
+        + "\n\n"
+        + _exit_codes(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub.set_defaults(command_name=command.name)
+    for flag, values in command.options.items():
+        sub.add_argument(
+            flag, choices=values, default=values[0], help=_OPTION_HELP[flag].replace("%", "%%")
+        )
+    group = sub.add_argument_group(f"{command.method.name} request") if command.params else sub
+    for param in command.params:
+        if param.positional:
+            group.add_argument(
+                param.dest,
+                metavar=param.flag,
+                type=_value_of(param),
+                nargs="*" if param.repeated else None,
+                help=param.help(),
+            )
+        elif param.switch:
+            group.add_argument(
+                param.flag,
+                dest=param.dest,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=param.help(),
+            )
+        else:
+            group.add_argument(
+                param.flag,
+                dest=param.dest,
+                metavar=param.metavar,
+                type=_value_of(param),
+                action="append" if param.repeated else "store",
+                help=param.help(),
+            )
+
+
+def build_parser(table: Sequence[Command] = COMMANDS) -> argparse.ArgumentParser:
+    """The mytimerctl argument parser, generated from the command table."""
     formatter = argparse.RawDescriptionHelpFormatter
     common = argparse.ArgumentParser(add_help=False)
     _add_common(common, argparse.SUPPRESS)
@@ -278,58 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Print the version of {PROG} and exit (the library's: '{PROG} version').",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in COMMANDS:
-        method = command.method
-        handler = "the library" if method.library else "the daemon"
-        sub = commands.add_parser(
-            command.name,
-            parents=[common],
-            help=method.doc,
-            description=_paragraphs(
-                method.doc,
-                f"Calls method {method.name!r}, answered by {handler}."
-                + (
-                    " Options left out are left out of the request: the library's defaults apply."
-                    if command.params
-                    else ""
-                ),
-            ),
-            epilog=_examples(
-                [
-                    command.example(),
-                    ["--json", *command.example()],
-                    *_EXTRA_EXAMPLES.get(command.name, ()),
-                ]
-            )
-            + "\n\n"
-            + _exit_codes(),
-            formatter_class=formatter,
-        )
-        for flag, values in command.options.items():
-            sub.add_argument(
-                flag, choices=values, default=values[0], help=_OPTION_HELP[flag].replace("%", "%%")
-            )
-        group = sub.add_argument_group(f"{method.name} request") if command.params else sub
-        for param in command.params:
-            scalar = param.scalar
-            convert: Callable[[str], Any] = (
-                _int_in(scalar.lo, scalar.hi) if isinstance(scalar, Int) else _text
-            )
-            if param.positional:
-                group.add_argument(param.dest, metavar=param.flag, type=convert, help=param.help())
-            else:
-                group.add_argument(
-                    param.flag,
-                    dest=param.dest,
-                    metavar=param.metavar,
-                    type=convert,
-                    action="append" if param.repeated else "store",
-                    help=param.help(),
-                )
+    for command in table:
+        _add_command(commands, common, command)
 
     call_examples: list[Sequence[str] | str] = [
         ["call", c.method.name, *([json.dumps(c.method.example)] if c.method.example else [])]
-        for c in COMMANDS
+        for c in table
         if c.method.library
     ]
     call = commands.add_parser(
@@ -339,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=_paragraphs(
             "Call METHOD with the request given as JSON (default {}; '-' reads it from "
             'standard input). Bytes may be written {"$bytes": "<base64>"}.',
-            "Methods: " + ", ".join(m.name for m in METHODS) + ".",
+            "Methods: " + ", ".join(c.method.name for c in table) + ".",
         ),
         epilog=_examples([*call_examples, f"echo '{{\"req\": {{}}}}' | {PROG} --json call echo -"])
         + "\n\n"

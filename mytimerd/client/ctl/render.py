@@ -272,6 +272,21 @@ _RENDERERS: Final[Mapping[str, Callable[[Mapping[str, Any]], list[str]]]] = {
 }
 
 
+#: A JSON escape of a C0 control or DEL (``\u001b``), not itself escaped (``\\u001b``).
+_JSON_CONTROL: Final = re.compile(r"(?<!\\)((?:\\\\)*)\\u00([01][0-9a-f]|7f)")
+
+
+def render_event(name: str, payload: Any) -> str:
+    """One event on one line for humans: its name, then its payload as compact JSON.
+
+    Control characters are escaped as in other human output (``\x1b``, and
+    JSON's ``\n``), whatever the library put in the payload.
+    """
+    shown = json.dumps(to_json(payload), ensure_ascii=False, separators=(", ", ": "))
+    shown = _JSON_CONTROL.sub(lambda m: f"{m[1]}\\x{m[2]}", shown)
+    return escape_controls(f"{name} {shown}")
+
+
 def render(method: str, answer: Any) -> str:
     """The answer to ``method`` for humans, control characters escaped."""
     answer = _escaped(answer)
