@@ -641,6 +641,8 @@ zpty -d z
         ("call mytimerd.pi", "mytimerctl call mytimerd.ping "),
         ("schedule --j", "--job"),
         ("stats --format o", "mytimerctl stats --format openmetrics "),
+        ("schedule --priority h", "mytimerctl schedule --priority high "),
+        ("watch on_j", "mytimerctl watch on_job_scheduled "),
         ("--tcp localhost 9099 sch", "mytimerctl --tcp localhost 9099 schedule "),
     ],
 )
