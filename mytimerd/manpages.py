@@ -183,7 +183,11 @@ def _subcommands(
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             helps = {c.dest: c.help or "" for c in action._choices_actions}
+            seen: set[int] = set()
             for name, sub in action.choices.items():
+                if id(sub) in seen:  # an alias of a command already listed
+                    continue
+                seen.add(id(sub))
                 yield name, helps.get(name, ""), sub
 
 

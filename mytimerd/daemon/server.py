@@ -397,7 +397,8 @@ class Server:
         idle = [
             conn
             for conn in self.connections
-            if conn.last_active <= older_than and conn.owes_nothing()
+            # A subscriber waits for events, not for itself: never idle.
+            if conn.last_active <= older_than and conn.owes_nothing() and not conn.subscribed
         ]
         for conn in idle:
             self.admission.drop(conn)

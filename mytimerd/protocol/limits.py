@@ -87,7 +87,8 @@ class Limits:
         "--idle-timeout",
         "seconds",
         "A connection owed no answer that has not completed a frame (or been written "
-        "to) for this long is closed; a half-sent frame does not reset the clock.",
+        "to) for this long is closed (event subscribers excepted); a half-sent frame "
+        "does not reset the clock.",
     )
     tls_handshake_timeout: float = _limit(
         10.0,

@@ -268,11 +268,6 @@ def test_async_timeout_keeps_the_stream(daemon: Daemon) -> None:
     assert asyncio.run(main()) == "then"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the daemon closes a subscriber that got no event for --idle-timeout (a daemon "
-    "bug: a quiet watch is dropped after 60 s by default); remove this mark once fixed",
-)
 def test_a_quiet_subscription_outlives_the_idle_timeout(sock_dir: object) -> None:
     from pathlib import Path
 
