@@ -54,14 +54,19 @@ class TLSLayer(asyncio.Protocol):
     # the TCP side --------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        self._in.write(data)
+        incoming = self._in
+        incoming.write(data)
         if self._done is not None and not self._handshake():
             return
+        tls = self._ssl
         chunks = []
         eof = False
+        # Read while whole records may be waiting: stopping when neither the
+        # BIO nor OpenSSL holds anything spares the SSLWantReadError that
+        # would otherwise end every read.
         while True:
             try:
-                chunk = self._ssl.read(_READ)
+                chunk = tls.read(_READ)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:  # close_notify from the client
@@ -75,9 +80,12 @@ class TLSLayer(asyncio.Protocol):
                 eof = True
                 break
             chunks.append(chunk)
-        self._send_out()  # session tickets, key updates
+            if not incoming.pending and not tls.pending():
+                break
+        if self._out.pending:  # session tickets, key updates
+            self._send_out()
         if chunks:
-            self._app.data_received(b"".join(chunks))
+            self._app.data_received(b"".join(chunks) if len(chunks) > 1 else chunks[0])
         if eof and not self._app.eof_received():
             self.close()
 
@@ -172,9 +180,8 @@ class TLSLayer(asyncio.Protocol):
         self._send_out()
 
     def _send_out(self) -> None:
-        pending = self._out.read()
-        if pending and not self._raw.is_closing():
-            self._raw.write(pending)
+        if self._out.pending and not self._raw.is_closing():
+            self._raw.write(self._out.read())
 
     def _fail(self, exc: BaseException) -> None:
         if self._done is None:
