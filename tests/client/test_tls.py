@@ -38,16 +38,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
 
 def _tls_daemon(pki: PKI, *extra: str) -> Iterator[Daemon]:
     directory = Path(tempfile.mkdtemp(prefix="mtt"))
-    running = start_daemon(
-        directory,
-        "--tls-cert",
-        str(pki.server.cert),
-        "--tls-key",
-        str(pki.server.key),
-        "--tls-client-ca",
-        str(pki.ca.pem),
-        *extra,
-    )
+    running = start_daemon(directory, *pki.daemon_args(), *extra)
     yield running
     stop_daemon(running)
     shutil.rmtree(directory, ignore_errors=True)

@@ -67,15 +67,7 @@ def failure(call: Callable[[], object]) -> str:
 
 def tls_args(pki: PKI, *extra: str) -> list[str]:
     """Options for a mutual-TLS daemon."""
-    return [
-        "--tls-cert",
-        str(pki.server.cert),
-        "--tls-key",
-        str(pki.server.key),
-        "--tls-client-ca",
-        str(pki.ca.pem),
-        *extra,
-    ]
+    return [*pki.daemon_args(), *extra]
 
 
 def start_tls(daemon_factory: Callable[..., Daemon], pki: PKI, *extra: str) -> tuple[Daemon, int]:

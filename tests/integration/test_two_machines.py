@@ -189,17 +189,7 @@ def test_mutual_tls_between_namespaces(two_machines: Net, tmp_path: Path) -> Non
         daemon = subprocess.Popen(
             in_ns(
                 net.server_ns,
-                *mytimerd_command(
-                    "--tcp",
-                    net.server_ip,
-                    str(PORT),
-                    "--tls-cert",
-                    str(pki.server.cert),
-                    "--tls-key",
-                    str(pki.server.key),
-                    "--tls-client-ca",
-                    str(pki.ca.pem),
-                ),
+                *mytimerd_command("--tcp", net.server_ip, str(PORT), *pki.daemon_args()),
             ),
             stdin=subprocess.DEVNULL,
             stdout=err,

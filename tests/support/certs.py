@@ -123,6 +123,17 @@ class PKI:
     stranger: Issued
     expired: Issued
 
+    def daemon_args(self) -> list[str]:
+        """mytimerd options for mutual TLS with this PKI."""
+        return [
+            "--tls-cert",
+            str(self.server.cert),
+            "--tls-key",
+            str(self.server.key),
+            "--tls-client-ca",
+            str(self.ca.pem),
+        ]
+
 
 def make_pki(folder: Path, server_ips: tuple[str, ...] = ()) -> PKI:
     """A fresh PKI in ``folder``; the server certificate names localhost,
