@@ -232,13 +232,13 @@ class Connection(asyncio.Protocol):
 
     def push_event(self, frame: bytes, max_queue: int) -> bool:
         """Send an event to a subscriber, after what it is owed; False if more
-        than ``max_queue`` would wait because the client does not read."""
+        than ``max_queue`` would wait (the client does not read, or a call it
+        made before subscribing holds the line)."""
         if self._closing or self._transport is None:
             return True
         self._answers.append(ResponsePlace(frame))
         if not self._write_paused:
             self._flush()
-            return True
         return len(self._answers) <= max_queue
 
     def cut_off(self, frame: bytes) -> None:

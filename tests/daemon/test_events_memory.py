@@ -124,3 +124,17 @@ def test_a_method_the_library_lacks_is_unavailable() -> None:
     assert served.ret == wire.RET_OK
     described = introspection.describe(rig.server)
     assert [m["name"] for m in described["methods"] if not m["available"]] == ["complex"]
+
+
+def test_events_behind_a_call_still_in_flight_are_bounded_too() -> None:
+    async def run() -> None:
+        rig = Rig(max_subscriber_queue=5, linger=0.01)
+        conn, transport = rig.connect()
+        conn.data_received(echo("slow") + SUBSCRIBE_ECHO)  # the echo heads the line
+        for _ in range(6):
+            rig.library.fire(0, EVENT)
+            rig.results()
+        (refusal,) = transport.responses()  # nothing was owed in order before it
+        assert error_name(refusal) == "SlowSubscriber"
+
+    in_loop(run)
