@@ -179,16 +179,15 @@ def _epilog(epilog: str | None, level: str = ".SH") -> list[str]:
 
 def _subcommands(
     parser: argparse.ArgumentParser,
-) -> Iterator[tuple[str, str, argparse.ArgumentParser]]:
+) -> Iterator[tuple[str, str, argparse.ArgumentParser, str | None]]:
+    """(name, help, parser, the name it is an alias of or None) per command."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             helps = {c.dest: c.help or "" for c in action._choices_actions}
-            seen: set[int] = set()
+            first: dict[int, str] = {}
             for name, sub in action.choices.items():
-                if id(sub) in seen:  # an alias of a command already listed
-                    continue
-                seen.add(id(sub))
-                yield name, helps.get(name, ""), sub
+                alias_of = first.setdefault(id(sub), name)
+                yield name, helps.get(name, ""), sub, None if alias_of == name else alias_of
 
 
 def render(parser: argparse.ArgumentParser, page: Page, date: str) -> str:
@@ -227,9 +226,12 @@ def render(parser: argparse.ArgumentParser, page: Page, date: str) -> str:
                 "and -h, --help."
             ),
         ]
-        for name, _help, sub in commands:
-            sub_formatter = sub._get_formatter()
+        for name, _help, sub, alias_of in commands:
             out += [f'.SS "{escape(page.name)} {escape(name)}"', ".PP"]
+            if alias_of is not None:  # described once, under its first name
+                out.append(escape(f"Another name for {page.name} {alias_of}."))
+                continue
+            sub_formatter = sub._get_formatter()
             out.append(f"\\fB{escape(_usage(sub))}\\fR")
             out += _paragraphs(sub.description or _help)
             for _title, actions in _groups(sub, skip=frozenset(top_level)):
