@@ -6,6 +6,7 @@ The namespaces (mt-srv-<rand>, mt-cli-<rand>) are joined by a veth pair whose
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -106,16 +107,12 @@ def in_ns(ns: str, *cmd: str) -> list[str]:
     return ["ip", "netns", "exec", ns, *cmd]
 
 
-def test_client_in_other_namespace(two_machines: Net, tmp_path: Path) -> None:
-    """A daemon in one network namespace serves a raw client in another over the veth."""
-    net = two_machines
-    log = tmp_path / "daemon.log"
+@contextlib.contextmanager
+def server_daemon(net: Net, log: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """mytimerd in the server namespace, ready; it must exit 0 on SIGTERM."""
     with open(log, "wb") as err:
         daemon = subprocess.Popen(
-            in_ns(
-                net.server_ns,
-                *mytimerd_command("--name", "server-box", "--tcp", net.server_ip, str(PORT)),
-            ),
+            in_ns(net.server_ns, *mytimerd_command(*args)),
             stdin=subprocess.DEVNULL,
             stdout=err,
             stderr=err,
@@ -129,36 +126,42 @@ def test_client_in_other_namespace(two_machines: Net, tmp_path: Path) -> None:
             "the daemon in the server namespace to be ready",
         )
         assert daemon.poll() is None, log.read_text()
-        r = subprocess.run(
-            in_ns(net.client_ns, sys.executable, "-c", CLIENT, net.server_ip, str(PORT)),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            cwd=REPO,
-            env=clean_env(),
-        )
-        assert r.returncode == 0, f"{r.stderr}\n--- daemon:\n{log.read_text()}"
-        assert r.stdout.splitlines() == [
-            "nim-timer v0.1.0",
-            "{'echoed': 'across namespaces', 'timerName': 'server-box'}",
-        ]
-        # The client namespace has no loopback daemon: the answer came over the veth.
-        r = subprocess.run(
-            in_ns(net.client_ns, sys.executable, "-c", CLIENT, "127.0.0.1", str(PORT)),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            cwd=REPO,
-            env=clean_env(),
-        )
-        assert r.returncode != 0 and "ConnectionRefusedError" in r.stderr, r.stderr
-        assert "is plaintext on a non-loopback address" in log.read_text()
+        yield daemon
         daemon.terminate()
         assert daemon.wait(20) == 0, log.read_text()
     finally:
         if daemon.poll() is None:
             daemon.kill()
             daemon.wait()
+
+
+def client_run(net: Net, script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """A Python client ``script`` with ``args``, run in the client namespace."""
+    return subprocess.run(
+        in_ns(net.client_ns, sys.executable, "-c", script, *args),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+        env=clean_env(),
+    )
+
+
+def test_client_in_other_namespace(two_machines: Net, tmp_path: Path) -> None:
+    """A daemon in one network namespace serves a raw client in another over the veth."""
+    net = two_machines
+    log = tmp_path / "daemon.log"
+    with server_daemon(net, log, "--name", "server-box", "--tcp", net.server_ip, str(PORT)):
+        r = client_run(net, CLIENT, net.server_ip, str(PORT))
+        assert r.returncode == 0, f"{r.stderr}\n--- daemon:\n{log.read_text()}"
+        assert r.stdout.splitlines() == [
+            "nim-timer v0.1.0",
+            "{'echoed': 'across namespaces', 'timerName': 'server-box'}",
+        ]
+        # The client namespace has no loopback daemon: the answer came over the veth.
+        r = client_run(net, CLIENT, "127.0.0.1", str(PORT))
+        assert r.returncode != 0 and "ConnectionRefusedError" in r.stderr, r.stderr
+        assert "is plaintext on a non-loopback address" in log.read_text()
 
 
 TLS_CLIENT = textwrap.dedent(
@@ -185,35 +188,11 @@ def test_mutual_tls_between_namespaces(two_machines: Net, tmp_path: Path) -> Non
     net = two_machines
     pki = make_pki(tmp_path, server_ips=(net.server_ip,))
     log = tmp_path / "daemon.log"
-    with open(log, "wb") as err:
-        daemon = subprocess.Popen(
-            in_ns(
-                net.server_ns,
-                *mytimerd_command("--tcp", net.server_ip, str(PORT), *pki.daemon_args()),
-            ),
-            stdin=subprocess.DEVNULL,
-            stdout=err,
-            stderr=err,
-            env=clean_env(),
-            cwd=REPO,
-        )
-    try:
-        wait_until(
-            lambda: daemon.poll() is not None or "ready: serving" in log.read_text(),
-            15,
-            "the TLS daemon in the server namespace to be ready",
-        )
+    with server_daemon(net, log, "--tcp", net.server_ip, str(PORT), *pki.daemon_args()):
 
         def client(cert: Issued) -> subprocess.CompletedProcess[str]:
             argv = [net.server_ip, str(PORT), str(pki.ca.pem), str(cert.cert), str(cert.key)]
-            return subprocess.run(
-                in_ns(net.client_ns, sys.executable, "-c", TLS_CLIENT, *argv),
-                capture_output=True,
-                text=True,
-                timeout=30,
-                cwd=REPO,
-                env=clean_env(),
-            )
+            return client_run(net, TLS_CLIENT, *argv)
 
         r = client(pki.alice)
         assert r.returncode == 0, f"{r.stderr}\n--- daemon:\n{log.read_text()}"
@@ -222,9 +201,3 @@ def test_mutual_tls_between_namespaces(two_machines: Net, tmp_path: Path) -> Non
         refused = client(pki.stranger)  # a certificate from another CA
         assert refused.returncode != 0 and "UNKNOWN_CA" in refused.stderr, refused.stderr
         assert "plaintext" not in log.read_text()
-        daemon.terminate()
-        assert daemon.wait(20) == 0, log.read_text()
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait()
