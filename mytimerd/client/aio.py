@@ -45,6 +45,7 @@ from .common import (
     method_text,
     os_reason,
     result_body,
+    unix_connect,
 )
 from .errors import (
     BadResponse,
@@ -63,10 +64,10 @@ async def _open_stream(
     address: Address, timeout: float | None, tls: tuple[ssl.SSLContext, str] | None
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A connected stream (TLS: handshake done, or a TLSError that says what failed)."""
+    if not isinstance(address, TcpAddress):
+        return await _open_unix(address.path, timeout)
     deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
     async with asyncio.timeout_at(deadline):
-        if not isinstance(address, TcpAddress):
-            return await asyncio.open_unix_connection(address.path)
         reader, writer = await asyncio.open_connection(address.host, address.port)
     try:
         sock = writer.get_extra_info("socket")
@@ -85,6 +86,28 @@ async def _open_stream(
         writer.close()
         raise
     return reader, writer
+
+
+async def _open_unix(
+    path: str, timeout: float | None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A stream connected to the unix socket ``path`` (see :func:`~.common.unix_connect`).
+
+    The socket is connected here, not by the event loop: on EAGAIN (the
+    listen queue is full) asyncio's own connect waits for the socket to turn
+    writable as if the connect were in progress, which an unconnected unix
+    socket at once is, and then reports a connection that is not there;
+    uvloop fails at once. Neither waits for room in the queue.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        for pause in unix_connect(sock, path, timeout):
+            await asyncio.sleep(pause)
+        return await asyncio.open_unix_connection(sock=sock)
+    except BaseException:
+        sock.close()
+        raise
 
 
 class _NotSent(Exception):

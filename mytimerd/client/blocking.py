@@ -40,6 +40,7 @@ from .common import (
     method_text,
     os_reason,
     result_body,
+    unix_connect,
 )
 from .errors import BadResponse, CallTimeout, ConnectError, ConnectionLost, TLSError
 from .events import Subscription
@@ -70,8 +71,10 @@ def _open_socket(
         return sock
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
+        sock.setblocking(False)
+        for pause in unix_connect(sock, address.path, timeout):
+            time.sleep(pause)
         sock.settimeout(timeout)
-        sock.connect(address.path)
     except BaseException:
         sock.close()
         raise

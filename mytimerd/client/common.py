@@ -2,17 +2,21 @@
 
 What a timeout means (:func:`check_timeout`, :data:`CLIENT_TIMEOUT`), which
 addresses to try (:func:`resolve_addresses`), the CBOR payload of a request
-(:func:`encode_payload`), and what an answer means: its RET_OK body decoded
-(:func:`decode_body`) or the error it carries (:func:`result_body`).
+(:func:`encode_payload`), what an answer means: its RET_OK body decoded
+(:func:`decode_body`) or the error it carries (:func:`result_body`), and how
+to connect to a unix socket whose listen queue is full (:func:`unix_connect`).
 """
 
 from __future__ import annotations
 
 import enum
+import errno
 import io
 import math
 import os
 import socket
+import time
+from collections.abc import Iterator
 from typing import Any, Final, Literal
 
 import cbor2
@@ -32,6 +36,10 @@ from .errors import BadResponse, DaemonCallError, LibraryError
 DEFAULT_TIMEOUT: Final = 30.0
 #: Seconds a connection attempt may take (per address tried).
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
+#: Seconds between connect() attempts on a unix socket whose listen queue is
+#: full: the first pause, doubled after each attempt up to the longest.
+CONNECT_RETRY_FIRST: Final = 0.001
+CONNECT_RETRY_LONGEST: Final = 0.05
 
 
 class _ClientTimeout(enum.Enum):
@@ -161,3 +169,37 @@ def os_reason(exc: OSError | UnicodeError) -> str:
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve host: {exc.strerror or exc}"
     return exc.strerror or str(exc) or type(exc).__name__
+
+
+def unix_connect(sock: socket.socket, path: str, timeout: float | None) -> Iterator[float]:
+    """Connect the non-blocking unix ``sock`` to ``path``, trying again while its queue is full.
+
+    A generator of the pauses between attempts, for each client to wait in
+    its own way (``time.sleep``, ``asyncio.sleep``); it returns once
+    connected. A non-blocking connect() to a unix socket does not wait for
+    room in the listen queue as TCP's does: it fails at once with EAGAIN,
+    the queue being full of connections the daemon has not accepted yet (a
+    burst of clients, or a connect flood, even from a peer it will refuse).
+    Such a connect is tried again after 1 ms, doubled up to 50 ms, until
+    ``timeout`` seconds (None: no limit) have passed; then the EAGAIN is
+    raised, saying so. Any other failure (no such socket, refused, denied)
+    is raised at once.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pause = CONNECT_RETRY_FIRST
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError as exc:
+            if exc.errno != errno.EAGAIN:
+                raise
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise BlockingIOError(
+                errno.EAGAIN,
+                f"its listen queue stayed full for {timeout:g} s (EAGAIN): the daemon "
+                "accepts no connection (it is overloaded, or flooded with connections)",
+            )
+        yield pause if left is None else min(pause, left)
+        pause = min(2 * pause, CONNECT_RETRY_LONGEST)

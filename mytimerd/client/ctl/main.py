@@ -343,7 +343,8 @@ def _run(argv: Sequence[str] | None, stdin: TextIO | None) -> int:
         ]
         for path in denied:
             _hint(permission_hint(path))
-        if not denied:
+        # EAGAIN: a daemon is there, but its listen queue stayed full; starting one is no help.
+        if not denied and errno.EAGAIN not in exc.errnos:
             _hint(start_hint([a for a, _ in exc.attempts]))
         return EXIT_UNREACHABLE
     except CallTimeout as exc:
