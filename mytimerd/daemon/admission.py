@@ -1,32 +1,38 @@
-"""Who may be served: the unix allow-lists, and the limits on connections
-per daemon, per peer and by the descriptor limit.
+"""Who may be served: the unix allow-lists, and the budgets of connections
+and TLS handshakes, per daemon, per peer and by the descriptor limit.
 
-Every refusal is counted in stats and named by a daemon error; refusals that
-point at an attack or a misconfiguration are logged, rate-limited.
+A connection is counted from the moment it is accepted, a TLS connection
+while its handshake is under way too, so handshakes count against
+``--max-connections-per-peer``. Admission decides and keeps count; the
+server records and logs what it decided.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import os
 import pwd
+from typing import Final
 
 from ..protocol.errors import DaemonError
 from .config import Config
 from .connection import Connection
-from .journal import RefusalLog
-from .stats import Stats
-from .tls import handshake_failure
-
-log = logging.getLogger("mytimerd")
+from .shares import Budget
 
 
 def fd_reserve(fd_limit: int) -> int:
     """Descriptors kept back from connections: listeners, the library, the
     journal, and refused connections while their answer goes out."""
     return max(32, fd_limit // 16)
+
+
+#: Refused connections that may linger at once, answered and half-closed
+#: until their client has read the answer, in all and per origin; past
+#: either, a refused connection is closed at once after its answer (a flood
+#: of refused connections cannot hold descriptors).
+LINGERING_REFUSALS: Final = 256
+LINGERING_REFUSALS_PER_PEER: Final = 8
 
 
 @functools.lru_cache(maxsize=256)
@@ -41,86 +47,108 @@ def _groups_of(uid: int, gid: int) -> tuple[int, ...]:
 class Admission:
     """Decides which connections are served and keeps count of them."""
 
-    def __init__(self, config: Config, stats: Stats, refusals: RefusalLog) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
-        self.limits = config.limits
-        self.stats = stats
-        self._refusals = refusals
-        #: The connections being served.
+        limits = config.limits
+        #: The connections being served (admitted; handshakes under way are not).
         self.open: set[Connection] = set()
-        # Open connections per peer (uid on unix, address on TCP); no entry at 0.
-        self._per_peer: dict[str, int] = {}
-        # Refused connections still lingering: they hold descriptors too.
-        self._refused: set[Connection] = set()
+        # Connections counted against the budget (admitted or handshaking),
+        # with the origin they were counted under.
+        self._counted: dict[Connection, str] = {}
+        self.connections = Budget(
+            "connections open",
+            limits.max_connections,
+            limits.max_connections_per_peer,
+            "--max-connections",
+            "--max-connections-per-peer",
+        )
+        self.handshakes = Budget(
+            "TLS handshakes under way",
+            limits.max_tls_handshakes,
+            limits.max_tls_handshakes_per_peer,
+            "--max-tls-handshakes",
+            "--max-tls-handshakes-per-peer",
+        )
         self._fd_budget = (
             math.inf if config.fd_limit is None else config.fd_limit - fd_reserve(config.fd_limit)
         )
-        #: TLS handshakes under way: they hold descriptors too.
-        self.handshaking = 0
+        reserve = math.inf if config.fd_limit is None else fd_reserve(config.fd_limit) // 2
+        self.lingering = Budget(
+            "refused connections lingering",
+            int(min(LINGERING_REFUSALS, reserve)),
+            LINGERING_REFUSALS_PER_PEER,
+            "(fixed)",
+            "(fixed)",
+        )
+        self._lingering: set[Connection] = set()
         self._restricted = bool(config.allow_uids or config.allow_gids)
         self._always_allowed = {0, os.getuid()}
 
-    def admit(self, conn: Connection) -> DaemonError | None:
-        """Count ``conn`` as served, or say why it is refused."""
-        self.stats.connections_total += 1
-        err = self._refusal(conn)
-        if err is None:
-            self.open.add(conn)
-            self._per_peer[conn.peer] = self._per_peer.get(conn.peer, 0) + 1
-            return None
-        self.stats.connections_refused += 1
-        self.stats.record_refusal(err.name)
-        self._refused.add(conn)  # it holds a descriptor until its answer is out
-        self._refusals(err.name, conn.peer, "(connection)", err.message)
-        return err
+    def admit(self, conn: Connection) -> tuple[DaemonError | None, bool]:
+        """Serve ``conn`` (TLS: its handshake is done), or say why not; the
+        second item is True when the descriptor limit is the reason."""
+        err, at_fd_limit = self._refusal(conn)
+        if err is not None:
+            self.forget(conn)
+            return err, at_fd_limit
+        if conn not in self._counted:
+            self._count(conn)
+        self.open.add(conn)
+        return None, False
 
-    def begin_handshake(self, conn: Connection) -> bool:
-        """Count a TLS handshake, or refuse it (no answer is possible before
-        TLS) when the connection or descriptor limits leave no room."""
-        busy = len(self.open) + self.handshaking
-        if busy >= self.limits.max_connections or busy + len(self._refused) >= self._fd_budget:
-            self.stats.connections_total += 1
-            self.stats.connections_refused += 1
+    def begin_handshake(self, conn: Connection) -> str | None:
+        """Count a TLS connection whose handshake starts, or say why it is
+        closed at once (no answer is possible before TLS)."""
+        verdict = self.handshakes.check(conn.origin)
+        if verdict != "ok":
+            return self.handshakes.describe_refusal(verdict, conn.origin)
+        why, _ = self._connection_room(conn)
+        if why is not None:
+            return why
+        self.handshakes.take(conn.origin)
+        self._count(conn)
+        return None
+
+    def may_linger(self, conn: Connection) -> bool:
+        """Whether refused ``conn`` may linger until its client has read the
+        answer (counted until it is gone), or must close at once."""
+        if self.lingering.check(conn.origin) != "ok":
             return False
-        self.handshaking += 1
+        self.lingering.take(conn.origin)
+        self._lingering.add(conn)
         return True
 
-    def end_handshake(self, conn: Connection, exc: BaseException | None) -> None:
-        """A handshake ended; a failure is counted and logged, rate-limited."""
-        self.handshaking -= 1
-        if exc is None:
-            return
-        self.stats.connections_total += 1
-        self.stats.tls_handshake_failures += 1
-        self._refusals(
-            "TLSHandshake",
-            conn.peer,
-            "(connection)",
-            f"TLS handshake failed: {handshake_failure(exc)}",
-        )
+    def end_handshake(self, conn: Connection) -> None:
+        """A handshake ended, either way (a failed one's connection goes with
+        :meth:`forget`)."""
+        self.handshakes.give(conn.origin)
 
-    def drop(self, conn: Connection) -> None:
+    def forget(self, conn: Connection) -> None:
         """Stop counting ``conn`` (idempotent: closing it also reports it gone)."""
-        self._refused.discard(conn)
-        if conn not in self.open:
-            return
         self.open.discard(conn)
-        left = self._per_peer[conn.peer] - 1
-        if left:
-            self._per_peer[conn.peer] = left
-        else:
-            del self._per_peer[conn.peer]
+        if conn in self._lingering:
+            self._lingering.discard(conn)
+            self.lingering.give(conn.origin)
+        origin = self._counted.pop(conn, None)
+        if origin is not None:
+            self.connections.give(origin)
 
-    def _refusal(self, conn: Connection) -> DaemonError | None:
-        limits = self.limits
-        peer = conn.peer
+    def counted(self) -> list[Connection]:
+        """Every connection counted: served, or with its TLS handshake under way."""
+        return list(self._counted)
+
+    def _count(self, conn: Connection) -> None:
+        self._counted[conn] = conn.origin
+        self.connections.take(conn.origin)
+
+    def _refusal(self, conn: Connection) -> tuple[DaemonError | None, bool]:
         creds = conn.creds
         if creds is not None and self._restricted and not self._allowed(*creds):
             return DaemonError(
                 "PermissionDenied",
                 f"uid {creds[0]} may not use this socket (--allow-user/--allow-group); "
                 f"ask the operator to allow your user or one of your groups",
-            )
+            ), False
         names = conn.tls_names
         allow = self.config.tls_allow
         if names is not None and allow and allow.isdisjoint(names):
@@ -129,27 +157,27 @@ class Admission:
                 "PermissionDenied",
                 f"your certificate names {shown}; the daemon admits only "
                 f"{', '.join(sorted(allow))} (--tls-allow)",
-            )
-        open_now = len(self.open)
-        if open_now >= limits.max_connections:
-            why = (
-                f"{open_now} connections are open, the limit "
-                f"(--max-connections) is {limits.max_connections}; retry later"
-            )
-        elif open_now + len(self._refused) + self.handshaking >= self._fd_budget:
-            self.stats.refused_at_fd_limit += 1
-            why = (
+            ), False
+        if conn in self._counted:  # counted when its handshake began
+            return None, False
+        why, at_fd_limit = self._connection_room(conn)
+        if why is None:
+            return None, False
+        return DaemonError("TooManyConnections", why), at_fd_limit
+
+    def _connection_room(self, conn: Connection) -> tuple[str | None, bool]:
+        """Why ``conn`` cannot be counted (None: it can), and whether the
+        descriptor limit is the reason."""
+        budget = self.connections
+        if budget.total + self.lingering.total >= self._fd_budget:
+            return (
                 f"the daemon is at its descriptor limit ({self.config.fd_limit} "
                 f"descriptors, RLIMIT_NOFILE); retry later"
-            )
-        elif self._per_peer.get(peer, 0) >= limits.max_connections_per_peer:
-            why = (
-                f"{peer} already has {limits.max_connections_per_peer} connections open "
-                f"(--max-connections-per-peer); close some or retry later"
-            )
-        else:
-            return None
-        return DaemonError("TooManyConnections", why)
+            ), True
+        verdict = budget.check(conn.origin)
+        if verdict == "ok":
+            return None, False
+        return budget.describe_refusal(verdict, conn.origin) + "; retry later", False
 
     def _allowed(self, uid: int, gid: int) -> bool:
         """Whether the unix peer (uid, gid) is on the allow-lists."""

@@ -1,24 +1,39 @@
 """One client connection: bytes in, frames out, answers in request order.
 
-A :class:`Connection` knows framing, ordering and backpressure; it knows
-nothing of methods or the library. It hands every complete frame to its
-:class:`Host` (the server), which answers through a small interface:
-:meth:`Connection.reserve` a place in the answer order,
+A :class:`Connection` knows framing, ordering, backpressure and how a
+connection ends; it knows nothing of methods or the library. It hands every
+complete frame to its :class:`Host` (the server), which answers through a
+small interface: :meth:`Connection.reserve` a place in the answer order,
 :meth:`Connection.complete` it, :meth:`Connection.deliver` what became
-writable; :meth:`Connection.answer` and :meth:`Connection.refuse` for answers
-known at once; :meth:`Connection.drain` and :meth:`Connection.end` at
-shutdown.
+writable; :meth:`Connection.answer` for answers known at once.
+
+Its life is one explicit :class:`State` with named transitions, as h11 keeps
+a connection's state: :meth:`~Connection.subscribe` (SERVING -> STREAMING),
+:meth:`~Connection.drain` (-> DRAINING), :meth:`~Connection.finish` (a last
+answer, then -> ENDING), :meth:`~Connection.reject` and
+:meth:`~Connection.close` (-> CLOSED). Every close has one reason, counted
+once by the host when the connection is gone.
+
+Ending never resets a connection while its client may still read: after the
+last answer the daemon half-closes, reads and discards what the client still
+sends, and closes when the client closes its side, when the client has been
+quiet for ``--linger`` with every answer taken by the kernel, or at the
+latest after ``--drain-timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import enum
+import os
 import socket
 import ssl
 import struct
+import time
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 from ..protocol import wire
 from ..protocol.limits import Limits
@@ -27,11 +42,19 @@ from .tlslayer import TLSLayer
 
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
+#: Bytes a subscribed connection may send that are not yet a whole frame
+#: (a subscriber has nothing to say; this is only slack for a stray call).
+STREAM_READ_MAX: Final = 512
+#: Bytes of a refused connection's first request read (and dropped) before it closes.
+REJECT_READ: Final = 64 * 1024
+#: A subscriber's kernel send buffer and the event loop's write buffer mark:
+#: a subscriber that does not read shows backpressure within about this much.
+STREAM_BUFFER: Final = 64 * 1024
+
 
 def peer_of(transport: asyncio.BaseTransport) -> tuple[str, tuple[int, int] | None]:
-    """Who is calling: a key for --max-connections-per-peer (``uid:N`` on
-    unix, ``ip:ADDRESS`` on TCP) and, on unix, the peer's (uid, gid) from
-    SO_PEERCRED for the allow-lists."""
+    """Where a connection comes from: ``uid:N`` on unix, ``ip:ADDRESS`` on
+    TCP, and on unix the peer's (uid, gid) from SO_PEERCRED."""
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.family == socket.AF_UNIX:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
@@ -41,6 +64,28 @@ def peer_of(transport: asyncio.BaseTransport) -> tuple[str, tuple[int, int] | No
     if isinstance(peername, tuple):
         return f"ip:{peername[0]}", None
     return "unknown", None
+
+
+class State(enum.Enum):
+    """Where a connection is in its life."""
+
+    #: TLS handshake under way; not admitted yet.
+    HANDSHAKE = "handshake"
+    #: Reads requests and answers them in order.
+    SERVING = "serving"
+    #: An event stream since mytimerd.subscribe: events go out, a call ends it.
+    STREAMING = "streaming"
+    #: The daemon is stopping: no new requests; what is owed goes out.
+    DRAINING = "draining"
+    #: A last answer is queued: flush, half-close, discard input, then close.
+    ENDING = "ending"
+    CLOSED = "closed"
+
+
+#: States in which the connection reads and dispatches requests.
+_READING: Final = frozenset({State.SERVING, State.STREAMING})
+#: ... and DRAINING, for the one read of a connection accepted just before it.
+_DISPATCHING: Final = _READING | {State.DRAINING}
 
 
 class ResponsePlace:
@@ -60,16 +105,16 @@ class Host(Protocol):
 
     def admit(self, conn: Connection) -> None:
         """A connection was accepted (TLS: and its handshake done): serve it,
-        or refuse it."""
+        or reject it."""
 
     def begin_handshake(self, conn: Connection) -> bool:
         """A TLS connection was accepted; False to close it at once."""
 
-    def handshake_failed(self, conn: Connection, exc: BaseException | None) -> None:
-        """The handshake of a TLS connection failed (None: it succeeded)."""
+    def handshake_done(self, conn: Connection, exc: BaseException | None) -> None:
+        """The handshake of a TLS connection ended (``exc`` None: it succeeded)."""
 
     def forget(self, conn: Connection) -> None:
-        """The connection is gone."""
+        """The connection is gone (``conn.close_reason`` says how)."""
 
     def handle(self, conn: Connection, request: wire.Request) -> None:
         """Answer ``request``: reserve a place or answer at once."""
@@ -79,12 +124,18 @@ class Host(Protocol):
     ) -> None:
         """Answer a frame that cannot be read; the connection ends."""
 
+    def refuse_stream_input(self, conn: Connection) -> None:
+        """A subscriber sends more than a stray call: end it (Subscribed)."""
+
     def shed(self, conn: Connection, request: wire.Request) -> None:
         """Answer a request that was read but will not be started (ShuttingDown)."""
 
     def rebuffer(self, conn: Connection, delta: int) -> bool:
         """``conn`` now buffers ``delta`` more bytes of partial frames (fewer if
-        negative); False if that is past the global budget (it was refused)."""
+        negative); False if that is past a budget (it was finished)."""
+
+    def stream_ready(self, conn: Connection) -> None:
+        """A subscriber can take events again (owes nothing, writable)."""
 
 
 class Connection(asyncio.Protocol):
@@ -96,35 +147,48 @@ class Connection(asyncio.Protocol):
         #: What the client certificate names (TLS only; None on plain connections).
         self.tls_names: list[str] | None = None
         limits = host.limits
+        self._limits = limits
         self._parser = wire.RequestParser(limits.max_method_len, limits.max_payload)
         self._max_in_flight = limits.max_in_flight
         self._answers: collections.deque[ResponsePlace] = collections.deque()
         # Requests received but not started: the in-flight limit holds them.
         self._backlog: collections.deque[wire.RequestEvent] = collections.deque()
         self._transport: asyncio.Transport | None = None
+        self.state = State.SERVING if tls is None else State.HANDSHAKE
+        #: How the connection closed, once it has (counted once by the host).
+        self.close_reason: str | None = None
         self._read_paused = False
         self._write_paused = False
-        self._close_when_flushed = False
-        self._closing = False
-        self._draining = False
-        #: An event stream since mytimerd.subscribe: it takes no calls.
-        self.subscribed = False
-        # Bytes of partial frames held by the parser, as last told to the host.
-        self._buffered = 0
+        # The client closed its side: close once every answer is written.
+        self._peer_eof = False
         self._eof_sent = False
         self._seen_frame = False
+        # Bytes of partial frames held by the parser, as last told to the host.
+        self._buffered = 0
         # When a frame last arrived or answers were last written.
         self.last_active = host.clock()
+        # ENDING: when the client last sent something, and the end's timer.
+        self._last_input = 0.0
+        self._ending_since = 0.0
+        self._end_timer: asyncio.TimerHandle | None = None
+        #: Where the connection comes from (``uid:N``, ``ip:ADDRESS``): the
+        #: key of the connection and handshake budgets.
+        self.origin = "unknown"
+        #: Who calls: the origin, or with mutual TLS ``cert:NAME``; the key
+        #: of the call, buffer and subscription budgets.
         self.peer = "unknown"
         #: The peer's (uid, gid) on a unix socket, None on TCP.
         self.creds: tuple[int, int] | None = None
+        #: The event hub's bookkeeping while STREAMING.
+        self.stream: Any = None
 
     # asyncio callbacks -------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses.
         self._transport = cast(asyncio.Transport, transport)
-        self.peer, self.creds = peer_of(transport)
+        self.origin, self.creds = peer_of(transport)
+        self.peer = self.origin
         if self._tls is None:
             self.host.admit(self)
         elif self.host.begin_handshake(self):
@@ -132,52 +196,62 @@ class Connection(asyncio.Protocol):
                 self._transport,
                 self._tls,
                 self,
-                self.host.limits.tls_handshake_timeout,
+                self._limits.tls_handshake_timeout,
                 lambda exc: self._tls_done(layer, exc),
+                max_hello=self._limits.max_tls_hello,
             )
         else:
-            self._transport.close()
+            self.close("refused")
 
     def _tls_done(self, layer: TLSLayer, exc: BaseException | None) -> None:
-        self.host.handshake_failed(self, exc)
+        self.host.handshake_done(self, exc)
         if exc is not None:
+            # The layer has closed the socket; this connection never served.
             self._transport = None
+            self._gone("handshake")
             return
         # From now on answers go through TLS.
         self._transport = cast(asyncio.Transport, layer)
         self.tls_names = certificate_names(layer.get_extra_info("peercert"))
+        if self.tls_names:
+            self.peer = f"cert:{self.tls_names[0]}"
+        self.state = State.SERVING
         self.host.admit(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
-        if self._buffered:
-            self.host.rebuffer(self, -self._buffered)
-            self._buffered = 0
-        self.host.forget(self)
+        self._gone("client")
 
     def data_received(self, data: bytes) -> None:
-        if self._closing:
-            return  # lingering after a final error: discard
+        state = self.state
+        if state not in _READING and state is not State.DRAINING:
+            self._last_input = time.monotonic()  # ENDING: discarded
+            return
         events = self._parser.feed(data)
         buffered = self._parser.buffered
         if buffered != self._buffered:
             delta, self._buffered = buffered - self._buffered, buffered
             if not self.host.rebuffer(self, delta):
                 return
+        if state is State.STREAMING and not events and buffered > STREAM_READ_MAX:
+            self.host.refuse_stream_input(self)
+            return
         if events:  # a half frame does not count as activity (--idle-timeout)
             self.last_active = self.host.clock()
             self._seen_frame = True
             self._backlog.extend(events)
             self._dispatch()
-            if self._draining:
+            if state is State.DRAINING:
                 self._stop_reading()
                 self._flush()
 
     def eof_received(self) -> bool:
-        if self._closing:
-            return False
+        if self.state is State.ENDING:
+            if self.close_reason is None:
+                self.close_reason = "ended"
+            return False  # the client has read our end: close now
         # Keep the write side open: answers to pipelined calls still go out.
-        self._close_when_flushed = True
+        self._peer_eof = True
         self._flush()
         return True
 
@@ -205,7 +279,7 @@ class Connection(asyncio.Protocol):
         """Write what is next in order; start held requests and read again
         once the limits allow."""
         self._flush()
-        if self._backlog and not self._closing:
+        if self._backlog and self.state in _READING:
             self._dispatch()
         if (
             not self._backlog
@@ -213,9 +287,8 @@ class Connection(asyncio.Protocol):
             and not self._write_paused
             and len(self._answers) < self._max_in_flight
             and self._transport is not None
-            and not self._close_when_flushed
-            and not self._closing
-            and not self._draining
+            and not self._peer_eof
+            and self.state in _READING
         ):
             self._read_paused = False
             self._transport.resume_reading()
@@ -224,36 +297,41 @@ class Connection(asyncio.Protocol):
         """Queue an immediate answer behind the calls already in flight."""
         self._answers.append(ResponsePlace(frame))
 
-    def refuse(self, frame: bytes) -> None:
-        """Send ``frame`` as the last answer, then close without a reset."""
-        self.answer(frame)
-        self._closing = True
-        self._flush()
+    def owes_nothing(self) -> bool:
+        """No answer owed and no request waiting (a half frame may be buffered)."""
+        return not self._answers and not self._backlog
 
-    def push_event(self, frame: bytes, max_queue: int) -> bool:
-        """Send an event to a subscriber, after what it is owed; False if more
-        than ``max_queue`` would wait (the client does not read, or a call it
-        made before subscribing holds the line)."""
-        if self._closing or self._transport is None:
-            return True
-        self._answers.append(ResponsePlace(frame))
-        if not self._write_paused:
-            self._flush()
-        return len(self._answers) <= max_queue
+    # transitions ----------------------------------------------------------------
 
-    def cut_off(self, frame: bytes) -> None:
-        """Drop what waits, send ``frame`` last and end; a client that reads
-        nothing is aborted after ``--linger`` instead of holding memory."""
+    def subscribe(self) -> None:
+        """SERVING -> STREAMING: from now on events go out and a call ends
+        the connection. Its buffers shrink so that a subscriber that does
+        not read shows backpressure within :data:`STREAM_BUFFER` bytes."""
+        self.state = State.STREAMING
         transport = self._transport
         if transport is None:
             return
-        self._answers.clear()
-        self._closing = True
-        transport.write(frame)
-        if transport.can_write_eof() and not self._eof_sent:
-            self._eof_sent = True
-            transport.write_eof()
-        asyncio.get_running_loop().call_later(self.host.limits.linger, transport.abort)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # A socket the kernel will not resize keeps its buffer.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_BUFFER)
+        transport.set_write_buffer_limits(high=STREAM_BUFFER)
+
+    def stream_ready(self) -> bool:
+        """Whether events may be written now: streaming, owed nothing, writable."""
+        return (
+            self.state is State.STREAMING
+            and not self._answers
+            and not self._write_paused
+            and self._transport is not None
+        )
+
+    def write_stream(self, data: bytes) -> None:
+        """Write events (the hub checked :meth:`stream_ready`)."""
+        transport = self._transport
+        if transport is not None:
+            transport.write(data)
 
     def drain(self) -> None:
         """The daemon is stopping: take no new requests, answer what was read.
@@ -263,31 +341,82 @@ class Connection(asyncio.Protocol):
         in flight are answered as they finish. A fresh connection (accepted
         just before the listeners closed, nothing read yet) is read once, so
         the request its client already sent is served. Once nothing is owed
-        the connection ends cleanly (:meth:`end`).
+        the connection ends (:meth:`finish`). A TLS handshake under way is
+        closed: nothing was asked yet.
         """
-        self._draining = True
+        if self.state is State.HANDSHAKE:
+            self.close("shutdown")
+            return
+        if self.state not in _READING:
+            return
+        self.state = State.DRAINING
         if self._seen_frame:
             self._stop_reading()
         self._flush()
 
-    def end(self) -> None:
-        """Half-close once every answer is written, discard what the peer
-        still sends, and close when it closes or after ``--linger``: closing
-        with unread input would reset the connection and could destroy the
-        answers on their way."""
-        self._closing = True
+    def finish(self, frame: bytes | None = None) -> None:
+        """-> ENDING: send ``frame`` (if any) after every answer owed, then
+        half-close; requests not started are dropped. Later calls to finish
+        are ignored: a connection ends once."""
+        if self.state in (State.ENDING, State.CLOSED):
+            return
+        self.state = State.ENDING
+        self._backlog.clear()
+        if self._buffered:  # no frame will be read any more
+            self.host.rebuffer(self, -self._buffered)
+            self._buffered = 0
+        if frame is not None:
+            self.answer(frame)
         self._flush()
 
-    def owes_nothing(self) -> bool:
-        """No answer owed and no request waiting (a half frame may be buffered)."""
-        return not self._answers and not self._backlog
+    def reject(self, frame: bytes, linger: bool) -> None:
+        """Refused at admission: answer ``frame`` and end. With ``linger`` it
+        ends as :meth:`finish` does (no reset while the client reads);
+        without, it closes at once, so that a flood of refused connections
+        costs one accept, a read and a close each. The read takes what the
+        client already sent: closing with it unread would reset the
+        connection."""
+        if linger:
+            self.close_reason = "refused"  # however it ends, it was refused
+            self.finish(frame)
+            return
+        transport = self._transport
+        if transport is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    os.read(sock.fileno(), REJECT_READ)
+            transport.write(frame)
+        self.close("refused")
 
-    def close(self) -> None:
-        """Close now; answers not yet written are lost."""
-        if self._transport is not None:
-            self._transport.close()
+    def close(self, reason: str) -> None:
+        """-> CLOSED now (after the transport writes what it holds)."""
+        if self.close_reason is None:
+            self.close_reason = reason
+        transport = self._transport
+        if transport is not None:
+            transport.close()
+        else:
+            self._gone(reason)
 
     # internals -----------------------------------------------------------------
+
+    def _gone(self, reason: str) -> None:
+        """The connection is closed: give back what it holds, tell the host once."""
+        if self.state is State.CLOSED:
+            return
+        self.state = State.CLOSED
+        if self.close_reason is None:
+            self.close_reason = reason
+        if self._end_timer is not None:
+            self._end_timer.cancel()
+            self._end_timer = None
+        if self._buffered:
+            self.host.rebuffer(self, -self._buffered)
+            self._buffered = 0
+        self._answers.clear()
+        self._backlog.clear()
+        self.host.forget(self)
 
     def _dispatch(self) -> None:
         """Start received requests while the client reads its answers and owes
@@ -297,14 +426,13 @@ class Connection(asyncio.Protocol):
         answers = self._answers
         limit = self._max_in_flight
         handle = self.host.handle
-        while backlog and not self._write_paused:
-            while backlog and len(answers) < limit:
+        while backlog and not self._write_paused and self.state in _DISPATCHING:
+            while backlog and len(answers) < limit and self.state in _DISPATCHING:
                 event = backlog.popleft()
                 if type(event) is wire.Request:
                     handle(self, event)
                 else:
                     self.host.refuse_frame(self, event)  # type: ignore[arg-type]
-                    backlog.clear()
             self._flush()
             if len(answers) >= limit:
                 break  # a call in flight heads the queue: wait for it
@@ -312,7 +440,7 @@ class Connection(asyncio.Protocol):
             self._pause_reading()
 
     def _flush(self) -> None:
-        """Write every answer that is next in order; close if asked to."""
+        """Write every answer that is next in order; move on when none is owed."""
         transport = self._transport
         if transport is None:
             return
@@ -325,17 +453,58 @@ class Connection(asyncio.Protocol):
             self.last_active = self.host.clock()
         if answers:
             return
-        if self._closing:
-            if not self._eof_sent and transport.can_write_eof() and not transport.is_closing():
-                self._eof_sent = True
-                transport.write_eof()
-                self._read_paused = False
-                transport.resume_reading()
-                asyncio.get_running_loop().call_later(self.host.limits.linger, transport.close)
-        elif self._close_when_flushed:
-            transport.close()
-        elif self._draining and self._seen_frame:
-            self.end()
+        state = self.state
+        if state is State.ENDING:
+            self._half_close(transport)
+        elif self._peer_eof and not self._backlog:
+            self.close("client")
+        elif state is State.DRAINING and self._seen_frame:
+            self.finish()
+        elif state is State.STREAMING and not self._write_paused:
+            self.host.stream_ready(self)
+
+    def _half_close(self, transport: asyncio.Transport) -> None:
+        """Every answer is written: half-close and read to discard until the
+        client closes, goes quiet, or the end's deadline passes."""
+        if self._eof_sent:
+            return
+        self._eof_sent = True
+        if not transport.can_write_eof() or transport.is_closing():
+            self.close("ended")
+            return
+        transport.write_eof()
+        self._read_paused = False
+        transport.resume_reading()
+        # The loop's own clock: these times pace its timers.
+        self._last_input = self._ending_since = time.monotonic()
+        self._end_timer = asyncio.get_running_loop().call_later(
+            self._limits.linger, self._check_end
+        )
+
+    def _check_end(self) -> None:
+        """Close once the client is quiet and has taken every answer (closing
+        then sends no reset), or at the deadline whatever it does."""
+        self._end_timer = None
+        transport = self._transport
+        if transport is None or self.state is not State.ENDING:
+            return
+        limits = self._limits
+        now = time.monotonic()
+        if now - self._ending_since >= limits.drain_timeout:
+            if self.close_reason is None:
+                self.close_reason = "deadline"
+            if transport.get_write_buffer_size():
+                transport.abort()  # it does not read: do not wait for it
+            else:
+                transport.close()
+            return
+        quiet = now - self._last_input
+        if quiet >= limits.linger and not transport.get_write_buffer_size():
+            self.close("ended")
+            return
+        wait = max(limits.linger - quiet, 0.05)
+        wait = min(wait, limits.drain_timeout - (now - self._ending_since))
+        self._end_timer = asyncio.get_running_loop().call_later(max(wait, 0.01), self._check_end)
 
     def _stop_reading(self) -> None:
         """Read nothing more; shed what was read but not started."""

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..protocol import errors
+from .looplag import WINDOW
+from .shares import holders
 
 if TYPE_CHECKING:
     from .server import Server
@@ -39,12 +41,16 @@ def describe(server: Server) -> dict[str, Any]:
 
 
 def ping(server: Server) -> dict[str, Any]:
-    """The mytimerd.ping answer."""
+    """The mytimerd.ping answer: the library's health, and whether a shared
+    budget is nearly exhausted (``degraded``, with the reasons)."""
     healthy, why = server.health_verdict()
     answered = server.health.last_answered
+    reasons = server.degraded()
     return {
         "healthy": healthy,
         "status": why,
+        "degraded": bool(reasons),
+        "degradedReasons": reasons,
         "uptimeSeconds": server.stats.uptime(),
         "library": {
             "lastProbeAgoSeconds": None if answered is None else server.clock() - answered,
@@ -56,15 +62,21 @@ def ping(server: Server) -> dict[str, Any]:
 
 def stats(server: Server) -> dict[str, Any]:
     """The mytimerd.stats answer."""
+    ledger = server.ledger
+    stall, what = server.loop_lag.longest()
     return server.stats.snapshot(
-        len(server.connections),
+        {"open": len(server.connections), "handshaking": server.admission.handshakes.total},
         len(server.pending),
         server.library.status(),
         held={
-            "calls": len(server.held),
-            "bytes": server.held_bytes,
-            "bufferedBytes": server.buffered_bytes,
+            "calls": len(ledger),
+            "bytes": ledger.bytes.total,
+            "bufferedBytes": ledger.buffered.total,
         },
         events=server.events.snapshot(),
         stale_warnings=server.library.stale_warnings(),
+        extra={
+            "budgets": holders(server.budgets),
+            "loop": {"maxStallMs": stall * 1000, "maxStallWhat": what, "windowSeconds": WINDOW},
+        },
     )

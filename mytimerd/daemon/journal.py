@@ -1,7 +1,8 @@
 """What operators read in the journal about refused work.
 
 Every refused call or connection is logged with structured fields (ERROR,
-METHOD, PEER) that ``journalctl`` can filter on, rate-limited per kind so a
+METHOD, PEER) that ``journalctl`` can filter on, and the error's name in the
+text too (so grep finds it), rate-limited per kind so a
 flood costs little: the first of a kind is logged at once, then at most one
 line per interval, and each line (or the periodic flush) says how many were
 suppressed in between.
@@ -30,6 +31,8 @@ WARNING_KINDS: Final = frozenset(
         "Timeout",
         "Internal",
         "TLSHandshake",
+        "QuotaExceeded",
+        "SlowSubscriber",
     }
 )
 
@@ -61,9 +64,10 @@ class RefusalLog:
         more = f" ({suppressed} more like it suppressed)" if suppressed else ""
         log.log(
             logging.WARNING if kind in WARNING_KINDS else logging.INFO,
-            "refused %s from %s: %s%s",
+            "refused %s from %s: %s: %s%s",
             method,
             peer,
+            kind,
             message,
             more,
             extra={"ERROR": kind, "METHOD": method, "PEER": peer},

@@ -11,6 +11,7 @@ all of it runs in memory against a fake library in the tests.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import socket
@@ -33,8 +34,11 @@ from .connection import Connection, ResponsePlace
 from .events import EventHub
 from .health import Health
 from .journal import RefusalLog
-from .library import EVENT_ID_BASE, Library
+from .library import EVENT_ID_BASE, Library, Result
+from .looplag import LoopLag
+from .shares import Budget, CallLedger, nearly_full
 from .stats import LIBRARY_ERROR, OK, Stats
+from .tls import handshake_failure
 
 log = logging.getLogger("mytimerd")
 
@@ -44,6 +48,12 @@ TICK: Final = 0.1
 SLOW_TICK: Final = 1.0
 #: The request every liveness probe and the start-up check send: ``version({})``.
 _VERSION_REQUEST: Final = b"\xa0"
+#: Library results handled in one turn of the loop; the rest wait for the next.
+RESULTS_SLICE: Final = 1024
+#: Callbacks of ours that run longer than this are reported to the loop-lag watch.
+_LONG_CALLBACK: Final = 0.005
+#: While degraded, the journal repeats its warning at most this often (seconds).
+_DEGRADED_REPEAT: Final = 60.0
 
 
 @dataclass(slots=True)
@@ -60,6 +70,15 @@ def _no_notify(message: str) -> None:
     """Not run by systemd: nobody to tell."""
 
 
+def _schedule(delay: float, callback: Callable[[], None]) -> None:
+    """Run ``callback`` on the running loop after ``delay`` seconds (0: soon)."""
+    loop = asyncio.get_running_loop()
+    if delay > 0:
+        loop.call_later(delay, callback)
+    else:
+        loop.call_soon(callback)
+
+
 class Server:
     """Serves the listeners with one library context."""
 
@@ -71,9 +90,11 @@ class Server:
         notify: Callable[[str], None] = _no_notify,
         clock: Callable[[], float] = time.monotonic,
         tls: ssl.SSLContext | None = None,
+        schedule: Callable[[float, Callable[[], None]], None] = _schedule,
     ) -> None:
         """``interface``: the library's methods and events, as described;
-        ``tls``: the context TCP listeners serve with (None: plaintext)."""
+        ``tls``: the context TCP listeners serve with (None: plaintext);
+        ``schedule(delay, callback)``: run work later on the loop (slices)."""
         self.config = config
         self.interface = interface
         self.tls = tls
@@ -83,17 +104,33 @@ class Server:
         self.clock = clock
         self.stats = Stats(clock)
         self.refusals = RefusalLog(clock)
-        self.events = EventHub(interface, config.limits.max_subscriber_queue)
-        self.admission = Admission(config, self.stats, self.refusals)
-        #: The connections being served (refused ones are not).
+        self.loop_lag = LoopLag(clock, self.limits.loop_stall_warning)
+        self._schedule = schedule
+        self.events = EventHub(interface, self.limits, schedule, clock)
+        self.events.on_cut_off = self._cut_off
+        self.events.on_slice = self._note_slice
+        self.admission = Admission(config)
+        #: The connections being served (refused ones and handshakes are not).
         self.connections = self.admission.open
         self.pending: dict[int, Call] = {}
-        # Call id -> request bytes, for every call the library has not answered
-        # yet, answered by the daemon (Timeout) or not: the global budget.
-        self.held: dict[int, int] = {}
-        self.held_bytes = 0
-        # Bytes of partial frames across all connections.
-        self.buffered_bytes = 0
+        # Results taken from the library and not handed out yet.
+        self._results: collections.deque[Result] = collections.deque()
+        self._hand_out_scheduled = False
+        #: Every call the library has not answered yet (answered Timeout by
+        #: the daemon or not), and unfinished frames, each per peer.
+        self.ledger = CallLedger(self.limits)
+        #: The shared budgets, for health, stats and the journal.
+        self.budgets: list[Budget] = [
+            self.ledger.calls,
+            self.ledger.bytes,
+            self.ledger.buffered,
+            self.admission.connections,
+            self.admission.handshakes,
+            self.events.budget,
+        ]
+        self._degraded: list[str] = []
+        self._degraded_logged = -math.inf
+        self._max_delay_ms = round(self.limits.max_delay * 1000)
         self.next_id = 1
         self.library_version: str | None = None
         self.listeners: list[Listener] = []
@@ -111,6 +148,7 @@ class Server:
             "mytimerd.stats": introspection.stats,
         }
         self._ticker: asyncio.TimerHandle | None = None
+        self._tick_due = 0.0
         #: Set when the drain starts: connections take no new requests.
         self.draining = False
 
@@ -153,9 +191,14 @@ class Server:
 
     def admit(self, conn: Connection) -> None:
         """Serve ``conn``, or answer why not and close it."""
-        err = self.admission.admit(conn)
+        if conn.tls_names is None:  # a TLS connection was counted at its handshake
+            self.stats.connection_accepted()
+        err, at_fd_limit = self.admission.admit(conn)
         if err is not None:
-            conn.refuse(wire.encode_response(wire.RET_ERR, err.body()))
+            self.stats.connection_refused(err.name, at_fd_limit)
+            self.refusals(err.name, conn.peer, "(connection)", err.message)
+            frame = wire.encode_response(wire.RET_ERR, err.body())
+            conn.reject(frame, linger=self.admission.may_linger(conn))
             return
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
@@ -169,27 +212,50 @@ class Server:
 
     def begin_handshake(self, conn: Connection) -> bool:
         """A TLS client connected: count its handshake, or close it at once
-        when the connection or descriptor limits leave no room."""
-        return self.admission.begin_handshake(conn)
+        (counted and logged) when a budget leaves no room."""
+        self.stats.connection_accepted()
+        why = self.admission.begin_handshake(conn)
+        if why is None:
+            return True
+        self.stats.connection_refused("TooManyConnections")
+        self.refusals(
+            "TooManyConnections", conn.origin, "(TLS connection)", f"closed before TLS: {why}"
+        )
+        return False
 
-    def handshake_failed(self, conn: Connection, exc: BaseException | None) -> None:
+    def handshake_done(self, conn: Connection, exc: BaseException | None) -> None:
         """A handshake ended (``exc`` None: it succeeded); failures are
         counted and logged, rate-limited."""
-        self.admission.end_handshake(conn, exc)
+        self.admission.end_handshake(conn)
+        if exc is None:
+            return
+        self.stats.handshake_failed()
+        self.refusals(
+            "TLSHandshake",
+            conn.origin,
+            "(connection)",
+            f"TLS handshake failed: {handshake_failure(exc)}",
+        )
 
     def forget(self, conn: Connection) -> None:
         """``conn`` is gone; its calls in flight finish and are dropped."""
         self.events.drop(conn)
         if log.isEnabledFor(logging.DEBUG) and conn in self.connections:
-            log.debug("connection from %s closed", conn.peer, extra={"PEER": conn.peer})
-        self.admission.drop(conn)
+            log.debug(
+                "connection from %s closed (%s)",
+                conn.peer,
+                conn.close_reason,
+                extra={"PEER": conn.peer},
+            )
+        self.admission.forget(conn)
+        self.stats.connection_closed(conn.close_reason or "client")
 
     def handle(self, conn: Connection, request: wire.Request) -> None:
         """Validate and dispatch one request; its answer lands in ``conn``'s order."""
         started = self.clock()
         method = self.interface.by_name.get(request.method)
         try:
-            if conn.subscribed:
+            if conn.stream is not None:
                 raise DaemonError(
                     "Subscribed",
                     "this connection is an event stream; make calls on another connection",
@@ -197,9 +263,12 @@ class Server:
             if method is None:
                 self.interface.lookup(request.method)  # raises UnknownMethod
                 raise AssertionError("unreachable")
-            method.validate(request.payload, self.limits.max_items)
+            value = method.validate(request.payload, self.limits.max_items)
+            if method.held_paths:
+                self._check_delays(method.held_paths, value)
             if method.name == "mytimerd.subscribe":
-                names = self.events.subscribe(conn, cbor2.loads(request.payload))
+                names = self.events.check_subscribe(conn, value)
+                self.events.subscribe(conn, names)
                 self.stats.record(method.name, OK, self.clock() - started)
                 conn.answer(wire.encode_response(wire.RET_OK, cbor2.dumps({"subscribed": names})))
                 return
@@ -212,9 +281,7 @@ class Server:
         except DaemonError as exc:
             name = method.name if method else "(unknown)"
             if exc.name == "Subscribed":
-                self.stats.record_error(name, exc.name, 0.0)
-                self.refusals(exc.name, conn.peer, name, exc.message)
-                conn.refuse(wire.encode_response(wire.RET_ERR, exc.body()))
+                self._end_with(conn, name, exc)
                 return
             self._answer_error(conn, name, exc, started)
             return
@@ -230,18 +297,9 @@ class Server:
             conn.answer(wire.encode_response(wire.RET_OK, body))
             return
         size = len(request.payload)
-        limits = self.limits
-        if (
-            len(self.held) >= limits.max_held_calls
-            or self.held_bytes + size > limits.max_held_bytes
-        ):
-            err = DaemonError(
-                "Overloaded",
-                f"the library holds {len(self.held)} calls, {self.held_bytes} request bytes "
-                f"(--max-held-calls {limits.max_held_calls}, --max-held-bytes "
-                f"{limits.max_held_bytes}); retry later",
-            )
-            self._answer_error(conn, method.name, err, started)
+        refused = self.ledger.check_call(conn.peer, size)
+        if refused is not None:
+            self._answer_error(conn, method.name, refused, started)
             return
         call_id = self.next_id
         if not self.library.submit(method.name, call_id, request.payload):
@@ -249,14 +307,27 @@ class Server:
             self._answer_error(conn, method.name, err, started)
             return
         self.next_id = call_id + 1
-        self.held[call_id] = size
-        self.held_bytes += size
+        self.ledger.hold(call_id, conn.peer, size)
         self.pending[call_id] = Call(conn, conn.reserve(), method.name, started)
+
+    def _check_delays(self, paths: tuple[tuple[str, ...], ...], value: Any) -> None:
+        """Refuse a delay longer than --max-delay: the call would hold its
+        peer's share of the library's budget that long."""
+        for path in paths:
+            item = value
+            for key in path:
+                item = item.get(key) if isinstance(item, dict) else None
+            if isinstance(item, int) and item > self._max_delay_ms:
+                raise DaemonError(
+                    "InvalidParameter",
+                    f"{'.'.join(path)}: {item} ms is longer than this daemon lets a call "
+                    f"wait ({self._max_delay_ms} ms, --max-delay {self.limits.max_delay:g} s)",
+                )
 
     def refuse_frame(
         self, conn: Connection, event: wire.MethodNameTooLong | wire.FrameTooLarge
     ) -> None:
-        """Answer a frame that cannot be read, then close the connection."""
+        """Answer a frame that cannot be read, then end the connection."""
         if isinstance(event, wire.FrameTooLarge):
             err = DaemonError(
                 "FrameTooLarge",
@@ -273,25 +344,26 @@ class Server:
                 f"method name of {event.length} bytes exceeds the limit of {event.limit}{hint}",
             )
             method = "(unknown)"
-        self.stats.record_error(method, err.name, 0.0)
-        self.refusals(err.name, conn.peer, method, err.message)
-        conn.refuse(wire.encode_response(wire.RET_ERR, err.body()))
+        self._end_with(conn, method, err)
+
+    def refuse_stream_input(self, conn: Connection) -> None:
+        """A subscriber sent more than a stray call: end it."""
+        err = DaemonError(
+            "Subscribed",
+            "this connection is an event stream and reads no requests; make calls on "
+            "another connection",
+        )
+        self._end_with(conn, "(unfinished frame)", err)
 
     def rebuffer(self, conn: Connection, delta: int) -> bool:
-        """Account for partial frames across all connections; refuse the one
-        that takes the total past --max-buffered-bytes (Overloaded)."""
-        self.buffered_bytes += delta
-        limit = self.limits.max_buffered_bytes
-        if delta <= 0 or self.buffered_bytes <= limit:
+        """Account for partial frames, per peer and across all connections;
+        end the connection that takes either past its bound."""
+        err = self.ledger.rebuffer(conn.peer, delta)
+        if err is None:
             return True
-        err = DaemonError(
-            "Overloaded",
-            f"connections hold {self.buffered_bytes} bytes of unfinished requests "
-            f"(--max-buffered-bytes {limit}); retry later",
-        )
         self.stats.record_refusal(err.name)
         self.refusals(err.name, conn.peer, "(unfinished frame)", err.message)
-        conn.refuse(wire.encode_response(wire.RET_ERR, err.body()))
+        conn.finish(wire.encode_response(wire.RET_ERR, err.body()))
         return False
 
     def shed(self, conn: Connection, request: wire.Request) -> None:
@@ -299,6 +371,20 @@ class Server:
         known = self.interface.by_name.get(request.method)
         err = DaemonError("ShuttingDown", "the daemon is stopping; this request was not started")
         self._answer_error(conn, known.name if known else "(unknown)", err, self.clock())
+
+    def stream_ready(self, conn: Connection) -> None:
+        """A subscriber can take events again."""
+        self.events.ready(conn)
+
+    def _cut_off(self, conn: Connection, err: DaemonError) -> None:
+        """The event hub cut off a slow subscriber: its last answer says why."""
+        self.stats.record_refusal(err.name)
+        self.refusals(err.name, conn.peer, "(events)", err.message)
+        conn.finish(wire.encode_response(wire.RET_ERR, err.body()))
+
+    def _note_slice(self, seconds: float) -> None:
+        if seconds > _LONG_CALLBACK:
+            self.loop_lag.note(seconds, "the event fan-out")
 
     # answers ------------------------------------------------------------------
 
@@ -308,6 +394,12 @@ class Server:
         self.stats.record_error(method, err.name, self.clock() - started)
         self.refusals(err.name, conn.peer, method, err.message)
         conn.answer(wire.encode_response(wire.RET_ERR, err.body()))
+
+    def _end_with(self, conn: Connection, method: str, err: DaemonError) -> None:
+        """Answer ``err`` last and end the connection."""
+        self.stats.record_error(method, err.name, 0.0)
+        self.refusals(err.name, conn.peer, method, err.message)
+        conn.finish(wire.encode_response(wire.RET_ERR, err.body()))
 
     def _finish(self, call: Call, ret: int, body: bytes, error: str | None = None) -> None:
         """Answer ``call``; ``error`` names the daemon error it was answered with."""
@@ -330,15 +422,23 @@ class Server:
             conn.deliver()
 
     def on_results(self) -> None:
-        """The library has results: hand each to its connection."""
+        """The library has results: take them, and hand them out in slices."""
+        self._results.extend(self.library.results())
+        self._hand_out()
+
+    def _hand_out(self) -> None:
+        """Hand at most :data:`RESULTS_SLICE` results to their connections;
+        the rest wait for the next turn of the loop."""
+        self._hand_out_scheduled = False
+        started = time.perf_counter()
+        results = self._results
         touched: set[Connection] = set()
         pending = self.pending
-        held = self.held
+        release = self.ledger.release
         debug = log.isEnabledFor(logging.DEBUG)
-        for call_id, ret, body in self.library.results():
-            size = held.pop(call_id, None)
-            if size is not None:
-                self.held_bytes -= size
+        for _ in range(min(RESULTS_SLICE, len(results))):
+            call_id, ret, body = results.popleft()
+            release(call_id)
             call = pending.pop(call_id, None)
             if call is None:
                 if self.health.owns(call_id):
@@ -346,7 +446,7 @@ class Server:
                 elif call_id >= EVENT_ID_BASE:
                     self.events.publish(call_id - EVENT_ID_BASE, body)
                 else:  # answered Timeout already
-                    self.stats.late_results += 1
+                    self.stats.late_result()
                 continue
             self._finish(call, ret, body)
             if ret != wire.RET_OK and debug:
@@ -360,13 +460,22 @@ class Server:
             touched.add(call.conn)
         for conn in touched:
             conn.deliver()
+        if results and not self._hand_out_scheduled:
+            self._hand_out_scheduled = True
+            self._schedule(0.0, self._hand_out)
+        took = time.perf_counter() - started
+        if took > _LONG_CALLBACK:
+            self.loop_lag.note(took, "library results")
 
     # the tick: timeouts, health, watchdog, status ---------------------------------
 
     def _schedule_tick(self) -> None:
+        self._tick_due = self.clock() + TICK
         self._ticker = asyncio.get_running_loop().call_later(TICK, self._on_tick)
 
     def _on_tick(self) -> None:
+        # How late the tick fires is how long the loop was kept from it.
+        self.loop_lag.tick(max(0.0, self.clock() - self._tick_due))
         self.tick()
         self._schedule_tick()
 
@@ -389,27 +498,46 @@ class Server:
             self._last_watchdog = now
         if now - self._last_slow_tick >= SLOW_TICK:
             self._close_idle(now - self.limits.idle_timeout)
+            self.events.tick(now)
+            self._check_budgets(now)
             self.refusals.flush()
             self.notify(f"STATUS={self.status_line(healthy, why)}")
             self._last_slow_tick = now
+
+    def _check_budgets(self, now: float) -> None:
+        """Warn when a global budget is nearly exhausted (rate-limited), and
+        when it is not any more."""
+        reasons = nearly_full(self.budgets)
+        if reasons and (not self._degraded or now - self._degraded_logged >= _DEGRADED_REPEAT):
+            log.warning(
+                "degraded: %s",
+                "; ".join(reasons),
+                extra={"DEGRADED": 1, "DEGRADED_REASONS": "; ".join(reasons)},
+            )
+            self._degraded_logged = now
+        elif self._degraded and not reasons:
+            log.info("no longer degraded: every budget has room again", extra={"DEGRADED": 0})
+        self._degraded = reasons
+
+    def degraded(self) -> list[str]:
+        """Why the daemon is degraded now (a global budget nearly exhausted)."""
+        return nearly_full(self.budgets)
 
     def _close_idle(self, older_than: float) -> None:
         idle = [
             conn
             for conn in self.connections
             # A subscriber waits for events, not for itself: never idle.
-            if conn.last_active <= older_than and conn.owes_nothing() and not conn.subscribed
+            if conn.last_active <= older_than and conn.owes_nothing() and conn.stream is None
         ]
         for conn in idle:
-            self.admission.drop(conn)
-            conn.close()
-        self.stats.idle_closed += len(idle)
+            conn.close("idle")
 
     def _expire(self, older_than: float) -> None:
-        expired = []
+        expired: list[int] = []
         for call_id, call in self.pending.items():  # insertion order = age order
-            if call.started > older_than:
-                break
+            if call.started > older_than or len(expired) >= RESULTS_SLICE:
+                break  # the rest at the next tick: a bounded slice per tick
             expired.append(call_id)
         timeout = self.limits.timeout
         self._fail(
@@ -429,24 +557,32 @@ class Server:
             f"Serving {len(self.connections)} connections, {len(self.pending)} calls in "
             f"flight, {self.stats.answered()} calls answered"
         )
+        if self._degraded:
+            text += f"; DEGRADED: {self._degraded[0]}"
         return text if healthy else f"{text}; UNHEALTHY: {why}"
 
     # shutdown ------------------------------------------------------------------
 
     async def shutdown(self) -> None:
         """The drain: stop accepting and reading, answer everything read, end
-        every connection cleanly, return once in-flight calls are answered
-        (``--drain-timeout`` at most, then ShuttingDown for what is left)."""
+        every connection cleanly; return once every connection is closed,
+        ``--drain-timeout`` at the latest. In-flight calls get until
+        ``--linger`` before that deadline (then ShuttingDown), so that their
+        answers still go out in time."""
         self.draining = True
         for srv in self._servers:
             srv.close()
         for listener in self.listeners:
             listener.close()
-        for conn in list(self.connections):
+        for conn in self.admission.counted():
             conn.drain()
         limits = self.limits
-        deadline = self.clock() + limits.drain_timeout
-        while await self._drain_step(deadline):
+        start = self.clock()
+        deadline = start + limits.drain_timeout
+        calls_deadline = deadline - min(limits.linger, limits.drain_timeout / 2)
+        # One step at least: a connection accepted just before the listeners
+        # closed may not have been made yet.
+        while await self._drain_step(calls_deadline) and self.pending:
             self.notify(
                 f"STATUS=Stopping: {len(self.pending)} calls in flight, "
                 f"{len(self.connections)} connections open"
@@ -461,12 +597,11 @@ class Server:
                 f"(--drain-timeout {limits.drain_timeout:g} s)",
             ),
         )
-        # Connections answered by the deadline end cleanly within --linger.
-        until = self.clock() + limits.linger
-        while await self._drain_step(until):
-            pass
-        for conn in list(self.connections):
-            conn.close()
+        # Connections end once their client has read the end (or went quiet).
+        while self.admission.counted() and await self._drain_step(deadline):
+            pass  # each step waits a little
+        for conn in self.admission.counted():
+            conn.close("shutdown")
         if self._ticker is not None:
             self._ticker.cancel()
         asyncio.get_running_loop().remove_reader(self.library.fd)
@@ -475,11 +610,11 @@ class Server:
 
     async def _drain_step(self, until: float) -> bool:
         """Wait a little; end connections that have been owed nothing for
-        ``--drain-idle-grace``. False once nothing is left or ``until`` passed."""
+        ``--drain-idle-grace``. False once ``until`` has passed."""
         await asyncio.sleep(0.02)
         now = self.clock()
         grace = self.limits.drain_idle_grace
         for conn in list(self.connections):
             if conn.owes_nothing() and now - conn.last_active >= grace:
-                conn.end()
-        return now < until and bool(self.pending or self.connections)
+                conn.finish()
+        return now < until

@@ -29,13 +29,36 @@ class Stats:
         self.started = clock()
         self.connections_total = 0
         self.connections_refused = 0
-        self.idle_closed = 0
         self.refused_at_fd_limit = 0
         self.tls_handshake_failures = 0
+        #: Connections closed, by how (each counted once; see Connection.close_reason).
+        self.closed: Counter[str] = Counter()
         self.calls: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.errors: Counter[str] = Counter()
         self.latency: defaultdict[str, deque[float]] = defaultdict(lambda: deque(maxlen=SAMPLES))
         self.late_results = 0
+
+    def connection_accepted(self) -> None:
+        """A connection was accepted (before any decision on it)."""
+        self.connections_total += 1
+
+    def connection_refused(self, name: str, at_fd_limit: bool = False) -> None:
+        """A connection was refused with the daemon error ``name``."""
+        self.connections_refused += 1
+        self.refused_at_fd_limit += at_fd_limit
+        self.errors[name] += 1
+
+    def handshake_failed(self) -> None:
+        """A TLS handshake failed."""
+        self.tls_handshake_failures += 1
+
+    def connection_closed(self, reason: str) -> None:
+        """A connection is gone; ``reason`` says how it ended."""
+        self.closed[reason] += 1
+
+    def late_result(self) -> None:
+        """The library answered a call the daemon had already answered (Timeout)."""
+        self.late_results += 1
 
     def record(self, method: str, outcome: str, seconds: float) -> None:
         """Count one answered call and its latency."""
@@ -48,7 +71,7 @@ class Stats:
         self.record(method, DAEMON_ERROR, seconds)
 
     def record_refusal(self, name: str) -> None:
-        """Count a connection refused with the daemon error ``name`` (no call)."""
+        """Count a refusal with the daemon error ``name`` that answers no call."""
         self.errors[name] += 1
 
     def answered(self) -> int:
@@ -61,14 +84,16 @@ class Stats:
 
     def snapshot(
         self,
-        open_connections: int,
+        connections: dict[str, Any],
         in_flight: int,
         library: Status,
         held: dict[str, int],
         events: dict[str, Any],
         stale_warnings: dict[str, int],
+        extra: dict[str, Any],
     ) -> dict[str, Any]:
-        """The mytimerd.stats response."""
+        """The mytimerd.stats response; ``connections`` adds the live counts
+        (open, handshaking) and ``extra`` the budgets and the loop."""
         latency = {}
         for method, samples in self.latency.items():
             ordered = sorted(samples)
@@ -83,12 +108,13 @@ class Stats:
         return {
             "uptimeSeconds": self.uptime(),
             "connections": {
-                "open": open_connections,
+                **connections,
                 "total": self.connections_total,
                 "refused": self.connections_refused,
-                "idleClosed": self.idle_closed,
+                "idleClosed": self.closed["idle"],
                 "refusedAtFdLimit": self.refused_at_fd_limit,
                 "tlsHandshakeFailures": self.tls_handshake_failures,
+                "closed": dict(self.closed),
             },
             "inFlight": in_flight,
             "held": held,
@@ -108,4 +134,5 @@ class Stats:
                 "events": library.events,
             },
             "latencyMs": latency,
+            **extra,
         }

@@ -32,15 +32,25 @@ CATALOGUE: Final[dict[str, str]] = {
         "The payload is longer than --max-payload; it is not read and the connection is closed."
     ),
     "TooManyConnections": (
-        "The daemon already serves --max-connections connections; this one is "
-        "answered once and closed."
+        "The daemon already serves --max-connections connections, this peer already "
+        "holds --max-connections-per-peer (TLS handshakes under way included), or the "
+        "daemon is at its descriptor limit; this one is answered once and closed."
     ),
     "Overloaded": (
         "The library already holds --max-held-calls calls or --max-held-bytes bytes of "
         "requests (counted until it really answers, even after a Timeout answer); the "
         "call is refused at once. Daemon methods and later calls within budget work. "
         "Also sent, as a final answer before closing, to a connection whose unfinished "
-        "frame would take the daemon past --max-buffered-bytes."
+        "frame would take the daemon past --max-buffered-bytes, and to "
+        "mytimerd.subscribe past --max-subscribers."
+    ),
+    "QuotaExceeded": (
+        "This peer (a unix uid, a TCP address, or with mutual TLS the certificate's "
+        "name) already holds its share of a daemon budget: held calls or their bytes "
+        "(--max-held-calls-per-peer, --max-held-bytes-per-peer), unfinished frames "
+        "(--max-buffered-bytes-per-peer; the connection is closed) or subscriptions "
+        "(--max-subscribers-per-peer); the message names which. Other peers are not "
+        "affected; retry once some of your calls have ended."
     ),
     "PermissionDenied": (
         "The peer is not allowed: a unix peer not on --allow-user/--allow-group (root "
@@ -56,8 +66,10 @@ CATALOGUE: Final[dict[str, str]] = {
         "it is answered once and closed. Make calls on another connection."
     ),
     "SlowSubscriber": (
-        "More than --max-subscriber-queue events waited for this subscriber to read them; "
-        "it is sent this error last and cut off."
+        "This subscriber fell behind: more than --max-subscriber-queue events or "
+        "--max-subscriber-bytes bytes waited for it, or events waited longer than "
+        "--max-subscriber-lag; it is sent this error last (after any answer it is owed) "
+        "and cut off."
     ),
     "Timeout": "The library did not answer within --timeout seconds.",
     "ShuttingDown": "The daemon is stopping and takes no new requests.",

@@ -86,7 +86,15 @@ class _Builder:
             if notes.range is not None and isinstance(type_, Int):
                 type_ = Int(*notes.range)
             fields.append(
-                Field(f.name, type_, notes.doc, zero(type_), option=f.optional, cli=notes.cli)
+                Field(
+                    f.name,
+                    type_,
+                    notes.doc,
+                    zero(type_),
+                    option=f.optional,
+                    cli=notes.cli,
+                    holds=notes.holds,
+                )
             )
         struct = Struct(name, tuple(fields), overlay.TYPES.get(name, ""))
         self.structs[name] = struct

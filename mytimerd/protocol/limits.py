@@ -46,11 +46,33 @@ class Limits:
         "Connections served at once; more are answered TooManyConnections and closed.",
     )
     max_connections_per_peer: int = _limit(
-        4096,
+        2048,
         "--max-connections-per-peer",
         "connections",
-        "Connections one peer may hold at once (per uid on unix sockets, from "
-        "SO_PEERCRED; per address on TCP); more are answered TooManyConnections and closed.",
+        "Connections one peer may hold at once, TLS handshakes under way included (per "
+        "uid on unix sockets, from SO_PEERCRED; per address on TCP); more are answered "
+        "TooManyConnections and closed.",
+    )
+    max_tls_handshakes: int = _limit(
+        1024,
+        "--max-tls-handshakes",
+        "handshakes",
+        "TLS handshakes under way at once; a TCP client past it is closed at once "
+        "(no answer is possible before TLS), counted and logged.",
+    )
+    max_tls_handshakes_per_peer: int = _limit(
+        64,
+        "--max-tls-handshakes-per-peer",
+        "handshakes",
+        "TLS handshakes one address may have under way at once; past it the "
+        "connection is closed at once, counted and logged.",
+    )
+    max_tls_hello: int = _limit(
+        16384,
+        "--max-tls-hello",
+        "bytes",
+        "Largest TLS ClientHello accepted; a client announcing more is refused before "
+        "OpenSSL allocates for it (a stalled handshake costs little).",
     )
     max_in_flight: int = _limit(
         128,
@@ -75,12 +97,34 @@ class Limits:
         "Request bytes of those calls, across all connections; past it new library "
         "calls are answered Overloaded.",
     )
+    max_held_calls_per_peer: int = _limit(
+        2048,
+        "--max-held-calls-per-peer",
+        "calls",
+        "Held library calls (as --max-held-calls) of one peer: a unix uid, a TCP "
+        "address, or with mutual TLS the certificate's name; they count after it "
+        "disconnects. Past it its library calls are answered QuotaExceeded.",
+    )
+    max_held_bytes_per_peer: int = _limit(
+        8 << 20,
+        "--max-held-bytes-per-peer",
+        "bytes",
+        "Request bytes of one peer's held calls; past it its library calls are "
+        "answered QuotaExceeded.",
+    )
     max_buffered_bytes: int = _limit(
         256 << 20,
         "--max-buffered-bytes",
         "bytes",
         "Bytes of unfinished request frames buffered across all connections; the "
         "connection that would take the total past it is answered Overloaded and closed.",
+    )
+    max_buffered_bytes_per_peer: int = _limit(
+        32 << 20,
+        "--max-buffered-bytes-per-peer",
+        "bytes",
+        "Bytes of unfinished request frames of one peer's connections; the connection "
+        "that would take it past this is answered QuotaExceeded and closed.",
     )
     idle_timeout: float = _limit(
         60.0,
@@ -103,11 +147,47 @@ class Limits:
         "Events queued for a subscriber that does not read; past it the subscriber is "
         "sent SlowSubscriber and cut off.",
     )
+    max_subscriber_bytes: int = _limit(
+        1 << 20,
+        "--max-subscriber-bytes",
+        "bytes",
+        "Bytes of events waiting for one subscriber; a subscriber that falls further "
+        "behind is sent SlowSubscriber and cut off.",
+    )
+    max_subscriber_lag: float = _limit(
+        10.0,
+        "--max-subscriber-lag",
+        "seconds",
+        "Time a subscriber may leave events waiting (it does not read, or a call it "
+        "made before subscribing holds the line); past it, SlowSubscriber and cut off.",
+    )
+    max_subscribers: int = _limit(
+        4096,
+        "--max-subscribers",
+        "subscribers",
+        "Event subscriptions (connections after mytimerd.subscribe) at once; past it "
+        "mytimerd.subscribe is answered Overloaded.",
+    )
+    max_subscribers_per_peer: int = _limit(
+        256,
+        "--max-subscribers-per-peer",
+        "subscribers",
+        "Event subscriptions of one peer; past it mytimerd.subscribe is answered "
+        "QuotaExceeded.",
+    )
     timeout: float = _limit(
         30.0,
         "--timeout",
         "seconds",
         "Time the library has to answer a call before it is answered Timeout.",
+    )
+    max_delay: float = _limit(
+        3600.0,
+        "--max-delay",
+        "seconds",
+        "Longest delay a request may ask the library for (echo's delayMs): such a call "
+        "holds its peer's share of the budget until it ends; longer is answered "
+        "InvalidParameter.",
     )
     drain_timeout: float = _limit(
         10.0,
@@ -151,6 +231,13 @@ class Limits:
         "seconds",
         "During a drain, a connection owed nothing for this long (one accepted just "
         "before the listeners closed that has sent no request yet) is ended.",
+    )
+    loop_stall_warning: float = _limit(
+        0.25,
+        "--loop-stall-warning",
+        "seconds",
+        "The journal warns (rate-limited) when the event loop stalls longer, naming "
+        "what ran; stats report the longest stall of the last minute.",
     )
 
     def to_json(self) -> dict[str, Any]:

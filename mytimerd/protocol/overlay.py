@@ -51,6 +51,8 @@ class FieldNotes:
     range: tuple[int, int] | None = None
     #: The mytimerctl option name, when the key's own does not read well.
     cli: str | None = None
+    #: Milliseconds the library holds the call: bounded by the daemon's --max-delay.
+    holds: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ FIELDS: Final[Mapping[str, FieldNotes]] = {
         "Milliseconds to wait before replying (<= 0: reply at once).",
         range=(-DELAY_MS_LIMIT, DELAY_MS_LIMIT),
         cli="delay-ms",
+        holds=True,
     ),
     "ComplexRequest.messages": FieldNotes("Messages to count (delays are ignored).", cli="message"),
     "ComplexRequest.tags": FieldNotes("Free-form tags.", cli="tag"),

@@ -13,6 +13,7 @@ millisecond clock).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -178,7 +179,8 @@ class Field:
 
     ``option`` marks the library's optional values (``? key: T / null``): null
     or undefined mean "absent". Every key may be left out; the library then
-    uses ``default``. ``cli`` overrides the mytimerctl option name.
+    uses ``default``. ``cli`` overrides the mytimerctl option name. ``holds``
+    marks milliseconds for which the library holds the call.
     """
 
     name: str
@@ -187,6 +189,7 @@ class Field:
     default: JSONValue = None
     option: bool = False
     cli: str | None = None
+    holds: bool = False
 
 
 @dataclass(frozen=True)
@@ -266,11 +269,11 @@ class Method:
     checks: tuple[Check, ...] = ()
     static: bool = False
 
-    def validate(self, payload: bytes, max_items: int = cbor.MAX_ITEMS) -> None:
-        """Raise DaemonError unless ``payload`` is an acceptable request of at
-        most ``max_items`` CBOR data items."""
+    def validate(self, payload: bytes, max_items: int = cbor.MAX_ITEMS) -> dict[str, Any]:
+        """The decoded request; raises DaemonError unless ``payload`` is an
+        acceptable request of at most ``max_items`` CBOR data items."""
         if payload == b"\xa0":  # `{}`: every key may be missing
-            return
+            return {}
         try:
             value = cbor.loads(payload, max_items)
         except cbor.CBORError as exc:
@@ -279,6 +282,23 @@ class Method:
         assert isinstance(value, dict)
         for check in self.checks:
             check(value)
+        return value
+
+    @functools.cached_property
+    def held_paths(self) -> tuple[tuple[str, ...], ...]:
+        """Key paths of the request's fields that make the library hold the
+        call (``holds``), through nested maps (not arrays)."""
+        out: list[tuple[str, ...]] = []
+
+        def walk(struct: Struct, prefix: tuple[str, ...]) -> None:
+            for f in struct.fields:
+                if f.holds:
+                    out.append((*prefix, f.name))
+                elif isinstance(f.type, Struct):
+                    walk(f.type, (*prefix, f.name))
+
+        walk(self.request, ())
+        return tuple(out)
 
     def to_json(self) -> dict[str, JSONValue]:
         """A JSON-able description (served by mytimerd.describe)."""

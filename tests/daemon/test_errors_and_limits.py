@@ -104,8 +104,8 @@ def test_too_many_connections(daemon_factory: Callable[..., Daemon]) -> None:
     with d.client() as third:
         resp = third.call("version")
         assert resp.body == (
-            b"mytimerd.TooManyConnections: 2 connections are open, the limit "
-            b"(--max-connections) is 2; retry later"
+            b"mytimerd.TooManyConnections: the daemon has 2 connections open in all "
+            b"(--max-connections 2); retry later"
         )
         assert third.at_eof()
     a.close()
@@ -138,8 +138,8 @@ def test_too_many_connections_per_peer(
     assert a.call("version").ret == 0 and b.call("version").ret == 0
     with d.client() as third:
         assert third.call("version").body == (
-            b"mytimerd.TooManyConnections: " + peer + b" already has 2 connections open "
-            b"(--max-connections-per-peer); close some or retry later"
+            b"mytimerd.TooManyConnections: " + peer + b" has 2 connections open, its share "
+            b"(--max-connections-per-peer 2); other peers are not affected; retry later"
         )
     a.close()
     deadline = time.monotonic() + 5

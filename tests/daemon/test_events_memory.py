@@ -88,8 +88,9 @@ def test_a_subscriber_that_falls_behind_is_cut_off_holding_nothing() -> None:
         *_, last = slow_t.responses()
         assert error_name(last) == "SlowSubscriber"
         assert len(slow_t.responses()) == 2  # the ack, then the error: no queued event
+        assert slow_t.eof_written
         await asyncio.sleep(0.05)
-        assert slow_t.aborted
+        assert slow_t.closed  # quiet and nothing left unsent: closed without a reset
         assert len(fast_t.responses()) == 7  # the others never noticed
         rig.library.fire(0, EVENT)
         rig.results()
@@ -109,7 +110,10 @@ def test_a_paused_subscriber_catches_up_within_its_queue() -> None:
     rig.results()
     assert len(transport.responses()) == 1
     conn.resume_writing()
+    rig.run_soon()
     assert len(transport.responses()) == 6
+    *_, last = transport.responses()
+    assert last.body == EVENT  # six frames, one write
 
 
 def test_a_method_the_library_lacks_is_unavailable() -> None:
@@ -134,7 +138,15 @@ def test_events_behind_a_call_still_in_flight_are_bounded_too() -> None:
         for _ in range(6):
             rig.library.fire(0, EVENT)
             rig.results()
-        (refusal,) = transport.responses()  # nothing was owed in order before it
+        assert transport.responses() == []  # the echo still heads the line
+        assert introspection.stats(rig.server)["events"]["cutOff"] == 1
+        rig.library.answer(min(rig.library.held))
+        rig.results()
+        # The call made before subscribing keeps its answer; the error comes last.
+        answer, ack, refusal = transport.responses()
+        assert cbor2.loads(answer.body)["req"]["message"] == "slow"
+        assert cbor2.loads(ack.body) == {"subscribed": ["on_echo_fired"]}
         assert error_name(refusal) == "SlowSubscriber"
+        assert transport.eof_written
 
     in_loop(run)

@@ -38,7 +38,7 @@ def test_refused_calls_are_logged_with_structured_fields(
     )
     assert unknown.levelno == logging.INFO
     assert (invalid.ERROR, invalid.METHOD) == ("InvalidParameter", "echo")  # type: ignore[attr-defined]
-    assert "refused echo from ip:192.0.2.1: req: expected a map" in invalid.getMessage()
+    assert "refused echo from ip:192.0.2.1: InvalidParameter: req: expected a map" in invalid.getMessage()
 
 
 def test_a_flood_is_rate_limited_and_says_how_much_was_suppressed(
@@ -92,7 +92,7 @@ def test_debug_shows_connections_and_library_errors(caplog: pytest.LogCaptureFix
     assert debug == [
         "connection from ip:192.0.2.1 (1 open)",
         "library error in echo for ip:192.0.2.1: job name must not be empty",
-        "connection from ip:192.0.2.1 closed",
+        "connection from ip:192.0.2.1 closed (client)",
     ]
     del transport
 
@@ -113,10 +113,10 @@ def test_a_real_daemon_logs_what_it_refused(daemon_factory: Callable[..., Daemon
     deadline = time.monotonic() + 5
     wanted = [
         "refused (unknown) from uid:",
-        "refused echo from uid:0: req.delayMs: expected an integer",
-        "refused echo from uid:0: echo did not complete within 0.3 s",
-        "refused echo from uid:0: payload of 1025 bytes exceeds the limit of 1024",
-        "refused (unknown) from uid:0: method name of 1195725856 bytes",
+        "refused echo from uid:0: InvalidParameter: req.delayMs: expected an integer",
+        "refused echo from uid:0: Timeout: echo did not complete within 0.3 s",
+        "refused echo from uid:0: FrameTooLarge: payload of 1025 bytes exceeds the limit of 1024",
+        "refused (unknown) from uid:0: MethodNameTooLong: method name of 1195725856 bytes",
     ]
     while not all(w in d.log() for w in wanted):
         assert time.monotonic() < deadline, d.log()

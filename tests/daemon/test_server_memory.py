@@ -7,6 +7,7 @@ limit, each in milliseconds and with no socket or process.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -41,23 +42,37 @@ class Rig:
         self.notes: list[str] = []
         config = Config(limits=Limits(**limits), watchdog=watchdog)
         self.interface = interfaces.bundled(generation)
-        if real_time:
-            self.server = Server(config, self.library, self.interface, self.notes.append)
-        else:
-            self.server = Server(
-                config, self.library, self.interface, self.notes.append, self.clock
-            )
+        #: Work the server scheduled on the loop (fan-out and result slices).
+        self.soon: list[Callable[[], None]] = []
+        self.server = Server(
+            config,
+            self.library,
+            self.interface,
+            self.notes.append,
+            time.monotonic if real_time else self.clock,
+            schedule=lambda delay, callback: self.soon.append(callback),
+        )
 
-    def connect(self) -> tuple[Connection, FakeTransport]:
-        """A new client connection."""
+    def connect(self, address: str = "192.0.2.1") -> tuple[Connection, FakeTransport]:
+        """A new client connection from TCP ``address`` (the peer ``ip:ADDRESS``)."""
         conn = Connection(self.server)
-        transport = FakeTransport(protocol=conn)
+        transport = FakeTransport(protocol=conn, peername=(address, 40000))
         conn.connection_made(transport)  # type: ignore[arg-type]
         return conn, transport
 
     def results(self) -> None:
-        """The library's descriptor fired."""
+        """The library's descriptor fired; then the loop runs what it scheduled."""
         self.server.on_results()
+        self.run_soon()
+
+    def run_soon(self, turns: int = 1000) -> int:
+        """Run scheduled work until none is left; how many callbacks ran."""
+        ran = 0
+        while self.soon and ran < turns:
+            self.soon.pop(0)()
+            ran += 1
+        assert not self.soon, "scheduled work did not settle"
+        return ran
 
 
 def echo(message: str, delay_ms: int = 0) -> bytes:
@@ -449,7 +464,7 @@ def test_idle_connections_close_and_a_half_frame_does_not_keep_one_open() -> Non
         rig.results()
     assert quiet.closed and half_t.closed
     assert not busy_t.closed  # owed an answer: not idle
-    assert rig.server.stats.idle_closed == 2
+    assert rig.server.stats.closed["idle"] == 2
     assert rig.server.connections == {busy}
 
 
@@ -460,16 +475,16 @@ def test_unfinished_frames_share_one_buffer_budget() -> None:
         a, a_t = rig.connect()
         b, b_t = rig.connect()
         a.data_received(frame[:600])
-        assert rig.server.buffered_bytes == 600
+        assert rig.server.ledger.buffered.total == 600
         b.data_received(frame[:600])  # 1200 > 1000: b is refused, a is not
         (refusal,) = b_t.responses()
         assert error_name(refusal) == "Overloaded"
         assert b"--max-buffered-bytes 1000" in refusal.body
         assert b_t.eof_written and not a_t.eof_written
         await asyncio.sleep(0.05)  # b lingers, then closes and frees its share
-        assert b_t.closed and rig.server.buffered_bytes == 600
+        assert b_t.closed and rig.server.ledger.buffered.total == 600
         a.data_received(frame[600:])  # a's frame completes
-        assert rig.server.buffered_bytes == 0
+        assert rig.server.ledger.buffered.total == 0
         assert len(rig.library.held) == 1
 
     in_loop(run)

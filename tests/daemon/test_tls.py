@@ -115,7 +115,7 @@ def test_bad_client_certificates_are_refused(
     assert tls_call(port, client_context(pki, pki.alice)).ret == wire.RET_OK  # still serving
     connections = stats(d)["connections"]
     assert isinstance(connections, dict) and connections["tlsHandshakeFailures"] == 1
-    assert "refused (connection) from ip:127.0.0.1: TLS handshake failed" in d.log()
+    assert "refused (connection) from ip:127.0.0.1: TLSHandshake: TLS handshake failed" in d.log()
 
 
 def test_the_server_certificate_is_checked_by_the_client(
@@ -154,7 +154,7 @@ def test_plaintext_client_on_a_tls_port(daemon_factory: Callable[..., Daemon], p
         assert s.recv(100) == b""  # no answer in plaintext: the handshake failed
     assert tls_call(port, client_context(pki, pki.alice)).ret == wire.RET_OK
     deadline = time.monotonic() + 5
-    while "refused (connection) from ip:127.0.0.1: TLS handshake failed" not in d.log():
+    while "refused (connection) from ip:127.0.0.1: TLSHandshake: TLS handshake failed" not in d.log():
         assert time.monotonic() < deadline, d.log()
         time.sleep(0.05)
 

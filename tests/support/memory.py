@@ -112,6 +112,9 @@ class FakeTransport:
     aborted: bool = False
     eof_written: bool = False
     buffered: int = 0
+    #: How many write() calls the connection made.
+    writes: int = 0
+    high_water: int | None = None
     peername: tuple[str, int] = ("192.0.2.1", 40000)
     #: The protocol to tell when closed, as asyncio does.
     protocol: Any = None
@@ -121,9 +124,11 @@ class FakeTransport:
         return self.peername if name == "peername" else default
 
     def write(self, data: bytes) -> None:
-        """Record ``data``."""
+        """Record ``data`` (a real transport refuses it after close or write_eof)."""
         assert not self.closed, "write after close"
+        assert not self.eof_written, "write after write_eof"
         self.written += data
+        self.writes += 1
 
     def pause_reading(self) -> None:
         """Reading stops."""
@@ -160,6 +165,10 @@ class FakeTransport:
     def get_write_buffer_size(self) -> int:
         """Bytes the kernel has not taken yet (set by the test)."""
         return self.buffered
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """Record the high-water mark (the test pauses writing itself)."""
+        self.high_water = high
 
     def responses(self) -> list[wire.Response]:
         """Every response frame written so far, parsed."""
