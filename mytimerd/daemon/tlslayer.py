@@ -7,21 +7,107 @@ nowhere. This layer owns the handshake: it is bounded by a timer, its
 failure is reported to the daemon with the reason, and the alert reaches the
 client before the connection closes. It is a protocol to the TCP transport
 and a transport to the connection.
+
+No SSL object exists until the client's whole ClientHello is in: a
+:class:`~mytimerd.protocol.tlshello.HelloReader` reads it first, so a
+client that stalls before (or announces a hello larger than ``max_hello``)
+costs the bytes it sent and no OpenSSL buffers (:class:`HelloRefused`).
+
+After a flood of handshakes has receded, the heap's free pages are handed
+back to the OS (``malloc_trim``): glibc's ``free()`` only ever shrinks the
+top of the heap, and a few long-lived allocations made during the flood (the
+event loop's descriptor tables, sets that grew) pin it, so without this the
+memory of thousands of closed connections stays resident for good.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any
+
+from ..protocol.tlshello import DEFAULT_MAX_HELLO, HelloReader, HelloRefused, alert_record
+
+__all__ = ["HandshakeTimeout", "HelloRefused", "TLSLayer"]
 
 _READ: int = 256 * 1024
 
 
 class HandshakeTimeout(Exception):
     """The client did not complete the TLS handshake in time."""
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None (another C library: nothing to do)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
+class HeapReturn:
+    """Counts handshakes under way and, once a flood of them has receded,
+    gives the heap's free pages back to the OS.
+
+    A flood is ``flood`` handshakes at once (each holds at least a few kB,
+    tens with OpenSSL's buffers); it has receded when no more than a quarter
+    of its peak is left. The trim runs ``delay`` seconds later, when the
+    transports closed meanwhile have been freed, and at most once per flood,
+    so its cost (a walk of the heap: about 25 ms for 8,000 freed chunks) is
+    paid once per thousands of handshakes, never per connection.
+    """
+
+    def __init__(
+        self,
+        flood: int = 256,
+        delay: float = 1.0,
+        trim: Callable[[int], int] | None = None,
+    ) -> None:
+        self.flood = flood
+        self.delay = delay
+        self.trim = trim if trim is not None else _malloc_trim()
+        #: Handshakes under way, and the most at once since the last trim.
+        self.live = 0
+        self.peak = 0
+        #: Trims done (for tests and curiosity).
+        self.trims = 0
+        self._due: float | None = None
+
+    def begin(self) -> None:
+        """A handshake started."""
+        self.live += 1
+        self.peak = max(self.peak, self.live)
+
+    def end(self) -> None:
+        """A handshake ended (either way); trim later if a flood receded."""
+        self.live -= 1
+        if self.trim is None or self.peak < self.flood or self.live > self.peak // 4:
+            return
+        now = time.monotonic()
+        # A trim already due is not scheduled again (unless its loop died
+        # before running it: then it is long overdue).
+        if self._due is not None and now < self._due + 10 * self.delay:
+            return
+        self._due = now + self.delay
+        asyncio.get_running_loop().call_later(self.delay, self._run)
+
+    def _run(self) -> None:
+        self._due = None
+        self.peak = self.live
+        if self.trim is not None:
+            self.trim(0)
+            self.trims += 1
+
+
+#: The process's one heap, shared by every TLS layer.
+heap = HeapReturn()
 
 
 class TLSLayer(asyncio.Protocol):
@@ -34,31 +120,45 @@ class TLSLayer(asyncio.Protocol):
         app: asyncio.Protocol,
         timeout: float,
         done: Callable[[BaseException | None], None],
+        *,
+        max_hello: int = DEFAULT_MAX_HELLO,
     ) -> None:
         """Start the handshake on ``raw``; ``done(None)`` once it succeeded
-        (then ``app`` receives the plaintext), ``done(exc)`` if it failed."""
+        (then ``app`` receives the plaintext), ``done(exc)`` if it failed
+        (:class:`HandshakeTimeout`, :class:`HelloRefused`, an ``ssl.SSLError``
+        or a ``ConnectionError``). A ClientHello announcing more than
+        ``max_hello`` bytes is refused before OpenSSL sees it."""
         self._raw = raw
         self._app = app
         self._done: Callable[[BaseException | None], None] | None = done
-        self._in = ssl.MemoryBIO()
-        self._out = ssl.MemoryBIO()
-        self._ssl = context.wrap_bio(self._in, self._out, server_side=True)
+        self._context = context
+        # Until the ClientHello is complete there is no SSL object (and no
+        # OpenSSL buffer): only this reader and the bytes of the hello.
+        self._hello: HelloReader | None = HelloReader(max_hello)
+        self._in: ssl.MemoryBIO | None = None
+        self._out: ssl.MemoryBIO | None = None
+        self._ssl: ssl.SSLObject | None = None
         self._eof_sent = False
         self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
             timeout,
             self._fail,
             HandshakeTimeout(f"no handshake within {timeout:g} s (--tls-handshake-timeout)"),
         )
+        heap.begin()
         raw.set_protocol(self)
 
     # the TCP side --------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        incoming = self._in
+        tls, incoming = self._ssl, self._in
+        if tls is None or incoming is None:
+            data = self._read_hello(data)
+            tls, incoming = self._ssl, self._in
+            if tls is None or incoming is None:
+                return
         incoming.write(data)
         if self._done is not None and not self._handshake():
             return
-        tls = self._ssl
         chunks = []
         eof = False
         # Read while whole records may be waiting: stopping when neither the
@@ -82,7 +182,7 @@ class TLSLayer(asyncio.Protocol):
             chunks.append(chunk)
             if not incoming.pending and not tls.pending():
                 break
-        if self._out.pending:  # session tickets, key updates
+        if self._out is not None and self._out.pending:  # session tickets, key updates
             self._send_out()
         if chunks:
             self._app.data_received(b"".join(chunks) if len(chunks) > 1 else chunks[0])
@@ -111,7 +211,7 @@ class TLSLayer(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         """Encrypt and send ``data``."""
-        self._ssl.write(data)
+        self._session().write(data)
         self._send_out()
 
     def can_write_eof(self) -> bool:
@@ -147,19 +247,48 @@ class TLSLayer(asyncio.Protocol):
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """``peercert`` and ``cipher`` from TLS; the rest from the TCP transport."""
+        tls = self._ssl
         if name == "peercert":
-            return self._ssl.getpeercert()
+            return default if tls is None else tls.getpeercert()
         if name == "cipher":
-            return self._ssl.cipher()
+            return default if tls is None else tls.cipher()
         if name == "ssl_object":
-            return self._ssl
+            return default if tls is None else tls
         return self._raw.get_extra_info(name, default)
 
     # internals -------------------------------------------------------------------
 
+    def _read_hello(self, data: bytes) -> bytes:
+        """Feed the hello reader; once the hello is complete, create the SSL
+        object and return what OpenSSL is to read (else b"")."""
+        reader = self._hello
+        if reader is None or self._done is None:
+            return b""  # refused or timed out: the transport is closing
+        try:
+            hello = reader.feed(data)
+        except HelloRefused as exc:
+            self._hello = None
+            if exc.alert is not None and not self._raw.is_closing():
+                self._raw.write(alert_record(exc.alert))
+            self._fail(exc)
+            return b""
+        if hello is None:
+            return b""
+        self._hello = None
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._ssl = self._context.wrap_bio(self._in, self._out, server_side=True)
+        return hello.records()
+
+    def _session(self) -> ssl.SSLObject:
+        tls = self._ssl
+        if tls is None:
+            raise RuntimeError("no TLS session before the handshake")
+        return tls
+
     def _handshake(self) -> bool:
         try:
-            self._ssl.do_handshake()
+            self._session().do_handshake()
         except ssl.SSLWantReadError:
             self._send_out()
             return False
@@ -174,14 +303,17 @@ class TLSLayer(asyncio.Protocol):
         if self._eof_sent or self._raw.is_closing():
             return
         self._eof_sent = True
+        if self._ssl is None:
+            return  # no session, nothing to close
         # SSLWantReadError: the client's own close_notify has not come yet.
         with contextlib.suppress(ssl.SSLError):
             self._ssl.unwrap()
         self._send_out()
 
     def _send_out(self) -> None:
-        if self._out.pending and not self._raw.is_closing():
-            self._raw.write(self._out.read())
+        out = self._out
+        if out is not None and out.pending and not self._raw.is_closing():
+            self._raw.write(out.read())
 
     def _fail(self, exc: BaseException) -> None:
         if self._done is None:
@@ -197,5 +329,9 @@ class TLSLayer(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        # A reader left from before the hello holds its bytes: let them go now,
+        # not when the transport gets round to dropping this protocol.
+        self._hello = None
         if done is not None:
+            heap.end()
             done(exc)
