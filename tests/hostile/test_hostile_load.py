@@ -13,9 +13,12 @@ import shutil
 import signal
 import socket
 import string
+import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -524,42 +527,182 @@ def check_in_order(responses: list[wire.Response], allow_shutting_down: bool) ->
     return shutting
 
 
+#: Requests a batch client sends in one write, and the in-flight limit of the
+#: drain test's daemon: most of each batch waits behind the limit, so a
+#: SIGTERM almost always finds requests read but not started (the ones the
+#: drain sheds).
+BATCH = 64
+DRAIN_IN_FLIGHT = 4
+
+
+@dataclass
+class BatchResult:
+    """What one batch client saw: the answers to each batch it sent."""
+
+    batches: list[list[wire.Response]] = field(default_factory=list)
+    unexpected: list[wire.Response] = field(default_factory=list)
+    eof: bool = False
+    reset: bool = False
+    error: str | None = None
+
+    @property
+    def sent(self) -> int:
+        """Requests sent."""
+        return BATCH * len(self.batches)
+
+    @property
+    def answered(self) -> int:
+        """Answers received to the requests sent."""
+        return sum(len(b) for b in self.batches)
+
+    @property
+    def shutting_down(self) -> int:
+        """How many answers were ShuttingDown."""
+        return sum(error_name(r) == "ShuttingDown" for b in self.batches for r in b)
+
+
+class BatchClient:
+    """A client that makes what the daemon read observable: it pipelines
+    BATCH echo requests in one write (a few kB: one read takes all of it, so
+    the daemon reads a batch whole or not at all), reads their answers, and
+    only then sends the next batch. When the drain comes, the batch sent last
+    was either read (then every request in it is answered, with its result or
+    ShuttingDown) or not (then none is): any other count of answers means the
+    daemon dropped a request it had read. It stops sending at the first
+    ShuttingDown and reads to EOF."""
+
+    def __init__(self, address: Address, conn: int) -> None:
+        self.sock = connect(address, timeout=10)
+        self.conn = conn
+        self.result = BatchResult()
+        self.started = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"batch-{conn}", daemon=True)
+        self._thread.start()
+
+    def frames(self, batch: int) -> bytes:
+        """Batch ``batch``: echo(its global index, a delay of 0..20 ms) each."""
+        first = batch * BATCH
+        return b"".join(echo_frame(self.conn)(first + i) for i in range(BATCH))
+
+    def _run(self) -> None:
+        res = self.result
+        parser = wire.ResponseParser()
+        stopping = False
+        try:
+            while not res.eof:
+                if not stopping and (not res.batches or len(res.batches[-1]) == BATCH):
+                    if len(res.batches) >= 2:
+                        self.started.set()
+                    self.sock.sendall(self.frames(len(res.batches)))
+                    res.batches.append([])
+                data = self.sock.recv(1 << 16)
+                if not data:
+                    res.eof = True
+                    break
+                for resp in parser.feed(data):
+                    current = res.batches[-1]
+                    if len(current) < BATCH:
+                        current.append(resp)
+                        stopping = stopping or error_name(resp) == "ShuttingDown"
+                    else:  # no request of ours is waiting for it
+                        res.unexpected.append(resp)
+        except ConnectionResetError:
+            res.reset = True
+        except OSError as exc:  # a send error, or no answer for 10 s
+            res.error = repr(exc)
+
+    def join(self, timeout: float) -> BatchResult:
+        """Wait for EOF (or an error) and return what was seen."""
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the connection did not end"
+        return self.result
+
+    def close(self) -> None:
+        """Close the socket (the thread then ends)."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(5)
+        self.sock.close()
+
+
+def check_batch(conn: int, index: int, answers: list[wire.Response]) -> None:
+    """The answers to batch ``index`` of connection ``conn``, in request
+    order: each its own echo, or ShuttingDown for that request and every one
+    after it (those were waiting behind the in-flight limit)."""
+    shutting = False
+    for i, resp in enumerate(answers):
+        where = (conn, index, i)
+        if resp.ret == wire.RET_OK:
+            assert not shutting, f"{where}: an answer after ShuttingDown"
+            assert cbor2.loads(resp.body)["echoed"] == str(index * BATCH + i), (where, resp)
+        else:
+            assert error_name(resp) == "ShuttingDown", (where, resp)
+            shutting = True
+
+
 def test_sigterm_under_load_answers_what_it_read_and_exits(
     hostile_daemon: Callable[..., Daemon],
 ) -> None:
-    """6 connections pipeline echo (delays 0..20 ms) without stopping; SIGTERM:
-    every response is well formed and for its request in order (its result or
-    ShuttingDown), each connection then reads a clean EOF (no ECONNRESET), and
-    the daemon exits 0 within 3 s (--drain-timeout 10)."""
-    d = hostile_daemon("--drain-timeout", "10")
-    attackers = [
-        Pipeliner(
-            d.address,
-            echo_frame(k),
-            stop_when=lambda r: error_name(r) == "ShuttingDown",
-            half_close=False,
-        )
-        for k in range(6)
-    ]
+    """With --max-in-flight 4, 6 clients send batches of 64 pipelined echoes
+    (delays 0..20 ms), each batch once the last is answered, and 2 more
+    pipeline echoes without stopping; then SIGTERM. Every request the daemon
+    read is answered, nothing dropped: each batch client gets exactly 64
+    answers per batch, except that the batch sent last may get none (it was
+    not read); each answer is its request's echo, or ShuttingDown from some
+    point on; at least one ShuttingDown shows that the signal found requests
+    waiting. The flooding clients get well formed answers in order. Every
+    connection then reads a clean EOF (no ECONNRESET) and the daemon exits 0
+    within 3 s (--drain-timeout 10)."""
+    d = hostile_daemon("--drain-timeout", "10", "--max-in-flight", str(DRAIN_IN_FLIGHT))
+    batchers: list[BatchClient] = []
+    floods: list[Pipeliner] = []
     try:
-        for a in attackers:
-            assert a.wait_responses(200, 10), "the load did not start"
+        batchers = [BatchClient(d.address, k) for k in range(6)]
+        floods = [
+            Pipeliner(
+                d.address,
+                echo_frame(6 + k),
+                stop_when=lambda r: error_name(r) == "ShuttingDown",
+                half_close=False,
+            )
+            for k in range(2)
+        ]
+        for b in batchers:
+            assert b.started.wait(10), "the load did not start"
+        for f in floods:
+            assert f.wait_responses(200, 10), "the load did not start"
         signalled = time.monotonic()
         d.send_signal(signal.SIGTERM)
         try:
             code: int | None = d.proc.wait(10)
-        except Exception:
+        except subprocess.TimeoutExpired:
             code = None
         exited = time.monotonic() - signalled
-        results = [a.join(timeout=5) for a in attackers]
+        batched = [b.join(timeout=5) for b in batchers]
+        flooded = [f.join(timeout=5) for f in floods]
     finally:
-        for a in attackers:
-            a.close()
+        for b in batchers:
+            b.close()
+        for f in floods:
+            f.close()
     report(
         "drain",
         exit_code=code,
         exit_after=f"{exited:.2f}s",
-        per_conn=[
+        batch_clients=[
+            {
+                "sent": r.sent,
+                "answered": r.answered,
+                "last_batch": len(r.batches[-1]) if r.batches else None,
+                "shuttingDown": r.shutting_down,
+                "unexpected": len(r.unexpected),
+                "eof": r.eof,
+                "reset": r.reset,
+                "error": r.error,
+            }
+            for r in batched
+        ],
+        flooding_clients=[
             {
                 "sent": r.sent,
                 "answered": len(r.responses),
@@ -569,14 +712,28 @@ def test_sigterm_under_load_answers_what_it_read_and_exits(
                 "read_error": r.read_error,
                 "send_error": r.send_error,
             }
-            for r in results
+            for r in flooded
         ],
     )
-    for r in results:
-        assert not r.reset and r.read_error is None, r.read_error or "ECONNRESET on read"
-        assert r.eof, "the connection was not closed"
-        assert len(r.responses) <= r.sent
-        check_in_order(r.responses, allow_shutting_down=True)
+    for conn, r in enumerate(batched):
+        assert not r.reset and r.error is None, (conn, r.error or "ECONNRESET on read")
+        assert r.eof, f"connection {conn} was not closed"
+        assert not r.unexpected, (conn, r.unexpected[:3])
+        *done, last = r.batches
+        assert [len(b) for b in done] == [BATCH] * len(done), (conn, [len(b) for b in done])
+        # The batch sent last was read whole (all answered) or not at all.
+        assert len(last) in (0, BATCH), (
+            f"connection {conn}: {len(last)} of the {BATCH} requests of its last batch "
+            "answered, then EOF: the daemon read that batch and dropped the rest"
+        )
+        for index, answers in enumerate(r.batches):
+            check_batch(conn, index, answers)
+    assert sum(r.shutting_down for r in batched) >= 1, "the drain shed nothing"
+    for f_r in flooded:
+        assert not f_r.reset and f_r.read_error is None, f_r.read_error or "ECONNRESET on read"
+        assert f_r.eof, "the connection was not closed"
+        assert len(f_r.responses) <= f_r.sent
+        check_in_order(f_r.responses, allow_shutting_down=True)
     assert code == 0, d.log()[-2000:]
     assert exited < 3.0, d.log()[-2000:]
 
