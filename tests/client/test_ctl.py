@@ -17,6 +17,7 @@ from mytimerd.client import Client, ctl
 from mytimerd.protocol import interfaces, wire
 from mytimerd.protocol.interfaces import METHODS
 from mytimerd.protocol.schema import Array, Struct
+from tests.conftest import require
 
 from .conftest import Daemon, FakeServer, canned
 
@@ -612,6 +613,16 @@ def test_zsh_completion_script(capsys: pytest.CaptureFixture[str]) -> None:
             assert p.flag in script
 
 
+@pytest.fixture
+def zsh() -> str:
+    """The zsh to run: scripts/setup installs it, so CI fails without it
+    (a developer machine without zsh skips)."""
+    path = shutil.which("zsh")
+    require(path is not None, "zsh is not installed (scripts/setup installs it)")
+    assert path is not None
+    return path
+
+
 #: Drives an interactive zsh in a pseudo-terminal: loads the script, types
 #: "mytimerctl $2<TAB>" and prints what the terminal shows once $3 appears.
 _ZPTY_DRIVER = r"""
@@ -632,7 +643,6 @@ zpty -d z
 """
 
 
-@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
 @pytest.mark.parametrize(
     ("typed", "expected"),
     [
@@ -647,12 +657,12 @@ zpty -d z
     ],
 )
 def test_zsh_completion_in_zsh(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, typed: str, expected: str
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, zsh: str, typed: str, expected: str
 ) -> None:
     script = tmp_path / "mytimerctl.zsh"
     script.write_text(run(capsys, "completion", "zsh")[1])
     done = subprocess.run(
-        ["zsh", "-f", "-c", _ZPTY_DRIVER, "driver", str(script), typed, expected],
+        [zsh, "-f", "-c", _ZPTY_DRIVER, "driver", str(script), typed, expected],
         capture_output=True,
         text=True,
         timeout=60,
@@ -661,15 +671,14 @@ def test_zsh_completion_in_zsh(
     assert expected in done.stdout
 
 
-@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
 def test_zsh_completion_offers_nothing_for_the_port(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, zsh: str
 ) -> None:
     """In the PORT slot zsh rings the bell (nothing to offer) instead of listing commands."""
     script = tmp_path / "mytimerctl.zsh"
     script.write_text(run(capsys, "completion", "zsh")[1])
     done = subprocess.run(
-        ["zsh", "-f", "-c", _ZPTY_DRIVER, "driver", str(script), "--tcp localhost ", "\a"],
+        [zsh, "-f", "-c", _ZPTY_DRIVER, "driver", str(script), "--tcp localhost ", "\a"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -17,7 +17,6 @@ import cbor2
 import pytest
 
 from mytimerd.protocol import wire
-from tests.conftest import require
 from tests.integration.helpers import (
     VERSION_BODY,
     clean_env,
@@ -25,7 +24,7 @@ from tests.integration.helpers import (
     wait_until,
 )
 from tests.support.daemon import UnixAddress, WireClient, mytimerd_command
-from tests.support.native import REPO_ROOT, build_stuck_double
+from tests.support.native import build_stuck_double
 
 WATCHDOG_USEC = "400000"  # the daemon pings every 0.2 s while healthy
 
@@ -202,10 +201,6 @@ def test_watchdog_stops_while_library_stuck(
     """A library that stops answering (silent) or blocks in a call: ping says unhealthy,
     STATUS says so and WATCHDOG=1 stops (systemd would restart the daemon); once the
     library answers again, pings resume, and SIGTERM still exits 0."""
-    require(
-        (REPO_ROOT / "tests" / "doubles" / "stuck_timer.c").is_file(),
-        "tests/doubles/stuck_timer.c (the stuck test double) does not exist yet",
-    )
     double = build_stuck_double()
     control = tmp_path / "control"
     control.write_text("ok")
