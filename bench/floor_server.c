@@ -20,7 +20,6 @@
  * (a safety net for benchmark runs; default: run until SIGTERM/SIGINT).
  */
 #define _GNU_SOURCE
-#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -33,9 +32,10 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "listen.h"
 
 #define MAX_LISTENERS 16
 #define MAX_METHOD_LEN 4096u
@@ -80,14 +80,6 @@ static uint32_t be32(const uint8_t *p) {
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
 }
 
-static int is_loopback(const char *host) {
-    struct in_addr a4;
-    struct in6_addr a6;
-    if (inet_pton(AF_INET, host, &a4) == 1) return (ntohl(a4.s_addr) >> 24) == 127;
-    if (inet_pton(AF_INET6, host, &a6) == 1) return IN6_IS_ADDR_LOOPBACK(&a6);
-    return strcmp(host, "localhost") == 0;
-}
-
 static void add_listener(int fd) {
     if (g_nlisten >= MAX_LISTENERS) {
         fprintf(stderr, "floor_server: too many listeners\n");
@@ -101,56 +93,8 @@ static void add_listener(int fd) {
 }
 
 static void listen_unix(const char *path) {
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof(sa.sun_path)) {
-        fprintf(stderr, "floor_server: unix path too long: %s\n", path);
-        exit(2);
-    }
-    strcpy(sa.sun_path, path);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) die("socket");
-    unlink(path);
-    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("bind unix");
-    if (listen(fd, 4096) < 0) die("listen");
+    add_listener(bench_listen_unix("floor_server", path));
     if (g_nunix_paths < MAX_LISTENERS) g_unix_paths[g_nunix_paths++] = path;
-    add_listener(fd);
-}
-
-static void listen_tcp(const char *host, const char *port) {
-    if (!is_loopback(host)) {
-        fprintf(stderr, "floor_server: refusing non-loopback host %s\n", host);
-        exit(2);
-    }
-    if (strcmp(host, "localhost") == 0) host = "127.0.0.1";
-    struct sockaddr_storage ss;
-    socklen_t sl;
-    memset(&ss, 0, sizeof ss);
-    int p = atoi(port);
-    if (p < 0 || p > 65535) {
-        fprintf(stderr, "floor_server: bad port %s\n", port);
-        exit(2);
-    }
-    struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
-    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
-    if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
-        s4->sin_family = AF_INET;
-        s4->sin_port = htons((uint16_t)p);
-        sl = sizeof *s4;
-    } else if (inet_pton(AF_INET6, host, &s6->sin6_addr) == 1) {
-        s6->sin6_family = AF_INET6;
-        s6->sin6_port = htons((uint16_t)p);
-        sl = sizeof *s6;
-    } else {
-        fprintf(stderr, "floor_server: bad host %s\n", host);
-        exit(2);
-    }
-    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) die("socket");
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(fd, (struct sockaddr *)&ss, sl) < 0) die("bind tcp");
-    if (listen(fd, 4096) < 0) die("listen");
-    add_listener(fd);
 }
 
 static void conn_close(struct conn *c) {
@@ -332,7 +276,7 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[i], "--unix") && i + 1 < argc) {
             listen_unix(argv[++i]);
         } else if (!strcmp(argv[i], "--tcp") && i + 2 < argc) {
-            listen_tcp(argv[i + 1], argv[i + 2]);
+            add_listener(bench_listen_tcp("floor_server", argv[i + 1], argv[i + 2]));
             i += 2;
         } else if (!strcmp(argv[i], "--lifetime") && i + 1 < argc) {
             lifetime = atol(argv[++i]);

@@ -98,6 +98,7 @@ typedef struct ctx {
     pthread_mutex_t mu;
     pthread_cond_t cv_work; /* library thread waits here */
     pthread_cond_t cv_done; /* handoff callers and destroy wait here */
+    pthread_cond_t cv_turn; /* handoff callers wait here for their turn */
     req_t *qhead, *qtail;
     atomic_int qnonempty; /* lets the spinning library thread see work without the lock */
     req_t *freelist;
@@ -105,6 +106,7 @@ typedef struct ctx {
     int sleeping, stopping, cancel, exited;
     int releasing; /* destroy started: handoff callers stop waiting */
     int handoff;
+    int handing_over; /* handoff: a caller is waiting for its request to be taken */
     uint64_t submit_seq, handled_seq;
     int64_t grace_ms;
     pthread_t thread;
@@ -689,9 +691,20 @@ static req_t *new_node(ctx_t *c)
     return n;
 }
 
-static void enqueue(ctx_t *c, req_t *n, int wait_handled)
+/* handoff (the real library's timing): the caller returns only once the
+ * library thread has handled its request, and callers take turns, as the
+ * real library's callers do (it holds a per-context lock from sending a
+ * request until its thread has taken it). So while the library thread is
+ * busy, one caller waits for it and the others wait for their turn: requests
+ * are never handed over in a batch. destroy releases them all (releasing). */
+static void enqueue(ctx_t *c, req_t *n, int handoff)
 {
     pthread_mutex_lock(&c->mu);
+    if (handoff) {
+        while (c->handing_over && !c->releasing)
+            pthread_cond_wait(&c->cv_turn, &c->mu);
+        c->handing_over = 1;
+    }
     n->next = NULL;
     n->seq = ++c->submit_seq;
     if (c->qtail)
@@ -702,10 +715,12 @@ static void enqueue(ctx_t *c, req_t *n, int wait_handled)
     atomic_store_explicit(&c->qnonempty, 1, memory_order_relaxed);
     if (c->sleeping)
         pthread_cond_signal(&c->cv_work);
-    if (wait_handled) {
+    if (handoff) {
         uint64_t seq = n->seq; /* n may be recycled once handled */
         while (c->handled_seq < seq && !c->releasing)
             pthread_cond_wait(&c->cv_done, &c->mu);
+        c->handing_over = 0;
+        pthread_cond_signal(&c->cv_turn);
     }
     pthread_mutex_unlock(&c->mu);
 }
@@ -838,6 +853,7 @@ static void ctx_free(ctx_t *c)
     pthread_mutex_destroy(&c->lmu);
     pthread_cond_destroy(&c->cv_work);
     pthread_cond_destroy(&c->cv_done);
+    pthread_cond_destroy(&c->cv_turn);
     free(c);
 }
 
@@ -944,6 +960,7 @@ void *MT_SYM(create)(const uint8_t *payload, size_t len, FFICallBack cb, void *u
     pthread_mutex_init(&c->lmu, NULL);
     pthread_cond_init(&c->cv_work, &ca);
     pthread_cond_init(&c->cv_done, &ca);
+    pthread_cond_init(&c->cv_turn, NULL);
 #if MT_GENERATION == 3
     pthread_mutex_init(&c->emu, NULL);
     pthread_cond_init(&c->ecv, NULL);
@@ -1001,12 +1018,13 @@ int my_timer_destroy(void *ctx)
     if (!c)
         return RET_ERR;
     /* New calls now see an invalid context. Calls already inside finish
-     * queueing; handoff callers stop waiting (their request stays queued and
-     * is drained or cancelled below), so a stuck library thread cannot hold
-     * them forever. */
+     * queueing; handoff callers stop waiting, for the library thread or for
+     * their turn (their request stays queued and is drained or cancelled
+     * below), so a stuck library thread cannot hold them forever. */
     pthread_mutex_lock(&c->mu);
     c->releasing = 1;
     pthread_cond_broadcast(&c->cv_done);
+    pthread_cond_broadcast(&c->cv_turn);
     pthread_mutex_unlock(&c->mu);
     while (atomic_load(&c->users) > 0)
         usleep(100);
