@@ -467,3 +467,57 @@ def longest_gap(times: list[float], start: float, end: float) -> float:
     """The longest interval in [start, end] without one of ``times``."""
     points = [start, *sorted(t for t in times if start < t < end), end]
     return max(b - a for a, b in itertools.pairwise(points))
+
+
+# the daemon's log ------------------------------------------------------------------------
+
+
+class LineRate:
+    """Counts the lines of a growing file (a daemon's stderr log) every
+    ``interval`` seconds, so the busiest one-second window can be found."""
+
+    def __init__(self, path: Path, interval: float = 0.1) -> None:
+        self.path = path
+        self.interval = interval
+        #: (monotonic time, lines so far)
+        self.samples: list[tuple[float, int]] = []
+        self._lines = 0
+        self._offset = 0
+        self._stop = threading.Event()
+        self._count()
+        self._thread = threading.Thread(target=self._run, name="line-rate", daemon=True)
+        self._thread.start()
+
+    def _count(self) -> None:
+        with contextlib.suppress(FileNotFoundError), open(self.path, "rb") as f:
+            f.seek(self._offset)
+            data = f.read()
+            self._offset += len(data)
+            self._lines += data.count(b"\n")
+        self.samples.append((time.monotonic(), self._lines))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._count()
+
+    def busiest_second(self, start: float, end: float) -> int:
+        """The most lines written within any one second inside [start, end]."""
+        points = [(t, n) for t, n in list(self.samples) if start <= t <= end]
+        best = 0
+        j = 0
+        for t, n in points:
+            while j < len(points) and points[j][0] - t <= 1.0:
+                j += 1
+            best = max(best, points[j - 1][1] - n)
+        return best
+
+    def lines_between(self, start: float, end: float) -> int:
+        """Lines written between ``start`` and ``end`` (as sampled)."""
+        inside = [n for t, n in list(self.samples) if start <= t <= end]
+        return inside[-1] - inside[0] if inside else 0
+
+    def stop(self) -> None:
+        """Stop sampling (one last count first)."""
+        self._stop.set()
+        self._thread.join(5)
+        self._count()
