@@ -177,6 +177,37 @@ def stats_metrics(stats: Mapping[str, Any]) -> list[Metric]:
         if count is not None:
             samples.add_metric((str(method),), count)
     metrics += [latency, latency_max, samples]
+    metrics += _loop_and_budgets(stats)
+    return metrics
+
+
+def _loop_and_budgets(stats: Mapping[str, Any]) -> list[Metric]:
+    """The event loop's longest recent stall, and each shared budget's use."""
+    metrics: list[Metric] = []
+    stall = _number(_map(stats, "loop").get("maxStallMs"))
+    if stall is not None:
+        metrics += _gauge(
+            "mytimerd_loop_max_stall_seconds",
+            "Longest stall of the daemon's event loop over the last minute.",
+            stall / 1000,
+            "seconds",
+        )
+    used = GaugeMetricFamily(
+        "mytimerd_budget_used", "Use of each shared budget, in all.", labels=("budget",)
+    )
+    limit = GaugeMetricFamily(
+        "mytimerd_budget_limit", "Each shared budget's global bound.", labels=("budget",)
+    )
+    share = GaugeMetricFamily(
+        "mytimerd_budget_per_peer_limit", "Each shared budget's per-peer share.", labels=("budget",)
+    )
+    for name, budget in _map(stats, "budgets").items():
+        if isinstance(budget, Mapping):
+            for family, key in ((used, "total"), (limit, "limit"), (share, "perPeer")):
+                number = _number(budget.get(key))
+                if number is not None:
+                    family.add_metric((str(name),), number)
+    metrics += [used, limit, share]
     return metrics
 
 

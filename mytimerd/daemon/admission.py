@@ -72,6 +72,11 @@ class Admission:
         self._fd_budget = (
             math.inf if config.fd_limit is None else config.fd_limit - fd_reserve(config.fd_limit)
         )
+        # The descriptor limit is a budget too: no peer takes more than half of it.
+        if self._fd_budget < math.inf:
+            self.connections.share = int(
+                min(self.connections.share, max(1, self._fd_budget // 2))
+            )
         reserve = math.inf if config.fd_limit is None else fd_reserve(config.fd_limit) // 2
         self.lingering = Budget(
             "refused connections lingering",

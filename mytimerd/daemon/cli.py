@@ -377,6 +377,13 @@ async def serve(
         extra={"IN_FLIGHT": in_flight, "CONNECTIONS": connections},
     )
     await server.shutdown()
+    closed = server.stats.closed
+    log.info(
+        "stopped: %d calls answered since start; connections closed: %s",
+        server.stats.answered(),
+        ", ".join(f"{n} {reason}" for reason, n in sorted(closed.items())) or "none",
+        extra={"ANSWERED": server.stats.answered()},
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

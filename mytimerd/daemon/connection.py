@@ -45,6 +45,9 @@ _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 #: Bytes a subscribed connection may send that are not yet a whole frame
 #: (a subscriber has nothing to say; this is only slack for a stray call).
 STREAM_READ_MAX: Final = 512
+#: A read that takes longer than this (decoding, validating, dispatching) is
+#: reported to the loop-lag watch.
+LONG_CALLBACK: Final = 0.005
 #: Bytes of a refused connection's first request read (and dropped) before it closes.
 REJECT_READ: Final = 64 * 1024
 #: A subscriber's kernel send buffer and the event loop's write buffer mark:
@@ -137,6 +140,9 @@ class Host(Protocol):
     def stream_ready(self, conn: Connection) -> None:
         """A subscriber can take events again (owes nothing, writable)."""
 
+    def note_stall(self, seconds: float, what: str) -> None:
+        """One of the connection's callbacks ran ``seconds`` (long)."""
+
 
 class Connection(asyncio.Protocol):
     """One client connection: frames in, answers out in request order."""
@@ -223,9 +229,20 @@ class Connection(asyncio.Protocol):
         self._gone("client")
 
     def data_received(self, data: bytes) -> None:
+        started = time.perf_counter()
+        self._receive(data)
+        took = time.perf_counter() - started
+        if took > LONG_CALLBACK:
+            self.host.note_stall(took, f"requests from {self.peer}")
+
+    def _receive(self, data: bytes) -> None:
         state = self.state
         if state not in _READING and state is not State.DRAINING:
             self._last_input = time.monotonic()  # ENDING: discarded
+            return
+        if state is State.STREAMING and self._parser.buffered + len(data) > STREAM_READ_MAX:
+            # A subscriber has nothing to say: refuse before buffering any of it.
+            self.host.refuse_stream_input(self)
             return
         events = self._parser.feed(data)
         buffered = self._parser.buffered
@@ -233,9 +250,6 @@ class Connection(asyncio.Protocol):
             delta, self._buffered = buffered - self._buffered, buffered
             if not self.host.rebuffer(self, delta):
                 return
-        if state is State.STREAMING and not events and buffered > STREAM_READ_MAX:
-            self.host.refuse_stream_input(self)
-            return
         if events:  # a half frame does not count as activity (--idle-timeout)
             self.last_active = self.host.clock()
             self._seen_frame = True
@@ -362,9 +376,11 @@ class Connection(asyncio.Protocol):
             return
         self.state = State.ENDING
         self._backlog.clear()
-        if self._buffered:  # no frame will be read any more
+        if self._buffered:  # no frame will be read any more: drop the partial one
             self.host.rebuffer(self, -self._buffered)
             self._buffered = 0
+            limits = self._limits
+            self._parser = wire.RequestParser(limits.max_method_len, limits.max_payload)
         if frame is not None:
             self.answer(frame)
         self._flush()

@@ -30,7 +30,7 @@ from . import introspection
 from .activation import Listener
 from .admission import Admission
 from .config import Config
-from .connection import Connection, ResponsePlace
+from .connection import LONG_CALLBACK, Connection, ResponsePlace
 from .events import EventHub
 from .health import Health
 from .journal import RefusalLog
@@ -50,8 +50,6 @@ SLOW_TICK: Final = 1.0
 _VERSION_REQUEST: Final = b"\xa0"
 #: Library results handled in one turn of the loop; the rest wait for the next.
 RESULTS_SLICE: Final = 1024
-#: Callbacks of ours that run longer than this are reported to the loop-lag watch.
-_LONG_CALLBACK: Final = 0.005
 #: While degraded, the journal repeats its warning at most this often (seconds).
 _DEGRADED_REPEAT: Final = 60.0
 
@@ -383,8 +381,12 @@ class Server:
         conn.finish(wire.encode_response(wire.RET_ERR, err.body()))
 
     def _note_slice(self, seconds: float) -> None:
-        if seconds > _LONG_CALLBACK:
+        if seconds > LONG_CALLBACK:
             self.loop_lag.note(seconds, "the event fan-out")
+
+    def note_stall(self, seconds: float, what: str) -> None:
+        """A connection's callback ran long: the loop-lag watch names it."""
+        self.loop_lag.note(seconds, what)
 
     # answers ------------------------------------------------------------------
 
@@ -464,7 +466,7 @@ class Server:
             self._hand_out_scheduled = True
             self._schedule(0.0, self._hand_out)
         took = time.perf_counter() - started
-        if took > _LONG_CALLBACK:
+        if took > LONG_CALLBACK:
             self.loop_lag.note(took, "library results")
 
     # the tick: timeouts, health, watchdog, status ---------------------------------

@@ -50,7 +50,8 @@ class Limits:
         "--max-connections-per-peer",
         "connections",
         "Connections one peer may hold at once, TLS handshakes under way included (per "
-        "uid on unix sockets, from SO_PEERCRED; per address on TCP); more are answered "
+        "uid on unix sockets, from SO_PEERCRED; per address on TCP), and never more than "
+        "half of what the descriptor limit leaves for connections; more are answered "
         "TooManyConnections and closed.",
     )
     max_tls_handshakes: int = _limit(

@@ -65,8 +65,14 @@ def test_real_stats_as_openmetrics(capsys: pytest.CaptureFixture[str], own_daemo
         "mytimerd_call_latency_seconds": "gauge",
         "mytimerd_call_latency_max_seconds": "gauge",
         "mytimerd_call_latency_samples": "gauge",
+        "mytimerd_loop_max_stall_seconds": "gauge",
+        "mytimerd_budget_used": "gauge",
+        "mytimerd_budget_limit": "gauge",
+        "mytimerd_budget_per_peer_limit": "gauge",
     }
     assert families["mytimerd_uptime_seconds"].unit == "seconds"
+    used = {s.labels["budget"]: s.value for s in families["mytimerd_budget_used"].samples}
+    assert set(used) >= {"max-held-calls", "max-subscribers", "max-tls-handshakes"}
     samples: Samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for f in families.values()

@@ -145,7 +145,10 @@ def test_allow_lists_check_every_unix_peer(umask_daemon: Callable[..., Daemon]) 
     with d.client() as c:  # the daemon keeps serving, and counted the refusal
         stats = c.call_value("mytimerd.stats")
     assert stats["errors"]["PermissionDenied"] == 1  # type: ignore[index]
-    assert "refused (connection) from uid:65534: PermissionDenied: uid 65534 may not use this socket" in d.log()
+    assert (
+        "refused (connection) from uid:65534: PermissionDenied: uid 65534 may not use this socket"
+        in d.log()
+    )
 
 
 def test_unknown_user_or_group_is_a_usage_error(tmp_path: Path) -> None:

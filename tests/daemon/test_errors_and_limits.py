@@ -15,7 +15,7 @@ from mytimerd.protocol.limits import Limits
 from tests.support.daemon import (
     Daemon,
     TcpAddress,
-    UnixAddress,
+    WireClient,
     free_tcp_port,
     mytimerd_command,
     start_daemon,
@@ -199,43 +199,56 @@ def test_limit_options_reject_nonsense(daemon_factory: Callable[..., Daemon]) ->
         assert "error:" in proc.stderr
 
 
+def _client_from(port: int, source: str) -> WireClient:
+    """A TCP client of 127.0.0.1:``port`` from the loopback address ``source``."""
+    return WireClient(TcpAddress("127.0.0.1", port), source=source)
+
+
 def test_descriptor_limit_refuses_answers_logs_and_recovers(tmp_path: Path) -> None:
     """Near RLIMIT_NOFILE connections are refused with an answer, counted and
-    logged once (rate-limited), never closed silently; freed descriptors are
-    used again."""
-    sock = tmp_path / "fd.sock"
-    command = ["prlimit", "--nofile=128:128", *mytimerd_command("--unix", str(sock))]
-    d = start_daemon(tmp_path, command=command, address=UnixAddress(str(sock)))
+    logged once (rate-limited), never closed silently; no peer takes more
+    than half of the descriptors; freed descriptors are used again."""
+    port = free_tcp_port()
+    command = [
+        "prlimit",
+        "--nofile=128:128",
+        *mytimerd_command("--tcp", "127.0.0.1", str(port)),
+    ]
+    d = start_daemon(tmp_path, command=command, address=TcpAddress("127.0.0.1", port))
     try:
-        held = []
-        refused = []
-        for _ in range(120):  # the budget is 128 - 32 reserved, minus what the daemon uses
-            c = d.client()
+        held: dict[str, list[WireClient]] = {}
+        refused: list[bytes] = []
+        for i in range(120):  # the budget is 128 - 32 reserved, minus what the daemon uses
+            source = f"127.0.0.{2 + i % 4}"
+            c = _client_from(port, source)
             reply = c.call("version")
             if reply.ret == 0:
-                held.append(c)
+                held.setdefault(source, []).append(c)
             else:
                 refused.append(reply.body)
                 c.close()
-        assert 60 <= len(held) <= 96, len(held)
+        total = sum(len(v) for v in held.values())
+        assert 60 <= total <= 96, total
+        assert max(len(v) for v in held.values()) <= 48  # half the budget at most
         assert refused and all(
             b.startswith(b"mytimerd.TooManyConnections: the daemon is at its descriptor limit")
             for b in refused
         )
         assert d.log().count("the daemon is at its descriptor limit") == 1  # rate-limited
-        for c in held[:10]:
+        clients = [c for v in held.values() for c in v]
+        for c in clients[:10]:
             c.close()
         deadline = time.monotonic() + 5
         while True:  # descriptors freed: served again
-            with d.client() as again:
+            with _client_from(port, "127.0.0.9") as again:
                 if again.call("version").ret == 0:
                     break
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        with d.client() as c:
+        with _client_from(port, "127.0.0.9") as c:
             stats = cbor2.loads(c.call("mytimerd.stats").body)
         assert stats["connections"]["refusedAtFdLimit"] >= len(refused)
-        for c in held[10:]:
+        for c in clients[10:]:
             c.close()
         assert d.stop() == 0
     finally:

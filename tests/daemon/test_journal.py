@@ -38,7 +38,8 @@ def test_refused_calls_are_logged_with_structured_fields(
     )
     assert unknown.levelno == logging.INFO
     assert (invalid.ERROR, invalid.METHOD) == ("InvalidParameter", "echo")  # type: ignore[attr-defined]
-    assert "refused echo from ip:192.0.2.1: InvalidParameter: req: expected a map" in invalid.getMessage()
+    expected = "refused echo from ip:192.0.2.1: InvalidParameter: req: expected a map"
+    assert expected in invalid.getMessage()
 
 
 def test_a_flood_is_rate_limited_and_says_how_much_was_suppressed(

@@ -49,7 +49,7 @@ def test_one_peer_past_its_held_call_share_is_refused_and_others_are_served() ->
     again, again_t = rig.connect("192.0.2.66")
     again.data_received(echo("b"))
     assert error_name(again_t.responses()[0]) == "QuotaExceeded"
-    bystander, bystander_t = rig.connect("192.0.2.7")
+    bystander, _bystander_t = rig.connect("192.0.2.7")
     bystander.data_received(echo("c"))
     assert len(rig.library.held) == 4  # three of the attacker's, one of the bystander's
     stats = introspection.stats(rig.server)
@@ -114,7 +114,8 @@ def test_subscriptions_have_a_global_bound_and_a_per_peer_share() -> None:
     for address in ("192.0.2.66", "192.0.2.66", "192.0.2.66", "192.0.2.7", "192.0.2.8"):
         conn, transport = rig.connect(address)
         conn.data_received(SUBSCRIBE)
-        answers.append(error_name(transport.responses()[0]) if transport.responses()[0].ret else None)
+        (first,) = transport.responses()
+        answers.append(error_name(first) if first.ret else None)
     assert answers == [None, None, "QuotaExceeded", None, "Overloaded"]
 
 

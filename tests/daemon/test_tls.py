@@ -154,7 +154,8 @@ def test_plaintext_client_on_a_tls_port(daemon_factory: Callable[..., Daemon], p
         assert s.recv(100) == b""  # no answer in plaintext: the handshake failed
     assert tls_call(port, client_context(pki, pki.alice)).ret == wire.RET_OK
     deadline = time.monotonic() + 5
-    while "refused (connection) from ip:127.0.0.1: TLSHandshake: TLS handshake failed" not in d.log():
+    refused = "refused (connection) from ip:127.0.0.1: TLSHandshake: TLS handshake failed"
+    while refused not in d.log():
         assert time.monotonic() < deadline, d.log()
         time.sleep(0.05)
 

@@ -20,7 +20,9 @@ from mytimerd.protocol.address import Address, TcpAddress, UnixAddress
 class WireClient:
     """A blocking client speaking the raw framing (no mytimerd.client)."""
 
-    def __init__(self, address: Address, timeout: float = 10.0) -> None:
+    def __init__(self, address: Address, timeout: float = 10.0, source: str | None = None) -> None:
+        """Connect to ``address``; on TCP from the local address ``source`` if given
+        (another loopback address is another peer to the daemon)."""
         if isinstance(address, UnixAddress):
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             target: object = address.path
@@ -28,6 +30,8 @@ class WireClient:
             info = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)[0]
             self.sock = socket.socket(info[0], socket.SOCK_STREAM)
             target = info[4]
+            if source is not None:
+                self.sock.bind((source, 0))
         self.sock.settimeout(timeout)
         self.sock.connect(target)  # type: ignore[arg-type]
         self.parser = wire.ResponseParser()
