@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import grp
 import logging
@@ -88,6 +89,17 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
         value = kind(text)
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _non_negative(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = kind(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
         return value
 
     parse.__name__ = kind.__name__
@@ -236,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             f.metadata["option"],
             dest=f.name,
-            type=_positive(kind),
+            type=_non_negative(kind) if f.metadata["zero_ok"] else _positive(kind),
             metavar=f.metadata["unit"].upper(),
             default=getattr(defaults, f.name),
             help=f"{f.metadata['doc']} (default: %(default)s)",
@@ -368,6 +380,18 @@ async def serve(
     notify("READY=1")
     notify(f"STATUS=Ready: {where}")
     await stop.wait()
+    grace = config.limits.drain_grace
+    if grace > 0:
+        # Still serving; health checks see accepting: false and take us out.
+        stop.clear()
+        server.announce_drain()
+        log.info(
+            "draining in %g s (--drain-grace): still serving, ping reports accepting: false",
+            grace,
+        )
+        notify(f"STATUS=Draining: serving for {grace:g} s more, then stopping")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), grace)  # a second signal cuts it short
     notify("STOPPING=1")
     in_flight, connections = len(server.pending), len(server.connections)
     log.info(

@@ -46,9 +46,13 @@ def ping(server: Server) -> dict[str, Any]:
     healthy, why = server.health_verdict()
     answered = server.health.last_answered
     reasons = server.degraded()
+    # "accepting" comes first, so that its bytes open the answer's map: a
+    # balancer's health check matches them (docs/scale-out.md).
     return {
+        "accepting": server.accepting(),
         "healthy": healthy,
         "status": why,
+        "draining": server.announced_drain or server.draining,
         "degraded": bool(reasons),
         "degradedReasons": reasons,
         "uptimeSeconds": server.stats.uptime(),

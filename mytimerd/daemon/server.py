@@ -147,6 +147,9 @@ class Server:
         }
         self._ticker: asyncio.TimerHandle | None = None
         self._tick_due = 0.0
+        #: Set when the daemon announces it will stop (--drain-grace): ping
+        #: reports it not accepting while it still serves.
+        self.announced_drain = False
         #: Set when the drain starts: connections take no new requests.
         self.draining = False
 
@@ -520,6 +523,15 @@ class Server:
         elif self._degraded and not reasons:
             log.info("no longer degraded: every budget has room again", extra={"DEGRADED": 0})
         self._degraded = reasons
+
+    def announce_drain(self) -> None:
+        """The daemon will stop soon: report not accepting through ping (a
+        balancer's health check) while still serving."""
+        self.announced_drain = True
+
+    def accepting(self) -> bool:
+        """Whether a balancer should send work here: healthy and not stopping."""
+        return self.health_verdict()[0] and not self.announced_drain and not self.draining
 
     def degraded(self) -> list[str]:
         """Why the daemon is degraded now (a global budget nearly exhausted)."""

@@ -12,8 +12,12 @@ from typing import Any
 from .cbor import MAX_ITEMS
 
 
-def _limit(default: Any, option: str, unit: str, doc: str) -> Any:
-    return field(default=default, metadata={"option": option, "unit": unit, "doc": doc})
+def _limit(default: Any, option: str, unit: str, doc: str, zero_ok: bool = False) -> Any:
+    """A limit's field; ``zero_ok`` if 0 is a meaningful value (it turns something off)."""
+    return field(
+        default=default,
+        metadata={"option": option, "unit": unit, "doc": doc, "zero_ok": zero_ok},
+    )
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,15 @@ class Limits:
         "Longest delay a request may ask the library for (echo's delayMs): such a call "
         "holds its peer's share of the budget until it ends; longer is answered "
         "InvalidParameter.",
+    )
+    drain_grace: float = _limit(
+        0.0,
+        "--drain-grace",
+        "seconds",
+        "On SIGTERM/SIGINT, time the daemon keeps serving while mytimerd.ping reports it "
+        "draining (accepting: false), so that a load balancer's health check takes it out "
+        "first; then the drain begins. 0: drain at once. A second signal cuts it short.",
+        zero_ok=True,
     )
     drain_timeout: float = _limit(
         10.0,

@@ -217,3 +217,25 @@ def test_a_connection_ended_after_an_error_is_not_reset_while_its_client_reads(
         assert parse_error_body(answers[-1].body)[0] == "FrameTooLarge"
     finally:
         d.stop()
+
+
+def test_drain_grace_keeps_serving_while_ping_says_not_accepting(tmp_path: Path) -> None:
+    d = start_daemon(tmp_path, ["--drain-grace", "1.5"])
+    try:
+        with d.client() as c:
+            assert c.call_value("mytimerd.ping")["accepting"] is True  # type: ignore[index]
+            d.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            time.sleep(0.3)
+            ping = c.call_value("mytimerd.ping")
+            assert isinstance(ping, dict)
+            assert (ping["accepting"], ping["draining"]) == (False, True)
+            assert c.call("version").ret == wire.RET_OK  # still served
+        with d.client() as fresh:  # and still accepting connections
+            assert fresh.call("version").ret == wire.RET_OK
+        assert d.proc.wait(10) == 0
+        assert time.monotonic() - signalled >= 1.5
+        assert "draining in 1.5 s (--drain-grace)" in d.log()
+    finally:
+        if d.proc.poll() is None:
+            d.proc.kill()

@@ -247,3 +247,17 @@ def test_loop_lag_names_what_ran_and_forgets_after_a_minute() -> None:
     clock.advance(45)
     lag.tick(0.04)
     assert lag.longest() == (0.05, UNNAMED)
+
+
+def test_ping_opens_with_accepting_and_reports_a_drain_announced() -> None:
+    rig = Rig()
+    conn, transport = rig.connect()
+    conn.data_received(wire.encode_request("mytimerd.ping", b"\xa0"))
+    (answer,) = transport.responses()
+    # The bytes a balancer's health check expects: the map's first entry.
+    assert answer.body[1:].startswith(bytes.fromhex("69616363657074696e67f5"))
+    rig.server.announce_drain()
+    ping = introspection.ping(rig.server)
+    assert (ping["accepting"], ping["draining"], ping["healthy"]) == (False, True, True)
+    conn.data_received(echo("still served"))
+    assert len(rig.library.held) == 1
