@@ -35,6 +35,15 @@ LINGERING_REFUSALS: Final = 256
 LINGERING_REFUSALS_PER_PEER: Final = 8
 
 
+def permission_denied(uid: int) -> DaemonError:
+    """The answer to a unix peer the allow-lists refuse."""
+    return DaemonError(
+        "PermissionDenied",
+        f"uid {uid} may not use this socket (--allow-user/--allow-group); "
+        f"ask the operator to allow your user or one of your groups",
+    )
+
+
 @functools.lru_cache(maxsize=256)
 def _groups_of(uid: int, gid: int) -> tuple[int, ...]:
     """The groups of user ``uid`` (cached: a lookup may go through NSS)."""
@@ -86,7 +95,8 @@ class Admission:
             "(fixed)",
         )
         self._lingering: set[Connection] = set()
-        self._restricted = bool(config.allow_uids or config.allow_gids)
+        #: Whether the allow-lists restrict unix peers.
+        self.restricted = bool(config.allow_uids or config.allow_gids)
         self._always_allowed = {0, os.getuid()}
 
     def admit(self, conn: Connection) -> tuple[DaemonError | None, bool]:
@@ -113,6 +123,14 @@ class Admission:
         self.handshakes.take(conn.origin)
         self._count(conn)
         return None
+
+    def refuses(self, uid: int, gid: int) -> bool:
+        """Whether the allow-lists refuse the unix peer (uid, gid)."""
+        return self.restricted and not self._allowed(uid, gid)
+
+    def lingering_full(self, origin: str) -> bool:
+        """Whether no more refused connections of ``origin`` may linger."""
+        return self.lingering.check(origin) != "ok"
 
     def may_linger(self, conn: Connection) -> bool:
         """Whether refused ``conn`` may linger until its client has read the
@@ -148,12 +166,8 @@ class Admission:
 
     def _refusal(self, conn: Connection) -> tuple[DaemonError | None, bool]:
         creds = conn.creds
-        if creds is not None and self._restricted and not self._allowed(*creds):
-            return DaemonError(
-                "PermissionDenied",
-                f"uid {creds[0]} may not use this socket (--allow-user/--allow-group); "
-                f"ask the operator to allow your user or one of your groups",
-            ), False
+        if creds is not None and self.refuses(*creds):
+            return permission_denied(creds[0]), False
         names = conn.tls_names
         allow = self.config.tls_allow
         if names is not None and allow and allow.isdisjoint(names):

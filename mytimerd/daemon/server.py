@@ -28,10 +28,11 @@ from ..protocol.errors import DaemonError
 from ..protocol.schema import Interface
 from . import introspection
 from .activation import Listener
-from .admission import Admission
+from .admission import Admission, permission_denied
 from .config import Config
 from .connection import LONG_CALLBACK, Connection, ResponsePlace
 from .events import EventHub
+from .gate import UnixGate
 from .health import Health
 from .journal import RefusalLog
 from .library import EVENT_ID_BASE, Library, Result
@@ -140,6 +141,8 @@ class Server:
         self._last_slow_tick = -math.inf
         self._last_watchdog = -math.inf
         self._servers: list[asyncio.Server] = []
+        self._gates: list[UnixGate] = []
+        self._early_frames: dict[int, bytes] = {}
         self._daemon_methods: dict[str, Callable[[Server], Any]] = {
             "mytimerd.describe": introspection.describe,
             "mytimerd.ping": introspection.ping,
@@ -164,6 +167,9 @@ class Server:
         self.listeners = listeners
         for listener in listeners:
             tls = self.tls if listener.tcp_host is not None else None
+            if tls is None and listener.tcp_host is None and self.admission.restricted:
+                self._gates.append(UnixGate(listener, lambda: Connection(self), self._refuse_early))
+                continue
             self._servers.append(
                 await loop.create_server(
                     lambda tls=tls: Connection(self, tls),  # type: ignore[misc]
@@ -210,6 +216,25 @@ class Server:
             )
         if self.draining:  # accepted just before the listeners closed
             conn.drain()
+
+    def _refuse_early(self, uid: int, gid: int) -> bytes | None:
+        """A unix peer at the gate: the answer to close it with at once when
+        the allow-lists refuse it and refused connections may not linger
+        any more (a flood); None to serve it the ordinary way."""
+        origin = f"uid:{uid}"
+        if not self.admission.refuses(uid, gid) or not self.admission.lingering_full(origin):
+            return None
+        err = permission_denied(uid)
+        self.stats.connection_accepted()
+        self.stats.connection_refused(err.name)
+        self.stats.connection_closed("refused")
+        self.refusals(err.name, origin, "(connection)", err.message)
+        frame = self._early_frames.get(uid)
+        if frame is None:  # a flood comes from few uids: answer each from a cache
+            if len(self._early_frames) >= 64:
+                self._early_frames.clear()
+            frame = self._early_frames[uid] = wire.encode_response(wire.RET_ERR, err.body())
+        return frame
 
     def begin_handshake(self, conn: Connection) -> bool:
         """A TLS client connected: count its handshake, or close it at once
@@ -586,6 +611,8 @@ class Server:
         self.draining = True
         for srv in self._servers:
             srv.close()
+        for gate in self._gates:
+            gate.close()
         for listener in self.listeners:
             listener.close()
         for conn in self.admission.counted():

@@ -149,8 +149,9 @@ class Limits:
         1024,
         "--max-subscriber-queue",
         "events",
-        "Events queued for a subscriber that does not read; past it the subscriber is "
-        "sent SlowSubscriber and cut off.",
+        "Events waiting for one subscriber (it does not read, or a call it made before "
+        "subscribing holds the line); past it the subscriber is sent SlowSubscriber, "
+        "after any answer it is owed, and cut off.",
     )
     max_subscriber_bytes: int = _limit(
         1 << 20,
@@ -207,8 +208,10 @@ class Limits:
         10.0,
         "--drain-timeout",
         "seconds",
-        "On SIGTERM/SIGINT, time in-flight calls get to finish; what is left then is "
-        "answered ShuttingDown and the daemon exits.",
+        "On SIGTERM/SIGINT, the longest the drain takes: in-flight calls get until "
+        "--linger before it to finish (then ShuttingDown); connections still open at it "
+        "are closed and the daemon exits. Also the longest a connection ending after a "
+        "final answer waits for its client.",
     )
     probe_timeout: float = _limit(
         5.0,
@@ -236,8 +239,10 @@ class Limits:
         1.0,
         "--linger",
         "seconds",
-        "After a final error answer, time the daemon keeps reading and discarding "
-        "before it closes, so closing with unread input does not reset the answer away.",
+        "After a connection's last answer (a final error, or the drain) the daemon "
+        "half-closes and reads and discards until the client closes its side, or has "
+        "sent nothing for this long with every answer taken: closing with unread input "
+        "would reset the connection and could destroy answers on their way.",
     )
     drain_idle_grace: float = _limit(
         0.5,
