@@ -23,12 +23,16 @@ Responses on a connection answer requests in order, so the late answer of a
 call that timed out (or was cancelled) would hold up every later call: the
 client leaves that connection and the next call opens a fresh one (calls
 already waiting on it still get their answers). Both clients connect on first
-use and reconnect on the
-next call after the connection was lost; a call is never retried on its own.
+use and reconnect on the next call after the connection was lost. Given
+several addresses (``Client(["tcp:a:9099", "tcp:b:9099"])``, or
+``MYTIMER_ADDRESS=tcp:a:9099,tcp:b:9099``) they fail over: to the next address
+when one refuses the connection, or when a request never left (not one byte
+reached the kernel). A call that may have reached a daemon is never sent again.
 Neither client is thread-safe: use one per thread (or one AsyncClient per loop).
 
 Modules: :mod:`.errors` (exceptions), :mod:`.common` (addresses, payloads,
-answers), :mod:`.methods` (typed methods, requests and answers, shared by both
+answers), :mod:`.core` (the connection state both clients share, without
+I/O), :mod:`.methods` (typed methods, requests and answers, shared by both
 clients, their requests built from the method table), :mod:`.events` (event
 subscriptions), :mod:`.tls` (what a failed TLS handshake means), :mod:`.blocking`
 (Client), :mod:`.aio` (AsyncClient); the command line client is :mod:`.ctl`.
@@ -43,8 +47,10 @@ from .common import (
     DEFAULT_TIMEOUT,
     MAX_RESPONSE,
     NO_REQUEST,
+    Addresses,
     decode_body,
     encode_payload,
+    parse_addresses,
     resolve_addresses,
 )
 from .errors import (
@@ -59,7 +65,7 @@ from .errors import (
     TLSError,
     TransportError,
 )
-from .events import AsyncSubscription, Event, Subscription
+from .events import AsyncSubscription, Event, Gap, Subscription
 from .methods import (
     ComplexResult,
     EchoResult,
@@ -74,6 +80,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "MAX_RESPONSE",
     "NO_REQUEST",
+    "Addresses",
     "AsyncClient",
     "AsyncSubscription",
     "BadResponse",
@@ -86,6 +93,7 @@ __all__ = [
     "DaemonCallError",
     "EchoResult",
     "Event",
+    "Gap",
     "LibraryError",
     "MytimerError",
     "ScheduleResult",
@@ -96,6 +104,7 @@ __all__ = [
     "decode_body",
     "echo_request",
     "encode_payload",
+    "parse_addresses",
     "resolve_addresses",
     "schedule_request",
 ]

@@ -6,11 +6,16 @@ answer that every later call on that stream would wait behind. Such a call
 retires its connection: later calls open a fresh one, calls already sent on the
 old one still get their answers, and the old one closes once none waits.
 
-A request that never left is sent on a fresh connection instead, once: when
-the daemon closed the connection while no call was on it (it restarted, or its
+A request that never left is sent on a fresh connection instead: when the
+daemon closed the connection while no call was on it (it restarted, or its
 idle timeout passed), or when the transport failed before the kernel took one
-byte of the request. A request that may have reached the daemon is never sent
-again.
+byte of the request (then at the next address, once per address: see
+:class:`~.core.Dialer`). A request that may have reached the daemon is never
+sent again.
+
+The protocol state (the FIFO of calls waiting, answers that came unasked,
+broken and retired connections, when a request may go again) is
+:mod:`.core`'s, shared with the blocking Client; this module does the I/O.
 
 An AsyncClient belongs to the event loop it is first used in (its connection
 and reader task live there); using it from another loop while it holds a
@@ -20,12 +25,13 @@ connection is a RuntimeError, raised at once.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
+import copy
+import itertools
 import select
 import socket
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -35,29 +41,21 @@ from .common import (
     CLIENT_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_TIMEOUT,
-    MAX_RESPONSE,
     NO_REQUEST,
     READ_SIZE,
+    Addresses,
     Timeout,
     call_limit,
     decode_body,
     encode_payload,
     method_text,
-    os_reason,
     result_body,
     unix_connect,
 )
-from .errors import (
-    BadResponse,
-    CallTimeout,
-    ConnectError,
-    ConnectionLost,
-    TLSError,
-    TransportError,
-)
+from .core import Channel, NotSent, handshake
+from .errors import BadResponse, CallTimeout, ConnectionLost, TransportError
 from .events import AsyncSubscription
 from .methods import TypedMethods
-from .tls import handshake_timeout, is_closed, tls_failure
 
 
 async def _open_stream(
@@ -75,13 +73,9 @@ async def _open_stream(
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls is not None:
             context, name = tls
-            try:
+            with handshake(address, name):
                 async with asyncio.timeout_at(deadline):
                     await writer.start_tls(context, server_hostname=name)
-            except (ssl.SSLError, ssl.CertificateError) as exc:
-                raise tls_failure(address, exc, name) from None
-            except TimeoutError:
-                raise handshake_timeout(address) from None
     except BaseException:
         writer.close()
         raise
@@ -110,53 +104,39 @@ async def _open_unix(
         raise
 
 
-class _NotSent(Exception):
-    """The transport failed before the kernel took one byte of the request."""
-
-
 class _Connection:
-    """One open stream: the FIFO of calls waiting for an answer and its reader task."""
+    """One open stream: its protocol state (the FIFO of calls waiting for an answer)
+    and its reader task."""
 
     def __init__(
         self,
-        address: Address,
+        channel: Channel[asyncio.Future[wire.Response]],
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        tls_name: str | None = None,
     ) -> None:
-        self.address = address
+        self.channel = channel
+        self.address = channel.address
         self.writer = writer
-        # The name the daemon's certificate was checked against; None: plaintext.
-        self.tls_name = tls_name
-        self.pending: collections.deque[asyncio.Future[wire.Response]] = collections.deque()
-        # Answers that came before any request (a daemon refusing the connection,
-        # e.g. TooManyConnections): they answer the next calls, as on a blocking socket.
-        self.early: collections.deque[wire.Response] = collections.deque()
-        self.broken: TransportError | None = None
-        # Set once a call gave up on this stream: it takes no new calls and
-        # closes as soon as no call waits for an answer on it.
-        self.retired = False
         # Resolved by the reader after its next read (see catch_up).
         self._progress: asyncio.Future[None] | None = None
         self.reader_task = asyncio.create_task(self._read(reader))
 
-    @property
-    def usable(self) -> bool:
-        return not self.retired and (self.broken is None or bool(self.early))
-
     def retire(self) -> None:
         """Take no new calls; close once no call still waits for its answer here."""
-        self.retired = True
+        self.channel.retire()
         if self._close_if_idle():
             self.reader_task.cancel()
 
     def _close_if_idle(self) -> bool:
         """Close a retired stream that no call waits on; True if it did."""
-        if not self.retired or self.broken is not None:
+        channel = self.channel
+        if not channel.retired or channel.broken is not None:
             return False
-        if any(not future.done() for future in self.pending):
+        if any(not future.done() for future in channel.waiting):
             return False
-        self._fail(ConnectionLost, "the client left the connection after a call gave up")
+        self._end(
+            ConnectionLost(self.address, "the client left the connection after a call gave up")
+        )
         return True
 
     async def catch_up(self) -> None:
@@ -168,7 +148,8 @@ class _Connection:
         it. Waiting for the reader's next read (prompt: the socket is readable)
         marks such a connection broken, so the call goes to a fresh one.
         """
-        if self.pending or self.early or self.broken is not None or self.reader_task.done():
+        channel = self.channel
+        if not channel.idle or channel.broken is not None or self.reader_task.done():
             return
         sock = self.writer.get_extra_info("socket")
         if sock is None:
@@ -178,7 +159,7 @@ class _Connection:
         if not poll.poll(0):
             return
         self._progress = progress = asyncio.get_running_loop().create_future()
-        if self.tls_name is None:
+        if channel.tls_name is None:
             await asyncio.wait((progress, self.reader_task), return_when=asyncio.FIRST_COMPLETED)
             return
         # Over TLS what the kernel holds may be records without data (TLS 1.3
@@ -196,16 +177,13 @@ class _Connection:
     def submit(self, frame: bytes) -> asyncio.Future[wire.Response]:
         """Queue ``frame``; the future resolves to its answer.
 
-        _NotSent if the transport failed before the kernel took a byte of it.
+        NotSent if the transport failed before the kernel took a byte of it.
         """
         future: asyncio.Future[wire.Response] = asyncio.get_running_loop().create_future()
-        if self.early:
-            future.set_result(self.early.popleft())
+        early = self.channel.asked(future)
+        if early is not None:
+            future.set_result(early)
             return future
-        if self.broken is not None:
-            if isinstance(self.broken, TLSError):
-                raise self._tls_error()
-            raise ConnectionLost(self.address, self.broken.reason)
         # Writing and queueing with no await in between keeps the FIFO in
         # the order the frames go out, however many tasks call at once.
         transport = self.writer.transport
@@ -217,24 +195,20 @@ class _Connection:
         if not transport.is_closing():
             self.writer.write(frame)
             if not transport.is_closing():
-                self.pending.append(future)
                 return future
-        self._fail(ConnectionLost, "sending failed: the connection is closed")
-        raise _NotSent
+        self.channel.unsent(future)
+        self._end(ConnectionLost(self.address, "sending failed: the connection is closed"))
+        raise NotSent
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
-        parser = wire.ResponseParser(MAX_RESPONSE)
+        channel = self.channel
         try:
             while True:
                 data = await reader.read(READ_SIZE)
                 if not data:
-                    self._fail(ConnectionLost, "the daemon closed the connection")
-                    return
-                for response in parser.feed(data):
-                    if not self.pending:
-                        self.early.append(response)
-                        continue
-                    future = self.pending.popleft()
+                    error = channel.read_error(None)
+                    break
+                for future, response in channel.received(data):
                     # A timed-out or cancelled call's answer is dropped here.
                     if not future.done():
                         future.set_result(response)
@@ -243,42 +217,25 @@ class _Connection:
                     self._progress = None
                 if self._close_if_idle():
                     return
-        except wire.ProtocolError as exc:
-            self._fail(BadResponse, str(exc))
-        except ssl.SSLError as exc:
-            if is_closed(exc):
-                self._fail(ConnectionLost, "the daemon closed the connection")
-            else:
-                # The daemon refused the client certificate (TLS 1.3 says so after
-                # the client's side of the handshake), or broke TLS.
-                self._tls_exc = exc
-                self._break(self._tls_error)
+        except BadResponse as exc:
+            error = exc
         except OSError as exc:
-            self._fail(ConnectionLost, f"receiving failed: {os_reason(exc)}")
+            error = channel.read_error(exc)
+        self._end(error)
 
-    def _tls_error(self) -> TransportError:
-        assert isinstance(self.address, TcpAddress) and self.tls_name is not None
-        return tls_failure(self.address, self._tls_exc, self.tls_name)
-
-    def _fail(self, kind: type[TransportError], reason: str) -> None:
-        self._break(lambda: kind(self.address, reason))
-
-    def _break(self, error: Callable[[], TransportError]) -> None:
-        """Mark the stream broken and close it; each call waiting on it fails with ``error()``."""
-        self.broken = error()
-        self.writer.close()
-        while self.pending:
-            future = self.pending.popleft()
+    def _end(self, error: TransportError) -> None:
+        """Mark the stream broken and close it; each call waiting on it fails with ``error``."""
+        for future in self.channel.end(error):
             if not future.done():
-                future.set_exception(error())
+                future.set_exception(copy.copy(error))  # one exception object per call
+        self.writer.close()
 
     async def close(self) -> None:
         """Stop reading, fail what still waits and close the stream."""
         self.reader_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.reader_task
-        if self.broken is None:
-            self._fail(ConnectionLost, "the client closed the connection")
+        self._end(ConnectionLost(self.address, "the client closed the connection"))
         # The peer may already have reset the stream; it is closed either way.
         with contextlib.suppress(OSError):
             await self.writer.wait_closed()
@@ -299,7 +256,7 @@ class AsyncClient(TypedMethods):
 
     def __init__(
         self,
-        address: Address | str | None = None,
+        address: Addresses = None,
         *,
         timeout: float | None = DEFAULT_TIMEOUT,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
@@ -346,40 +303,41 @@ class AsyncClient(TypedMethods):
     async def _connection(self) -> _Connection:
         # The lock keeps concurrent first calls from opening several connections.
         async with self._connecting:
-            if self._conn is not None and self._conn.usable:
+            if self._conn is not None and self._conn.channel.usable:
                 await self._conn.catch_up()
-            if self._conn is not None and self._conn.usable:
+            if self._conn is not None and self._conn.channel.usable:
                 return self._conn
             if self._conn is not None:
                 await self._conn.close()
                 self._conn = None
-            address, reader, writer, tls_name = await self._open_first()
-            self.address = address
-            self._conn = _Connection(address, reader, writer, tls_name)
+            channel, reader, writer = await self._open_first()
+            self.address = channel.address
+            self._conn = _Connection(channel, reader, writer)
             return self._conn
 
     async def _open_first(
         self,
-    ) -> tuple[Address, asyncio.StreamReader, asyncio.StreamWriter, str | None]:
-        """A stream to the first address that accepts, and the TLS name checked (None:
-        plaintext); ConnectError listing every attempt."""
-        attempts: list[tuple[Address, str]] = []
-        errnos: list[int | None] = []
-        for address in self.addresses:
+    ) -> tuple[Channel[Any], asyncio.StreamReader, asyncio.StreamWriter]:
+        """A stream to the first address that accepts (the one that last worked first),
+        with its protocol state; ConnectError listing every attempt."""
+        attempts = self.dialer.round()
+        for address in attempts:
             tls = self.tls_for(address)
             try:
                 reader, writer = await _open_stream(address, self.connect_timeout, tls)
-            except TLSError:
-                raise  # it says what failed; the next address would not fix the setup
             except (OSError, UnicodeError) as exc:
-                attempts.append((address, os_reason(exc)))
-                errnos.append(getattr(exc, "errno", None))
+                attempts.failed(address, exc)
                 continue
-            return address, reader, writer, tls[1] if tls else None
-        raise ConnectError(attempts, errnos)
+            attempts.connected(address)
+            return Channel(address, tls[1] if tls else None), reader, writer
+        raise attempts.error()
 
     def subscribe(
-        self, events: Sequence[str] | None = None, *, timeout: float | None = None
+        self,
+        events: Sequence[str] | None = None,
+        *,
+        timeout: float | None = None,
+        reconnect: bool = True,
     ) -> AsyncSubscription:
         """Subscribe to the library's ``events`` (None or empty: every event) on a connection
         of its own: ``async for event in client.subscribe(...)``.
@@ -391,9 +349,10 @@ class AsyncClient(TypedMethods):
         not delivered, so open it before causing the events you wait for.
         ``async with`` (or ``await subscription.aclose()``) closes its
         connection; an ``async for`` left by ``break`` closes it once the
-        subscription is garbage.
+        subscription is garbage. ``reconnect`` as for Client.subscribe: a
+        :class:`~.events.Gap` in the stream says when it reconnected.
         """
-        return AsyncSubscription(self, events, timeout)
+        return AsyncSubscription(self, events, timeout, reconnect)
 
     async def close(self) -> None:
         """Close the connection; calls still waiting fail with ConnectionLost."""
@@ -429,19 +388,16 @@ class AsyncClient(TypedMethods):
         await self.close()
 
     async def _submit(self, frame: bytes) -> tuple[_Connection, asyncio.Future[wire.Response]]:
-        """Write ``frame`` on the connection; once more on a fresh one if none of it left."""
-        conn = await self._connection()
-        try:
-            return conn, conn.submit(frame)
-        except _NotSent:
-            # Not one byte reached the kernel, so the daemon cannot have seen the
-            # request: sending it again cannot make it run twice. Once only.
-            pass
-        conn = await self._connection()
-        try:
-            return conn, conn.submit(frame)
-        except _NotSent:
-            raise ConnectionLost(conn.address, "sending failed: the connection is closed") from None
+        """Write ``frame`` on the connection; again on a fresh one while none of it left."""
+        for sends in itertools.count(1):
+            conn = await self._connection()
+            try:
+                return conn, conn.submit(frame)
+            except NotSent as exc:
+                # Not one byte reached the kernel, so the daemon cannot have seen the
+                # request: sending it again cannot make it run twice.
+                self.dialer.not_sent(conn.address, sends, exc)
+        raise AssertionError("not reached")  # pragma: no cover
 
     async def call_raw(
         self, method: str | bytes, payload: bytes, *, timeout: Timeout = CLIENT_TIMEOUT

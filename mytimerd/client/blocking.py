@@ -7,16 +7,21 @@ connection: the late answer would otherwise delay the next call's answer, which
 the daemon sends only after it. The next call opens a fresh connection; the
 abandoned call still runs to its end in the daemon, and its answer is discarded.
 
-A request that never left is sent again, once, on a fresh connection: when the
+A request that never left is sent again on a fresh connection: when the
 daemon closed the connection while it was idle (it restarted, or its idle
 timeout passed), or when sending failed before the kernel took one byte of the
-request. A request that may have reached the daemon is never sent again.
+request (then on the next address, once per address: see
+:class:`~.core.Dialer`). A request that may have reached the daemon is never
+sent again.
+
+The protocol state (what was sent, what answers it, when a request may go
+again) is :mod:`.core`'s, shared with the AsyncClient; this module does the I/O.
 """
 
 from __future__ import annotations
 
-import collections
 import copy
+import itertools
 import socket
 import ssl
 import time
@@ -30,9 +35,9 @@ from .common import (
     CLIENT_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_TIMEOUT,
-    MAX_RESPONSE,
     NO_REQUEST,
     READ_SIZE,
+    Addresses,
     Timeout,
     call_limit,
     decode_body,
@@ -42,10 +47,10 @@ from .common import (
     result_body,
     unix_connect,
 )
-from .errors import BadResponse, CallTimeout, ConnectError, ConnectionLost, TLSError
+from .core import Channel, NotSent, handshake
+from .errors import BadResponse, CallTimeout, ConnectionLost
 from .events import Subscription
 from .methods import TypedMethods
-from .tls import handshake_timeout, is_closed, tls_failure
 
 
 def _open_socket(
@@ -59,12 +64,8 @@ def _open_socket(
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if tls is not None:
                 context, name = tls
-                try:
+                with handshake(address, name):
                     return context.wrap_socket(sock, server_hostname=name)
-                except (ssl.SSLError, ssl.CertificateError) as exc:
-                    raise tls_failure(address, exc, name) from None
-                except TimeoutError:
-                    raise handshake_timeout(address) from None
         except BaseException:
             sock.close()
             raise
@@ -81,20 +82,15 @@ def _open_socket(
     return sock
 
 
-class _NotSent(Exception):
-    """Sending failed before the kernel took one byte of the request: the daemon cannot have it."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 class Client(TypedMethods):
     """A blocking client on one connection.
 
     ``address``: an Address, ``unix:/path`` / ``tcp:host:port`` /
-    ``tls:host:port`` text, or None for :func:`resolve_addresses`' defaults
-    (``$MYTIMER_ADDRESS``, then the default sockets in order). ``timeout``
+    ``tls:host:port`` text, several of them (a list, or text separated by
+    commas) to fail over between, or None for :func:`resolve_addresses`'
+    defaults (``$MYTIMER_ADDRESS``, then the default sockets in order). The
+    client connects to the first that accepts, starting with the one that
+    last worked. ``timeout``
     bounds each call and ``connect_timeout`` each connection attempt (the TLS
     handshake included), in seconds; None or 0 means no limit (as
     ``mytimerctl --timeout 0``), a negative value is a ValueError.
@@ -109,13 +105,13 @@ class Client(TypedMethods):
 
     A call that raises :class:`~.errors.CallTimeout` closes the connection
     (its late answer would hold up the next one); the next call reconnects.
-    A request that never left (see the module doc) is sent again, once, on a
-    fresh connection.
+    A request that never left (see the module doc) is sent again on a fresh
+    connection, at the next address; one that may have reached a daemon never is.
     """
 
     def __init__(
         self,
-        address: Address | str | None = None,
+        address: Addresses = None,
         *,
         timeout: float | None = DEFAULT_TIMEOUT,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
@@ -130,11 +126,15 @@ class Client(TypedMethods):
             server_hostname=server_hostname,
         )
         self._sock: socket.socket | None = None
-        self._parser = wire.ResponseParser(MAX_RESPONSE)
-        self._ready: collections.deque[wire.Response] = collections.deque()
+        # The open connection's protocol state; its callers are the calls themselves.
+        self._channel: Channel[object] | None = None
 
     def subscribe(
-        self, events: Sequence[str] | None = None, *, timeout: float | None = None
+        self,
+        events: Sequence[str] | None = None,
+        *,
+        timeout: float | None = None,
+        reconnect: bool = True,
     ) -> Subscription:
         """Subscribe to the library's ``events`` (None or empty: every event) on a connection
         of its own; iterate over the result for the events (:class:`~.events.Event`).
@@ -148,23 +148,54 @@ class Client(TypedMethods):
         ``timeout`` bounds each wait for the next event: None (the default)
         or 0 waits as long as it takes; past it the iteration raises
         :class:`~.errors.CallTimeout` and the subscription stays usable.
-        Iterating ends with an exception only: the daemon's
-        ``SlowSubscriber`` (or ``ShuttingDown``) as a DaemonCallError,
-        ConnectionLost when the daemon closes the connection. Use it as a
-        context manager (or call ``close()``) to close its connection; a
-        ``for`` loop left by ``break`` closes it once the iterator is
-        garbage (at once, in CPython).
+
+        ``reconnect`` (the default): when the connection ends (the daemon
+        restarted, or stopped: ``ShuttingDown``) the subscription connects and
+        subscribes again, with a growing pause between attempts (fail-over
+        included: any of the client's addresses), and the stream yields a
+        :class:`~.events.Gap` saying when the gap began and ended (events
+        fired in it are not delivered). It does not after ``SlowSubscriber``
+        or a refusal of the subscription: those end it with their
+        DaemonCallError. ``reconnect=False``: iterating ends with an exception
+        only: the daemon's DaemonCallError, or ConnectionLost when the
+        daemon closes the connection.
+
+        Use it as a context manager (or call ``close()``) to close its
+        connection; a ``for`` loop left by ``break`` closes it once the
+        iterator is garbage (at once, in CPython).
         """
-        return Subscription(self._twin(), events, timeout)
+        return Subscription(self._twin(), events, timeout, reconnect)
 
     def _twin(self) -> Client:
         """An unconnected client with this one's settings (for a subscription's connection)."""
         twin = copy.copy(self)
         twin._sock = None
-        twin._parser = wire.ResponseParser(MAX_RESPONSE)
-        twin._ready = collections.deque()
+        twin._channel = None
         twin.address = None
         return twin
+
+    def _read(self, left: float | None) -> list[tuple[object, wire.Response]]:
+        """Read once from the open connection (within ``left`` seconds): the answers completed.
+
+        TimeoutError if nothing came in time (the connection is kept); else
+        the TransportError that ended the connection, which is then closed.
+        """
+        sock, channel = self._sock, self._channel
+        assert sock is not None and channel is not None
+        try:
+            sock.settimeout(left)
+            data = sock.recv(READ_SIZE)
+            if data:
+                return channel.received(data)
+            error = channel.read_error(None)
+        except (TimeoutError, BlockingIOError, ssl.SSLWantReadError):
+            raise TimeoutError from None
+        except OSError as exc:
+            error = channel.read_error(exc)
+        except BadResponse as exc:
+            error = exc
+        self.close()
+        raise error
 
     def _receive(self, method: str, limit: float | None) -> wire.Response:
         """The next response on the open connection, sent unasked (an event stream's).
@@ -172,54 +203,39 @@ class Client(TypedMethods):
         CallTimeout if none comes within ``limit`` seconds (the connection is
         kept: no answer is owed); ConnectionLost when the daemon closed it.
         """
-        sock = self._sock
-        if sock is None:
+        channel = self._channel
+        if channel is None:
             raise ConnectionLost(self.address, "the subscription is closed")
         deadline = None if limit is None else time.monotonic() + limit
-        while not self._ready:
+        while (response := channel.next_unasked()) is None:
             try:
-                sock.settimeout(None if deadline is None else max(0.0, deadline - time.monotonic()))
-                data = sock.recv(READ_SIZE)
+                self._read(None if deadline is None else max(0.0, deadline - time.monotonic()))
             except TimeoutError:
                 raise CallTimeout(self.address, method, limit) from None
-            except ssl.SSLError as exc:
-                if not is_closed(exc):
-                    raise self._tls_lost(exc) from None
-                data = b""
-            except OSError as exc:
-                raise self._lost(f"receiving failed: {os_reason(exc)}") from None
-            if not data:
-                raise self._lost("the daemon closed the connection")
-            try:
-                self._ready.extend(self._parser.feed(data))
-            except wire.ProtocolError as exc:
-                self.close()
-                raise BadResponse(self.address, str(exc)) from None
-        return self._ready.popleft()
+        return response
 
     def connect(self) -> None:
-        """Connect to the first address that accepts, unless connected already."""
+        """Connect to the first address that accepts (the one that last worked first),
+        unless connected already; ConnectError lists every address tried."""
         if self._sock is not None:
             return
-        attempts: list[tuple[Address, str]] = []
-        errnos: list[int | None] = []
-        for address in self.addresses:
+        attempts = self.dialer.round()
+        for address in attempts:
+            tls = self.tls_for(address)
             try:
-                self._sock = _open_socket(address, self.connect_timeout, self.tls_for(address))
-            except TLSError:
-                raise  # it says what failed; the next address would not fix the setup
+                sock = _open_socket(address, self.connect_timeout, tls)
             except (OSError, UnicodeError) as exc:
-                attempts.append((address, os_reason(exc)))
-                errnos.append(getattr(exc, "errno", None))
+                attempts.failed(address, exc)
                 continue
-            self.address = address
-            self._parser = wire.ResponseParser(MAX_RESPONSE)
-            self._ready.clear()
+            self._sock = sock
+            self.address = attempts.connected(address)
+            self._channel = Channel(address, tls[1] if tls else None)
             return
-        raise ConnectError(attempts, errnos)
+        raise attempts.error()
 
     def close(self) -> None:
         """Close the connection (the next call reconnects)."""
+        self._channel = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -236,10 +252,6 @@ class Client(TypedMethods):
     ) -> None:
         self.close()
 
-    def _lost(self, reason: str) -> ConnectionLost:
-        self.close()
-        return ConnectionLost(self.address, reason)
-
     def _closed_while_idle(self) -> bool:
         """Whether the daemon closed (or reset) the open connection while no call was on it.
 
@@ -249,11 +261,11 @@ class Client(TypedMethods):
         request, by a daemon refusing the connection) keeps the connection:
         that answer is the next call's.
         """
-        sock = self._sock
-        if sock is None or self._ready:
+        sock, channel = self._sock, self._channel
+        if sock is None or channel is None or not channel.idle:
             return False
         if isinstance(sock, ssl.SSLSocket):
-            return self._tls_closed_while_idle(sock)
+            return self._tls_closed_while_idle()
         try:
             sock.settimeout(0)
             return sock.recv(1, socket.MSG_PEEK) == b""
@@ -262,7 +274,7 @@ class Client(TypedMethods):
         except OSError:
             return True
 
-    def _tls_closed_while_idle(self, sock: ssl.SSLSocket) -> bool:
+    def _tls_closed_while_idle(self) -> bool:
         """:meth:`_closed_while_idle` over TLS, which cannot peek: what is read is kept.
 
         Records that carry no data (TLS 1.3 session tickets) are taken in
@@ -270,32 +282,12 @@ class Client(TypedMethods):
         refused the client certificate after the handshake) is its TLSError.
         """
         try:
-            sock.settimeout(0)
-            data = sock.recv(READ_SIZE)
-        except ssl.SSLWantReadError:
+            self._read(0)
+        except TimeoutError:
             return False  # nothing to read: open and idle
-        except ssl.SSLError as exc:
-            if is_closed(exc):
-                return True
-            raise self._tls_lost(exc) from None
-        except OSError:
+        except ConnectionLost:
             return True
-        if not data:
-            return True
-        try:
-            self._ready.extend(self._parser.feed(data))
-        except wire.ProtocolError as exc:
-            self.close()
-            raise BadResponse(self.address, str(exc)) from None
         return False
-
-    def _tls_lost(self, exc: ssl.SSLError) -> TLSError:
-        """Close the connection; the TLSError of what the daemon's TLS layer said."""
-        self.close()
-        address = self.address
-        assert isinstance(address, TcpAddress)
-        tls = self.tls_for(address)
-        return tls_failure(address, exc, tls[1] if tls else address.host)
 
     def _exchange(self, method: str | bytes, payload: bytes, timeout: Timeout) -> wire.Response:
         frame = wire.encode_request(method, payload)
@@ -303,27 +295,23 @@ class Client(TypedMethods):
         deadline = None if limit is None else time.monotonic() + limit
         if self._closed_while_idle():
             self.close()  # the daemon restarted or left it idle too long: a fresh one, unused
-        try:
-            return self._exchange_once(method, frame, limit, deadline)
-        except _NotSent:
-            # Not one byte reached the kernel, so the daemon cannot have seen the
-            # request: sending it again cannot make it run twice. Once only, so a
-            # daemon that closes every connection at once is reported, not looped on.
-            return self._exchange_once(method, frame, limit, deadline, retry=False)
+        for sends in itertools.count(1):
+            try:
+                return self._exchange_once(method, frame, limit, deadline)
+            except NotSent as exc:
+                # Not one byte reached the kernel, so the daemon cannot have seen the
+                # request: sending it again cannot make it run twice.
+                assert self.address is not None
+                self.dialer.not_sent(self.address, sends, exc)
+        raise AssertionError("not reached")  # pragma: no cover
 
     def _exchange_once(
-        self,
-        method: str | bytes,
-        frame: bytes,
-        limit: float | None,
-        deadline: float | None,
-        *,
-        retry: bool = True,
+        self, method: str | bytes, frame: bytes, limit: float | None, deadline: float | None
     ) -> wire.Response:
-        """Send ``frame`` and read its answer; _NotSent (if ``retry``) when none of it left."""
+        """Send ``frame`` and read its answer; NotSent when none of it left."""
         self.connect()
-        sock = self._sock
-        assert sock is not None
+        sock, channel = self._sock, self._channel
+        assert sock is not None and channel is not None
 
         def expired() -> CallTimeout:
             return CallTimeout(self.address, method_text(method), limit)
@@ -336,6 +324,11 @@ class Client(TypedMethods):
                 raise expired()
             return left
 
+        call = object()
+        # An answer sent before any request (a daemon refusing the connection) answers it.
+        early = channel.asked(call)
+        if early is not None:
+            return early
         sent = 0
         received = False
         send_error: str | None = None
@@ -352,33 +345,22 @@ class Client(TypedMethods):
                 # The daemon may have answered and closed (e.g. TooManyConnections):
                 # its answer can still be read, and says more than EPIPE.
                 send_error = f"sending failed: {os_reason(exc)}"
-            while not self._ready:
+            while True:
                 try:
-                    sock.settimeout(remaining())
-                    data = sock.recv(READ_SIZE)
+                    answers = self._read(remaining())
                 except TimeoutError:
                     raise expired() from None
-                except ssl.SSLError as exc:
-                    if not is_closed(exc):
-                        # The daemon refused the client certificate (TLS 1.3 says so
-                        # after the client's side of the handshake), or broke TLS.
-                        raise self._tls_lost(exc) from None
-                    data = b""
-                    reason = send_error or "the daemon closed the connection"
-                except OSError as exc:
-                    data = b""
-                    reason = send_error or f"receiving failed: {os_reason(exc)}"
-                else:
-                    reason = send_error or "the daemon closed the connection"
-                if not data:
-                    if retry and sent == 0 and not received and send_error is not None:
-                        raise _NotSent(send_error)
-                    raise self._lost(reason)
+                except ConnectionLost:
+                    if send_error is None:
+                        raise
+                    if sent == 0 and not received:
+                        raise NotSent(send_error) from None
+                    raise ConnectionLost(self.address, send_error) from None
                 received = True
-                try:
-                    self._ready.extend(self._parser.feed(data))
-                except wire.ProtocolError as exc:
-                    raise BadResponse(self.address, str(exc)) from None
+                # The first answer is this call's: one call at a time, and any
+                # abandoned call took its connection with it.
+                for _, response in answers:
+                    return response
         except BaseException:
             # Whatever stopped this call (a timeout, a broken stream, Ctrl-C), the
             # stream is out of step: part of the request may be out, or all of it
@@ -387,10 +369,6 @@ class Client(TypedMethods):
             # make the next call wait for that late answer, so drop it.
             self.close()
             raise
-        # The first answer read is this call's: one call at a time, and any
-        # abandoned call took its connection with it. (An answer sent before any
-        # request, by a daemon refusing the connection, answers the first call.)
-        return self._ready.popleft()
 
     def call_raw(
         self, method: str | bytes, payload: bytes, *, timeout: Timeout = CLIENT_TIMEOUT

@@ -14,9 +14,10 @@ import errno
 import io
 import math
 import os
+import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Final, Literal
 
 import cbor2
@@ -25,6 +26,7 @@ from ..protocol import wire
 from ..protocol.address import (
     ADDRESS_ENV,
     Address,
+    TcpAddress,
     UnixAddress,
     default_client_paths,
     parse_address,
@@ -106,21 +108,42 @@ def encode_payload(request: object) -> bytes:
     return b"\xa0" if request is NO_REQUEST else cbor2.dumps(request)
 
 
-def resolve_addresses(address: Address | str | None = None) -> list[Address]:
-    """The addresses to try, in order.
+#: Where a list of addresses in one text is split: at a comma before the next scheme
+#: (a unix path may hold commas of its own).
+_ADDRESS_SEPARATOR: Final = re.compile(r",(?=\s*(?:unix|tcp|tls):)")
 
-    An explicit ``address`` (an Address or its ``unix:``/``tcp:`` text) wins;
-    then ``$MYTIMER_ADDRESS``; then the daemon's default unix sockets. Raises
-    ValueError for malformed text.
+#: What the clients take as their address: one address, or several to fail over between.
+Addresses = Address | str | Sequence[Address | str] | None
+
+
+def parse_addresses(text: str) -> list[Address]:
+    """The addresses of a comma-separated list (``tcp:a:9099,tcp:b:9099``); ValueError if
+    one is malformed."""
+    return [parse_address(part.strip()) for part in _ADDRESS_SEPARATOR.split(text)]
+
+
+def resolve_addresses(address: Addresses = None) -> list[Address]:
+    """The addresses to try, in order (the clients fail over from one to the next).
+
+    An explicit ``address`` wins: an Address, its ``unix:``/``tcp:``/``tls:``
+    text, a comma-separated list of those, or a sequence of either; then
+    ``$MYTIMER_ADDRESS`` (one address or a comma-separated list); then the
+    daemon's default unix sockets. Raises ValueError for malformed text or an
+    empty sequence.
     """
     if isinstance(address, str):
-        return [parse_address(address)]
-    if address is not None:
+        return parse_addresses(address)
+    if isinstance(address, UnixAddress | TcpAddress):
         return [address]
+    if address is not None:
+        found = [a for item in address for a in resolve_addresses(item)]
+        if not found:
+            raise ValueError("no address given (an empty list)")
+        return found
     env = os.environ.get(ADDRESS_ENV)
     if env:
         try:
-            return [parse_address(env)]
+            return parse_addresses(env)
         except ValueError as exc:
             raise ValueError(f"${ADDRESS_ENV}: {exc}") from None
     return [UnixAddress(str(path)) for path in default_client_paths()]

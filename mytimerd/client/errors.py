@@ -21,6 +21,21 @@ from ..protocol.errors import PREFIX
 class MytimerError(Exception):
     """Base of every error this client raises."""
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Exception's own reduction calls __init__ with ``args`` alone, which the
+        # subclasses' signatures do not take: copy and pickle the state instead.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(
+    cls: type[MytimerError], args: tuple[object, ...], state: dict[str, object]
+) -> MytimerError:
+    """A copy of an error from its class, its args and its attributes."""
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
 
 class CallError(MytimerError):
     """The call reached the daemon and was answered RET_ERR."""

@@ -40,10 +40,12 @@ from .common import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_TIMEOUT,
     NO_REQUEST,
+    Addresses,
     Timeout,
     check_timeout,
     resolve_addresses,
 )
+from .core import Dialer
 from .tls import check_context
 
 if TYPE_CHECKING:  # only for the overloads of TypedCall.__get__: both clients import this module
@@ -422,7 +424,7 @@ class TypedMethods:
 
     def __init__(
         self,
-        address: Address | str | None = None,
+        address: Addresses = None,
         *,
         timeout: float | None = DEFAULT_TIMEOUT,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
@@ -445,6 +447,8 @@ class TypedMethods:
                 dataclasses.replace(a, tls=True) if isinstance(a, TcpAddress) else a
                 for a in self.addresses
             ]
+        #: Which address to connect to next (fail-over), shared with subscriptions.
+        self.dialer = Dialer(self.addresses)
         self._default_context: SSLContext | None = None
         self.timeout = timeout
         self.connect_timeout = connect_timeout
