@@ -245,6 +245,10 @@ class TLSLayer(asyncio.Protocol):
         """Encrypted bytes the TCP transport has not sent yet."""
         return self._raw.get_write_buffer_size()
 
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """Backpressure marks, on the encrypted bytes of the TCP transport."""
+        self._raw.set_write_buffer_limits(high, low)
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """``peercert`` and ``cipher`` from TLS; the rest from the TCP transport."""
         tls = self._ssl

@@ -238,3 +238,29 @@ def test_plaintext_on_a_public_address_is_a_warning(daemon_factory: Callable[...
     assert f"tcp:0.0.0.0:{port} is plaintext on a non-loopback address" in d.log()
     loopback = daemon_factory("--tcp", "127.0.0.1", str(free_tcp_port()))
     assert "plaintext on a non-loopback" not in loopback.log()
+
+
+def test_a_tls_subscriber_is_a_peer_by_its_certificate(
+    daemon_factory: Callable[..., Daemon], pki: PKI
+) -> None:
+    d, port = start_tls(daemon_factory, pki)
+    ctx = client_context(pki, pki.alice)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as s,
+    ):
+        s.sendall(wire.encode_request("mytimerd.subscribe", b"\xa0"))
+        parser = wire.ResponseParser()
+        answers: list[wire.Response] = []
+        while not answers:
+            answers += parser.feed(s.recv(65536))
+        assert answers[0].ret == wire.RET_OK
+        budgets = stats(d)["budgets"]
+        assert isinstance(budgets, dict)
+        (top,) = budgets["max-subscribers"]["top"]
+        assert top["peer"].startswith("cert:")  # mutual TLS: the certificate is the peer
+        with d.client() as c:
+            c.call_value("echo", {"req": {"message": "over TLS"}})
+        while len(answers) < 2:
+            answers += parser.feed(s.recv(65536))
+        assert cbor2.loads(answers[1].body)["payload"]["message"] == "over TLS"
