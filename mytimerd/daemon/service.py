@@ -3,10 +3,13 @@ watchdog interval systemd asked for, and the descriptor limit."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import resource
 import sys
+import time
+from typing import Any
 
 log = logging.getLogger("mytimerd")
 
@@ -81,3 +84,29 @@ def raise_fd_limit() -> int | None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         soft = hard
     return None if soft == resource.RLIM_INFINITY else soft
+
+
+class LoopErrors:
+    """The event loop's exception handler: an OSError the loop meets on its
+    own (accept() out of descriptors, a socket gone) is a condition a client
+    can cause, not a bug, so it is one warning line, at most once per
+    ``interval`` seconds, never a traceback; anything else goes to the
+    loop's default handler."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self._interval = interval
+        self._last = -interval
+        self._suppressed = 0
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if not isinstance(exc, OSError):
+            loop.default_exception_handler(context)
+            return
+        now = time.monotonic()
+        if now - self._last < self._interval:
+            self._suppressed += 1
+            return
+        more = f" ({self._suppressed} more suppressed)" if self._suppressed else ""
+        self._last, self._suppressed = now, 0
+        log.warning("%s: %s%s", context.get("message", "event loop"), exc, more)

@@ -4,6 +4,7 @@ suppressed; library errors and connections at debug."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from collections.abc import Callable
 import cbor2
 import pytest
 
+from mytimerd.daemon.service import LoopErrors
 from mytimerd.protocol import wire
 from tests.daemon.test_server_memory import Rig, echo, in_loop
 from tests.support.daemon import Daemon
@@ -122,3 +124,29 @@ def test_a_real_daemon_logs_what_it_refused(daemon_factory: Callable[..., Daemon
     while not all(w in d.log() for w in wanted):
         assert time.monotonic() < deadline, d.log()
         time.sleep(0.05)
+
+
+def test_os_errors_of_the_loop_are_one_rate_limited_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        handler = LoopErrors(interval=10.0)
+        for _ in range(5):
+            handler(
+                loop,
+                {
+                    "message": "socket.accept() out of system resource",
+                    "exception": OSError(24, "Too many open files"),
+                },
+            )
+        with caplog.at_level(logging.ERROR):
+            handler(loop, {"message": "a bug", "exception": ValueError("x")})
+    finally:
+        loop.close()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warnings] == [
+        "socket.accept() out of system resource: [Errno 24] Too many open files"
+    ]
+    assert not any(r.exc_info for r in warnings)
+    assert any(r.levelno == logging.ERROR and "a bug" in r.getMessage() for r in caplog.records)
