@@ -60,6 +60,9 @@ EXTRA_OPTIONS: Final[Mapping[str, Mapping[str, tuple[str, ...]]]] = {
     "stats": {"--format": STATS_FORMATS},
 }
 
+#: Switches a command takes beyond its request's fields (``watch --no-reconnect``).
+EXTRA_SWITCHES: Final[Mapping[str, tuple[str, ...]]] = {"watch": ("--no-reconnect",)}
+
 #: A value of digits, sent as an integer where a field may be one.
 _INTEGER: Final = re.compile(r"[-+]?[0-9]+\Z")
 
@@ -255,6 +258,11 @@ class Command:
     def options(self) -> Mapping[str, tuple[str, ...]]:
         """The command's options beyond its request's fields, with their choices."""
         return EXTRA_OPTIONS.get(self.name, {})
+
+    @property
+    def switches(self) -> tuple[str, ...]:
+        """The command's switches beyond its request's fields."""
+        return EXTRA_SWITCHES.get(self.name, ())
 
     def request(self, ns: argparse.Namespace) -> dict[str, Any]:
         """The request map for the parsed arguments; options not given are left out."""

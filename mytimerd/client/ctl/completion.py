@@ -38,7 +38,7 @@ def _words(c: Command) -> list[str]:
     for p in c.params:
         if not p.positional:
             words += [p.flag, p.negative_flag] if p.switch else [p.flag]
-    return words + list(c.options)
+    return words + list(c.options) + list(c.switches)
 
 
 def _value_slots(commands: Sequence[Command]) -> dict[str, dict[str, tuple[str, ...] | None]]:
@@ -202,6 +202,8 @@ def _zsh_script(commands: Sequence[Command] = COMMANDS) -> str:
                 )
         for flag, values in c.options.items():
             specs.append(shlex.quote(f"{flag}[Output form]:{flag[2:]}:({' '.join(values)})"))
+        for flag in c.switches:
+            specs.append(shlex.quote(f"{flag}[{flag[2:].replace('-', ' ')}]"))
         cases.append(
             f"        {'|'.join((c.name, *c.aliases))}) _arguments $globals {' '.join(specs)};;"
         )

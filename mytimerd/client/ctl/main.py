@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import errno
 import json
 import os
@@ -33,7 +34,7 @@ from ..errors import (
     TLSError,
     TransportError,
 )
-from ..events import SUBSCRIBE
+from ..events import SUBSCRIBE, Gap
 from ..tls import speaks_tls
 from .commands import COMMANDS_BY_NAME, PROG
 from .completion import completion_script
@@ -124,17 +125,23 @@ def _discard_stdout() -> None:
         os.close(devnull)
 
 
-def _explicit_address(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> Address | None:
+def _explicit_addresses(
+    parser: argparse.ArgumentParser, ns: argparse.Namespace
+) -> list[Address] | None:
+    """The addresses --unix or --tcp give (each may be repeated: fail-over, in order)."""
     if ns.unix is not None and ns.tcp is not None:
         parser.error("give either --unix or --tcp, not both")
     if ns.unix is not None:
-        return UnixAddress(ns.unix)  # a path need not be UTF-8: it goes to the kernel as bytes
+        # A path need not be UTF-8: it goes to the kernel as bytes.
+        return [UnixAddress(path) for path in ns.unix]
     if ns.tcp is not None:
-        host, port = ns.tcp
-        try:
-            return TcpAddress(utf8(host, "the host").strip("[]"), parse_port(port))
-        except ValueError as exc:
-            parser.error(f"--tcp: {exc}")
+        addresses: list[Address] = []
+        for host, port in ns.tcp:
+            try:
+                addresses.append(TcpAddress(utf8(host, "the host").strip("[]"), parse_port(port)))
+            except ValueError as exc:
+                parser.error(f"--tcp: {exc}")
+        return addresses
     return None
 
 
@@ -232,14 +239,19 @@ def _output(ns: argparse.Namespace, method: str, answer: Any) -> str:
     return render(method, answer) + "\n"
 
 
-def _watch(conn: Client, events: Sequence[str] | None, as_json: bool) -> int:
+def _watch(conn: Client, events: Sequence[str] | None, as_json: bool, reconnect: bool) -> int:
     """``watch``: print each event as it comes, until interrupted or cut off.
 
     Waiting for events has no time limit; the client's timeout bounds the
-    subscription's answer. Each line is written and flushed at once.
+    subscription's answer. Each line is written and flushed at once. When
+    the connection ends (``reconnect``), the subscription comes back by
+    itself and a line on stderr says when the gap began and ended.
     """
-    with conn.subscribe(events, timeout=None) as subscription:
+    with conn.subscribe(events, timeout=None, reconnect=reconnect) as subscription:
         for event in subscription:
+            if isinstance(event, Gap):
+                _error(_gap_line(event, subscription.address))
+                continue
             if as_json:
                 value = decode_body(event.raw, subscription.address)
                 line = json.dumps(to_json(value), ensure_ascii=False)
@@ -247,6 +259,20 @@ def _watch(conn: Client, events: Sequence[str] | None, as_json: bool) -> int:
                 line = render_event(event.name, event.payload)
             _write(line + "\n")
     return EXIT_OK  # not reached: a subscription ends with an exception
+
+
+def _gap_line(gap: Gap, address: Address | None) -> str:
+    """What watch says on stderr after it subscribed again."""
+
+    def when(seconds: float) -> str:
+        stamp = datetime.datetime.fromtimestamp(seconds).astimezone()
+        return stamp.isoformat(timespec="milliseconds")
+
+    return (
+        f"watch: subscribed again to the daemon at {address}; events fired from "
+        f"{when(gap.began)} to {when(gap.ended)} ({gap.ended - gap.began:.1f} s) were "
+        f"missed (the connection ended: {gap.reason})"
+    )
 
 
 def _plaintext_on_tls(address: Address | None, timeout: float | None) -> bool:
@@ -294,7 +320,7 @@ def _run(argv: Sequence[str] | None, stdin: TextIO | None) -> int:
     parser = build_parser()
     try:
         ns = parser.parse_args(argv)
-        address = _explicit_address(parser, ns)
+        address = _explicit_addresses(parser, ns)
     except SystemExit as exc:  # argparse's way out of --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     except OSError as exc:
@@ -327,7 +353,7 @@ def _run(argv: Sequence[str] | None, stdin: TextIO | None) -> int:
         return EXIT_USAGE
     try:
         if method == SUBSCRIBE:
-            return _watch(conn, request.get("events"), ns.json)
+            return _watch(conn, request.get("events"), ns.json, not ns.no_reconnect)
         with conn:
             answer = decode_body(conn.call_raw(method, payload), conn.address)
     except TLSError as exc:

@@ -118,15 +118,20 @@ def _add_common(parser: argparse.ArgumentParser, default: Any) -> None:
     where.add_argument(
         "--unix",
         metavar="PATH",
+        action="append",
         default=given(None),
-        help="Talk to the daemon on this unix socket.",
+        help="Talk to the daemon on this unix socket. Repeat it to fail over: the next "
+        "socket is tried when one refuses the connection.",
     )
     where.add_argument(
         "--tcp",
         nargs=2,
         metavar=("HOST", "PORT"),
+        action="append",
         default=given(None),
-        help=f"Talk to the daemon on this TCP endpoint (its usual port is {DEFAULT_TCP_PORT}).",
+        help=f"Talk to the daemon on this TCP endpoint (its usual port is {DEFAULT_TCP_PORT}). "
+        "Repeat it to fail over: the next endpoint is tried when one refuses the connection "
+        "or a request never left; a call that may have reached a daemon is not sent again.",
     )
     tls = parser.add_argument_group(
         "TLS (TCP only; any of these speaks TLS to a --tcp or tcp: address)"
@@ -181,8 +186,12 @@ def _add_common(parser: argparse.ArgumentParser, default: Any) -> None:
     )
 
 
-#: The help of the options in commands.EXTRA_OPTIONS.
+#: The help of the options in commands.EXTRA_OPTIONS and commands.EXTRA_SWITCHES.
 _OPTION_HELP: Final = {
+    "--no-reconnect": "Exit when the connection to the daemon ends (exit 3), as before "
+    "reconnecting was the default. Without it, watch connects and subscribes again (with "
+    "a growing pause, up to 5 s, between attempts) and says on stderr when the gap began "
+    "and ended: events fired in the gap are missed.",
     "--format": "How to print the answer: human (the default), openmetrics (OpenMetrics "
     "text), or prometheus (the Prometheus text format, which node_exporter's textfile "
     "collector reads). --json prints it as JSON.",
@@ -202,12 +211,15 @@ _DESCRIPTIONS: Final[dict[str, Sequence[str]]] = {
         "--timeout bounds connecting and the subscription's answer; waiting for events "
         "has no limit. A watch that does not keep up (its output is not read) is cut off "
         "by the daemon with mytimerd.SlowSubscriber (exit 5).",
+        "When the connection ends (the daemon restarted or stopped), watch subscribes "
+        "again by itself, to any address given, and prints a line on stderr saying when "
+        "the gap began and ended; --no-reconnect exits instead (exit 3).",
     ),
 }
 
 #: Examples shown in a command's help beyond those generated from its request.
 _EXTRA_EXAMPLES: Final[dict[str, list[Sequence[str] | str]]] = {
-    "watch": [["watch", "on_echo_fired", "on_job_scheduled"]],
+    "watch": [["watch", "on_echo_fired", "on_job_scheduled"], ["watch", "--no-reconnect"]],
     "stats": [
         ["stats", "--format", "openmetrics"],
         f"{PROG} stats --format prometheus > mytimerd.prom.tmp && mv mytimerd.prom.tmp "
@@ -292,6 +304,8 @@ def _add_command(commands: Any, common: argparse.ArgumentParser, command: Comman
         sub.add_argument(
             flag, choices=values, default=values[0], help=_OPTION_HELP[flag].replace("%", "%%")
         )
+    for flag in command.switches:
+        sub.add_argument(flag, action="store_true", help=_OPTION_HELP[flag].replace("%", "%%"))
     group = sub.add_argument_group(f"{command.method.name} request") if command.params else sub
     for param in command.params:
         if param.positional:
