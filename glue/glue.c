@@ -15,7 +15,6 @@
 #include "my_timer_cbor.h"
 #include "glue.h"
 
-#define MT_MAX_METHODS 16
 
 typedef void *(*create_fn)(const uint8_t *, size_t, FFICallBack, void *);
 typedef int (*method_fn)(void *, FFICallBack, void *, const uint8_t *, size_t);
@@ -57,9 +56,11 @@ struct done {
 
 struct mt_host {
     void *dl;
+    char prefix[MT_MAX_PREFIX + 1];
     const char *suffix;
     create_fn create;
     destroy_fn destroy;
+    void *unlisten; /* <prefix>_remove_event_listener: only compared, never called */
     method_fn methods[MT_MAX_METHODS];
     static_fn statics[MT_MAX_METHODS]; /* set instead of methods[i] for static calls */
     atomic_uint_least64_t stale_by_method[MT_MAX_METHODS];
@@ -190,18 +191,28 @@ static void on_create(int ret, const char *msg, size_t len, void *ud) {
     pthread_mutex_unlock(&h->create_mu);
 }
 
-static void *resolve(mt_host *h, const char *name) {
-    char sym[128];
-    snprintf(sym, sizeof sym, "my_timer_%s%s", name, h->suffix);
+/* dlsym of <prefix>_<name><suffix>; NULL when absent or too long to name. */
+static void *lookup(mt_host *h, const char *name, const char *suffix) {
+    char sym[MT_MAX_PREFIX + 160];
+    int n = snprintf(sym, sizeof sym, "%s_%s%s", h->prefix, name, suffix);
+    if (n < 0 || (size_t)n >= sizeof sym)
+        return NULL;
     return dlsym(h->dl, sym);
 }
 
-mt_host *mt_open(const char *path, char *err, size_t errlen) {
+static void *resolve(mt_host *h, const char *name) { return lookup(h, name, h->suffix); }
+
+mt_host *mt_open(const char *path, const char *prefix, char *err, size_t errlen) {
+    if (!prefix[0] || strlen(prefix) > MT_MAX_PREFIX) {
+        snprintf(err, errlen, "library name must be 1 to %d bytes", MT_MAX_PREFIX);
+        return NULL;
+    }
     mt_host *h = calloc(1, sizeof *h);
     if (!h) {
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    strcpy(h->prefix, prefix);
     h->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!h->dl) {
         snprintf(err, errlen, "cannot load %s: %s", path, dlerror());
@@ -210,15 +221,16 @@ mt_host *mt_open(const char *path, char *err, size_t errlen) {
     }
     /* Older nim-ffi builds suffix the CBOR ABI with _cbor and also export a
        different ABI under the bare names, so the suffix is decided once. */
-    h->suffix = dlsym(h->dl, "my_timer_create_cbor") ? "_cbor" : "";
+    h->suffix = lookup(h, "create", "_cbor") ? "_cbor" : "";
     h->create = (create_fn)resolve(h, "create");
-    h->destroy = (destroy_fn)dlsym(h->dl, "my_timer_destroy");
-    h->listen = (listen_fn)dlsym(h->dl, "my_timer_add_event_listener");
+    h->destroy = (destroy_fn)lookup(h, "destroy", "");
+    h->listen = (listen_fn)lookup(h, "add_event_listener", "");
+    h->unlisten = lookup(h, "remove_event_listener", "");
     if (!h->create || !h->destroy) {
         snprintf(err, errlen,
-                 "%s is not a libmy_timer CBOR-ABI library "
-                 "(no my_timer_create_cbor/my_timer_create or my_timer_destroy)",
-                 path);
+                 "%s is not a nim-ffi CBOR-ABI library named %s "
+                 "(no %s_create_cbor/%s_create or %s_destroy)",
+                 path, prefix, prefix, prefix, prefix);
         dlclose(h->dl);
         free(h);
         return NULL;
@@ -241,13 +253,19 @@ mt_host *mt_open(const char *path, char *err, size_t errlen) {
 }
 
 /* Resolve `name` into the next method number, as a method on the context or
-   as a static entry point; -1 if the library lacks it or the table is full. */
+   as a static entry point; -1 if the library lacks it, -3 if the table is
+   full, -2 if the symbol is the constructor, the destructor or a listener entry
+   point under another name (calling it as a method would crash the daemon
+   or end the context). */
 static int bind_entry(mt_host *h, const char *name, int is_static) {
     if (h->nmethods == MT_MAX_METHODS)
-        return -1;
+        return -3;
     void *fn = resolve(h, name);
     if (!fn)
         return -1;
+    if (fn == (void *)h->create || fn == (void *)h->destroy || fn == (void *)h->listen ||
+        fn == h->unlisten)
+        return -2;
     if (is_static)
         h->statics[h->nmethods] = (static_fn)fn;
     else

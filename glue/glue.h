@@ -1,6 +1,7 @@
 /*
- * The daemon's side of the libmy_timer ABI: a host that loads any
- * ABI-compatible build at run time and moves calls and results between the
+ * The daemon's side of the nim-ffi CBOR ABI: a host that loads any such
+ * library (libmy_timer, libecho, ...; symbols bound by the library's name
+ * at run time) and moves calls and results between the
  * asyncio event loop and the library without ever running Python on a
  * library thread.
  *
@@ -15,6 +16,11 @@
 
 typedef struct mt_host mt_host;
 
+/* Most methods (and static calls) one library may have bound. */
+#define MT_MAX_METHODS 64
+/* Longest library name (the symbol prefix, e.g. "my_timer"). */
+#define MT_MAX_PREFIX 64
+
 typedef struct {
     int64_t in_call_ns;     /* how long the current library call has run, 0 if none */
     uint64_t queued;        /* calls waiting for the submitter */
@@ -24,9 +30,13 @@ typedef struct {
     uint64_t events;        /* events received by the listeners */
 } mt_status;
 
-/* Load the library at path; NULL with a message in err on failure. */
-mt_host *mt_open(const char *path, char *err, size_t errlen);
-/* Index of method `name` for mt_submit, or -1 if the library lacks it. */
+/* Load the nim-ffi library at path whose symbols start with prefix + "_"
+   (its name, e.g. "my_timer": my_timer_create_cbor or my_timer_create,
+   my_timer_destroy, ...); NULL with a message in err on failure. */
+mt_host *mt_open(const char *path, const char *prefix, char *err, size_t errlen);
+/* Index of method `name` (entry point <prefix>_<name>[_cbor]) for mt_submit;
+   -1 if the library lacks it, -2 if that symbol is the constructor, the
+   destructor or a listener entry point, -3 past MT_MAX_METHODS. */
 int mt_bind(mt_host *h, const char *name);
 /* Like mt_bind, for a static entry point: no context, (cb, userData, req, len). */
 int mt_bind_static(mt_host *h, const char *name);

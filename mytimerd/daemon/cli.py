@@ -17,10 +17,10 @@ import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
 from .. import __version__
-from ..protocol import errors, interfaces
+from ..protocol import cddl, errors, interfaces
 from ..protocol.address import (
     DEFAULT_TCP_PORT,
     Address,
@@ -33,9 +33,18 @@ from ..protocol.cddl import CDDLError
 from ..protocol.limits import Limits
 from ..protocol.schema import Interface
 from . import activation
-from .config import Config, EventLoop, LogLevel, SubmitMode
+from .config import (
+    DEFAULT_NAME,
+    Config,
+    EventLoop,
+    LogLevel,
+    SubmitMode,
+    constructor_request,
+    read_config_file,
+    timer_name,
+)
 from .host import BUNDLED_LIBRARIES, BUNDLED_LIBRARY, LibraryHost
-from .library import LibraryLoadError
+from .library import DescriptionMismatch, LibraryLoadError
 from .server import Server
 from .service import Notifier, raise_fd_limit, setup_logging, watchdog_interval
 from .tls import TLSConfigError, is_loopback
@@ -203,21 +212,61 @@ def build_parser() -> argparse.ArgumentParser:
         help="admit only clients whose certificate names NAME (CN or DNS subjectAltName; "
         "repeatable; needs --tls-client-ca)",
     )
-    p.add_argument("--name", default="mytimerd", help="the timer's name (default: %(default)s)")
-    p.add_argument(
+    served = p.add_argument_group(
+        "the library",
+        "Any nim-ffi CBOR-ABI library, of either symbol generation: --library and its "
+        "description (--schema). Without them, the bundled libmy_timer. Its context is "
+        "created with the request its description gives the constructor (<name>_create), "
+        "holding the --config-file values, then each --config, then --name; it is "
+        "checked like any request.",
+    )
+    served.add_argument(
+        "--name",
+        help=f"the timer's name: libmy_timer's shorthand for --config name=NAME "
+        f"(default: {DEFAULT_NAME})",
+    )
+    served.add_argument(
         "--library",
         metavar="PATH",
         type=Path,
-        help=f"load this ABI-compatible libmy_timer instead of the bundled one "
+        help=f"load this nim-ffi CBOR-ABI library instead of the bundled libmy_timer "
         f"(also ${LIBRARY_ENV}; either symbol generation)",
     )
-    p.add_argument(
+    served.add_argument(
         "--schema",
         metavar="FILE",
         type=Path,
-        help="the library's interface description (the CDDL nim-ffi generates); default: "
-        "the description bundled for the library's symbol generation (0.2 with _cbor "
-        "names, 0.3 without)",
+        help="the library's interface description (the CDDL nim-ffi generates; a regular "
+        f"UTF-8 file of at most {cddl.MAX_BYTES} bytes); default: libmy_timer's, bundled "
+        "for the library's symbol generation (0.2 with _cbor names, 0.3 without)",
+    )
+    served.add_argument(
+        "--library-name",
+        metavar="NAME",
+        help="the library's name, the prefix of its symbols (NAME_create, ...); default: "
+        f"the one its description's procs share ({interfaces.DEFAULT_LIBRARY} without "
+        "--schema)",
+    )
+    served.add_argument(
+        "--config",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="a value of the constructor's request (repeatable): KEY a dotted path "
+        "(config.prefix, or prefix for short); VALUE as is for text, JSON otherwise",
+    )
+    served.add_argument(
+        "--config-file",
+        metavar="FILE",
+        type=Path,
+        help="the constructor's request as a TOML table ([config] prefix = \"demo\"), "
+        "or JSON if FILE ends in .json",
+    )
+    served.add_argument(
+        "--probe-method",
+        metavar="METHOD",
+        help="the cheap library method the liveness probe calls with {} (default: "
+        f"the first of {', '.join(interfaces.PROBE_METHODS)} the description has)",
     )
     p.add_argument(
         "--submit",
@@ -290,6 +339,44 @@ def _id(name: str, kind: str) -> int:
         raise ValueError(f"no {kind} {name!r}") from None
 
 
+def _library_options(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> tuple[Interface, dict[str, Any], str]:
+    """The description the options are checked against (--schema's, or the
+    bundled one), the constructor's request and the probe method; a usage
+    error (exit 2) for anything wrong with them."""
+    name = args.library_name
+    if name is not None and not cddl.NAME.match(name):
+        parser.error(
+            f"--library-name {name!r}: expected a symbol prefix (a letter, then letters, "
+            f"digits or _; at most {cddl.MAX_NAME})"
+        )
+    try:
+        if args.schema is not None:
+            described = interfaces.load(args.schema, name)
+        else:
+            # Each bundled library's generations share their constructor
+            # and probe (a test checks), so 0.2's stands for both.
+            described = interfaces.bundled("0.2", name or interfaces.DEFAULT_LIBRARY)
+    except (OSError, CDDLError) as exc:
+        parser.error(f"--schema {args.schema}: {exc}")
+    except LookupError as exc:
+        parser.error(f"--library-name {name}: {exc}; give its description with --schema")
+    try:
+        values = read_config_file(args.config_file) if args.config_file else {}
+    except (OSError, ValueError) as exc:
+        parser.error(f"--config-file {args.config_file}: {exc}")
+    try:
+        constructor = constructor_request(described.constructor, values, args.config, args.name)
+    except ValueError as exc:
+        parser.error(f"the constructor's request ({described.name}_create): {exc}")
+    try:
+        probe = interfaces.probe_method(described, args.probe_method)
+    except LookupError as exc:
+        parser.error(f"--probe-method: {exc}")
+    return described, constructor, probe
+
+
 def config_from_args(argv: Sequence[str] | None = None) -> Config:
     """Parse the command line (and ``$MYTIMERD_LIBRARY``) into a :class:`Config`."""
     parser = build_parser()
@@ -307,16 +394,15 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
         parser.error("--tls-client-ca needs --tls-cert and --tls-key")
     if args.tls_allow and args.tls_client_ca is None:
         parser.error("--tls-allow needs --tls-client-ca (the names come from client certificates)")
-    if args.schema is not None:
-        try:
-            interfaces.load(args.schema)
-        except (OSError, CDDLError) as exc:
-            parser.error(f"--schema {args.schema}: {exc}")
+    described, constructor, probe = _library_options(parser, args)
     library = args.library or os.environ.get(LIBRARY_ENV)
     return Config(
-        name=args.name,
+        name=timer_name(constructor, described.constructor),
         library=Path(library) if library else None,
         schema=args.schema,
+        library_name=described.name,
+        constructor=constructor,
+        probe_method=probe,
         submit=args.submit,
         event_loop=args.event_loop,
         log_level=args.log_level,
@@ -449,13 +535,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.submit == "auto" and library_path.resolve() in BUNDLED_LIBRARIES
     )
     try:
-        library = LibraryHost(library_path)
+        library = LibraryHost(library_path, config.library_name)
         interface = (
-            interfaces.load(config.schema)
+            interfaces.load(config.schema, config.library_name)
             if config.schema
-            else interfaces.bundled(library.generation)
+            else interfaces.bundled(library.generation, config.library_name)
         )
-        library.start(interface, config.name, config.limits.create_timeout, direct)
+        library.start(
+            interface,
+            config.constructor,
+            config.probe_method,
+            config.limits.create_timeout,
+            direct,
+        )
+    except DescriptionMismatch as exc:
+        log.error("the description contradicts the library: %s", exc)
+        for listener in listeners:
+            listener.close()
+        return EXIT_USAGE
     except LibraryLoadError as exc:
         log.error("cannot start the library: %s", exc)
         for listener in listeners:

@@ -1,6 +1,7 @@
 """Whether the library is alive: liveness probes and the verdict on them.
 
-A probe is a ``version`` call with an id from the top of the id space (call
+A probe is a call of the probe method (``version``, or what
+``--probe-method`` names) with ``{}`` and an id from the top of the id space (call
 ids count up from 1, so the two never meet). The library is healthy while it
 answers probes within ``--probe-timeout`` and no call blocks its caller for
 longer than that.

@@ -1,4 +1,5 @@
-"""The library host: the one real libmy_timer context, behind the C glue.
+"""The library host: the one real context of a nim-ffi library (libmy_timer
+by default), behind the C glue, which binds its symbols by the library's name.
 
 Python never runs on a library thread: calls are queued to the glue's
 submitter thread, results are queued by a C callback and announced on an
@@ -9,14 +10,16 @@ eventfd (:attr:`LibraryHost.fd`) that the event loop watches;
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import cbor2
 
 from .._glue import ffi, lib
+from ..protocol.interfaces import DEFAULT_LIBRARY, PROBE_METHODS
 from ..protocol.schema import Interface
-from .library import EVENT_ID_BASE, LibraryLoadError, Result, Status
+from .library import EVENT_ID_BASE, DescriptionMismatch, LibraryLoadError, Result, Status
 
 #: The library built from native/ and shipped inside the package (0.2
 #: generation), and its 0.3-generation twin; calls to them never block.
@@ -28,14 +31,16 @@ _ERR_LEN: Final = 512
 
 
 class LibraryHost:
-    """A loaded libmy_timer build with its one context (a :class:`Library`)."""
+    """A loaded nim-ffi library with its one context (a :class:`Library`)."""
 
-    def __init__(self, path: Path | str) -> None:
-        """Load ``path``; :attr:`generation` tells which nim-ffi symbol
+    def __init__(self, path: Path | str, name: str = DEFAULT_LIBRARY) -> None:
+        """Load ``path``, the library called ``name`` (its symbols are
+        ``<name>_...``); :attr:`generation` tells which nim-ffi symbol
         generation it is ("0.2": names with ``_cbor``, "0.3": without)."""
         self.path = str(path)
+        self.name = name
         self._err = ffi.new("char[]", _ERR_LEN)
-        host = lib.mt_open(self.path.encode(), self._err, _ERR_LEN)
+        host = lib.mt_open(self.path.encode(), name.encode(), self._err, _ERR_LEN)
         if host == ffi.NULL:
             raise LibraryLoadError(ffi.string(self._err).decode(errors="replace"))
         self._host = host
@@ -52,34 +57,47 @@ class LibraryHost:
     def start(
         self,
         interface: Interface,
-        name: str,
+        constructor: Mapping[str, Any],
+        probe: str = PROBE_METHODS[0],
         create_timeout: float = 5.0,
         direct: bool = False,
     ) -> None:
-        """Bind the interface's methods one by one, create the context
-        ``name``, and listen to the interface's events.
+        """Bind the interface's methods one by one, create the context with
+        the request ``constructor``, and listen to the interface's events.
 
         A method the library lacks is left :attr:`unavailable`; only
-        ``version`` (the liveness probe) is required. Returns once the library
-        has confirmed the context. ``direct`` makes calls on the caller's
-        thread instead of the submitter thread: only for libraries whose calls
-        never block (the bundled one).
+        ``probe`` (the liveness probe) is required. A method whose symbol is
+        the constructor, the destructor or a listener entry point is refused
+        (:class:`DescriptionMismatch`). Returns once the library has confirmed
+        the context. ``direct`` makes calls on the caller's thread instead of
+        the submitter thread: only for libraries whose calls never block (the
+        bundled one).
         """
         host = self._host
         missing = set()
         for method in interface.library_methods:
             bind = lib.mt_bind_static if method.static else lib.mt_bind
             index = bind(host, method.name.encode())
+            if index == -2:
+                raise DescriptionMismatch(
+                    f"the description makes {self.name}_{method.name} a method, but in "
+                    f"{self.path} that symbol is the constructor, the destructor or a "
+                    "listener entry point"
+                )
+            if index == -3:
+                raise LibraryLoadError(
+                    f"{interface.source} describes more than {lib.MT_MAX_METHODS} methods"
+                )
             if index < 0:
                 missing.add(method.name)
             else:
                 self._methods[method.name] = index
-        if "version" not in self._methods:
+        if probe not in self._methods:
             raise LibraryLoadError(
-                f"{self.path} lacks my_timer_version, which the liveness probe needs"
+                f"{self.path} lacks {self.name}_{probe}, which the liveness probe needs"
             )
         self.unavailable = frozenset(missing)
-        request = cbor2.dumps({"config": {"name": name}})
+        request = cbor2.dumps(constructor)
         self.direct = direct
         timeout_ms = int(create_timeout * 1000)
         if lib.mt_create(host, request, len(request), timeout_ms, direct, self._err, _ERR_LEN):

@@ -15,16 +15,24 @@ if TYPE_CHECKING:
 
 
 def describe(server: Server) -> dict[str, Any]:
-    """The mytimerd.describe answer."""
+    """The mytimerd.describe answer. Every schema in it names each map key
+    by its wire key (``name``); types name themselves ``typeName``."""
     library = server.library
+    config = server.config
     return {
         "daemon": {"name": "mytimerd", "version": __version__},
         "library": {
+            "name": server.interface.name,
             "path": library.path,
             "version": server.library_version,
             "generation": library.generation,
+            "probeMethod": config.probe_method,
         },
-        "timerName": server.config.name,
+        "timerName": config.name,
+        "constructor": {
+            "request": dict(config.constructor),
+            "schema": server.interface.constructor.to_json(),
+        },
         "interface": server.interface.source,
         "methods": [
             {**m.to_json(), "available": m.name not in library.unavailable}

@@ -1,5 +1,5 @@
 """What the server needs from a library: the seam between the daemon and
-libmy_timer.
+the nim-ffi library it serves (libmy_timer by default).
 
 :class:`~mytimerd.daemon.host.LibraryHost` implements it with the real
 library behind the C glue; the tests implement it with a fake, so the server
@@ -22,6 +22,12 @@ EVENT_ID_BASE: Final = 1 << 63
 
 class LibraryLoadError(Exception):
     """The library could not be loaded or its context not created."""
+
+
+class DescriptionMismatch(LibraryLoadError):
+    """The description and the library's symbol table disagree on what an
+    entry point is (a method that is really the constructor, say): the
+    operator's description is wrong, so it is a usage error."""
 
 
 @dataclass(frozen=True, slots=True)

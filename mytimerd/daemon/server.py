@@ -47,8 +47,9 @@ log = logging.getLogger("mytimerd")
 TICK: Final = 0.1
 #: How often STATUS= is sent to systemd and idle connections are looked for.
 SLOW_TICK: Final = 1.0
-#: The request every liveness probe and the start-up check send: ``version({})``.
-_VERSION_REQUEST: Final = b"\xa0"
+#: The request every liveness probe and the start-up check send to the probe
+#: method (``version`` unless --probe-method names another): ``{}``.
+_PROBE_REQUEST: Final = b"\xa0"
 #: Library results handled in one turn of the loop; the rest wait for the next.
 RESULTS_SLICE: Final = 1024
 #: While degraded, the journal repeats its warning at most this often (seconds).
@@ -135,7 +136,7 @@ class Server:
         self.listeners: list[Listener] = []
         self.health = Health(
             self.limits.probe_timeout,
-            lambda probe_id: library.submit("version", probe_id, _VERSION_REQUEST),
+            lambda probe_id: library.submit(config.probe_method, probe_id, _PROBE_REQUEST),
         )
         self._healthy = True
         self._last_slow_tick = -math.inf
@@ -179,10 +180,11 @@ class Server:
             )
 
     async def _ask_version(self) -> str | None:
-        """One version call before serving: proves the context answers."""
+        """One probe call (a version call) before serving: proves the
+        context answers; its answer is the library's version."""
         timeout = self.limits.probe_timeout
         deadline = self.clock() + timeout
-        if not self.library.submit("version", 0, _VERSION_REQUEST):
+        if not self.library.submit(self.config.probe_method, 0, _PROBE_REQUEST):
             return None
         while self.clock() < deadline:
             for _, ret, body in self.library.results():
@@ -191,7 +193,9 @@ class Server:
                     return value if isinstance(value, str) else repr(value)
                 return None
             await asyncio.sleep(0.005)
-        log.warning("the library did not answer version within %.1f s", timeout)
+        log.warning(
+            "the library did not answer %s within %.1f s", self.config.probe_method, timeout
+        )
         return None
 
     # connections (the Host interface of Connection) ---------------------------

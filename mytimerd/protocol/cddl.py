@@ -10,12 +10,27 @@ prelude types and references) into the schema types.
 
 Every key is optional, as in the library's decoder (the CDDL writes them all
 as required); ``T / nil`` keys also accept null.
+
+A description is operator input (``--schema``): :func:`read` and :func:`parse`
+bound what it may cost (a regular file, :data:`MAX_BYTES`, UTF-8,
+:data:`MAX_NESTING`, :data:`PARSE_SECONDS`) and refuse, with a
+:class:`CDDLError`, procs whose kind contradicts the ABI's fixed entry points
+(:data:`ENTRY_POINTS`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
+import stat
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
 from typing import Final
 
 import cddlparser
@@ -25,6 +40,32 @@ from .schema import Any_, Bool, Enum, Int, Null, Text, Type
 
 #: The kinds of proc a client may call.
 CALLABLE_KINDS: Final = ("ffi", "ffiStatic")
+
+#: Largest description accepted (the generated ones are a few kB).
+MAX_BYTES: Final = 1 << 20
+#: Deepest bracket nesting accepted in a description's text; the parser
+#: recurses per level (and hits Python's recursion limit near 300).
+MAX_NESTING: Final = 64
+#: Longest a description may take to parse (1 MiB of generated CDDL takes
+#: about 1.5 s).
+PARSE_SECONDS: Final = 10.0
+#: Most schema nodes one method's request or answer may expand to (describe
+#: spells each out; rules used many times at many levels multiply).
+MAX_TYPE_NODES: Final = 10_000
+#: Longest library name (the glue's MT_MAX_PREFIX; a test keeps them equal).
+MAX_NAME: Final = 64
+#: The library's name: the prefix of every symbol (``my_timer``, ``echo``).
+NAME: Final = re.compile(rf"^[A-Za-z][A-Za-z0-9_]{{0,{MAX_NAME - 1}}}$")
+#: The ABI's fixed entry points (``<name>_<entry>``) and the one kind a
+#: description may give each (None: no proc may be named so). The glue binds
+#: them by these names; binding one as a method would crash the daemon
+#: (the constructor) or end its context (the destructor).
+ENTRY_POINTS: Final[dict[str, str | None]] = {
+    "create": "ctor",
+    "destroy": "dtor",
+    "add_event_listener": None,
+    "remove_event_listener": None,
+}
 
 _PROC: Final = re.compile(r"^(?P<proc>[A-Za-z0-9_]+)-(?P<part>request|response)$")
 _KIND: Final = re.compile(r"\((ffi|ffiStatic|ctor|dtor)\)")
@@ -94,6 +135,11 @@ class Description:
     aliases: dict[str, Spec]
     procs: tuple[Proc, ...]
 
+    @property
+    def constructor(self) -> Proc:
+        """The (ctor) proc, ``create`` (:func:`check_kinds` makes sure there is one)."""
+        return next(p for p in self.procs if p.kind == "ctor")
+
 
 @dataclass
 class _ProcParts:
@@ -103,12 +149,95 @@ class _ProcParts:
     response: Spec | None = None
 
 
-def parse(text: str) -> Description:
-    """Parse a nim-ffi CDDL description; raise :class:`CDDLError`."""
+def read(path: Path) -> str:
+    """The text of the description file ``path``, within the bounds; raise
+    :class:`CDDLError` (or OSError when it cannot be opened)."""
+    # O_NONBLOCK: opening a FIFO must not wait for a writer.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        tree = cddlparser.parse(text)
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+            raise CDDLError(f"{kind}: a description must be a regular file")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(MAX_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_BYTES:
+        raise CDDLError(f"larger than {MAX_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CDDLError(f"not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+
+
+def _check_nesting(text: str) -> None:
+    """Refuse brackets nested deeper than :data:`MAX_NESTING` (outside
+    comments and strings) before the recursive parser sees them."""
+    depth = 0
+    for line_no, line in enumerate(text.splitlines(), 1):
+        in_string = False  # CDDL text literals end on their line
+        for char in line:
+            if in_string:
+                in_string = char != '"'
+            elif char == ";":
+                break
+            elif char == '"':
+                in_string = True
+            elif char in "{[(":
+                depth += 1
+                if depth > MAX_NESTING:
+                    raise CDDLError(f"line {line_no}: nested deeper than {MAX_NESTING} levels")
+            elif char in "}])":
+                depth = max(0, depth - 1)  # stray closers must not buy depth
+
+
+class _TooSlow(Exception):
+    """The parse time bound has passed."""
+
+
+@contextlib.contextmanager
+def _time_bound(seconds: float) -> Iterator[None]:
+    """Raise :class:`_TooSlow` in the block after ``seconds``. Only the main
+    thread receives signals, so elsewhere the block runs unbounded (the daemon
+    reads its description on the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: FrameType | None) -> None:
+        raise _TooSlow
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def parse(
+    text: str, library: str | None = None, time_limit: float = PARSE_SECONDS
+) -> Description:
+    """Parse a nim-ffi CDDL description; raise :class:`CDDLError`.
+
+    ``library`` is the library's name (its symbol prefix); by default the prefix
+    all procs share. Parsing stops with an error after ``time_limit`` seconds.
+    """
+    _check_nesting(text)
+    started = time.monotonic()
+    try:
+        with _time_bound(time_limit):
+            tree = cddlparser.parse(text)
     except cddlparser.ParserError as exc:
         raise CDDLError(f"not valid CDDL: {exc}") from None
+    except RecursionError:
+        raise CDDLError("nested too deeply to parse") from None
+    except _TooSlow:
+        raise CDDLError(
+            f"parsing took longer than {time_limit:g} s (after {time.monotonic() - started:.1f} s)"
+        ) from None
     maps: dict[str, MapRule] = {}
     aliases: dict[str, Spec] = {}
     parts: dict[str, _ProcParts] = {}
@@ -129,6 +258,9 @@ def parse(text: str) -> Description:
             comment = token.literal.lstrip("; ").strip()
             kind = _KIND.search(comment)
             if kind and comment.startswith(f"{proc['proc']} "):
+                if entry.kind not in (None, kind[1]):
+                    both = f"({entry.kind}) and ({kind[1]})"
+                    raise CDDLError(f"proc {proc['proc']} is marked both {both}")
                 entry.kind = kind[1]
             elif comment and not comment.startswith("─"):
                 entry.doc.append(comment)
@@ -139,13 +271,7 @@ def parse(text: str) -> Description:
             entry.request = spec
         else:
             entry.response = spec
-    # Procs are named <prefix>_<proc>; the prefix is what all of them share
-    # (the constructor and destructor are always there).
-    common = min(parts, default="")
-    for full in parts:
-        while not full.startswith(common):
-            common = common[:-1]
-    prefix = common[: common.rfind("_")] if "_" in common else ""
+    prefix = _prefix(parts, library)
     procs = []
     for full, entry in parts.items():
         if entry.kind is None:
@@ -153,6 +279,49 @@ def parse(text: str) -> Description:
         short = full[len(prefix) + 1 :] if prefix else full
         procs.append(Proc(short, entry.kind, " ".join(entry.doc), entry.request, entry.response))
     return Description(prefix, maps, aliases, tuple(procs))
+
+
+def _prefix(parts: dict[str, _ProcParts], name: str | None) -> str:
+    """The library's name: ``name``, which every proc must start with, or
+    the prefix all procs share (the constructor and destructor are always
+    there)."""
+    if name is not None:
+        for full in parts:
+            if not full.startswith(f"{name}_"):
+                raise CDDLError(f"proc {full} does not belong to library {name!r} ({name}_...)")
+        return name
+    common = min(parts, default="")
+    for full in parts:
+        while not full.startswith(common):
+            common = common[:-1]
+    prefix = common[: common.rfind("_")] if "_" in common else ""
+    if parts and not NAME.match(prefix):
+        raise CDDLError(
+            f"the procs share no library name ({prefix!r}): every proc must be <name>_<proc>"
+        )
+    return prefix
+
+
+def check_kinds(description: Description) -> None:
+    """Every ABI entry point has its one kind, and there is exactly one
+    constructor and one destructor, the ABI's; raise :class:`CDDLError`."""
+    prefix, procs = description.prefix, description.procs
+    for proc in procs:
+        if proc.name in ENTRY_POINTS and ENTRY_POINTS[proc.name] != proc.kind:
+            wanted = ENTRY_POINTS[proc.name]
+            raise CDDLError(
+                f"{prefix}_{proc.name} is marked ({proc.kind}), but it is the ABI's "
+                + (f"({wanted}) entry point" if wanted else "listener entry point, not a proc")
+            )
+        if proc.kind in ("ctor", "dtor") and ENTRY_POINTS.get(proc.name) != proc.kind:
+            entry = next(e for e, k in ENTRY_POINTS.items() if k == proc.kind)
+            raise CDDLError(
+                f"{prefix}_{proc.name} is marked ({proc.kind}), but the ABI's "
+                f"({proc.kind}) is {prefix}_{entry}"
+            )
+    for entry in ("create", "destroy"):
+        if not any(p.name == entry for p in procs):
+            raise CDDLError(f"no {prefix}_{entry} ({ENTRY_POINTS[entry]}) in the description")
 
 
 def _single(node: ast.Type) -> ast.CDDLNode:

@@ -1,19 +1,23 @@
 """Interfaces built from CDDL descriptions plus the overlay.
 
-The descriptions of both nim-ffi generations are bundled
+The descriptions of libmy_timer's two nim-ffi generations are bundled
 (``descriptions/my_timer-0.2.cddl`` with ``_cbor`` symbols,
 ``descriptions/my_timer-0.3.cddl`` without); the daemon takes the one for the
-symbol generation of the library it loads, or the file ``--schema`` names.
+symbol generation of the library it loads, or the file ``--schema`` names
+(any nim-ffi library's).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
-from . import cddl, overlay
+from . import cbor, cddl, overlay
 from .schema import (
+    EMPTY,
     Any_,
     Array,
     Bool,
@@ -30,13 +34,18 @@ from .schema import (
 )
 
 DESCRIPTIONS: Final = Path(__file__).resolve().parent / "descriptions"
-#: Symbol generation -> bundled description.
+#: The library served without configuration.
+DEFAULT_LIBRARY: Final = "my_timer"
+#: Symbol generation -> bundled description of :data:`DEFAULT_LIBRARY`.
 BUNDLED: Final = {
     "0.2": DESCRIPTIONS / "my_timer-0.2.cddl",
     "0.3": DESCRIPTIONS / "my_timer-0.3.cddl",
 }
+#: Liveness probes the daemon picks by itself, in order of preference: a
+#: version call on the context proves the context's thread answers; the
+#: static one only that the library is loaded.
+PROBE_METHODS: Final = ("version", "lib_version")
 
-_EMPTY: Final = Struct("Empty", (), "No parameters: send an empty map (a0).")
 
 
 def zero(type_: Type) -> Any:
@@ -62,6 +71,8 @@ class _Builder:
     def __init__(self, description: cddl.Description) -> None:
         self.description = description
         self.structs: dict[str, Struct] = {}
+        # The rules being resolved, outermost first: a rule met again is a cycle.
+        self._open: list[str] = []
 
     def resolve(self, spec: cddl.Spec, where: str) -> Type:
         if isinstance(spec, cddl.ArrayOf):
@@ -70,14 +81,30 @@ class _Builder:
             if spec in self.description.maps:
                 return self.struct(spec)
             if spec in self.description.aliases:
-                return self.resolve(self.description.aliases[spec], spec)
+                with self._opened(spec):
+                    return self.resolve(self.description.aliases[spec], spec)
             raise cddl.CDDLError(f"{where}: no rule named {spec!r}")
         return spec
+
+    @contextlib.contextmanager
+    def _opened(self, name: str) -> Iterator[None]:
+        if name in self._open:
+            chain = " -> ".join([*self._open[self._open.index(name) :], name])
+            raise cddl.CDDLError(f"recursive rule {chain}: requests must be finite")
+        self._open.append(name)
+        try:
+            yield
+        finally:
+            self._open.pop()
 
     def struct(self, name: str) -> Struct:
         known = self.structs.get(name)
         if known is not None:
             return known
+        with self._opened(name):
+            return self._new_struct(name)
+
+    def _new_struct(self, name: str) -> Struct:
         rule = self.description.maps[name]
         fields = []
         for f in rule.fields:
@@ -102,7 +129,7 @@ class _Builder:
 
     def method(self, proc: cddl.Proc) -> Method:
         notes = overlay.METHODS.get(proc.name, overlay.MethodNotes())
-        request = self.resolve(proc.request, proc.name) if proc.request else _EMPTY
+        request = self.resolve(proc.request, proc.name) if proc.request else EMPTY
         if not isinstance(request, Struct):
             raise cddl.CDDLError(f"{proc.name}: the request must be a map")
         response = Null() if proc.response is None else self.resolve(proc.response, proc.name)
@@ -118,16 +145,56 @@ class _Builder:
         )
 
 
-def build(text: str, source: str) -> Interface:
-    """The interface a CDDL description (``text``, from ``source``) describes."""
-    description = cddl.parse(text)
+def _measure(type_: Type, where: str) -> None:
+    """Refuse a type nested deeper than the CBOR decoder accepts, or one that
+    spells out to more than :data:`cddl.MAX_TYPE_NODES` nodes."""
+    sizes: dict[int, tuple[int, int]] = {}
+
+    def walk(t: Type) -> tuple[int, int]:  # (height, nodes)
+        known = sizes.get(id(t))
+        if known is not None:
+            return known
+        children: list[Type] = []
+        if isinstance(t, Struct):
+            children = [f.type for f in t.fields]
+        elif isinstance(t, Array):
+            children = [t.item]
+        below = [walk(c) for c in children]
+        result = (1 + max((h for h, _ in below), default=0), 1 + sum(n for _, n in below))
+        sizes[id(t)] = result
+        return result
+
+    height, nodes = walk(type_)
+    if height > cbor.MAX_DEPTH:
+        raise cddl.CDDLError(
+            f"{where}: nested {height} levels deep; requests may nest {cbor.MAX_DEPTH}"
+        )
+    if nodes > cddl.MAX_TYPE_NODES:
+        raise cddl.CDDLError(
+            f"{where}: spells out to {nodes} types, more than {cddl.MAX_TYPE_NODES}"
+        )
+
+
+def build(text: str, source: str, name: str | None = None) -> Interface:
+    """The interface a CDDL description (``text``, from ``source``) describes;
+    ``name``: the library's name (default: the prefix its procs share)."""
+    description = cddl.parse(text, name)
     builder = _Builder(description)
     methods = [builder.method(p) for p in description.procs if p.kind in cddl.CALLABLE_KINDS]
+    cddl.check_kinds(description)
+    ctor = description.constructor
+    constructor = builder.resolve(ctor.request, ctor.name) if ctor.request else EMPTY
+    if not isinstance(constructor, Struct):
+        raise cddl.CDDLError(f"{ctor.name}: the request must be a map")
+    for method in methods:
+        _measure(method.request, method.name)
+        _measure(method.response, f"{method.name} (answer)")
+    _measure(constructor, ctor.name)
     methods += [
         Method(
             name,
             doc,
-            Struct(f"{name}-request", fields, "") if fields else _EMPTY,
+            Struct(f"{name}-request", fields, "") if fields else EMPTY,
             Any_(),
             library=False,
         )
@@ -138,18 +205,50 @@ def build(text: str, source: str) -> Interface:
         for name, notes in overlay.EVENTS.items()
         if notes.payload in description.maps
     ]
-    return Interface(source, tuple(methods), tuple(events))
+    return Interface(
+        source, tuple(methods), tuple(events), name=description.prefix, constructor=constructor
+    )
 
 
-def load(path: Path) -> Interface:
-    """The interface of the CDDL file ``path``; raise OSError or CDDLError."""
-    return build(path.read_text(encoding="utf-8"), str(path))
+def load(path: Path, name: str | None = None) -> Interface:
+    """The interface of the CDDL file ``path`` (read within
+    :func:`cddl.read`'s bounds); raise OSError or CDDLError."""
+    return build(cddl.read(path), str(path), name)
+
+
+def bundled_path(generation: str, name: str = DEFAULT_LIBRARY) -> Path:
+    """The bundled description of library ``name`` for a symbol generation;
+    raise LookupError if none is bundled."""
+    path = DESCRIPTIONS / f"{name}-{generation}.cddl"
+    if not path.is_file():
+        raise LookupError(f"no description of {name} {generation} is bundled")
+    return path
 
 
 @functools.cache
-def bundled(generation: str) -> Interface:
-    """The bundled interface of a symbol generation ("0.2" or "0.3")."""
-    return load(BUNDLED[generation])
+def bundled(generation: str, name: str = DEFAULT_LIBRARY) -> Interface:
+    """The bundled interface of library ``name`` for a symbol generation
+    ("0.2" or "0.3"); raise LookupError if none is bundled."""
+    return load(bundled_path(generation, name), name)
+
+
+def probe_method(interface: Interface, named: str | None = None) -> str:
+    """The library method the liveness probe calls with ``{}``: ``named``,
+    which the interface must have, or the first of :data:`PROBE_METHODS` it
+    has; raise LookupError."""
+    if named is not None:
+        method = interface.by_name.get(named.encode())
+        if method is None or not method.library:
+            known = ", ".join(m.name for m in interface.library_methods)
+            raise LookupError(f"the library has no method {named!r} (it has: {known})")
+        return named
+    for candidate in PROBE_METHODS:
+        if candidate.encode() in interface.by_name:
+            return candidate
+    raise LookupError(
+        "the description offers no version method to probe the library with; "
+        "name a cheap method that takes {} with --probe-method"
+    )
 
 
 #: The generation the project was built against: the table of the client,

@@ -138,7 +138,7 @@ class Enum(Type):
             raise invalid(path, f"expected one of {', '.join(self.choices)}, got {shown}")
 
     def to_json(self) -> dict[str, JSONValue]:
-        return {"type": "enum", "name": self.name, "choices": list(self.choices)}
+        return {"type": "enum", "typeName": self.name, "choices": list(self.choices)}
 
     def cddl(self) -> str:
         return " / ".join(f'"{c}"' for c in self.choices)
@@ -220,17 +220,20 @@ class Struct(Type):
             spec.type.check(item, prefix + key)
 
     def to_json(self) -> dict[str, JSONValue]:
+        # A field is its type's description plus its wire key ("name") and
+        # doc; a type's own name and doc are "typeName" and "typeDoc", so the
+        # two never collide.
         return {
             "type": "map",
-            "name": self.name,
-            "doc": self.doc,
+            "typeName": self.name,
+            "typeDoc": self.doc,
             "fields": [
                 {
+                    **f.type.to_json(),
                     "name": f.name,
                     "doc": f.doc,
                     "optional": f.option,
                     "default": f.default,
-                    **f.type.to_json(),
                 }
                 for f in self.fields
             ],
@@ -247,6 +250,9 @@ class Struct(Type):
         ]
         return f"{self.name} = {{ {', '.join(parts)} }}"
 
+
+#: The request of a proc without parameters.
+EMPTY: Final = Struct("Empty", (), "No parameters: send an empty map (a0).")
 
 Check = Callable[[dict[str, Any]], None]
 
@@ -333,6 +339,10 @@ class Interface:
     source: str
     methods: tuple[Method, ...]
     events: tuple[Event, ...]
+    #: The library's name: the prefix of its symbols.
+    name: str = "my_timer"
+    #: The request of its constructor (``<name>_create``).
+    constructor: Struct = EMPTY
     by_name: Mapping[bytes, Method] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

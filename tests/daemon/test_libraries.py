@@ -87,7 +87,7 @@ def test_unloadable_library_fails_start_up_clearly(tmp_path: Path) -> None:
     not_a_lib.write_text("nope")
     for path, expected in (
         (not_a_lib, "cannot load"),
-        (Path("/lib/x86_64-linux-gnu/libc.so.6"), "is not a libmy_timer CBOR-ABI library"),
+        (Path("/lib/x86_64-linux-gnu/libc.so.6"), "not a nim-ffi CBOR-ABI library named my_timer"),
     ):
         proc = subprocess.run(
             [

@@ -104,7 +104,7 @@ struct lib {
 static struct lib open_lib(const char *path, int direct) {
     char err[512] = "";
     struct lib l;
-    l.h = mt_open(path, err, sizeof err);
+    l.h = mt_open(path, "my_timer", err, sizeof err);
     CHECK(l.h, "mt_open(%s): %s", path, err);
     l.version = mt_bind(l.h, "version");
     l.echo = mt_bind(l.h, "echo");
@@ -449,11 +449,11 @@ static int scenario_openerr(const char *not_a_library) {
     } cases[] = {
         {not_a_library, "cannot load"},
         {"/nonexistent/libmy_timer.so", "cannot load"},
-        {"libc.so.6", "is not a libmy_timer CBOR-ABI library"},
+        {"libc.so.6", "is not a nim-ffi CBOR-ABI library named my_timer"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         memset(err, 0, sizeof err);
-        mt_host *h = mt_open(cases[i].path, err, sizeof err);
+        mt_host *h = mt_open(cases[i].path, "my_timer", err, sizeof err);
         CHECK(h == NULL, "mt_open(%s) succeeded", cases[i].path);
         CHECK(strstr(err, cases[i].expect) && strstr(err, cases[i].path),
               "mt_open(%s): unexpected message \"%s\"", cases[i].path, err);
@@ -461,7 +461,8 @@ static int scenario_openerr(const char *not_a_library) {
     }
     /* a tiny buffer is truncated, never overrun (ASan watches) */
     char small[8];
-    CHECK(mt_open("libc.so.6", small, sizeof small) == NULL && strlen(small) == sizeof small - 1,
+    CHECK(mt_open("libc.so.6", "my_timer", small, sizeof small) == NULL &&
+              strlen(small) == sizeof small - 1,
           "truncated message");
     printf("PASS openerr\n");
     return 0;

@@ -194,4 +194,4 @@ def test_open_errors(variant: str, driver: dict[str, Path]) -> None:
     """mt_open fails with a message (and frees everything) for a file that is
     not a shared object, a missing path, and a library without the ABI (libc)."""
     out = run_driver(variant, driver[variant], "openerr", DRIVER_SRC)
-    assert "is not a libmy_timer CBOR-ABI library" in out
+    assert "is not a nim-ffi CBOR-ABI library named my_timer" in out
