@@ -4,7 +4,8 @@
 - ``build_py`` also builds native/ (``make -C native``, and
   ``GENERATION=0.3``) and ships ``libmy_timer.so`` (and the 0.3 drop-in
   ``libmy_timer-0.3.so``) inside the package, where mytimerd finds it without
-  configuration.
+  configuration; and native/echo/, the second library (``libecho.so``,
+  ``libecho-0.3.so``), served with ``--library`` and its description.
 """
 
 from __future__ import annotations
@@ -20,17 +21,17 @@ from setuptools.command.build_py import build_py
 ROOT = Path(__file__).resolve().parent
 NATIVE_SO = ROOT / "native" / "build" / "libmy_timer.so"
 NATIVE_SO_03 = ROOT / "native" / "build" / "libmy_timer-0.3.so"
+ECHO_SOS = (ROOT / "native/echo/build/libecho.so", ROOT / "native/echo/build/libecho-0.3.so")
 
 
 class BuildPyWithNative(build_py):
     """build_py that also builds and ships the native library."""
 
     def run(self) -> None:
-        for gen in ("0.2", "0.3"):
-            jobs = f"-j{os.cpu_count() or 1}"
-            subprocess.run(
-                ["make", "-C", str(ROOT / "native"), jobs, f"GENERATION={gen}"], check=True
-            )
+        jobs = f"-j{os.cpu_count() or 1}"
+        for folder in (ROOT / "native", ROOT / "native" / "echo"):
+            for gen in ("0.2", "0.3"):
+                subprocess.run(["make", "-C", str(folder), jobs, f"GENERATION={gen}"], check=True)
         super().run()
         targets = [Path(self.build_lib) / "mytimerd" / "_lib"]
         if self.editable_mode:
@@ -39,7 +40,7 @@ class BuildPyWithNative(build_py):
             target.mkdir(parents=True, exist_ok=True)
             # Copy, then rename: a running daemon maps the old file, and
             # overwriting it in place would crash it with SIGBUS.
-            for so in (NATIVE_SO, NATIVE_SO_03):
+            for so in (NATIVE_SO, NATIVE_SO_03, *ECHO_SOS):
                 tmp = target / f".{so.name}.{os.getpid()}"
                 shutil.copy2(so, tmp)
                 os.replace(tmp, target / so.name)
