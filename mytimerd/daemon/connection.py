@@ -41,6 +41,7 @@ from .tls import certificate_names
 from .tlslayer import TLSLayer
 
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_perf_counter: Final = time.perf_counter
 
 #: Bytes a subscribed connection may send that are not yet a whole frame
 #: (a subscriber has nothing to say; this is only slack for a stray call).
@@ -85,10 +86,16 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-#: States in which the connection reads and dispatches requests.
-_READING: Final = frozenset({State.SERVING, State.STREAMING})
-#: ... and DRAINING, for the one read of a connection accepted just before it.
-_DISPATCHING: Final = _READING | {State.DRAINING}
+# The states by name, for identity tests on the hot path: membership in a set
+# of enum members would call Enum.__hash__, a Python function, each time.
+_SERVING: Final = State.SERVING
+_STREAMING: Final = State.STREAMING
+_DRAINING: Final = State.DRAINING
+
+
+def _reading(state: State) -> bool:
+    """Whether a connection in ``state`` reads and dispatches requests."""
+    return state is _SERVING or state is _STREAMING
 
 
 class ResponsePlace:
@@ -229,23 +236,26 @@ class Connection(asyncio.Protocol):
         self._gone("client")
 
     def data_received(self, data: bytes) -> None:
-        started = time.perf_counter()
+        started = _perf_counter()
         self._receive(data)
-        took = time.perf_counter() - started
+        took = _perf_counter() - started
         if took > LONG_CALLBACK:
             self.host.note_stall(took, f"requests from {self.peer}")
 
     def _receive(self, data: bytes) -> None:
         state = self.state
-        if state not in _READING and state is not State.DRAINING:
-            self._last_input = time.monotonic()  # ENDING: discarded
-            return
-        if state is State.STREAMING and self._parser.buffered + len(data) > STREAM_READ_MAX:
-            # A subscriber has nothing to say: refuse before buffering any of it.
-            self.host.refuse_stream_input(self)
-            return
-        events = self._parser.feed(data)
-        buffered = self._parser.buffered
+        if state is not _SERVING:
+            if state is _STREAMING:
+                if self._parser.buffered + len(data) > STREAM_READ_MAX:
+                    # A subscriber has nothing to say: refuse before buffering any of it.
+                    self.host.refuse_stream_input(self)
+                    return
+            elif state is not _DRAINING:
+                self._last_input = time.monotonic()  # ENDING: discarded
+                return
+        parser = self._parser
+        events = parser.feed(data)
+        buffered = parser.buffered
         if buffered != self._buffered:
             delta, self._buffered = buffered - self._buffered, buffered
             if not self.host.rebuffer(self, delta):
@@ -255,7 +265,7 @@ class Connection(asyncio.Protocol):
             self._seen_frame = True
             self._backlog.extend(events)
             self._dispatch()
-            if state is State.DRAINING:
+            if state is _DRAINING:
                 self._stop_reading()
                 self._flush()
 
@@ -293,7 +303,7 @@ class Connection(asyncio.Protocol):
         """Write what is next in order; start held requests and read again
         once the limits allow."""
         self._flush()
-        if self._backlog and self.state in _READING:
+        if self._backlog and _reading(self.state):
             self._dispatch()
         if (
             not self._backlog
@@ -302,7 +312,7 @@ class Connection(asyncio.Protocol):
             and len(self._answers) < self._max_in_flight
             and self._transport is not None
             and not self._peer_eof
-            and self.state in _READING
+            and _reading(self.state)
         ):
             self._read_paused = False
             self._transport.resume_reading()
@@ -361,7 +371,7 @@ class Connection(asyncio.Protocol):
         if self.state is State.HANDSHAKE:
             self.close("shutdown")
             return
-        if self.state not in _READING:
+        if not _reading(self.state):
             return
         self.state = State.DRAINING
         if self._seen_frame:
@@ -442,13 +452,22 @@ class Connection(asyncio.Protocol):
         answers = self._answers
         limit = self._max_in_flight
         handle = self.host.handle
-        while backlog and not self._write_paused and self.state in _DISPATCHING:
-            while backlog and len(answers) < limit and self.state in _DISPATCHING:
+        while backlog and not self._write_paused:
+            state = self.state
+            # Serving, streaming, or the one read of a draining connection.
+            if not (state is _SERVING or state is _STREAMING or state is _DRAINING):
+                break
+            while (
+                backlog
+                and len(answers) < limit
+                and (state is _SERVING or state is _STREAMING or state is _DRAINING)
+            ):
                 event = backlog.popleft()
                 if type(event) is wire.Request:
                     handle(self, event)
                 else:
                     self.host.refuse_frame(self, event)  # type: ignore[arg-type]
+                state = self.state
             self._flush()
             if len(answers) >= limit:
                 break  # a call in flight heads the queue: wait for it

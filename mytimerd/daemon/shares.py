@@ -129,7 +129,16 @@ class CallLedger:
 
     def check_call(self, peer: str, size: int) -> DaemonError | None:
         """Why a call of ``size`` request bytes by ``peer`` cannot be held now."""
-        for budget, amount in ((self.calls, 1), (self.bytes, size)):
+        calls, nbytes = self.calls, self.bytes
+        # Budget.check of both, inlined: this runs once per library call.
+        if (
+            calls.total + 1 <= calls.limit
+            and calls._held.get(peer, 0) + 1 <= calls.share
+            and nbytes.total + size <= nbytes.limit
+            and nbytes._held.get(peer, 0) + size <= nbytes.share
+        ):
+            return None
+        for budget, amount in ((calls, 1), (nbytes, size)):
             verdict = budget.check(peer, amount)
             if verdict != "ok":
                 return refusal(budget, verdict, peer, "Overloaded")
@@ -138,8 +147,14 @@ class CallLedger:
     def hold(self, call_id: int, peer: str, size: int) -> None:
         """The library took call ``call_id`` (checked by :meth:`check_call`)."""
         self._held[call_id] = (size, peer)
-        self.calls.take(peer)
-        self.bytes.take(peer, size)
+        # Budget.take of both, inlined (once per library call).
+        calls, nbytes = self.calls, self.bytes
+        calls.total += 1
+        held = calls._held
+        held[peer] = held.get(peer, 0) + 1
+        nbytes.total += size
+        held = nbytes._held
+        held[peer] = held.get(peer, 0) + size
 
     def release(self, call_id: int) -> None:
         """The library answered call ``call_id`` (unknown ids are ignored)."""

@@ -132,12 +132,20 @@ class RequestParser:
         if self.broken:
             return []
         buf = self._buf
-        buf += data
-        pos = self._pos
-        end = len(buf)
+        src: bytes | bytearray
+        if buf or type(data) is not bytes:
+            buf += data
+            src, pos = buf, self._pos
+        else:
+            # Nothing held back (the usual case): frames are cut from ``data``
+            # itself, one copy each instead of two, and only a trailing
+            # partial frame is kept.
+            src, pos = data, 0
+        end = len(src)
         out: list[RequestEvent] = []
+        unpack = _U32.unpack_from
         while end - pos >= 4:
-            (mlen,) = _U32.unpack_from(buf, pos)
+            (mlen,) = unpack(src, pos)
             if mlen > self.max_method_len:
                 self.broken = True
                 out.append(MethodNameTooLong(mlen, self.max_method_len))
@@ -145,16 +153,22 @@ class RequestParser:
             head = pos + 4 + mlen
             if end - head < 4:
                 break
-            (plen,) = _U32.unpack_from(buf, head)
+            (plen,) = unpack(src, head)
             if plen > self.max_payload:
                 self.broken = True
-                out.append(FrameTooLarge(bytes(buf[pos + 4 : head]), plen, self.max_payload))
+                out.append(FrameTooLarge(bytes(src[pos + 4 : head]), plen, self.max_payload))
                 break
             stop = head + 4 + plen
             if stop > end:
                 break
-            out.append(Request(bytes(buf[pos + 4 : head]), bytes(buf[head + 4 : stop])))
+            # bytes(x) of a bytes slice is that slice: no second copy.
+            out.append(Request(bytes(src[pos + 4 : head]), bytes(src[head + 4 : stop])))
             pos = stop
+        if src is not buf:
+            if pos < end:
+                buf += memoryview(data)[pos:]
+            self._pos = 0
+            return out
         # Compact only when the consumed prefix dominates, so a pipelined burst
         # is not copied once per frame.
         if pos == end:
