@@ -31,7 +31,7 @@ import itertools
 import select
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -53,9 +53,9 @@ from .common import (
     unix_connect,
 )
 from .core import Channel, NotSent, handshake
-from .errors import BadResponse, CallTimeout, ConnectionLost, TransportError
+from .errors import BadResponse, CallError, CallTimeout, ConnectionLost, TransportError
 from .events import AsyncSubscription
-from .methods import TypedMethods
+from .methods import TypedMethods, description_of, needs_description
 
 
 async def _open_stream(
@@ -433,8 +433,23 @@ class AsyncClient(TypedMethods):
     ) -> Any:
         """Call ``method`` with ``request`` (CBOR-encodable; default ``{}``); decode the answer.
 
-        ``timeout`` as for :meth:`call_raw`.
+        ``timeout`` as for :meth:`call_raw`; a method of another served
+        library is checked against describe first, as by :meth:`Client.call
+        <.blocking.Client.call>`.
         """
+        if needs_description(method) and self._described is None:
+            answer = await _answer_or_none(self.describe())
+            self._described = description_of(lambda: answer)
+        if needs_description(method) and self._described:
+            self._described.check(method, {} if request is NO_REQUEST else request)
         payload = encode_payload(request)
         body = await self.call_raw(method, payload, timeout=timeout)
         return decode_body(body, self.address)
+
+
+async def _answer_or_none(describe: Awaitable[dict[str, Any]]) -> dict[str, Any] | None:
+    """The describe answer, or None from a peer that has none (see description_of)."""
+    try:
+        return await describe
+    except (CallError, BadResponse):
+        return None

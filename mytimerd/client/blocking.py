@@ -50,7 +50,7 @@ from .common import (
 from .core import Channel, NotSent, handshake
 from .errors import BadResponse, CallTimeout, ConnectionLost
 from .events import Subscription
-from .methods import TypedMethods
+from .methods import TypedMethods, description_of, needs_description
 
 
 def _open_socket(
@@ -385,7 +385,14 @@ class Client(TypedMethods):
     ) -> Any:
         """Call ``method`` with ``request`` (CBOR-encodable; default ``{}``); decode the answer.
 
-        ``timeout`` as for :meth:`call_raw`.
+        ``timeout`` as for :meth:`call_raw`. A method no bundled libmy_timer
+        table has (another served library's) is checked against the daemon's
+        ``mytimerd.describe`` first (fetched once per client): see
+        :mod:`.described`.
         """
+        if needs_description(method) and self._described is None:
+            self._described = description_of(lambda: self.describe())
+        if needs_description(method) and self._described:
+            self._described.check(method, {} if request is NO_REQUEST else request)
         payload = encode_payload(request)
         return decode_body(self.call_raw(method, payload, timeout=timeout), self.address)

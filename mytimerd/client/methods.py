@@ -46,6 +46,8 @@ from .common import (
     resolve_addresses,
 )
 from .core import Dialer
+from .described import Described
+from .errors import BadResponse, CallError
 from .tls import check_context
 
 if TYPE_CHECKING:  # only for the overloads of TypedCall.__get__: both clients import this module
@@ -413,6 +415,21 @@ def _calls_async(client_class: type[_Caller]) -> bool:
     return inspect.iscoroutinefunction(client_class.call)
 
 
+def needs_description(method: str) -> bool:
+    """Whether ``method`` is checked against describe: no bundled table has it."""
+    return not any(method.encode() in interfaces.bundled(g).by_name for g in TABLE_GENERATIONS)
+
+
+def description_of(describe: Callable[[], dict[str, Any] | None]) -> Described | None:
+    """The :class:`Described` of ``describe()``'s answer; None (no check, the daemon
+    still checks) from a peer that answers no describe (not a mytimerd, or refusing it)."""
+    try:
+        answer = describe()
+    except (CallError, BadResponse):
+        return None
+    return Described(answer) if isinstance(answer, dict) else None
+
+
 class TypedMethods:
     """The typed methods, declared once for Client and AsyncClient (which inherit them).
 
@@ -449,11 +466,38 @@ class TypedMethods:
             ]
         #: Which address to connect to next (fail-over), shared with subscriptions.
         self.dialer = Dialer(self.addresses)
+        # The daemon's description, once a method of another library was called.
+        self._described: Described | None = None
         self._default_context: SSLContext | None = None
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         #: The address connected to, once connected.
         self.address: Address | None = None
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        """A method of the served library that has no typed method: ``client.shout(text="hi")``.
+
+        Keyword arguments (or one map) are the request's top-level keys
+        (``client.shout(req={"text": "hi"})``); the call goes through ``call``,
+        so it is checked against the daemon's describe first. On an
+        AsyncClient the result is a coroutine function.
+        """
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def method(
+            request: Mapping[str, object] | None = None,
+            /,
+            *,
+            timeout: Timeout = CLIENT_TIMEOUT,
+            **fields: object,
+        ) -> Any:
+            payload = {**(request or {}), **fields}
+            caller: _Caller = self
+            return caller.call(name, payload or NO_REQUEST, timeout=timeout)
+
+        method.__name__ = method.__qualname__ = name
+        return method
 
     def tls_for(self, address: Address) -> tuple[SSLContext, str] | None:
         """The context and server name to speak TLS to ``address`` with, or None for plaintext.
