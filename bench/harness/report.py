@@ -27,6 +27,14 @@ def verdict(ok: bool | None, daemon_ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
+def goal_verdict(ok: bool | None, ran: bool) -> str:
+    """MET/MISSED for a goal (issue 21's, not enforced by --strict); a figure
+    that is missing is MISSED, or SKIP when its server never ran."""
+    if ok is None:
+        return "MISSED" if ran else "SKIP"
+    return "MET" if ok else "MISSED"
+
+
 def per_round(
     base: dict[str, Any] | None, measured: dict[str, Any] | None
 ) -> list[float | None] | None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from harness.calls import daemon_library
 from harness.common import REFERENCE, ROOT
-from harness.report import cps, per_round
+from harness.report import cps, goal_verdict, per_round
 from harness.runner import Runner
 from harness.servers import Server
 
@@ -117,12 +117,7 @@ def rows(run: Runner, ran: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 rv, mv = cps(ref), cps(mtd)
                 ratio = mv / rv if mv is not None and rv else None
                 goal = GOALS[conns]
-                if variant not in ran:
-                    result = "SKIP"
-                elif ratio is not None and ratio >= goal:
-                    result = "MET"
-                else:
-                    result = "MISSED"
+                result = goal_verdict(None if ratio is None else ratio >= goal, variant in ran)
                 row: dict[str, Any] = {
                     "scenario": f"version, {conns} conn{'s' if conns > 1 else ''}: "
                     f"vs reference, {variant}",

@@ -91,6 +91,7 @@ class State(enum.Enum):
 _SERVING: Final = State.SERVING
 _STREAMING: Final = State.STREAMING
 _DRAINING: Final = State.DRAINING
+_ENDING: Final = State.ENDING
 
 
 def _reading(state: State) -> bool:
@@ -480,22 +481,29 @@ class Connection(asyncio.Protocol):
         if transport is None:
             return
         answers = self._answers
-        if answers and answers[0].frame is not None:
-            out = []
-            while answers and answers[0].frame is not None:
-                out.append(answers.popleft().frame)
-            transport.write(b"".join(out))  # type: ignore[arg-type]
-            self.last_active = self.host.clock()
         if answers:
-            return
+            frame = answers[0].frame
+            if frame is None:
+                return  # the call heading the order is still in flight
+            answers.popleft()
+            if answers and answers[0].frame is not None:
+                out = [frame]
+                while answers and answers[0].frame is not None:
+                    out.append(answers.popleft().frame)  # type: ignore[arg-type]
+                frame = b"".join(out)
+            # One answer (the usual case) is written as it is: no list, no copy.
+            transport.write(frame)
+            self.last_active = self.host.clock()
+            if answers:
+                return
         state = self.state
-        if state is State.ENDING:
+        if state is _ENDING:
             self._half_close(transport)
         elif self._peer_eof and not self._backlog:
             self.close("client")
-        elif state is State.DRAINING and self._seen_frame:
+        elif state is _DRAINING and self._seen_frame:
             self.finish()
-        elif state is State.STREAMING and not self._write_paused:
+        elif state is _STREAMING and not self._write_paused:
             self.host.stream_ready(self)
 
     def _half_close(self, transport: asyncio.Transport) -> None:
