@@ -159,10 +159,18 @@ class CallLedger:
     def release(self, call_id: int) -> None:
         """The library answered call ``call_id`` (unknown ids are ignored)."""
         held = self._held.pop(call_id, None)
-        if held is not None:
-            size, peer = held
-            self.calls.give(peer)
-            self.bytes.give(peer, size)
+        if held is None:
+            return
+        size, peer = held
+        # Budget.give of both, inlined (once per library call).
+        for budget, amount in ((self.calls, 1), (self.bytes, size)):
+            budget.total -= amount
+            holders = budget._held
+            left = holders.get(peer, 0) - amount
+            if left > 0:
+                holders[peer] = left
+            else:
+                holders.pop(peer, None)
 
     def rebuffer(self, peer: str, delta: int) -> DaemonError | None:
         """``peer`` buffers ``delta`` more bytes of unfinished frames (counted
