@@ -9,12 +9,17 @@ import socket
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from ..protocol.address import Address, TcpAddress, UnixAddress
 
 
 class ActivationError(Exception):
     """A socket cannot be served; ``str()`` says which and why."""
+
+
+#: The name of a listener this process bound itself (not handed over by systemd).
+BOUND: Final = "bound"
 
 
 @dataclass
@@ -156,7 +161,7 @@ def _bind_unix(path: Path, mode: int, group: int | None) -> Listener:
     finally:
         os.umask(old_umask)
     sock.setblocking(False)
-    return Listener(sock, "bound", f"unix:{path}", path, path.lstat().st_ino)
+    return Listener(sock, BOUND, f"unix:{path}", path, path.lstat().st_ino)
 
 
 def _bind_tcp(host: str, port: int) -> list[Listener]:
@@ -188,7 +193,7 @@ def _bind_tcp(host: str, port: int) -> list[Listener]:
                 f"cannot listen on {TcpAddress(str(sockaddr[0]), port)}: {reason}"
             ) from None
         sock.setblocking(False)
-        listeners.append(Listener(sock, "bound", socket_label(sock)))
+        listeners.append(Listener(sock, BOUND, socket_label(sock)))
     return listeners
 
 

@@ -46,7 +46,7 @@ from .config import (
 from .host import BUNDLED_LIBRARIES, BUNDLED_LIBRARY, LibraryHost
 from .library import DescriptionMismatch, LibraryLoadError
 from .server import Server
-from .service import Notifier, raise_fd_limit, setup_logging, watchdog_interval
+from .service import LoopErrors, Notifier, raise_fd_limit, setup_logging, watchdog_interval
 from .tls import TLSConfigError, is_loopback
 from .tls import server_context as tls_context
 
@@ -432,6 +432,7 @@ async def serve(
     server = Server(config, library, interface, notify, tls=tls)
     await server.start(listeners)
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(LoopErrors())
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

@@ -177,6 +177,8 @@ class Connection(asyncio.Protocol):
         self._peer_eof = False
         self._eof_sent = False
         self._seen_frame = False
+        # DRAINING: requests still to answer ShuttingDown before reading stops.
+        self._shed_left = 0
         # Bytes of partial frames held by the parser, as last told to the host.
         self._buffered = 0
         # When a frame last arrived or answers were last written.
@@ -263,12 +265,20 @@ class Connection(asyncio.Protocol):
                 return
         if events:  # a half frame does not count as activity (--idle-timeout)
             self.last_active = self.host.clock()
+            fresh = not self._seen_frame
             self._seen_frame = True
             self._backlog.extend(events)
-            self._dispatch()
-            if state is _DRAINING:
-                self._stop_reading()
-                self._flush()
+            if state is not _DRAINING:
+                self._dispatch()
+                return
+            if fresh:  # accepted just before the drain: its first read is served
+                self._dispatch()
+            self._shed()
+            self._flush()
+            if self._shed_left <= 0:
+                # A client that pipelines on after the drain began: read no
+                # more of it (what it sends from now on is never started).
+                self._pause_reading()
 
     def eof_received(self) -> bool:
         if self.state is State.ENDING:
@@ -313,7 +323,7 @@ class Connection(asyncio.Protocol):
             and len(self._answers) < self._max_in_flight
             and self._transport is not None
             and not self._peer_eof
-            and _reading(self.state)
+            and (_reading(self.state) or (self.state is _DRAINING and self._shed_left > 0))
         ):
             self._read_paused = False
             self._transport.resume_reading()
@@ -321,6 +331,11 @@ class Connection(asyncio.Protocol):
     def answer(self, frame: bytes) -> None:
         """Queue an immediate answer behind the calls already in flight."""
         self._answers.append(ResponsePlace(frame))
+
+    @property
+    def seen_frame(self) -> bool:
+        """Whether the client has sent a whole frame yet."""
+        return self._seen_frame
 
     def owes_nothing(self) -> bool:
         """No answer owed and no request waiting (a half frame may be buffered)."""
@@ -359,15 +374,17 @@ class Connection(asyncio.Protocol):
             transport.write(data)
 
     def drain(self) -> None:
-        """The daemon is stopping: take no new requests, answer what was read.
+        """The daemon is stopping: start no new request, answer what was read.
 
-        A connection that has sent requests stops reading now: what it sent
-        and was read but not started is shed (answered ShuttingDown), calls
-        in flight are answered as they finish. A fresh connection (accepted
-        just before the listeners closed, nothing read yet) is read once, so
-        the request its client already sent is served. Once nothing is owed
-        the connection ends (:meth:`finish`). A TLS handshake under way is
-        closed: nothing was asked yet.
+        Calls in flight are answered as they finish. What was read but not
+        started, and the requests read from now on, are answered
+        ShuttingDown: not started, so a client may send them again
+        elsewhere. (A client that pipelines on past ``--max-in-flight`` such
+        answers is read no more.) A fresh connection (accepted just before the listeners
+        closed, nothing read yet) is served its first read. The server ends
+        the connection (:meth:`finish`) once it owes nothing and its client
+        has gone quiet, or when ``--drain-idle-grace`` has passed. A TLS
+        handshake under way is closed: nothing was asked yet.
         """
         if self.state is State.HANDSHAKE:
             self.close("shutdown")
@@ -375,8 +392,11 @@ class Connection(asyncio.Protocol):
         if not _reading(self.state):
             return
         self.state = State.DRAINING
+        # Requests read after this are answered ShuttingDown, up to what one
+        # connection may be owed: a client that pipelines on is not fed forever.
+        self._shed_left = self._max_in_flight + len(self._backlog)
         if self._seen_frame:
-            self._stop_reading()
+            self._shed()
         self._flush()
 
     def finish(self, frame: bytes | None = None) -> None:
@@ -501,8 +521,6 @@ class Connection(asyncio.Protocol):
             self._half_close(transport)
         elif self._peer_eof and not self._backlog:
             self.close("client")
-        elif state is _DRAINING and self._seen_frame:
-            self.finish()
         elif state is _STREAMING and not self._write_paused:
             self.host.stream_ready(self)
 
@@ -549,14 +567,18 @@ class Connection(asyncio.Protocol):
         wait = min(wait, limits.drain_timeout - (now - self._ending_since))
         self._end_timer = asyncio.get_running_loop().call_later(max(wait, 0.01), self._check_end)
 
-    def _stop_reading(self) -> None:
-        """Read nothing more; shed what was read but not started."""
-        self._pause_reading()
+    def _shed(self) -> None:
+        """Answer what was read but not started ShuttingDown (a frame that
+        cannot be read ends the connection as ever)."""
         backlog = self._backlog
-        while backlog:
+        while backlog and self.state is _DRAINING:
             event = backlog.popleft()
             if type(event) is wire.Request:
+                self._shed_left -= 1
                 self.host.shed(self, event)
+            else:
+                self.host.refuse_frame(self, event)  # type: ignore[arg-type]
+        backlog.clear()
 
     def _pause_reading(self) -> None:
         if not self._read_paused and self._transport is not None:

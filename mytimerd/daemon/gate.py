@@ -74,17 +74,26 @@ class UnixGate:
             if frame is not None:
                 _refuse(conn, frame)
                 continue
-            conn.setblocking(False)
-            task = self._loop.create_task(self._hand_over(conn))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            hand_over(conn, self._make, self._tasks)
 
-    async def _hand_over(self, conn: socket.socket) -> None:
+
+def hand_over(
+    sock: socket.socket, make: Callable[[], Connection], tasks: set[asyncio.Task[None]]
+) -> None:
+    """Serve an accepted ``sock`` with a connection from ``make()``; the
+    task is kept in ``tasks`` until it is done."""
+
+    async def serve() -> None:
         try:
-            await self._loop.connect_accepted_socket(self._make, sock=conn)
+            await asyncio.get_running_loop().connect_accepted_socket(make, sock=sock)
         except OSError as exc:  # the client left before it was served
             log.debug("could not serve an accepted connection: %s", exc)
-            conn.close()
+            sock.close()
+
+    sock.setblocking(False)
+    task = asyncio.get_running_loop().create_task(serve())
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
 
 
 def _refuse(conn: socket.socket, frame: bytes) -> None:

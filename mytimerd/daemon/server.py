@@ -27,12 +27,12 @@ from ..protocol import wire
 from ..protocol.errors import DaemonError
 from ..protocol.schema import Interface
 from . import introspection
-from .activation import Listener
+from .activation import BOUND, Listener
 from .admission import Admission, permission_denied
 from .config import Config
 from .connection import LONG_CALLBACK, Connection, ResponsePlace
 from .events import EventHub
-from .gate import UnixGate
+from .gate import UnixGate, hand_over
 from .health import Health
 from .journal import RefusalLog
 from .library import EVENT_ID_BASE, Library, Result
@@ -46,6 +46,9 @@ _perf_counter: Final = time.perf_counter
 
 #: The one periodic tick: timeouts, liveness probes, health, watchdog, status.
 TICK: Final = 0.1
+#: How often the drain looks at its connections; also how long a draining
+#: connection owed nothing must have been quiet before it is ended.
+DRAIN_STEP: Final = 0.02
 #: How often STATUS= is sent to systemd and idle connections are looked for.
 SLOW_TICK: Final = 1.0
 #: The request every liveness probe and the start-up check send to the probe
@@ -145,6 +148,8 @@ class Server:
         self._servers: list[asyncio.Server] = []
         self._gates: list[UnixGate] = []
         self._early_frames: dict[int, bytes] = {}
+        # Connections accepted at the drain, until their protocol is made.
+        self._accepting: set[asyncio.Task[None]] = set()
         self._daemon_methods: dict[str, Callable[[Server], Any]] = {
             "mytimerd.describe": introspection.describe,
             "mytimerd.ping": introspection.ping,
@@ -157,6 +162,7 @@ class Server:
         self.announced_drain = False
         #: Set when the drain starts: connections take no new requests.
         self.draining = False
+        self._drain_began = math.inf
 
     # start-up ---------------------------------------------------------------
 
@@ -624,6 +630,9 @@ class Server:
         ``--linger`` before that deadline (then ShuttingDown), so that their
         answers still go out in time."""
         self.draining = True
+        for listener in self.listeners:
+            if listener.name == BOUND:
+                self._take_waiting(listener)
         for srv in self._servers:
             srv.close()
         for gate in self._gates:
@@ -633,7 +642,7 @@ class Server:
         for conn in self.admission.counted():
             conn.drain()
         limits = self.limits
-        start = self.clock()
+        start = self._drain_began = self.clock()
         deadline = start + limits.drain_timeout
         calls_deadline = deadline - min(limits.linger, limits.drain_timeout / 2)
         # One step at least: a connection accepted just before the listeners
@@ -664,13 +673,34 @@ class Server:
         # Let the transports write what they hold before the loop ends.
         await asyncio.sleep(0)
 
+    def _take_waiting(self, listener: Listener) -> None:
+        """Accept the connections waiting on a socket this process bound (its
+        close would reset them), to serve each its first read; systemd keeps
+        its own sockets open, so theirs wait for the next instance."""
+        tls = self.tls if listener.tcp_host is not None else None
+        for _ in range(self.limits.max_connections):
+            try:
+                sock, _ = listener.sock.accept()
+            except OSError:  # nothing more waits (or the socket is gone)
+                return
+            hand_over(sock, lambda: Connection(self, tls), self._accepting)
+
     async def _drain_step(self, until: float) -> bool:
-        """Wait a little; end connections that have been owed nothing for
-        ``--drain-idle-grace``. False once ``until`` has passed."""
-        await asyncio.sleep(0.02)
+        """Wait a little; end connections that owe nothing and have been quiet
+        for a step, and every one once ``--drain-idle-grace`` has passed since
+        the drain began (its calls in flight still get their answers). False
+        once ``until`` has passed."""
+        await asyncio.sleep(DRAIN_STEP)
         now = self.clock()
         grace = self.limits.drain_idle_grace
+        late = now - self._drain_began >= grace
         for conn in list(self.connections):
-            if conn.owes_nothing() and now - conn.last_active >= grace:
+            if not conn.seen_frame:
+                # Nothing read yet: it has the grace, from when it was made or
+                # the drain began, to send its request (a busy loop may read
+                # it late; it is served).
+                if now - max(conn.last_active, self._drain_began) >= grace:
+                    conn.finish()
+            elif late or (conn.owes_nothing() and now - conn.last_active >= DRAIN_STEP):
                 conn.finish()
         return now < until

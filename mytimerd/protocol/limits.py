@@ -245,11 +245,12 @@ class Limits:
         "would reset the connection and could destroy answers on their way.",
     )
     drain_idle_grace: float = _limit(
-        0.5,
+        0.25,
         "--drain-idle-grace",
         "seconds",
-        "During a drain, a connection owed nothing for this long (one accepted just "
-        "before the listeners closed that has sent no request yet) is ended.",
+        "During a drain, how long a connection keeps being read: every request it "
+        "sends is answered ShuttingDown (not started: a client may send it elsewhere). "
+        "A connection owed nothing whose client has gone quiet ends sooner.",
     )
     loop_stall_warning: float = _limit(
         0.25,

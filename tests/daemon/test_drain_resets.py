@@ -13,6 +13,7 @@ transport and reader.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import re
 import signal
@@ -92,6 +93,10 @@ class PipeliningClient:
                 data = self.sock.recv(65536)
                 if not data:
                     out.eof = True
+                    # A prompt client: it closes its side as soon as it reads EOF.
+                    self.done.set()
+                    with contextlib.suppress(OSError):  # the sender may have closed it
+                        self.sock.shutdown(socket.SHUT_WR)
                     return
                 for response in parser.feed(data):
                     out.answers += 1

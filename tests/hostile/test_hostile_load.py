@@ -125,7 +125,7 @@ def test_held_calls_are_bounded_by_the_budget(hostile_daemon: Callable[..., Daem
     resp, _ = call_once(d.address, "echo", echo_payload(message, 0))
     assert resp.ret == wire.RET_OK
     baseline = rss_bytes(d.proc.pid)
-    frame = wire.encode_request("echo", echo_payload(message, 10**12))
+    frame = wire.encode_request("echo", echo_payload(message, 3_600_000))  # --max-delay
     burst = frame * 128
     sampler = RssSampler(d.proc.pid)
     version = Bystander(d.address, "version", interval=0.02)
