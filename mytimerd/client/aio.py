@@ -52,8 +52,15 @@ from .common import (
     result_body,
     unix_connect,
 )
-from .core import Channel, NotSent, handshake
-from .errors import BadResponse, CallError, CallTimeout, ConnectionLost, TransportError
+from .core import Channel, NotSent, handshake, not_started
+from .errors import (
+    BadResponse,
+    CallError,
+    CallTimeout,
+    ConnectError,
+    ConnectionLost,
+    TransportError,
+)
 from .events import AsyncSubscription
 from .methods import TypedMethods, description_of, needs_description
 
@@ -410,23 +417,38 @@ class AsyncClient(TypedMethods):
         self._enter_loop()
         frame = wire.encode_request(method, payload)
         limit = call_limit(self.timeout, timeout)
-        conn, future = await self._submit(frame)
-        try:
-            async with asyncio.timeout(limit):
-                # On a broken stream the reader task fails the future with the reason.
-                with contextlib.suppress(ConnectionError):
-                    await conn.writer.drain()
-                response = await future
-        except TimeoutError:
-            # Cancelled, the future keeps its place in the FIFO: the reader drops its answer.
-            future.cancel()
+        stopping: tuple[wire.Response, Address] | None = None
+        for sends in itertools.count(1):
+            try:
+                conn, future = await self._submit(frame)
+            except ConnectError:
+                if stopping is None:
+                    raise
+                return result_body(method, *stopping)  # nowhere else: its answer stands
+            try:
+                async with asyncio.timeout(limit):
+                    # On a broken stream the reader task fails the future with the reason.
+                    with contextlib.suppress(ConnectionError):
+                        await conn.writer.drain()
+                    response = await future
+            except TimeoutError:
+                # Cancelled, the future keeps its place in the FIFO: the reader drops
+                # its answer.
+                future.cancel()
+                self._retire(conn)
+                raise CallTimeout(conn.address, method_text(method), limit) from None
+            except asyncio.CancelledError:
+                future.cancel()
+                self._retire(conn)
+                raise
+            if not (not_started(response) and self.dialer.may_resend(sends)):
+                return result_body(method, response, conn.address)
+            # The daemon is stopping and did not start it: another daemon (or
+            # the next instance on the same socket) may, on a fresh connection.
+            stopping = (response, conn.address)
             self._retire(conn)
-            raise CallTimeout(conn.address, method_text(method), limit) from None
-        except asyncio.CancelledError:
-            future.cancel()
-            self._retire(conn)
-            raise
-        return result_body(method, response, conn.address)
+            self.dialer.move_on(conn.address)
+        raise AssertionError("not reached")  # pragma: no cover
 
     async def call(
         self, method: str, request: object = NO_REQUEST, *, timeout: Timeout = CLIENT_TIMEOUT

@@ -47,8 +47,8 @@ from .common import (
     result_body,
     unix_connect,
 )
-from .core import Channel, NotSent, handshake
-from .errors import BadResponse, CallTimeout, ConnectionLost
+from .core import Channel, NotSent, handshake, not_started
+from .errors import BadResponse, CallTimeout, ConnectError, ConnectionLost
 from .events import Subscription
 from .methods import TypedMethods, description_of, needs_description
 
@@ -297,12 +297,25 @@ class Client(TypedMethods):
             self.close()  # the daemon restarted or left it idle too long: a fresh one, unused
         for sends in itertools.count(1):
             try:
-                return self._exchange_once(method, frame, limit, deadline)
+                response = self._exchange_once(method, frame, limit, deadline)
             except NotSent as exc:
                 # Not one byte reached the kernel, so the daemon cannot have seen the
                 # request: sending it again cannot make it run twice.
                 assert self.address is not None
                 self.dialer.not_sent(self.address, sends, exc)
+                continue
+            if not (not_started(response) and self.dialer.may_resend(sends)):
+                return response
+            # The daemon is stopping and did not start it: another daemon (or
+            # the next instance on the same socket) may, on a fresh connection.
+            address = self.address
+            assert address is not None
+            self.close()
+            self.dialer.move_on(address)
+            try:
+                self.connect()
+            except ConnectError:
+                return response  # nowhere else to send it: the daemon's answer stands
         raise AssertionError("not reached")  # pragma: no cover
 
     def _exchange_once(

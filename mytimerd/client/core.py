@@ -16,8 +16,9 @@ and act on what comes back.
   (a call gave up on it, so its late answer would hold up every later one).
 - :func:`read_failure`: what a failed read means, as the TransportError the
   waiting calls fail with; :func:`handshake`: what a failed handshake means.
-- :class:`NotSent`: the signal that not one byte of a request left, the only
-  case in which a request is ever sent again.
+- :class:`NotSent`: the signal that not one byte of a request left, and
+  :func:`not_started`: the daemon's word that it did not start a request
+  (ShuttingDown); the only two cases in which a request is sent again.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Generic, TypeVar
 
 from ..protocol import wire
 from ..protocol.address import Address, TcpAddress
+from ..protocol.errors import PREFIX
 from .common import MAX_RESPONSE, os_reason
 from .errors import BadResponse, ConnectError, ConnectionLost, TransportError
 from .tls import handshake_timeout, is_closed, tls_failure
@@ -50,6 +52,15 @@ class NotSent(Exception):
     def __init__(self, reason: str = "sending failed: the connection is closed") -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def not_started(response: wire.Response) -> bool:
+    """Whether ``response`` is the daemon's ``ShuttingDown``: it is stopping
+    and did not start the request, so sending it again cannot run it twice."""
+    return response.ret == wire.RET_ERR and response.body.startswith(_NOT_STARTED)
+
+
+_NOT_STARTED = f"{PREFIX}ShuttingDown: ".encode()
 
 
 class Dialer:
@@ -81,6 +92,11 @@ class Dialer:
         """A request never left the connection to ``address``: start at the next one."""
         self._first = (self.addresses.index(address) + 1) % len(self.addresses)
 
+    def may_resend(self, sends: int) -> bool:
+        """Whether a request sent ``sends`` times may go out once more (once
+        per address: a daemon that refuses everything is reported, not looped on)."""
+        return sends <= len(self.addresses)
+
     def not_sent(self, address: Address, sends: int, exc: NotSent) -> None:
         """A request sent ``sends`` times never left the connection to ``address``.
 
@@ -89,7 +105,7 @@ class Dialer:
         address: a client with one address sends it again once, so a daemon
         that closes every connection at once is reported, not looped on.
         """
-        if sends > len(self.addresses):
+        if not self.may_resend(sends):
             raise ConnectionLost(address, exc.reason) from None
         self.move_on(address)
 

@@ -320,10 +320,13 @@ class Connection(asyncio.Protocol):
             not self._backlog
             and self._read_paused
             and not self._write_paused
-            and len(self._answers) < self._max_in_flight
             and self._transport is not None
             and not self._peer_eof
-            and (_reading(self.state) or (self.state is _DRAINING and self._shed_left > 0))
+            and (
+                (_reading(self.state) and len(self._answers) < self._max_in_flight)
+                # Draining: what is read is answered at once, up to _shed_left.
+                or (self.state is _DRAINING and self._shed_left > 0)
+            )
         ):
             self._read_paused = False
             self._transport.resume_reading()
@@ -397,7 +400,9 @@ class Connection(asyncio.Protocol):
         self._shed_left = self._max_in_flight + len(self._backlog)
         if self._seen_frame:
             self._shed()
-        self._flush()
+        # Requests held back in the kernel by the in-flight limit are read and
+        # answered now (behind the calls in flight), not left unanswered.
+        self.deliver()
 
     def finish(self, frame: bytes | None = None) -> None:
         """-> ENDING: send ``frame`` (if any) after every answer owed, then

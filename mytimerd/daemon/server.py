@@ -627,7 +627,7 @@ class Server:
         """The drain: stop accepting and reading, answer everything read, end
         every connection cleanly; return once every connection is closed,
         ``--drain-timeout`` at the latest. In-flight calls get until
-        ``--linger`` before that deadline (then ShuttingDown), so that their
+        ``--linger`` before that deadline (then Timeout), so that their
         answers still go out in time."""
         self.draining = True
         for listener in self.listeners:
@@ -656,9 +656,11 @@ class Server:
         self.pending.clear()
         self._fail(
             calls,
+            # Started, so not ShuttingDown (which says "not started: send it
+            # again"): the library may still carry it out.
             lambda call: DaemonError(
-                "ShuttingDown",
-                f"the daemon stopped before the library answered "
+                "Timeout",
+                f"the daemon stopped before the library answered {call.method} "
                 f"(--drain-timeout {limits.drain_timeout:g} s)",
             ),
         )

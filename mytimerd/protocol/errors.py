@@ -71,8 +71,15 @@ CATALOGUE: Final[dict[str, str]] = {
         "--max-subscriber-lag; it is sent this error last (after any answer it is owed) "
         "and cut off."
     ),
-    "Timeout": "The library did not answer within --timeout seconds.",
-    "ShuttingDown": "The daemon is stopping and takes no new requests.",
+    "Timeout": (
+        "The library did not answer within --timeout seconds, or before the daemon "
+        "stopped (--drain-timeout); the call may still have been carried out."
+    ),
+    "ShuttingDown": (
+        "The daemon is stopping and did not start this request: it is safe to send "
+        "it again (mytimerd's clients do, once, on a fresh connection: another "
+        "daemon, or the next instance on the same socket)."
+    ),
     "Internal": "A bug in mytimerd; the daemon's log has the details.",
 }
 

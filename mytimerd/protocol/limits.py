@@ -209,7 +209,7 @@ class Limits:
         "--drain-timeout",
         "seconds",
         "On SIGTERM/SIGINT, the longest the drain takes: in-flight calls get until "
-        "--linger before it to finish (then ShuttingDown); connections still open at it "
+        "--linger before it to finish (then Timeout); connections still open at it "
         "are closed and the daemon exits. Also the longest a connection ending after a "
         "final answer waits for its client.",
     )

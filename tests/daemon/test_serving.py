@@ -215,8 +215,9 @@ def test_sigterm_drains_in_flight_calls(daemon_factory: Callable[..., Daemon]) -
     assert "stopping: 1 calls in flight" in d.log()
 
 
-def test_drain_deadline_answers_shutting_down(daemon_factory: Callable[..., Daemon]) -> None:
-    """Calls still running at the drain deadline are answered ShuttingDown."""
+def test_drain_deadline_answers_timeout(daemon_factory: Callable[..., Daemon]) -> None:
+    """Calls still running at the drain deadline are answered Timeout: they were
+    started, so ShuttingDown ("not started, send it again") would be wrong."""
     d = daemon_factory("--drain-timeout", "0.3")
     c = d.client()
     c.request("echo", echo("late", 5000))
@@ -225,7 +226,7 @@ def test_drain_deadline_answers_shutting_down(daemon_factory: Callable[..., Daem
     d.send_signal(2)
     reply = c.recv()
     assert reply.ret == 1
-    assert reply.body.startswith(b"mytimerd.ShuttingDown: the daemon stopped before")
+    assert reply.body.startswith(b"mytimerd.Timeout: the daemon stopped before")
     assert d.proc.wait(10) == 0
     assert time.monotonic() - start < 5
 

@@ -16,15 +16,13 @@ accepting: false); the other two run the bundled native library.
 Each scenario runs its own steady load (tests/integration/haproxy_load.py, in
 the clients' namespace) and prints its figures (``pytest -s`` shows them).
 
-Known defect (KEPT_CONNECTIONS_DRAIN_FIXED): a client that keeps its
-connection stays on its daemon through --drain-grace (HAProxy moves
-connections, not calls); when the drain then half-closes that connection, a
-request the client sent in that instant is never read and fails with
-ConnectionLost (1 to 4 per rolling restart here). The daemon would have to
-answer such a request (mytimerd.ShuttingDown: not run, safe to send again)
-instead of discarding it, or the client keep connections no longer than a
-grace. Until then the rolling-restart test reports those failures as an
-expected failure (xfail); clients that connect per call must see none.
+A client that keeps its connection stays on its daemon through --drain-grace
+(HAProxy moves connections, not calls). When the drain begins, the daemon
+answers what it has not started mytimerd.ShuttingDown ("not started"), and
+mytimerd's client sends such a call again on a fresh connection, which HAProxy
+gives to a daemon still in rotation: mytimerd's clients lose no call. A raw
+client with no such logic sees those answers as errors; they are counted and
+printed, not asserted (the bound is for mytimerd's clients).
 """
 
 from __future__ import annotations
@@ -267,10 +265,6 @@ def run_load(cluster: Cluster, target: str, seconds: float, **workers: int) -> L
 #: mytimerd.client.Client), a connection kept across calls (raw; Client).
 SCENARIO_LOAD = {"raw": 2, "oneshot": 1, "persistent": 2, "client": 2}
 
-#: Whether the daemon's drain (or the client) no longer loses a request sent on
-#: a kept connection just as the drain half-closes it; see the module doc.
-KEPT_CONNECTIONS_DRAIN_FIXED = False
-
 
 def haproxy_config(cluster: Cluster, tls_dir: Path) -> str:
     """The shipped example with this test's addresses, paths and scaled timing."""
@@ -418,19 +412,13 @@ def test_throughput_direct_and_through_haproxy(cluster: Cluster) -> None:
 
 
 def kept_connection_failures(result: LoadResult, what: str) -> None:
-    """Calls on kept connections must not fail either; while the daemon's drain
-    can end a connection under a request already on its way (see
-    KEPT_CONNECTIONS_DRAIN_FIXED), such failures are reported as a known defect."""
-    kept = result.failures("persistent") + result.failures("client")
-    if not kept:
-        return
-    assert all(f["error"] in ("ConnectionLost", "ConnectionError") for f in kept), kept
-    if KEPT_CONNECTIONS_DRAIN_FIXED:
-        raise AssertionError(f"{what}: calls on kept connections failed: {kept}")
-    pytest.xfail(
-        f"{what}: {len(kept)} call(s) on kept connections failed: a request crossed the "
-        "daemon's half-close at the end of --drain-grace (known defect, see the module doc)"
-    )
+    """mytimerd's client on a kept connection loses no call (ShuttingDown is sent
+    again elsewhere); a raw client's ShuttingDown answers are only reported."""
+    lost = result.failures("client")
+    assert not lost, f"{what}: calls of mytimerd's client on kept connections failed: {lost}"
+    raw = result.failures("persistent")
+    why = sorted({f["text"][:60] for f in raw})
+    print(f"{what}: raw kept-connection calls not served: {len(raw)} {why}")
 
 
 def test_rolling_restart_loses_no_call(cluster: Cluster) -> None:
@@ -534,7 +522,8 @@ def test_stuck_library_taken_out_and_put_back(cluster: Cluster) -> None:
     # after --timeout, or waited for by a raw client until it gave up.
     for f in failures:
         assert "Timeout" in f["text"] or f["error"] in ("TimeoutError", "CallTimeout"), f
-        assert stuck <= f["start"] < healed, f
+        # A call sent just before the switch may reach the library after it.
+        assert stuck - 0.1 <= f["start"] < healed, f
     # A client that connects per call is sent elsewhere once timer3 is out.
     for f in result.failures("raw") + result.failures("oneshot"):
         assert f["start"] < stuck + out, f
