@@ -18,12 +18,16 @@
 #   $PREFIX/lib/mytimerd/current -> releases/<...>    the version in use (the previous one is kept)
 #   $PREFIX/lib/mytimerd/installed-files              every file installed outside lib/mytimerd
 #   $PREFIX/bin/mytimerd, mytimerctl                  -> ../lib/mytimerd/current/bin/...
-#   $UNITDIR/mytimerd.socket, mytimerd-tcp.socket, mytimerd.service
+#   $UNITDIR/mytimerd.socket, mytimerd-tcp.socket, mytimerd.service,
+#            mytimerd@.socket, mytimerd@.service (one daemon per library)
 #                                      (ExecStart= rewritten to $PREFIX/bin/mytimerd)
+#   $PREFIX/lib/mytimerd/libecho.so, libecho-0.3.so -> current/.../mytimerd/_lib/
+#   $PREFIX/share/mytimerd/descriptions/echo-0.2.cddl, echo-0.3.cddl   (libecho's)
 #   $SYSUSERSDIR/mytimerd.conf         sysusers.d file creating group "mytimer"
 #   $PREFIX/share/man/man8/mytimerd.8, man1/mytimerctl.1
 #   $PREFIX/share/bash-completion/completions/mytimerctl, $ZSHDIR/_mytimerctl
-#   $PREFIX/share/doc/mytimerd/        README.md, docs/*.md, examples/
+#   $PREFIX/share/doc/mytimerd/        README.md, docs/*.md, examples/ (echo.conf:
+#                                      copy to /etc/mytimerd/ for mytimerd@echo.socket)
 #
 # Variables (environment or VAR=value arguments):
 #   PREFIX       default /usr/local
@@ -85,6 +89,8 @@ MANDIR=$PREFIX/share/man
 BASHDIR=$PREFIX/share/bash-completion/completions
 MANIFEST=$LIBDIR/installed-files
 UNITS="mytimerd.socket mytimerd-tcp.socket mytimerd.service"
+TEMPLATES="mytimerd@.socket mytimerd@.service"
+DATADIR=$PREFIX/share/mytimerd
 SERVICE=mytimerd.service
 
 say() { printf 'install.sh: %s\n' "$*"; }
@@ -138,18 +144,25 @@ uninstall() {
         say "stopping and disabling $UNITS"
         systemctl disable --now mytimerd.socket mytimerd-tcp.socket >/dev/null 2>&1 || true
         systemctl stop "$SERVICE" mytimerd.socket mytimerd-tcp.socket 2>/dev/null || true
+        # the instances of mytimerd@.socket (enabled, or only started)
+        instances=$(systemctl list-unit-files --no-legend --plain 'mytimerd@?*.socket' 2>/dev/null | cut -d' ' -f1)
+        instances="$instances $(systemctl list-units --all --no-legend --plain 'mytimerd@?*.socket' 2>/dev/null | cut -d' ' -f1)"
+        for socket in $instances; do
+            systemctl disable --now "$socket" >/dev/null 2>&1 || true
+            systemctl stop "${socket%.socket}.service" 2>/dev/null || true
+        done
     fi
     if [ -f "$DESTDIR$MANIFEST" ]; then
         files=$(cat "$DESTDIR$MANIFEST")
     else  # installed by an install.sh without a manifest: its known files
         files="$BINDIR/mytimerd $BINDIR/mytimerctl $SYSUSERSDIR/mytimerd.conf"
-        for unit in $UNITS; do files="$files $UNITDIR/$unit"; done
+        for unit in $UNITS $TEMPLATES; do files="$files $UNITDIR/$unit"; done
     fi
     say "removing installed files"
     for f in $files; do
         case "$f" in */) ;; /*) rm -f "$DESTDIR$f";; esac
     done
-    rm -rf "$DESTDIR$DOCDIR" "$DESTDIR$LIBDIR"
+    rm -rf "$DESTDIR$DOCDIR" "$DESTDIR$LIBDIR" "$DESTDIR$DATADIR"
     # the directories install.sh created, deepest first, if nothing else is in them
     for d in $(printf '%s\n' $files | grep '/$' | awk '{ print length, $0 }' | sort -rn | cut -d' ' -f2-); do
         rmdir "$DESTDIR$d" 2>/dev/null || true
@@ -201,27 +214,38 @@ GEN=$(mktemp -d "${TMPDIR:-/tmp}/mytimerd-gen.XXXXXX")
 say "installing units to $DESTDIR$UNITDIR, docs, man pages, completions"
 # directories an earlier install created stay on the list
 grep '/$' "$DESTDIR$MANIFEST" > "$DESTDIR$MANIFEST.new" 2>/dev/null || : > "$DESTDIR$MANIFEST.new"
-for unit in $UNITS; do
+for unit in $UNITS $TEMPLATES; do
     sed -e "s|/usr/local/bin/mytimerd|$BINDIR/mytimerd|g" \
         -e "s|/usr/local/share/doc/mytimerd|$DOCDIR|g" "$SRC/systemd/$unit" > "$GEN/$unit"
     put_file "$GEN/$unit" "$UNITDIR/$unit"
 done
+# libecho's descriptions, and the example instance configuration naming them
+for description in echo-0.2.cddl echo-0.3.cddl; do
+    put_file "$SRC/native/echo/$description" "$DATADIR/descriptions/$description"
+done
+sed -e "s|/usr/local/lib/mytimerd|$LIBDIR|g" -e "s|/usr/local/share/mytimerd|$DATADIR|g" \
+    "$SRC/systemd/instances/echo.conf" > "$GEN/echo.conf"
 put_file "$SRC/systemd/mytimerd.sysusers" "$SYSUSERSDIR/mytimerd.conf"
 put_file "$GEN/mytimerd.8" "$MANDIR/man8/mytimerd.8"
 put_file "$GEN/mytimerctl.1" "$MANDIR/man1/mytimerctl.1"
 put_file "$GEN/mytimerctl.bash" "$BASHDIR/mytimerctl"
 put_file "$GEN/_mytimerctl" "$ZSHDIR/_mytimerctl"
-rm -rf "$GEN"
-GEN=
 make_dirs "$DOCDIR/examples"
 install -m 644 "$SRC/README.md" "$SRC"/docs/*.md "$DESTDIR$DOCDIR/"
-install -m 644 "$SRC"/systemd/examples/* "$DESTDIR$DOCDIR/examples/"
+install -m 644 "$SRC"/systemd/examples/* "$GEN/echo.conf" "$DESTDIR$DOCDIR/examples/"
+rm -rf "$GEN"
+GEN=
 
 # the switch: one rename each, so every path always points at a complete version
 say "switching $LIBDIR/current to releases/$ID"
 put_link "releases/$ID" "$LIBDIR/current"
 for prog in mytimerd mytimerctl; do
     put_link "../lib/mytimerd/current/bin/$prog" "$BINDIR/$prog"
+done
+# libecho at a path that outlives releases and Python versions (echo.conf names it)
+for so in libecho.so libecho-0.3.so; do
+    built=$(cd "$STAGE" && ls lib/python3*/site-packages/mytimerd/_lib/$so)
+    put_link "current/$built" "$LIBDIR/$so"
 done
 mv -f "$DESTDIR$MANIFEST.new" "$DESTDIR$MANIFEST"
 trap - EXIT
@@ -230,6 +254,10 @@ if [ "$POSTINST" = yes ]; then
     say "creating group mytimer (systemd-sysusers) and reloading systemd"
     systemd-sysusers "$SYSUSERSDIR/mytimerd.conf"
     systemctl daemon-reload
+    for instance in $(systemctl list-units --state=active --no-legend --plain 'mytimerd@?*.service' | cut -d' ' -f1); do
+        say "restarting $instance on the new version (its socket stays open)"
+        systemctl restart "$instance" || say "warning: $instance did not restart (see journalctl -u $instance)"
+    done
     if systemctl --quiet is-active "$SERVICE"; then
         say "restarting $SERVICE on the new version (its sockets stay open)"
         if ! systemctl restart "$SERVICE" || ! systemctl --quiet is-active "$SERVICE"; then

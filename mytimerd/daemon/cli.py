@@ -54,6 +54,9 @@ log = logging.getLogger("mytimerd")
 
 #: Environment variable naming the library when --library is not given.
 LIBRARY_ENV = "MYTIMERD_LIBRARY"
+#: Environment variable naming the description when --schema is not given
+#: (with MYTIMERD_LIBRARY, what /etc/mytimerd/INSTANCE.conf sets for mytimerd@.service).
+SCHEMA_ENV = "MYTIMERD_SCHEMA"
 
 EXIT_OK = 0
 EXIT_USAGE = 2  # argparse's own status for a usage error
@@ -236,9 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--schema",
         metavar="FILE",
         type=Path,
+        default=_env_path(SCHEMA_ENV),
         help="the library's interface description (the CDDL nim-ffi generates; a regular "
-        f"UTF-8 file of at most {cddl.MAX_BYTES} bytes); default: libmy_timer's, bundled "
-        "for the library's symbol generation (0.2 with _cbor names, 0.3 without)",
+        f"UTF-8 file of at most {cddl.MAX_BYTES} bytes; also ${SCHEMA_ENV}); default: "
+        "libmy_timer's, bundled for the library's symbol generation (0.2 with _cbor "
+        "names, 0.3 without)",
     )
     served.add_argument(
         "--library-name",
@@ -378,7 +383,8 @@ def _library_options(
 
 
 def config_from_args(argv: Sequence[str] | None = None) -> Config:
-    """Parse the command line (and ``$MYTIMERD_LIBRARY``) into a :class:`Config`."""
+    """Parse the command line (and ``$MYTIMERD_LIBRARY``, ``$MYTIMERD_SCHEMA``) into a
+    :class:`Config`."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
