@@ -11,8 +11,13 @@ from .commands import COMMANDS, EXTRA_COMMANDS, METHOD_NAMES, PROG, Command
 #: The shells ``mytimerctl completion`` writes a script for.
 SHELLS: Final = ("bash", "zsh")
 
+#: The hidden command the scripts call back for the commands and options of
+#: a library other than libmy_timer: ``mytimerctl __complete WORDS...`` prints
+#: one word a line, read from the describe cache only (never the network).
+COMPLETE: Final = "__complete"
+
 #: The options every command takes (see parser._add_common), completed everywhere.
-_GLOBAL_FLAGS: Final = (
+GLOBAL_FLAGS: Final = (
     "--unix",
     "--tcp",
     "--tls",
@@ -32,7 +37,7 @@ _SUMMARY: Final = {"watch": "Print the library's events as they come"}
 _TOP_FLAGS: Final = ("--version",)
 
 
-def _words(c: Command) -> list[str]:
+def command_words(c: Command) -> list[str]:
     """The options of command ``c`` (its request's and its own)."""
     words = []
     for p in c.params:
@@ -92,7 +97,7 @@ def _bash_script(commands: Sequence[Command] = COMMANDS) -> str:
         )
     cases = []
     for c in commands:
-        words = " ".join(_words(c))
+        words = " ".join(command_words(c))
         positional = [p for p in c.params if p.positional]
         free = ""
         if positional:
@@ -110,7 +115,7 @@ def _bash_script(commands: Sequence[Command] = COMMANDS) -> str:
     return f"""# bash completion for {PROG}, generated from the mytimerd method table
 _{PROG}() {{
     local cur="${{COMP_WORDS[COMP_CWORD]}}"
-    local globals="{" ".join(_GLOBAL_FLAGS)}" command="" args=0 i words=""
+    local globals="{" ".join(GLOBAL_FLAGS)}" command="" args=0 i words=""
     # Walk the words before the cursor: find the command, count its positional
     # arguments, and step over option values. When the cursor is on a value
     # (--unix PATH, --tcp HOST PORT, --tls-ca FILE, --timeout SECONDS, --delay-ms N...),
@@ -136,8 +141,11 @@ _{PROG}() {{
             *) if [[ -z "$command" ]]; then command="${{COMP_WORDS[i]}}"; else ((args++)); fi;;
         esac
     done
+    # Another library's commands and options: from the describe cache, by {PROG} itself.
+    local served
+    served="$("${{COMP_WORDS[0]}}" {COMPLETE} "${{COMP_WORDS[@]:1:COMP_CWORD-1}}" 2>/dev/null)"
     if [[ -z "$command" ]]; then
-        COMPREPLY=($(compgen -W "$globals {" ".join(_TOP_FLAGS)} {" ".join(names)}" -- "$cur"))
+        COMPREPLY=($(compgen -W "$globals {" ".join((*_TOP_FLAGS, *names))} $served" -- "$cur"))
         return
     fi
     COMPREPLY=()
@@ -149,7 +157,7 @@ _{PROG}() {{
                   ((args < 2)) && return  # METHOD, then the JSON request (free text)
               fi;;
 {chr(10).join(cases)}
-        *) return;;
+        *) COMPREPLY=($(compgen -W "$served" -- "$cur")); return;;
     esac
     COMPREPLY=($(compgen -W "$words $globals" -- "$cur"))
 }}
@@ -210,20 +218,28 @@ def _zsh_script(commands: Sequence[Command] = COMMANDS) -> str:
     methods = " ".join(METHOD_NAMES)
     return f"""# zsh completion for {PROG}, generated from the mytimerd method table
 _{PROG}() {{
-    local -a globals commands
+    local -a globals commands served typed
     local context state state_descr line
     typeset -A opt_args
+    # Another library's commands and options: from the describe cache, by {PROG} itself.
+    typed=("${{(@Q)words[2,CURRENT-1]}}")
+    served=(${{(f)"$(${{(Q)words[1]}} {COMPLETE} "${{typed[@]}}" 2>/dev/null)"}})
+    served=(${{served:#}})  # no output: no words
     globals=({" ".join(globals_)})
     commands=({" ".join(described)})
     _arguments -C $globals '--version[Print the version of {PROG}]' \\
         '1:command:->command' '*::argument:->argument'
     case $state in
-    command) _describe -t commands '{PROG} command' commands;;
+    command) local ret=1
+        _describe -t commands '{PROG} command' commands && ret=0
+        (( $#served )) && compadd -a served && ret=0
+        return ret;;
     argument)
         case $line[1] in
 {chr(10).join(cases)}
         call) _arguments $globals '1:method:({methods})' '2:JSON request: ';;
         completion) _arguments '1:shell:({" ".join(SHELLS)})';;
+        *) (( $#served )) && compadd -a served;;
         esac;;
     esac
 }}

@@ -18,7 +18,7 @@ import signal
 import ssl
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 import cbor2
 
@@ -31,13 +31,15 @@ from ..errors import (
     ConnectError,
     DaemonCallError,
     LibraryError,
+    MytimerError,
     TLSError,
     TransportError,
 )
 from ..events import SUBSCRIBE, Gap
 from ..tls import speaks_tls
-from .commands import COMMANDS_BY_NAME, PROG
-from .completion import completion_script
+from . import remote
+from .commands import PROG
+from .completion import COMPLETE, GLOBAL_FLAGS, command_words, completion_script
 from .hints import (
     permission_denied_hint,
     permission_hint,
@@ -56,9 +58,16 @@ from .parser import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     build_parser,
+    front,
     utf8,
 )
+from .remote import TIMER, Table
 from .render import escape_controls, parse_json_request, render, render_event, to_json
+
+#: The daemon's answers that a stale cached description can explain: after
+#: one, the description is fetched again and, if it changed, the call is sent
+#: once more (safe: the daemon refused the request, the library never saw it).
+STALE_ERRORS: Final = ("UnknownMethod", "InvalidParameter")
 
 
 class _OutputFailed(Exception):
@@ -129,8 +138,16 @@ def _explicit_addresses(
     parser: argparse.ArgumentParser, ns: argparse.Namespace
 ) -> list[Address] | None:
     """The addresses --unix or --tcp give (each may be repeated: fail-over, in order)."""
+    try:
+        return _given_addresses(ns)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def _given_addresses(ns: argparse.Namespace) -> list[Address] | None:
+    """The addresses --unix or --tcp give; ValueError (the usage error) if they cannot be."""
     if ns.unix is not None and ns.tcp is not None:
-        parser.error("give either --unix or --tcp, not both")
+        raise ValueError("give either --unix or --tcp, not both")
     if ns.unix is not None:
         # A path need not be UTF-8: it goes to the kernel as bytes.
         return [UnixAddress(path) for path in ns.unix]
@@ -140,7 +157,7 @@ def _explicit_addresses(
             try:
                 addresses.append(TcpAddress(utf8(host, "the host").strip("[]"), parse_port(port)))
             except ValueError as exc:
-                parser.error(f"--tcp: {exc}")
+                raise ValueError(f"--tcp: {exc}") from None
         return addresses
     return None
 
@@ -207,12 +224,12 @@ def _read_stdin(stdin: TextIO | None) -> str:
     return utf8(text, "the request on standard input")
 
 
-def _request(ns: argparse.Namespace, stdin: TextIO | None) -> tuple[str, Any]:
+def _request(ns: argparse.Namespace, stdin: TextIO | None, table: Table = TIMER) -> tuple[str, Any]:
     """The method and request the parsed command line asks for."""
     if ns.command == "call":
         text = _read_stdin(stdin) if ns.request == "-" else ns.request
         return ns.method, parse_json_request(text)
-    command = COMMANDS_BY_NAME[ns.command_name]
+    command = table.by_name[ns.command_name]
     return command.method.name, command.request(ns)
 
 
@@ -294,6 +311,115 @@ def _plaintext_on_tls(address: Address | None, timeout: float | None) -> bool:
     return True
 
 
+def _fetch_description(ns: argparse.Namespace, addresses: Sequence[Address]) -> dict[str, Any]:
+    """The describe answer of the daemon at ``addresses`` (MytimerError, ValueError if none)."""
+    conn = Client(
+        list(addresses),
+        timeout=ns.timeout,
+        connect_timeout=ns.timeout,
+        ssl=_tls_context(ns, addresses),
+        server_hostname=ns.tls_server_name,
+    )
+    with conn:
+        answer = conn.call("mytimerd.describe")
+    if not isinstance(answer, dict):
+        raise ValueError("its mytimerd.describe answer is not a map")
+    return answer
+
+
+def _table(args: Sequence[str]) -> tuple[Table, str | None]:
+    """The command table for ``args``, and a note for stderr if it could not be the daemon's.
+
+    libmy_timer's table needs no daemon. A cached description of the
+    daemon at the address is used if it has the command word; otherwise an
+    unknown command word, or ``--help`` with an address given (--unix, --tcp
+    or $MYTIMER_ADDRESS), asks the daemon for its describe (and caches it).
+    """
+    parsed = front(args)
+    if parsed is None:
+        return TIMER, None
+    ns, word = parsed
+    try:
+        addresses = resolve_addresses(_given_addresses(ns))
+    except ValueError:
+        return TIMER, None
+    answer = remote.load(addresses)
+    if answer is not None:
+        table = remote.table_of(answer, cached=True)
+        if word is None or table.knows(word):
+            return table, None
+    elif word is not None and TIMER.knows(word):
+        return TIMER, None
+    elif word is None:
+        asked = ns.unix is not None or ns.tcp is not None or ADDRESS_ENV in os.environ
+        if not asked or not any(a in ("-h", "--help") for a in args):
+            return TIMER, None
+    where = ", ".join(str(a) for a in addresses)
+    try:
+        answer = _fetch_description(ns, addresses)
+    except (MytimerError, ValueError, OSError) as exc:
+        what = "its commands" if word is None else f"its commands ({word!r} is not libmy_timer's)"
+        return TIMER, f"could not ask the daemon at {where} for {what}: {exc}"
+    remote.store(addresses, answer)
+    return remote.table_of(answer, cached=False), None
+
+
+def _parser(table: Table) -> argparse.ArgumentParser:
+    return build_parser(table.commands, None if table.timer else table.library)
+
+
+def _refreshed(
+    table: Table, exc: DaemonCallError, conn: Client, addresses: Sequence[Address]
+) -> Table | None:
+    """The daemon's description fetched again after ``exc``, if the cached one was stale."""
+    if not table.cached or exc.name not in STALE_ERRORS:
+        return None
+    try:
+        answer = conn.call("mytimerd.describe")
+    except MytimerError:
+        return None
+    if not isinstance(answer, dict):
+        return None
+    fresh = remote.table_of(answer, cached=False)
+    if fresh.digest == table.digest:
+        return None  # not stale: the refusal stands
+    remote.store(addresses, answer)
+    return fresh
+
+
+def complete_words(words: Sequence[str]) -> str:
+    """What the completion scripts offer after ``words`` for a library other than libmy_timer.
+
+    One word a line, from the cache only (never the network): the served
+    library's command names when no command is typed yet (those libmy_timer
+    lacks), else the options of its command ``words`` name (with the global
+    options), or the choices of the option being given a value. Nothing
+    when the cache has no such library or command.
+    """
+    parsed = front(words)
+    if parsed is None:
+        return ""
+    ns, word = parsed
+    try:
+        answer = remote.load(resolve_addresses(_given_addresses(ns)))
+    except ValueError:
+        return ""
+    table = remote.table_of(answer, cached=True) if answer is not None else TIMER
+    if table.timer:
+        return ""
+    if word is None:
+        names = [n for c in table.commands for n in (c.name, *c.aliases) if not TIMER.knows(n)]
+    else:
+        command = table.by_name.get(word)
+        if command is None:
+            return ""
+        last = words[-1] if words else ""
+        values = {p.flag: p.choices for p in command.params if not p.positional and not p.switch}
+        values.update(command.options)
+        names = list(values[last]) if last in values else [*command_words(command), *GLOBAL_FLAGS]
+    return "".join(f"{n}\n" for n in names)
+
+
 def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None) -> int:
     """Run mytimerctl with ``argv`` (default: sys.argv[1:]); return the exit status.
 
@@ -316,17 +442,33 @@ def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None) -> i
     return status
 
 
-def _run(argv: Sequence[str] | None, stdin: TextIO | None) -> int:
-    parser = build_parser()
+def _parse(table: Table, args: Sequence[str]) -> argparse.Namespace | int:
+    """The parsed command line, or the exit status of --help, --version or a usage error."""
+    parser = _parser(table)
     try:
-        ns = parser.parse_args(argv)
-        address = _explicit_addresses(parser, ns)
+        ns = parser.parse_args(args)
+        _explicit_addresses(parser, ns)
     except SystemExit as exc:  # argparse's way out of --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     except OSError as exc:
         # Only printing fails here: --help or --version (a usage message goes to
         # stderr, where there is no telling anyway) on a full disk or broken pipe.
         raise _OutputFailed(exc) from None
+    return ns
+
+
+def _run(argv: Sequence[str] | None, stdin: TextIO | None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == [COMPLETE]:
+        _write(complete_words(args[1:]))
+        return EXIT_OK
+    table, note = _table(args)
+    ns = _parse(table, args)
+    if note is not None and isinstance(ns, int):
+        _error(note)  # after argparse's own message (or the help)
+    if isinstance(ns, int):
+        return ns
+    address = _given_addresses(ns)
     if ns.command == "completion":
         _write(completion_script(ns.shell))
         return EXIT_OK
@@ -336,7 +478,7 @@ def _run(argv: Sequence[str] | None, stdin: TextIO | None) -> int:
     try:
         addresses = resolve_addresses(address)
         context = _tls_context(ns, addresses)
-        method, request = _request(ns, stdin)
+        method, request = _request(ns, stdin, table)
         payload = _encode(request)
         conn = Client(
             address,
@@ -355,7 +497,20 @@ def _run(argv: Sequence[str] | None, stdin: TextIO | None) -> int:
         if method == SUBSCRIBE:
             return _watch(conn, request.get("events"), ns.json, not ns.no_reconnect)
         with conn:
-            answer = decode_body(conn.call_raw(method, payload), conn.address)
+            try:
+                body = conn.call_raw(method, payload)
+            except DaemonCallError as exc:
+                fresh = None if ns.command == "call" else _refreshed(table, exc, conn, addresses)
+                if fresh is None:
+                    raise
+                _error("the daemon's commands changed since they were cached: sent again")
+                again = _parse(fresh, args)
+                if isinstance(again, int):
+                    return again
+                ns = again
+                method, request = _request(ns, stdin, fresh)
+                body = conn.call_raw(method, _encode(request))
+            answer = decode_body(body, conn.address)
     except TLSError as exc:
         _error(f"TLS with the daemon at {exc.address} failed: {exc.reason}")
         _hint(tls_hint(exc))

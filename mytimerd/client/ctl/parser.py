@@ -9,7 +9,7 @@ import shlex
 import signal
 import textwrap
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from ... import __version__
 from ...protocol.address import ADDRESS_ENV, DEFAULT_TCP_PORT, default_client_paths
@@ -102,6 +102,35 @@ def _timeout(text: str) -> float:
     if not value >= 0 or math.isinf(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not a finite number >= 0")
     return value
+
+
+class _Quiet(argparse.ArgumentParser):
+    """A parser that raises ValueError instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)
+
+
+def front(args: Sequence[str]) -> tuple[argparse.Namespace, str | None] | None:
+    """The global options and the command word of ``args``, before the command
+    table is known (None if they do not parse: the full parser will say why).
+
+    Global options may come before or after the command; ``-h``/``--help``
+    and the command's own options are left alone.
+    """
+    first = _Quiet(add_help=False, allow_abbrev=False)
+    _add_common(first, None)
+    first.add_argument("command", nargs="?")
+    first.add_argument("rest", nargs=argparse.REMAINDER)
+    rest = _Quiet(add_help=False, allow_abbrev=False)
+    _add_common(rest, argparse.SUPPRESS)
+    try:
+        ns, _ = first.parse_known_args(args)
+        rest.parse_known_args(ns.rest, namespace=ns)
+    except (ValueError, argparse.ArgumentError):
+        return None
+    command = ns.command
+    return ns, command if isinstance(command, str) else None
 
 
 def _add_common(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -335,41 +364,80 @@ def _add_command(commands: Any, common: argparse.ArgumentParser, command: Comman
             )
 
 
-def build_parser(table: Sequence[Command] = COMMANDS) -> argparse.ArgumentParser:
-    """The mytimerctl argument parser, generated from the command table."""
+#: What the timer's --help says about other libraries' commands.
+OTHER_LIBRARIES: Final = (
+    "A daemon serving another nim-ffi library (mytimerd --library ... --schema ...) "
+    "has that library's commands: they come from the daemon's mytimerd.describe, "
+    "asked once and cached per address. Run "
+    f"'{PROG} --unix PATH --help' (or --tcp, or ${ADDRESS_ENV}) to list them."
+)
+
+
+def _top_examples(table: Sequence[Command], library: str | None) -> list[Sequence[str] | str]:
+    """The examples of the top-level help: libmy_timer's, or the served library's first command."""
+    if library is None:
+        return [
+            ["version"],
+            ["--json", "echo", "hello"],
+            ["--tcp", "127.0.0.1", str(DEFAULT_TCP_PORT), "ping"],
+            [
+                "--tcp",
+                "timer.example",
+                str(DEFAULT_TCP_PORT),
+                "--tls-ca",
+                "ca.pem",
+                "--tls-cert",
+                "me.crt",
+                "--tls-key",
+                "me.key",
+                "ping",
+            ],
+            ["call", "echo", '{"req": {"message": "hi"}}'],
+        ]
+    first = next((c for c in table if c.method.library), None)
+    shown: list[Sequence[str] | str] = [["describe"]]
+    if first is not None:
+        request = json.dumps(first.method.example)
+        shown += [
+            first.example(),
+            ["--json", *first.example()],
+            ["call", first.method.name, request],
+        ]
+    return shown
+
+
+def build_parser(
+    table: Sequence[Command] = COMMANDS, library: str | None = None
+) -> argparse.ArgumentParser:
+    """The mytimerctl argument parser, generated from the command table.
+
+    ``library``: the name of the library a daemon serves when ``table`` was
+    built from its describe (None: libmy_timer's bundled table).
+    """
     formatter = argparse.RawDescriptionHelpFormatter
     common = argparse.ArgumentParser(add_help=False)
     _add_common(common, argparse.SUPPRESS)
+    if library is None:
+        about = _paragraphs(
+            "Call mytimerd, the daemon serving libmy_timer: one command per method, "
+            "one option per field of the method's request.",
+            OTHER_LIBRARIES,
+        )
+    else:
+        about = _paragraphs(
+            f"Call mytimerd serving the library {library!r}: one command per method its "
+            "daemon describes (mytimerd.describe, cached per address), one option per "
+            "field of the method's request.",
+            f"Without these options {PROG} has libmy_timer's commands.",
+        )
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description=_paragraphs(
-            "Call mytimerd, the daemon serving libmy_timer: one command per method, "
-            "one option per field of the method's request."
-        ),
+        description=about,
         epilog="\n\n".join(
             (
                 _addressing(),
                 _exit_codes(),
-                _examples(
-                    [
-                        ["version"],
-                        ["--json", "echo", "hello"],
-                        ["--tcp", "127.0.0.1", str(DEFAULT_TCP_PORT), "ping"],
-                        [
-                            "--tcp",
-                            "timer.example",
-                            str(DEFAULT_TCP_PORT),
-                            "--tls-ca",
-                            "ca.pem",
-                            "--tls-cert",
-                            "me.crt",
-                            "--tls-key",
-                            "me.key",
-                            "ping",
-                        ],
-                        ["call", "echo", '{"req": {"message": "hi"}}'],
-                    ]
-                ),
+                _examples(_top_examples(table, library)),
                 f"Run '{PROG} COMMAND --help' for a command's options.",
             )
         ),
@@ -392,6 +460,11 @@ def build_parser(table: Sequence[Command] = COMMANDS) -> argparse.ArgumentParser
         for c in table
         if c.method.library
     ]
+    from_stdin = (
+        f"echo '{{\"req\": {{}}}}' | {PROG} --json call echo -"
+        if library is None
+        else f"echo '{{}}' | {PROG} --json call {next(iter(call_examples), ['', 'describe'])[1]} -"
+    )
     call = commands.add_parser(
         "call",
         parents=[common],
@@ -401,9 +474,7 @@ def build_parser(table: Sequence[Command] = COMMANDS) -> argparse.ArgumentParser
             'standard input). Bytes may be written {"$bytes": "<base64>"}.',
             "Methods: " + ", ".join(c.method.name for c in table) + ".",
         ),
-        epilog=_examples([*call_examples, f"echo '{{\"req\": {{}}}}' | {PROG} --json call echo -"])
-        + "\n\n"
-        + _exit_codes(),
+        epilog=_examples([*call_examples, from_stdin]) + "\n\n" + _exit_codes(),
         formatter_class=formatter,
     )
     call.add_argument("method", metavar="METHOD", type=_text, help="The method name, e.g. echo.")
