@@ -8,7 +8,12 @@ request, named after the field (camelCase to kebab-case, or ``Field.cli``).
 Options the user leaves out are left out of the request, so the library's
 defaults apply. Calls go through :class:`mytimerd.client.Client`.
 
-Modules: :mod:`.commands` (the command table), :mod:`.parser` (argparse and
+A daemon serving another library has that library's commands, built by the
+same builder from its ``mytimerd.describe``, cached per address
+(:mod:`.remote`).
+
+Modules: :mod:`.commands` (the command table), :mod:`.remote` (another
+library's table and the describe cache), :mod:`.parser` (argparse and
 exit codes), :mod:`.render` (JSON forms and human output), :mod:`.completion`
 (shell scripts), :mod:`.hints` (what to do after an error) and :mod:`.main`
 (the entry point, ``mytimerctl`` in pyproject.toml's console scripts).
