@@ -66,6 +66,8 @@ def test_commands_units_and_sysusers(unpacked: Path) -> None:
         "mytimerd-tcp.socket",
         "mytimerd.service",
         "mytimerd.socket",
+        "mytimerd@.service",
+        "mytimerd@.socket",
     ]
     service = (units / "mytimerd.service").read_text()
     assert "ExecStart=/usr/bin/mytimerd " in service
@@ -74,6 +76,34 @@ def test_commands_units_and_sysusers(unpacked: Path) -> None:
     assert not (unpacked / "lib").exists(), "units belong in usr/lib (merged /usr) only"
     sysusers = (unpacked / "usr/lib/sysusers.d/mytimerd.conf").read_text()
     assert sysusers == (REPO / "systemd/mytimerd.sysusers").read_text()
+
+
+def test_one_daemon_per_library(unpacked: Path) -> None:
+    """The template units, libecho's descriptions and the example instance
+    /etc/mytimerd/echo.conf (a conffile), whose paths exist in the package."""
+    units = unpacked / "usr/lib/systemd/system"
+    service = (units / "mytimerd@.service").read_text()
+    assert "EnvironmentFile=/etc/mytimerd/%i.conf" in service
+    assert "ExecStart=/usr/bin/mytimerd --drain-timeout 10 $MYTIMERD_ARGS" in service
+    socket = (units / "mytimerd@.socket").read_text()
+    assert "ListenStream=/run/mytimerd-%i.sock" in socket
+    assert "/usr/local" not in service + socket
+    conffiles = (unpacked / "DEBIAN" / "conffiles").read_text().split()
+    assert "/etc/mytimerd/echo.conf" in conffiles, conffiles
+    conf = dict(
+        line.split("=", 1)
+        for line in (unpacked / "etc/mytimerd/echo.conf").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert conf["MYTIMERD_LIBRARY"] == "/usr/lib/mytimerd/libecho.so", conf
+    assert conf["MYTIMERD_SCHEMA"] == "/usr/share/mytimerd/descriptions/echo-0.2.cddl", conf
+    assert conf["MYTIMERD_ARGS"] == "--config prefix=echo", conf
+    library = unpacked / conf["MYTIMERD_LIBRARY"].lstrip("/")
+    assert library.is_symlink() and library.resolve().is_file(), library
+    assert library.resolve() == (unpacked / SITE / "mytimerd/_lib/libecho.so").resolve()
+    for generation in ("0.2", "0.3"):
+        shipped = unpacked / f"usr/share/mytimerd/descriptions/echo-{generation}.cddl"
+        assert shipped.read_text() == (REPO / f"native/echo/echo-{generation}.cddl").read_text()
 
 
 def test_bundled_library_and_no_bytecode(unpacked: Path) -> None:

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cbor2
 import pytest
 
 from tests.conftest import require
@@ -34,6 +35,7 @@ from tests.packaging.support import (
     wait_calls,
 )
 from tests.systemd.harness import Sandbox, free_tcp_port
+from tests.systemd.test_systemd_units import call
 
 pytestmark = pytest.mark.systemd
 
@@ -133,6 +135,54 @@ def test_root_and_group_members_call_others_are_refused(system: Sandbox) -> None
     assert "ermission denied" in r.stderr, r.stderr
 
 
+ECHO_SOCKET = "mytimerd@echo.socket"
+ECHO_SERVICE = "mytimerd@echo.service"
+#: the echo instance's daemon before the upgrade (test_echo_instance_* share it)
+ECHO_BEFORE: dict[str, str] = {}
+
+
+def call_answer(system: Sandbox, path: str, method: str, params: dict[str, object]) -> object:
+    """One call on a new connection; the decoded answer (a failed call fails the test)."""
+    ret, body = call(str(system.path(path)), method, params)
+    assert ret == 0, body
+    return cbor2.loads(body)
+
+
+def test_echo_instance_enable_now(system: Sandbox) -> None:
+    """One daemon per library: the shipped /etc/mytimerd/echo.conf, as the
+    issue's one command turns it on, next to the plain mytimerd.socket."""
+    require_installed(system, VERSION_1)
+    conffiles = system.run(["dpkg-query", "-W", "-f", "${Conffiles}", "mytimerd"]).stdout
+    assert "/etc/mytimerd/echo.conf" in conffiles, conffiles
+    system.systemctl("enable", "--now", ECHO_SOCKET)
+    assert system.systemctl("is-enabled", ECHO_SOCKET).stdout.strip() == "enabled"
+    assert active(system, ECHO_SOCKET) == "active"
+    sock = system.run(["stat", "-c", "%a %U %G %F", "/run/mytimerd-echo.sock"]).stdout.split(
+        None, 3
+    )
+    assert sock == ["660", "root", "mytimer", "socket\n"], sock
+    assert active(system, ECHO_SERVICE) == "inactive"
+    answer = call_answer(system, "/run/mytimerd-echo.sock", "shout", {"req": {"text": "hi"}})
+    assert answer == {"shouted": "echo: HI", "prefix": "echo"}
+    assert active(system, ECHO_SERVICE) == "active"
+    assert "path=/usr/bin/mytimerd " in system.prop(ECHO_SERVICE, "ExecStart")
+    # the plain socket serves libmy_timer as before, from another daemon
+    assert call_answer(system, "/run/mytimerd.sock", "version", {}) == "nim-timer v0.1.0"
+    pid = int(system.prop(ECHO_SERVICE, "MainPID"))
+    assert pid not in (0, main_pid(system))
+    maps = system.run(["cat", f"/proc/{pid}/maps"]).stdout
+    assert "/usr/lib/mytimerd/lib/python3.11/site-packages/mytimerd/_lib/libecho.so" in maps
+    journal = system.journal("-u", ECHO_SERVICE)
+    assert "ready: serving unix:/run/mytimerd-echo.sock (mytimerd-echo)" in journal, journal
+    r = system.systemctl("status", "--no-pager", "--lines=0", ECHO_SOCKET, ECHO_SERVICE)
+    assert r.stdout.count("Active: active") == 2, r.stdout
+    ECHO_BEFORE.update(
+        pid=str(pid),
+        since=system.prop(ECHO_SOCKET, "ActiveEnterTimestampMonotonic"),
+        inode=system.run(["stat", "-c", "%i", "/run/mytimerd-echo.sock"]).stdout,
+    )
+
+
 #: Drives an interactive zsh that finds completions in $fpath the way a
 #: Debian zsh does (vendor-completions): types "mytimerctl $1<TAB>" and
 #: prints the screen once $2 appears.
@@ -222,6 +272,26 @@ def test_upgrade_under_load_loses_no_call(system: Sandbox, deb_v2: Path) -> None
     assert system.systemctl("is-enabled", SOCKET).stdout.strip() == "enabled"
 
 
+def test_echo_instance_restarted_by_the_upgrade(system: Sandbox) -> None:
+    """The running instance was restarted on the new files by the upgrade
+    (the postinst), its socket left open and enabled."""
+    require_installed(system, VERSION_2)
+    if not ECHO_BEFORE:
+        pytest.fail("test_echo_instance_enable_now did not run or failed")
+    assert system.systemctl("is-enabled", ECHO_SOCKET).stdout.strip() == "enabled"
+    assert system.prop(ECHO_SOCKET, "ActiveEnterTimestampMonotonic") == ECHO_BEFORE["since"]
+    assert (
+        system.run(["stat", "-c", "%i", "/run/mytimerd-echo.sock"]).stdout == ECHO_BEFORE["inode"]
+    )
+    assert active(system, ECHO_SERVICE) == "active"
+    pid = int(system.prop(ECHO_SERVICE, "MainPID"))
+    assert pid not in (0, int(ECHO_BEFORE["pid"])), "the instance was not restarted"
+    maps = system.run(["cat", f"/proc/{pid}/maps"]).stdout
+    assert "libecho.so" in maps and "(deleted)" not in maps
+    answer = call_answer(system, "/run/mytimerd-echo.sock", "shout", {"req": {"text": "v2"}})
+    assert answer == {"shouted": "echo: V2", "prefix": "echo"}
+
+
 # ------------------------------------------------------------------------- TCP
 def test_enable_tcp_while_the_service_runs(system: Sandbox) -> None:
     """docs/systemd.md's way: enable, then restart the service, under load."""
@@ -279,6 +349,12 @@ def test_remove_stops_and_disables(system: Sandbox) -> None:
         assert active(system, unit) in ("inactive", ""), unit
         assert system.prop(unit, "LoadState") == "not-found", unit
     assert not system.path("/run/mytimerd.sock").exists()
+    # the instance too (its socket, its daemon, its enablement link)
+    assert active(system, ECHO_SOCKET) in ("inactive", ""), ECHO_SOCKET
+    assert active(system, ECHO_SERVICE) in ("inactive", ""), ECHO_SERVICE
+    assert not system.path("/run/mytimerd-echo.sock").exists()
+    # the conffile stays until purge
+    assert system.path("/etc/mytimerd/echo.conf").is_file()
     links = [p for p in tree(system.path("/etc/systemd/system")) if "mytimerd" in p]
     assert links == [], f"enablement symlinks left: {links}"
     for gone in ("/usr/bin/mytimerd", "/usr/bin/mytimerctl", "/usr/lib/mytimerd"):
