@@ -451,14 +451,14 @@ async def serve(
     )
     where = ", ".join(f"{x.address} ({x.name})" for x in listeners)
     log.info(
-        "ready: serving %s with %s (%s, nim-ffi %s, %s calls, interface %s), timer %r",
+        "ready: serving %s with %s (%s, nim-ffi %s, %s calls, interface %s)%s",
         where,
         library.path,
         server.library_version,
         library.generation,
         "direct" if library.direct else "threaded",
         interface.source,
-        config.name,
+        "" if config.name is None else f", timer {config.name!r}",
         extra={"LISTENERS": where, "LIBRARY": library.path, "SCHEMA": interface.source},
     )
     for name in sorted(library.unavailable):
