@@ -6,6 +6,10 @@
   ``libmy_timer-0.3.so``) inside the package, where mytimerd finds it without
   configuration; and native/echo/, the second library (``libecho.so``,
   ``libecho-0.3.so``), served with ``--library`` and its description.
+- ``build_py`` also compiles the bundled descriptions
+  (``mytimerd/protocol/descriptions/*.cddl``) into
+  ``mytimerd/protocol/_descriptions.py``, so a default start does not parse
+  CDDL (``mytimerd.protocol.compile_descriptions``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from setuptools import setup
@@ -32,6 +37,10 @@ class BuildPyWithNative(build_py):
         for folder in (ROOT / "native", ROOT / "native" / "echo"):
             for gen in ("0.2", "0.3"):
                 subprocess.run(["make", "-C", str(folder), jobs, f"GENERATION={gen}"], check=True)
+        # Before super().run(), which copies the package (with the module) to build_lib.
+        subprocess.run(
+            [sys.executable, "-m", "mytimerd.protocol.compile_descriptions"], cwd=ROOT, check=True
+        )
         super().run()
         targets = [Path(self.build_lib) / "mytimerd" / "_lib"]
         if self.editable_mode:

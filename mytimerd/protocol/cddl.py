@@ -31,12 +31,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Final
-
-import cddlparser
-from cddlparser import ast
+from typing import TYPE_CHECKING, Final
 
 from .schema import Any_, Bool, Enum, Int, Null, Text, Type
+
+if TYPE_CHECKING:
+    from cddlparser import ast
 
 #: The kinds of proc a client may call.
 CALLABLE_KINDS: Final = ("ffi", "ffiStatic")
@@ -225,6 +225,11 @@ def parse(
     ``library`` is the library's name (its symbol prefix); by default the prefix
     all procs share. Parsing stops with an error after ``time_limit`` seconds.
     """
+    # Imported here: the bundled descriptions come compiled
+    # (:mod:`._descriptions`), so a default start never loads the parser.
+    import cddlparser
+    from cddlparser import ast
+
     _check_nesting(text)
     started = time.monotonic()
     try:
@@ -330,6 +335,8 @@ def _single(node: ast.Type) -> ast.CDDLNode:
 
 
 def _fields(node: ast.Map, where: str) -> tuple[Field, ...]:
+    from cddlparser import ast
+
     out = []
     for choice in node.groupChoices:
         for entry in choice.groupEntries:
@@ -346,11 +353,15 @@ def _fields(node: ast.Map, where: str) -> tuple[Field, ...]:
 
 
 def _is_nil(node: ast.CDDLNode) -> bool:
+    from cddlparser import ast
+
     return isinstance(node, ast.Typename) and node.name in ("nil", "null")
 
 
 def _type_of(node: ast.Type, where: str) -> Spec:
     """A schema type, or what refers to rules to resolve later."""
+    from cddlparser import ast
+
     choices = node.types
     texts = [c.value for c in choices if isinstance(c, ast.Value) and c.type == "text"]
     if choices and len(texts) == len(choices):

@@ -178,7 +178,11 @@ def _measure(type_: Type, where: str) -> None:
 def build(text: str, source: str, name: str | None = None) -> Interface:
     """The interface a CDDL description (``text``, from ``source``) describes;
     ``name``: the library's name (default: the prefix its procs share)."""
-    description = cddl.parse(text, name)
+    return _interface(cddl.parse(text, name), source)
+
+
+def _interface(description: cddl.Description, source: str) -> Interface:
+    """The interface of a parsed description (from ``source``)."""
     builder = _Builder(description)
     methods = [builder.method(p) for p in description.procs if p.kind in cddl.CALLABLE_KINDS]
     cddl.check_kinds(description)
@@ -228,8 +232,18 @@ def bundled_path(generation: str, name: str = DEFAULT_LIBRARY) -> Path:
 @functools.cache
 def bundled(generation: str, name: str = DEFAULT_LIBRARY) -> Interface:
     """The bundled interface of library ``name`` for a symbol generation
-    ("0.2" or "0.3"); raise LookupError if none is bundled."""
-    return load(bundled_path(generation, name), name)
+    ("0.2" or "0.3"); raise LookupError if none is bundled.
+
+    The build compiles the bundled descriptions (:mod:`.compile_descriptions`);
+    a file whose text is not the compiled one is parsed."""
+    path = bundled_path(generation, name)
+    text = cddl.read(path)
+    from ._descriptions import COMPILED
+
+    compiled = COMPILED.get(path.name)
+    if compiled is None or compiled[0] != text or compiled[1].prefix != name:
+        return build(text, str(path), name)
+    return _interface(compiled[1], str(path))
 
 
 def probe_method(interface: Interface, named: str | None = None) -> str:
