@@ -414,7 +414,9 @@ int mt_submit(mt_host *h, int method, uint64_t id, const uint8_t *payload, size_
 
 int mt_fd(mt_host *h) { return h->efd; }
 
-int64_t mt_drain(mt_host *h, uint8_t *buf, size_t cap) {
+int64_t mt_drain(mt_host *h, uint8_t *buf, size_t cap) { return mt_drain_more(h, buf, cap, NULL); }
+
+int64_t mt_drain_more(mt_host *h, uint8_t *buf, size_t cap, int *more) {
     uint64_t counter;
     ssize_t n = read(h->efd, &counter, sizeof counter); /* reset; EAGAIN is fine */
     (void)n;
@@ -430,10 +432,14 @@ int64_t mt_drain(mt_host *h, uint8_t *buf, size_t cap) {
         if (first) {
             int64_t need = 16 + (int64_t)first->len;
             pthread_mutex_unlock(&h->done_mu);
+            if (more)
+                *more = 1;
             return -need;
         }
         h->armed = 0;
         pthread_mutex_unlock(&h->done_mu);
+        if (more)
+            *more = 0;
         return 0;
     }
     h->done_head = d;
@@ -443,6 +449,10 @@ int64_t mt_drain(mt_host *h, uint8_t *buf, size_t cap) {
     }
     last->next = NULL;
     pthread_mutex_unlock(&h->done_mu);
+    /* Emptied (d == NULL): disarmed under the lock, so the next completion
+       writes the eventfd again and the caller may wait on it now. */
+    if (more)
+        *more = d != NULL;
     uint8_t *p = buf;
     for (d = first; d;) {
         struct done *next = d->next;

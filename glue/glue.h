@@ -67,6 +67,13 @@ int mt_fd(mt_host *h);
    0 before waiting on the eventfd again: the eventfd is only written when the
    queue goes from empty to non-empty. */
 int64_t mt_drain(mt_host *h, uint8_t *buf, size_t cap);
+/* mt_drain that also says whether to call it again: *more is 0 when this call
+   left the queue empty (it returned 0, or took the last waiting record; the
+   eventfd is then re-armed, so the caller may wait on it right away), 1 when
+   records are still waiting (the buffer was full, or it returned minus the
+   size of a record that did not fit). One call per wake-up instead of a last
+   one that returns 0. */
+int64_t mt_drain_more(mt_host *h, uint8_t *buf, size_t cap, int *more);
 void mt_get_status(mt_host *h, mt_status *out);
 /* Stop the submitter and destroy the context, waiting at most timeout_ms.
    0: destroyed; 1: the library returned an error; -1: timed out (the library's

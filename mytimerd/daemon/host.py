@@ -52,6 +52,8 @@ class LibraryHost:
         self.fd = -1
         self._cap = 1 << 18
         self._buf = ffi.new("uint8_t[]", self._cap)
+        #: mt_drain_more's out-parameter: 1 while results are left to drain.
+        self._more = ffi.new("int *")
         self._closed = False
 
     def start(
@@ -122,24 +124,30 @@ class LibraryHost:
         return lib.mt_submit(self._host, index, call_id, payload, len(payload)) == 0  # type: ignore[no-any-return]
 
     def results(self) -> list[Result]:
-        """Every result waiting now, as (call id, ret, body), in completion order."""
+        """Every result waiting now, as (call id, ret, body), in completion order.
+
+        One mt_drain_more per wake-up when the buffer holds them all: it says
+        when it left the queue empty (and the eventfd re-armed), so there is no
+        last call (an eventfd read, a lock) just to learn that nothing is left."""
         out: list[Result] = []
         unpack = _RECORD.unpack_from
+        more = self._more
         while True:
-            used = lib.mt_drain(self._host, self._buf, self._cap)
-            if used == 0:
-                return out
+            used = lib.mt_drain_more(self._host, self._buf, self._cap, more)
             if used < 0:  # one result larger than the buffer
                 self._cap = max(-used, self._cap * 2)
                 self._buf = ffi.new("uint8_t[]", self._cap)
                 continue
-            data = ffi.buffer(self._buf, used)[:]
-            pos = 0
-            while pos < used:
-                call_id, ret, size = unpack(data, pos)
-                start = pos + 16
-                pos = start + size
-                out.append((call_id, ret, data[start:pos]))
+            if used:
+                data = ffi.buffer(self._buf, used)[:]
+                pos = 0
+                while pos < used:
+                    call_id, ret, size = unpack(data, pos)
+                    start = pos + 16
+                    pos = start + size
+                    out.append((call_id, ret, data[start:pos]))
+            if not more[0]:
+                return out
 
     def status(self) -> Status:
         """The glue's counters and how long the current library call has run."""

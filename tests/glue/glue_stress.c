@@ -349,6 +349,33 @@ static int scenario_drainbuf(const char *path, int direct) {
     used = mt_drain(l.h, buf, 4 * (size_t)rec);
     check_version_records(buf, used, ID_BASE + 20, 1);
 
+    /* mt_drain_more says when the queue is left empty: no last call for 0 */
+    int more = -1;
+    CHECK(mt_drain_more(l.h, buf, 4 * (size_t)rec, &more) == 0 && more == 0, "empty: more 0");
+    for (int i = 0; i < 3; i++) {
+        CHECK(mt_submit(l.h, l.version, ID_BASE + 30 + (uint64_t)i, VERSION_REQ,
+                        sizeof VERSION_REQ) == 0, "submit");
+        wait_completed(l.h, 6 + (uint64_t)i);
+    }
+    CHECK(wait_readable(l.h, 5000), "no wake-up for three results");
+    more = -1;
+    CHECK(mt_drain_more(l.h, buf, 8, &more) == -rec && more == 1, "too small: more 1");
+    more = -1;
+    used = mt_drain_more(l.h, buf, 2 * (size_t)rec, &more);
+    check_version_records(buf, used, ID_BASE + 30, 2);
+    CHECK(more == 1, "one left: more 1");
+    more = -1;
+    used = mt_drain_more(l.h, buf, 4 * (size_t)rec, &more);
+    check_version_records(buf, used, ID_BASE + 32, 1);
+    CHECK(more == 0, "took the last: more 0");
+    /* emptied by a call that returned records: re-armed all the same */
+    CHECK(mt_submit(l.h, l.version, ID_BASE + 40, VERSION_REQ, sizeof VERSION_REQ) == 0, "submit");
+    CHECK(wait_readable(l.h, 5000), "no wake-up after mt_drain_more emptied the queue");
+    more = -1;
+    used = mt_drain_more(l.h, buf, 4 * (size_t)rec, &more);
+    check_version_records(buf, used, ID_BASE + 40, 1);
+    CHECK(more == 0, "more 0");
+
     CHECK(mt_shutdown(l.h, 5000) == 0, "mt_shutdown");
     free(buf);
     printf("PASS drainbuf direct=%d\n", direct);
