@@ -32,15 +32,14 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <sched.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "cbor.h"
+#include "ffi_runtime.h"
 #include "requests.h"
 
 enum { M_CTOR, M_VERSION, M_ECHO, M_COMPLEX, M_SCHEDULE };
@@ -78,13 +77,6 @@ typedef struct req {
     uint8_t inl[INLINE_PAYLOAD];
 } req_t;
 
-typedef struct {
-    uint64_t id;
-    char *name; /* NULL: wildcard (0.2), receives nothing (0.3) */
-    FFICallBack cb;
-    void *ud;
-} listener_t;
-
 /* 0.3: an event on its way to the event thread. */
 typedef struct ev {
     struct ev *next;
@@ -94,38 +86,28 @@ typedef struct ev {
     uint8_t body[];
 } ev_t;
 
+/* Listeners live in rt; a listener without a name is a wildcard (0.2) or
+ * receives nothing (0.3). */
 typedef struct ctx {
-    pthread_mutex_t mu;
-    pthread_cond_t cv_work; /* library thread waits here */
-    pthread_cond_t cv_done; /* handoff callers and destroy wait here */
+    ffi_ctx rt; /* first: the context's address is rt's */
     pthread_cond_t cv_turn; /* handoff callers wait here for their turn */
     req_t *qhead, *qtail;
     atomic_int qnonempty; /* lets the spinning library thread see work without the lock */
     req_t *freelist;
     int nfree;
-    int sleeping, stopping, cancel, exited;
-    int releasing; /* destroy started: handoff callers stop waiting */
-    int handoff;
+    int sleeping, cancel, exited;
     int handing_over; /* handoff: a caller is waiting for its request to be taken */
-    uint64_t submit_seq, handled_seq;
     int64_t grace_ms;
-    pthread_t thread;
     char *name;
     size_t name_len;
-    atomic_int users; /* ABI calls currently using this context */
 
     /* timer heap: library thread only */
     req_t **heap;
     size_t hn, hcap;
 
-    pthread_mutex_t lmu; /* listeners; held while they run (see remove) */
-    listener_t *lst;
-    size_t nl, lcap;
-    uint64_t next_id;
-
     int64_t stale_ns; /* 0.3: RET_STALE_WARN interval (0: never) */
 #if MT_GENERATION == 3
-    atomic_int nnamed; /* listeners with a name: events are queued only then */
+    /* events are queued only while rt.nnamed > 0 */
     pthread_t ethread; /* event thread: delivers events, nothing else */
     pthread_mutex_t emu;
     pthread_cond_t ecv;
@@ -134,87 +116,7 @@ typedef struct ctx {
 #endif
 } ctx_t;
 
-/* ---- registry of live contexts ------------------------------------------ */
-
-static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
-static ctx_t **reg;
-static size_t nreg, regcap;
-
-static int reg_add(ctx_t *c)
-{
-    int rc = 0;
-    pthread_mutex_lock(&reg_mu);
-    if (nreg == regcap) {
-        size_t ncap = regcap ? regcap * 2 : 8;
-        ctx_t **n = realloc(reg, ncap * sizeof *n);
-        if (!n)
-            rc = -1;
-        else
-            reg = n, regcap = ncap;
-    }
-    if (rc == 0)
-        reg[nreg++] = c;
-    pthread_mutex_unlock(&reg_mu);
-    return rc;
-}
-
-/* Looks the pointer up without dereferencing it; pins the context. */
-static ctx_t *acquire(void *p)
-{
-    ctx_t *found = NULL;
-    if (!p)
-        return NULL;
-    pthread_mutex_lock(&reg_mu);
-    for (size_t i = 0; i < nreg; i++) {
-        if (reg[i] == p) {
-            found = reg[i];
-            atomic_fetch_add(&found->users, 1);
-            break;
-        }
-    }
-    pthread_mutex_unlock(&reg_mu);
-    return found;
-}
-
-static void release(ctx_t *c) { atomic_fetch_sub(&c->users, 1); }
-
-static ctx_t *reg_remove(void *p)
-{
-    ctx_t *found = NULL;
-    pthread_mutex_lock(&reg_mu);
-    for (size_t i = 0; i < nreg; i++) {
-        if (reg[i] == p) {
-            found = reg[i];
-            reg[i] = reg[--nreg];
-            break;
-        }
-    }
-    if (nreg == 0) { /* leave no heap behind when idle */
-        free(reg);
-        reg = NULL;
-        regcap = 0;
-    }
-    pthread_mutex_unlock(&reg_mu);
-    return found;
-}
-
 /* ---- helpers ---------------------------------------------------------- */
-
-/* Set while this thread runs a library callback: ABI calls made from there
- * are rejected (RET_ERR, no callback) instead of deadlocking. */
-static __thread int tl_in_cb;
-
-static void call_cb(FFICallBack cb, int code, const void *msg, size_t len, void *ud)
-{
-    tl_in_cb++;
-    cb(code, (const char *)msg, len, ud);
-    tl_in_cb--;
-}
-
-static void call_err(FFICallBack cb, const char *text, void *ud)
-{
-    call_cb(cb, RET_ERR, text, strlen(text), ud);
-}
 
 static int64_t now_ns(void)
 {
@@ -296,12 +198,12 @@ static req_t *heap_pop(ctx_t *c)
  * (NULL name) included. 0.3: on the event thread, exact names only. The lock
  * is held while listeners run so that once remove returns, that listener is
  * never called again; add/remove from a callback are rejected, not
- * deadlocked (tl_in_cb). */
+ * deadlocked (ffi_in_cb). */
 static void deliver_event(ctx_t *c, const char *ev, int code, const void *body, size_t len)
 {
-    pthread_mutex_lock(&c->lmu);
-    for (size_t i = 0; i < c->nl; i++) {
-        listener_t *l = &c->lst[i];
+    pthread_mutex_lock(&c->rt.lmu);
+    for (size_t i = 0; i < c->rt.nl; i++) {
+        ffi_listener *l = &c->rt.lst[i];
 #if MT_GENERATION == 3
         if (!l->name || strcmp(l->name, ev) != 0)
             continue;
@@ -309,9 +211,9 @@ static void deliver_event(ctx_t *c, const char *ev, int code, const void *body, 
         if (l->name && strcmp(l->name, ev) != 0)
             continue;
 #endif
-        call_cb(l->cb, code, body, len, l->ud);
+        ffi_call_cb(l->cb, code, body, len, l->ud);
     }
-    pthread_mutex_unlock(&c->lmu);
+    pthread_mutex_unlock(&c->rt.lmu);
 }
 
 /* Fires an encoded event: delivered now (0.2) or handed to the event thread
@@ -323,7 +225,7 @@ static void fire_event(ctx_t *c, const char *ev, const mt_buf *b)
     size_t len = b->oom ? sizeof oom - 1 : b->len;
     int code = b->oom ? RET_ERR : RET_OK;
 #if MT_GENERATION == 3
-    if (atomic_load(&c->nnamed) == 0)
+    if (atomic_load(&c->rt.nnamed) == 0)
         return; /* nobody could receive it */
     ev_t *e = malloc(sizeof *e + len);
     if (!e)
@@ -372,15 +274,7 @@ static void *event_main(void *arg)
 }
 #endif
 
-static void reply_to(FFICallBack cb, void *ud, mt_buf *b, int code)
-{
-    if (b->oom)
-        call_err(cb, "out of memory encoding reply", ud);
-    else
-        call_cb(cb, code, b->p, b->len, ud);
-}
-
-static void reply(req_t *n, mt_buf *b, int code) { reply_to(n->cb, n->ud, b, code); }
+static void reply(req_t *n, mt_buf *b, int code) { ffi_reply(n->cb, n->ud, b, code); }
 
 static void finish_echo(ctx_t *c, req_t *n)
 {
@@ -439,7 +333,7 @@ static int stale_warning(ctx_t *c, req_t *n)
     char msg[24];
     int len = snprintf(msg, sizeof msg, "%" PRId64, elapsed / 1000000);
     n->warned++;
-    call_cb(n->cb, RET_STALE_WARN, msg, (size_t)len, n->ud);
+    ffi_call_cb(n->cb, RET_STALE_WARN, msg, (size_t)len, n->ud);
     return 1;
 }
 
@@ -447,7 +341,7 @@ static void finish_cancelled(req_t *n)
 {
     char msg[64];
     snprintf(msg, sizeof msg, "%s cancelled: context destroyed", method_name[n->method]);
-    call_err(n->cb, msg, n->ud);
+    ffi_call_err(n->cb, msg, n->ud);
 }
 
 /* Returns 1 when the node is finished, 0 when it moved into the timer heap. */
@@ -458,21 +352,12 @@ static int handle(ctx_t *c, req_t *n)
     int rc;
 
     if (n->method == M_CTOR) {
-        char addr[32];
-        mt_buf_init(&b);
-        snprintf(addr, sizeof addr, "%" PRIuPTR, (uintptr_t)c);
-        mt_cbor_ctext(&b, addr);
-        reply(n, &b, RET_OK);
+        ffi_reply_created(n->cb, n->ud, c);
         return 1;
     }
     mt_buf_init(&b);
     if (n->null_payload || n->oom) {
-        mt_buf_puts(&b, "CBOR decode failed for ");
-        mt_buf_puts(&b, req_type[n->method]);
-        mt_buf_puts(&b, n->oom ? ": out of memory copying a request of " : ": NULL payload pointer with length ");
-        mt_buf_put_u64(&b, n->len);
-        if (n->oom)
-            mt_buf_puts(&b, " bytes");
+        ffi_payload_error(&b, req_type[n->method], n->len, n->oom);
         reply(n, &b, RET_ERR);
         mt_buf_free(&b);
         return 1;
@@ -502,10 +387,7 @@ static int handle(ctx_t *c, req_t *n)
     }
     /* Trailing bytes after the request item are ignored, like the real library. */
     if (rc) {
-        mt_buf_puts(&b, "CBOR decode failed for ");
-        mt_buf_puts(&b, req_type[n->method]);
-        mt_buf_puts(&b, ": ");
-        mt_buf_puts(&b, d.err);
+        ffi_decode_error(&b, req_type[n->method], d.err);
         reply(n, &b, RET_ERR);
         mt_buf_free(&b);
         return 1;
@@ -551,7 +433,7 @@ static int handle(ctx_t *c, req_t *n)
     n->warned = 0;
     n->deadline_ns = next_wake(c, n);
     if (heap_push(c, n)) {
-        call_err(n->cb, "out of memory scheduling a timer", n->ud);
+        ffi_call_err(n->cb, "out of memory scheduling a timer", n->ud);
         return 1;
     }
     return 0;
@@ -575,7 +457,7 @@ static int fire_timer(ctx_t *c, req_t *n)
 
 static void recycle(ctx_t *c, req_t **done)
 {
-    /* caller holds c->mu */
+    /* caller holds c->rt.mu */
     while (*done) {
         req_t *n = *done;
         *done = n->next;
@@ -597,7 +479,7 @@ static void *lib_main(void *arg)
     ctx_t *c = arg;
     req_t *done = NULL;
 
-    pthread_mutex_lock(&c->mu);
+    pthread_mutex_lock(&c->rt.mu);
     for (;;) {
         recycle(c, &done);
         for (;;) { /* wait for work */
@@ -608,22 +490,22 @@ static void *lib_main(void *arg)
                     break;
                 c->sleeping = 1;
                 struct timespec ts = ns_to_ts(c->heap[0]->deadline_ns);
-                pthread_cond_timedwait(&c->cv_work, &c->mu, &ts);
+                pthread_cond_timedwait(&c->rt.cv_work, &c->rt.mu, &ts);
                 c->sleeping = 0;
-            } else if (c->stopping) {
+            } else if (c->rt.stopping) {
                 goto out;
             } else {
                 c->sleeping = 1;
-                pthread_cond_wait(&c->cv_work, &c->mu);
+                pthread_cond_wait(&c->rt.cv_work, &c->rt.mu);
                 c->sleeping = 0;
             }
         }
         req_t *batch = c->qhead;
         int cancel = c->cancel;
-        int handoff = c->handoff;
+        int handoff = c->rt.handoff;
         c->qhead = c->qtail = NULL;
         atomic_store_explicit(&c->qnonempty, 0, memory_order_relaxed);
-        pthread_mutex_unlock(&c->mu);
+        pthread_mutex_unlock(&c->rt.mu);
 
         while (batch) {
             req_t *n = batch;
@@ -633,10 +515,10 @@ static void *lib_main(void *arg)
                 done = n;
             }
             if (handoff) { /* the caller returns once its request was handled */
-                pthread_mutex_lock(&c->mu);
-                c->handled_seq = n->seq;
-                pthread_cond_broadcast(&c->cv_done);
-                pthread_mutex_unlock(&c->mu);
+                pthread_mutex_lock(&c->rt.mu);
+                c->rt.handled_seq = n->seq;
+                pthread_cond_broadcast(&c->rt.cv_done);
+                pthread_mutex_unlock(&c->rt.mu);
             }
         }
         int64_t now = now_ns();
@@ -664,13 +546,13 @@ static void *lib_main(void *arg)
                 break;
             sched_yield();
         }
-        pthread_mutex_lock(&c->mu);
+        pthread_mutex_lock(&c->rt.mu);
     }
 out:
     recycle(c, &done);
     c->exited = 1;
-    pthread_cond_broadcast(&c->cv_done);
-    pthread_mutex_unlock(&c->mu);
+    pthread_cond_broadcast(&c->rt.cv_done);
+    pthread_mutex_unlock(&c->rt.mu);
     return NULL;
 }
 
@@ -679,13 +561,13 @@ out:
 static req_t *new_node(ctx_t *c)
 {
     req_t *n = NULL;
-    pthread_mutex_lock(&c->mu);
+    pthread_mutex_lock(&c->rt.mu);
     if (c->freelist) {
         n = c->freelist;
         c->freelist = n->next;
         c->nfree--;
     }
-    pthread_mutex_unlock(&c->mu);
+    pthread_mutex_unlock(&c->rt.mu);
     if (!n)
         n = malloc(sizeof *n);
     return n;
@@ -699,14 +581,14 @@ static req_t *new_node(ctx_t *c)
  * are never handed over in a batch. destroy releases them all (releasing). */
 static void enqueue(ctx_t *c, req_t *n, int handoff)
 {
-    pthread_mutex_lock(&c->mu);
+    pthread_mutex_lock(&c->rt.mu);
     if (handoff) {
-        while (c->handing_over && !c->releasing)
-            pthread_cond_wait(&c->cv_turn, &c->mu);
+        while (c->handing_over && !c->rt.releasing)
+            pthread_cond_wait(&c->cv_turn, &c->rt.mu);
         c->handing_over = 1;
     }
     n->next = NULL;
-    n->seq = ++c->submit_seq;
+    n->seq = ++c->rt.submit_seq;
     if (c->qtail)
         c->qtail->next = n;
     else
@@ -714,54 +596,37 @@ static void enqueue(ctx_t *c, req_t *n, int handoff)
     c->qtail = n;
     atomic_store_explicit(&c->qnonempty, 1, memory_order_relaxed);
     if (c->sleeping)
-        pthread_cond_signal(&c->cv_work);
+        pthread_cond_signal(&c->rt.cv_work);
     if (handoff) {
         uint64_t seq = n->seq; /* n may be recycled once handled */
-        while (c->handled_seq < seq && !c->releasing)
-            pthread_cond_wait(&c->cv_done, &c->mu);
+        while (c->rt.handled_seq < seq && !c->rt.releasing)
+            pthread_cond_wait(&c->rt.cv_done, &c->rt.mu);
         c->handing_over = 0;
         pthread_cond_signal(&c->cv_turn);
     }
-    pthread_mutex_unlock(&c->mu);
+    pthread_mutex_unlock(&c->rt.mu);
 }
 
 static int submit(int method, void *ctx, FFICallBack cb, void *ud, const uint8_t *payload,
                   size_t len)
 {
-    if (tl_in_cb)
-        return RET_ERR; /* reentrant call: rejected without a callback */
-    if (!cb)
-        return RET_MISSING_CALLBACK;
-    ctx_t *c = acquire(ctx);
-    if (!c) {
-        call_err(cb, "ctx is not a valid FFI context", ud);
-        return RET_ERR;
-    }
+    int rc;
+    ctx_t *c = (ctx_t *)ffi_enter(ctx, cb, ud, &rc);
+    if (!c)
+        return rc;
     req_t *n = new_node(c);
     if (!n) {
-        release(c);
-        call_err(cb, "out of memory queueing a request", ud);
+        ffi_release(&c->rt);
+        ffi_call_err(cb, "out of memory queueing a request", ud);
         return RET_ERR;
     }
     n->method = method;
     n->cb = cb;
     n->ud = ud;
     n->len = len;
-    n->null_payload = payload == NULL && len > 0;
-    n->oom = 0;
-    n->payload = n->inl;
-    if (!n->null_payload && len > 0) {
-        /* the caller's buffer is only valid during the call */
-        if (len > sizeof n->inl) {
-            n->payload = malloc(len);
-            if (!n->payload)
-                n->oom = 1;
-        }
-        if (n->payload)
-            memcpy(n->payload, payload, len);
-    }
-    enqueue(c, n, c->handoff);
-    release(c);
+    n->payload = ffi_copy_payload(n->inl, sizeof n->inl, payload, len, &n->null_payload, &n->oom);
+    enqueue(c, n, c->rt.handoff);
+    ffi_release(&c->rt);
     return RET_OK;
 }
 
@@ -791,26 +656,23 @@ int MT_SYM(schedule)(void *ctx, FFICallBack cb, void *ud, const uint8_t *p, size
  * must already accept from the real library's quick handlers). */
 int my_timer_lib_version(FFICallBack cb, void *ud, const uint8_t *p, size_t len)
 {
-    if (tl_in_cb)
-        return RET_ERR; /* reentrant call: rejected without a callback */
-    if (!cb)
-        return RET_MISSING_CALLBACK;
+    int rc = ffi_check_call(cb);
+    if (rc != RET_OK)
+        return rc;
     mt_buf b;
     mt_buf_init(&b);
     if (!p && len > 0) {
-        mt_buf_puts(&b, "CBOR decode failed for MyTimerLibVersionReq: NULL payload pointer with length ");
-        mt_buf_put_u64(&b, len);
-        reply_to(cb, ud, &b, RET_ERR);
+        ffi_payload_error(&b, "MyTimerLibVersionReq", len, 0);
+        ffi_reply(cb, ud, &b, RET_ERR);
     } else {
         mt_dec d;
         mt_dec_init(&d, p, len);
         if (mt_decode_lib_version(&d)) {
-            mt_buf_puts(&b, "CBOR decode failed for MyTimerLibVersionReq: ");
-            mt_buf_puts(&b, d.err);
-            reply_to(cb, ud, &b, RET_ERR);
+            ffi_decode_error(&b, "MyTimerLibVersionReq", d.err);
+            ffi_reply(cb, ud, &b, RET_ERR);
         } else {
             mt_encode_version(&b);
-            reply_to(cb, ud, &b, RET_OK);
+            ffi_reply(cb, ud, &b, RET_OK);
         }
     }
     mt_buf_free(&b);
@@ -820,14 +682,6 @@ int my_timer_lib_version(FFICallBack cb, void *ud, const uint8_t *p, size_t len)
 
 /* ---- create / destroy --------------------------------------------------- */
 
-static void *ctor_fail(FFICallBack cb, void *ud, const char *fmt, const char *detail)
-{
-    char msg[MT_ERR_MAX + 128];
-    snprintf(msg, sizeof msg, fmt, detail);
-    call_err(cb, msg, ud);
-    return NULL;
-}
-
 static void ctx_free(ctx_t *c)
 {
     req_t *n;
@@ -835,9 +689,6 @@ static void ctx_free(ctx_t *c)
         c->freelist = n->next;
         free_node(n);
     }
-    for (size_t i = 0; i < c->nl; i++)
-        free(c->lst[i].name);
-    free(c->lst);
     free(c->heap);
     free(c->name);
 #if MT_GENERATION == 3
@@ -849,22 +700,15 @@ static void ctx_free(ctx_t *c)
     pthread_mutex_destroy(&c->emu);
     pthread_cond_destroy(&c->ecv);
 #endif
-    pthread_mutex_destroy(&c->mu);
-    pthread_mutex_destroy(&c->lmu);
-    pthread_cond_destroy(&c->cv_work);
-    pthread_cond_destroy(&c->cv_done);
     pthread_cond_destroy(&c->cv_turn);
+    ffi_ctx_destroy(&c->rt);
     free(c);
 }
 
 /* Stops an idle library thread (and the event thread, if started) and joins them. */
 static void stop_threads(ctx_t *c, int event_thread)
 {
-    pthread_mutex_lock(&c->mu);
-    c->stopping = 1;
-    pthread_cond_signal(&c->cv_work);
-    pthread_mutex_unlock(&c->mu);
-    pthread_join(c->thread, NULL);
+    ffi_stop_thread(&c->rt);
 #if MT_GENERATION == 3
     if (event_thread) {
         pthread_mutex_lock(&c->emu);
@@ -880,21 +724,12 @@ static void stop_threads(ctx_t *c, int event_thread)
 
 void *MT_SYM(create)(const uint8_t *payload, size_t len, FFICallBack cb, void *ud)
 {
-    if (tl_in_cb || !cb)
+    if (ffi_in_cb || !cb)
         return NULL; /* nowhere to report, or a reentrant call */
 
-    const char *mode = getenv("MY_TIMER_SUBMIT_MODE");
-    int handoff = 0;
-    if (mode && *mode && strcmp(mode, "async") != 0) {
-        if (strcmp(mode, "handoff") != 0) {
-            char q[80];
-            mt_quote(q, sizeof q, mode, strlen(mode));
-            return ctor_fail(cb, ud,
-                             "ffiCtor: invalid MY_TIMER_SUBMIT_MODE '%s' "
-                             "(expected 'async' or 'handoff')", q);
-        }
-        handoff = 1;
-    }
+    int handoff;
+    if (ffi_submit_mode("MY_TIMER_SUBMIT_MODE", cb, ud, &handoff))
+        return NULL;
     int64_t grace = DEFAULT_GRACE_MS;
     const char *gs = getenv("MY_TIMER_DESTROY_GRACE_MS");
     if (gs && *gs) {
@@ -904,9 +739,9 @@ void *MT_SYM(create)(const uint8_t *payload, size_t len, FFICallBack cb, void *u
         if (errno || *end || v < 0 || v > MAX_GRACE_MS) {
             char q[80];
             mt_quote(q, sizeof q, gs, strlen(gs));
-            return ctor_fail(cb, ud,
-                             "ffiCtor: invalid MY_TIMER_DESTROY_GRACE_MS '%s' "
-                             "(expected an integer from 0 to 3600000)", q);
+            return ffi_ctor_fail(cb, ud,
+                                 "ffiCtor: invalid MY_TIMER_DESTROY_GRACE_MS '%s' "
+                                 "(expected an integer from 0 to 3600000)", q);
         }
         grace = v;
     }
@@ -921,9 +756,9 @@ void *MT_SYM(create)(const uint8_t *payload, size_t len, FFICallBack cb, void *u
         if (errno || *end || v < 0 || v > MAX_STALE_MS) {
             char q[80];
             mt_quote(q, sizeof q, ss, strlen(ss));
-            return ctor_fail(cb, ud,
-                             "ffiCtor: invalid MY_TIMER_STALE_WARN_MS '%s' "
-                             "(expected an integer from 0 to 3600000)", q);
+            return ffi_ctor_fail(cb, ud,
+                                 "ffiCtor: invalid MY_TIMER_STALE_WARN_MS '%s' "
+                                 "(expected an integer from 0 to 3600000)", q);
         }
         stale_ms = v;
     }
@@ -931,73 +766,60 @@ void *MT_SYM(create)(const uint8_t *payload, size_t len, FFICallBack cb, void *u
     if (!payload && len > 0) {
         char det[64];
         snprintf(det, sizeof det, "NULL payload pointer with length %zu", len);
-        return ctor_fail(cb, ud, "ffiCtor: failed to decode request: %s", det);
+        return ffi_ctor_fail(cb, ud, "ffiCtor: failed to decode request: %s", det);
     }
     mt_dec d;
     mt_create_req r;
     mt_dec_init(&d, payload, len);
     if (mt_decode_create(&d, &r))
-        return ctor_fail(cb, ud, "ffiCtor: failed to decode request: %s", d.err);
+        return ffi_ctor_fail(cb, ud, "ffiCtor: failed to decode request: %s", d.err);
 
     ctx_t *c = calloc(1, sizeof *c);
     req_t *n = malloc(sizeof *n);
     char *name = malloc(r.name.n + 1);
     if (!c || !n || !name) {
         free(c), free(n), free(name);
-        return ctor_fail(cb, ud, "ffiCtor: %s", "out of memory");
+        return ffi_ctor_fail(cb, ud, "ffiCtor: %s", "out of memory");
     }
     memcpy(name, r.name.s, r.name.n);
     name[r.name.n] = 0;
     c->name = name;
     c->name_len = r.name.n;
-    c->handoff = handoff;
     c->grace_ms = grace;
     c->stale_ns = stale_ms * 1000000;
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_mutex_init(&c->mu, NULL);
-    pthread_mutex_init(&c->lmu, NULL);
-    pthread_cond_init(&c->cv_work, &ca);
-    pthread_cond_init(&c->cv_done, &ca);
+    ffi_ctx_init(&c->rt, handoff);
     pthread_cond_init(&c->cv_turn, NULL);
 #if MT_GENERATION == 3
     pthread_mutex_init(&c->emu, NULL);
     pthread_cond_init(&c->ecv, NULL);
 #endif
-    pthread_condattr_destroy(&ca);
 
-    /* The library's threads take no signals: they stay with the host's threads. */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    int err = pthread_create(&c->thread, NULL, lib_main, c);
+    int err = ffi_start_thread(&c->rt.thread, lib_main, c);
 #if MT_GENERATION == 3
-    int eerr = err ? 0 : pthread_create(&c->ethread, NULL, event_main, c);
+    int eerr = err ? 0 : ffi_start_thread(&c->ethread, event_main, c);
 #endif
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (err) {
         free(n);
         ctx_free(c);
-        return ctor_fail(cb, ud, "ffiCtor: cannot start the library thread: %s",
-                         strerror(err));
+        return ffi_ctor_fail(cb, ud, "ffiCtor: cannot start the library thread: %s",
+                             strerror(err));
     }
 #if MT_GENERATION == 3
-    if (eerr || reg_add(c)) {
+    if (eerr || ffi_reg_add(&c->rt)) {
         stop_threads(c, !eerr);
         free(n);
         ctx_free(c);
         if (eerr)
-            return ctor_fail(cb, ud, "ffiCtor: cannot start the event thread: %s",
-                             strerror(eerr));
-        return ctor_fail(cb, ud, "ffiCtor: %s", "out of memory");
+            return ffi_ctor_fail(cb, ud, "ffiCtor: cannot start the event thread: %s",
+                                 strerror(eerr));
+        return ffi_ctor_fail(cb, ud, "ffiCtor: %s", "out of memory");
     }
 #else
-    if (reg_add(c)) {
+    if (ffi_reg_add(&c->rt)) {
         stop_threads(c, 0);
         free(n);
         ctx_free(c);
-        return ctor_fail(cb, ud, "ffiCtor: %s", "out of memory");
+        return ffi_ctor_fail(cb, ud, "ffiCtor: %s", "out of memory");
     }
 #endif
     /* The RET_OK callback comes from the library thread, normally after we return. */
@@ -1012,40 +834,38 @@ void *MT_SYM(create)(const uint8_t *payload, size_t len, FFICallBack cb, void *u
 
 int my_timer_destroy(void *ctx)
 {
-    if (tl_in_cb || !ctx)
+    if (ffi_in_cb || !ctx)
         return RET_ERR; /* from a callback this would join our own thread */
-    ctx_t *c = reg_remove(ctx);
+    ctx_t *c = (ctx_t *)ffi_reg_remove(ctx);
     if (!c)
         return RET_ERR;
     /* New calls now see an invalid context. Calls already inside finish
      * queueing; handoff callers stop waiting, for the library thread or for
      * their turn (their request stays queued and is drained or cancelled
      * below), so a stuck library thread cannot hold them forever. */
-    pthread_mutex_lock(&c->mu);
-    c->releasing = 1;
-    pthread_cond_broadcast(&c->cv_done);
+    ffi_begin_release(&c->rt);
+    pthread_mutex_lock(&c->rt.mu);
     pthread_cond_broadcast(&c->cv_turn);
-    pthread_mutex_unlock(&c->mu);
-    while (atomic_load(&c->users) > 0)
-        usleep(100);
+    pthread_mutex_unlock(&c->rt.mu);
+    ffi_wait_unused(&c->rt);
 
-    pthread_mutex_lock(&c->mu);
-    c->stopping = 1;
-    pthread_cond_signal(&c->cv_work);
+    pthread_mutex_lock(&c->rt.mu);
+    c->rt.stopping = 1;
+    pthread_cond_signal(&c->rt.cv_work);
     struct timespec ts = ns_to_ts(now_ns() + c->grace_ms * 1000000);
     while (!c->exited) {
         if (!c->cancel) {
-            if (pthread_cond_timedwait(&c->cv_done, &c->mu, &ts) == ETIMEDOUT && !c->exited) {
+            if (pthread_cond_timedwait(&c->rt.cv_done, &c->rt.mu, &ts) == ETIMEDOUT && !c->exited) {
                 /* grace over: pending requests get their final RET_ERR now */
                 c->cancel = 1;
-                pthread_cond_signal(&c->cv_work);
+                pthread_cond_signal(&c->rt.cv_work);
             }
         } else {
-            pthread_cond_wait(&c->cv_done, &c->mu);
+            pthread_cond_wait(&c->rt.cv_done, &c->rt.mu);
         }
     }
-    pthread_mutex_unlock(&c->mu);
-    pthread_join(c->thread, NULL);
+    pthread_mutex_unlock(&c->rt.mu);
+    pthread_join(c->rt.thread, NULL);
 #if MT_GENERATION == 3
     /* every event is queued by now: the event thread delivers them all, then exits */
     pthread_mutex_lock(&c->emu);
@@ -1062,62 +882,10 @@ int my_timer_destroy(void *ctx)
 
 uint64_t my_timer_add_event_listener(void *ctx, const char *event, FFICallBack cb, void *ud)
 {
-    if (tl_in_cb || !cb)
-        return 0;
-    ctx_t *c = acquire(ctx);
-    if (!c)
-        return 0;
-    uint64_t id = 0;
-    char *name = NULL;
-    if (event && *event && !(name = strdup(event))) {
-        release(c);
-        return 0;
-    }
-    pthread_mutex_lock(&c->lmu);
-    if (c->nl == c->lcap) {
-        size_t ncap = c->lcap ? c->lcap * 2 : 4;
-        listener_t *l = realloc(c->lst, ncap * sizeof *l);
-        if (l)
-            c->lst = l, c->lcap = ncap;
-    }
-    if (c->nl < c->lcap) {
-        id = ++c->next_id;
-#if MT_GENERATION == 3
-        if (name)
-            atomic_fetch_add(&c->nnamed, 1);
-#endif
-        c->lst[c->nl++] = (listener_t){id, name, cb, ud};
-        name = NULL;
-    }
-    pthread_mutex_unlock(&c->lmu);
-    free(name);
-    release(c);
-    return id;
+    return ffi_add_listener(ctx, event, 1, cb, ud);
 }
 
 int my_timer_remove_event_listener(void *ctx, uint64_t id)
 {
-    if (tl_in_cb)
-        return RET_ERR;
-    ctx_t *c = acquire(ctx);
-    if (!c)
-        return RET_ERR;
-    int rc = RET_ERR;
-    pthread_mutex_lock(&c->lmu);
-    for (size_t i = 0; i < c->nl; i++) {
-        if (c->lst[i].id == id) {
-#if MT_GENERATION == 3
-            if (c->lst[i].name)
-                atomic_fetch_sub(&c->nnamed, 1);
-#endif
-            free(c->lst[i].name);
-            memmove(&c->lst[i], &c->lst[i + 1], (c->nl - i - 1) * sizeof c->lst[0]);
-            c->nl--;
-            rc = RET_OK;
-            break;
-        }
-    }
-    pthread_mutex_unlock(&c->lmu);
-    release(c);
-    return rc;
+    return ffi_remove_listener(ctx, id);
 }

@@ -15,7 +15,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import cbor2
 import cffi
 import pytest
 
+from tests.support.ffi_host import Host, Sink, cffi_region
 from tests.support.native import REPO_ROOT, TESTS_BUILD
 
 ECHO_DIR = REPO_ROOT / "native" / "echo"
@@ -114,82 +114,26 @@ def write_vector_file(generation: str, path: Path) -> int:
 
 def declarations(header: Path) -> str:
     """The header's CFFI region and ECHO_API prototypes, for cffi's cdef()."""
-    text = header.read_text()
-    m = re.search(r"/\* CFFI-BEGIN \*/(.*)/\* CFFI-END \*/", text, re.S)
-    assert m, f"CFFI region missing from {header}"
-    protos = [" ".join(d.split()) for d in re.findall(r"^ECHO_API\s+([^;]+;)", text, re.M)]
-    return m.group(1) + "\n".join(protos)
+    protos = [
+        " ".join(d.split()) for d in re.findall(r"^ECHO_API\s+([^;]+;)", header.read_text(), re.M)
+    ]
+    return cffi_region(header) + "\n".join(protos)
 
 
-@dataclass
-class Result:
-    code: int
-    body: bytes
-    thread: int
-
-
-@dataclass
-class Sink:
-    """The callbacks delivered for one userData handle."""
-
-    results: list[Result] = field(default_factory=list)
-    cond: threading.Condition = field(default_factory=threading.Condition)
-
-    def wait(self, n: int = 1, timeout: float = 10.0) -> list[Result]:
-        with self.cond:
-            ok = self.cond.wait_for(lambda: len(self.results) >= n, timeout * SLACK)
-        assert ok, f"expected {n} callbacks, got {self.results}"
-        return list(self.results)
-
-
-class Echo:
-    """One generation of libecho, loaded, with a callback dispatcher keyed by userData."""
+class Echo(Host):
+    """One generation of libecho, loaded, with the callback dispatcher."""
 
     def __init__(self, path: Path, generation: str) -> None:
         self.path = path
         self.generation = generation
-        self.ffi = cffi.FFI()
-        self.ffi.cdef(declarations(HEADERS[generation]))
-        self.lib = self.ffi.dlopen(str(path))
-        self._sinks: dict[int, Sink] = {}
-        self._next = 1
-        self._mu = threading.Lock()
-        self.active = 0  # callbacks running now, and how often two overlapped
-        self.overlaps = 0
-        self.hooks: dict[int, Callable[[int, bytes], None]] = {}
-
-        def _cb(code: int, msg: Any, length: int, ud: Any) -> None:
-            handle = int(self.ffi.cast("uintptr_t", ud))
-            body = bytes(self.ffi.buffer(msg, length)) if length else b""
-            with self._mu:
-                self.active += 1
-                if self.active > 1:
-                    self.overlaps += 1
-                sink = self._sinks.get(handle)
-            hook = self.hooks.get(handle)
-            if hook is not None:
-                hook(code, body)
-            if sink is not None:
-                with sink.cond:
-                    sink.results.append(Result(code, body, threading.get_ident()))
-                    sink.cond.notify_all()
-            with self._mu:
-                self.active -= 1
-
-        # referenced for the life of the library (cffi frees it otherwise)
-        self.cb = self.ffi.callback("void(int, const char *, size_t, void *)")(_cb)
+        ffi = cffi.FFI()
+        ffi.cdef(declarations(HEADERS[generation]))
+        super().__init__(ffi, slack=SLACK, default_timeout=10.0)
+        self.lib = ffi.dlopen(str(path))
 
     def fn(self, method: str) -> Any:
         """A context method or create by its generation's symbol name."""
         return getattr(self.lib, f"echo_{method}{SUFFIX[self.generation]}")
-
-    def sink(self) -> tuple[Any, Sink]:
-        with self._mu:
-            h = self._next
-            self._next += 1
-            s = Sink()
-            self._sinks[h] = s
-        return self.ffi.cast("void *", h), s
 
     def create(self, payload: bytes) -> tuple[Any, Sink]:
         ud, s = self.sink()
@@ -210,9 +154,6 @@ class Echo:
         """A 0.3 static call (no context): echo_<method>(cb, ud, req, len)."""
         ud, s = self.sink()
         return getattr(self.lib, f"echo_{method}")(self.cb, ud, payload, len(payload)), s
-
-    def handle(self, ud: Any) -> int:
-        return int(self.ffi.cast("uintptr_t", ud))
 
 
 _loaded: dict[str, Echo] = {}

@@ -7,9 +7,7 @@ import os
 import re
 import sys
 import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tests.support.ffi_host import Host, Sink, cffi_region
 from tests.support.native import HEADER, NATIVE_DIR, build_native, make_native
 
 # Timing bounds are the spec's; sanitizer reruns multiply them (slower code).
@@ -54,96 +53,18 @@ def prototypes(header: Path = HEADER, count: int = 8) -> str:
     return "\n".join(" ".join(d.split()) for d in decls)
 
 
-def cffi_region(header: Path = HEADER) -> str:
-    """The header's CFFI-BEGIN..CFFI-END region (typedef and RET_* defines)."""
-    text = header.read_text()
-    m = re.search(r"/\* CFFI-BEGIN \*/(.*)/\* CFFI-END \*/", text, re.S)
-    assert m, "CFFI region missing from the header"
-    return m.group(1)
-
-
-@dataclass
-class Result:
-    code: int
-    body: bytes
-    thread: int
-    at: float
-
-
-@dataclass
-class Sink:
-    """Collects callbacks delivered for one userData handle."""
-
-    results: list[Result] = field(default_factory=list)
-    cond: threading.Condition = field(default_factory=threading.Condition)
-
-    def wait(self, n: int = 1, timeout: float = 5.0) -> list[Result]:
-        with self.cond:
-            ok = self.cond.wait_for(lambda: len(self.results) >= n, timeout)
-        assert ok, f"expected {n} callbacks, got {len(self.results)}"
-        return list(self.results)
-
-    def wait_final(self, timeout: float = 5.0) -> list[Result]:
-        """Waits for a final callback (code != RET_STALE_WARN); returns them all."""
-
-        def done() -> bool:
-            return any(r.code != 3 for r in self.results)
-
-        with self.cond:
-            ok = self.cond.wait_for(done, timeout)
-        assert ok, f"no final callback, got {self.results}"
-        return list(self.results)
-
-
-class Native:
-    """The loaded library plus a callback dispatcher keyed by userData."""
+class Native(Host):
+    """libmy_timer of one generation, loaded, with the callback dispatcher."""
 
     def __init__(self, path: Path, generation: str = "0.2") -> None:
         self.generation = generation
         # 0.2: my_timer_echo_cbor, ...; 0.3: my_timer_echo, ... + my_timer_lib_version
         self.suffix = "_cbor" if generation == "0.2" else ""
         header, count = (HEADER, 8) if generation == "0.2" else (HEADER_03, 9)
-        self.ffi = cffi.FFI()
-        self.ffi.cdef(cffi_region(header) + prototypes(header, count))
-        self.lib = self.ffi.dlopen(str(path))
-        self._sinks: dict[int, Sink] = {}
-        self._next = 1
-        self._mu = threading.Lock()
-        self.order: list[tuple[int, int]] = []  # (handle, code) in delivery order
-        self.active = 0
-        self.overlaps = 0
-
-        def _cb(code: int, msg: Any, length: int, ud: Any) -> None:
-            handle = int(self.ffi.cast("uintptr_t", ud))
-            body = bytes(self.ffi.buffer(msg, length)) if length else b""
-            with self._mu:
-                self.active += 1
-                if self.active > 1:
-                    self.overlaps += 1
-                sink = self._sinks.get(handle)
-                self.order.append((handle, code))
-            hook = self.hooks.get(handle)
-            if hook is not None:  # before recording, so waiters see its effects
-                hook(code, body)
-            if sink is not None:
-                with sink.cond:
-                    sink.results.append(Result(code, body, threading.get_ident(), time.monotonic()))
-                    sink.cond.notify_all()
-            with self._mu:
-                self.active -= 1
-
-        # kept referenced for the life of the library (cffi frees it otherwise)
-        self.cb = self.ffi.callback("void(int, const char *, size_t, void *)")(_cb)
-        self.hooks: dict[int, Any] = {}
-
-    def sink(self) -> tuple[Any, Sink]:
-        """A fresh (userData, Sink) pair."""
-        with self._mu:
-            h = self._next
-            self._next += 1
-            s = Sink()
-            self._sinks[h] = s
-        return self.ffi.cast("void *", h), s
+        ffi = cffi.FFI()
+        ffi.cdef(cffi_region(header) + prototypes(header, count))
+        super().__init__(ffi)
+        self.lib = ffi.dlopen(str(path))
 
     def create(self, name: str | None = "demo", payload: bytes | None = None) -> tuple[Any, Sink]:
         import cbor2
@@ -165,9 +86,6 @@ class Native:
         ud, s = self.sink()
         rc = getattr(self.lib, f"my_timer_{method}")(self.cb, ud, payload, len(payload))
         return rc, s
-
-    def handle(self, ud: Any) -> int:
-        return int(self.ffi.cast("uintptr_t", ud))
 
 
 @pytest.fixture(scope="session")

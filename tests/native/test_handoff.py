@@ -12,8 +12,6 @@ reruns itself under ASan+UBSan and TSan (the last test).
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,10 +22,10 @@ import cbor2
 import pytest
 
 from tests.support.native import build_native
+from tests.support.sanitizers import run_pytest
 
 from .conftest import SLACK, Native, Sink, build_native_03
 from .test_gen03 import _check_vector, _quick_vectors
-from .test_sanitizers_fuzz import REPORT_MARKERS, _clean_env, _launcher
 
 RET_OK = 0
 
@@ -216,39 +214,11 @@ def test_handoff_under_sanitizer(variant: str) -> None:
         pytest.skip("already running against a sanitizer build")
     build_native(variant)
     build_native_03(variant)
-    runtime = subprocess.run(
-        ["gcc", f"-print-file-name=lib{variant}.so"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    assert Path(runtime).is_file(), f"sanitizer runtime not found: {runtime}"
-    env = _clean_env()
-    env["MYTIMER_NATIVE_VARIANT"] = variant
-    env["MYTIMER_TIMING_SLACK"] = "3"
-    env["LD_PRELOAD"] = runtime
-    # python itself is not instrumented: its allocations are not our leaks
-    env["ASAN_OPTIONS"] = "detect_leaks=0:halt_on_error=1:exitcode=66"
-    env["UBSAN_OPTIONS"] = "halt_on_error=1:print_stacktrace=1:exitcode=66"
-    env["TSAN_OPTIONS"] = "halt_on_error=1:exitcode=66"
     here = Path(__file__).resolve()
-    proc = subprocess.run(
-        [
-            *_launcher(variant),
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-x",
-            "-p",
-            "no:cacheprovider",
-            str(here),
-            "-k",
-            "not under_sanitizer",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
+    run_pytest(
+        variant,
+        "MYTIMER",
+        [str(here), "-k", "not under_sanitizer"],
         cwd=here.parents[2],
         timeout=240,
     )
-    output = proc.stdout + proc.stderr
-    reports = [m for m in REPORT_MARKERS if m in output]
-    assert proc.returncode == 0 and not reports, f"{variant} run failed:\n{output[-6000:]}"

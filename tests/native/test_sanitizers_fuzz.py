@@ -8,41 +8,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.support.native import NATIVE_BUILD, NATIVE_DIR, build_native, make_native
+from tests.support.sanitizers import clean_env, run_pytest, run_stress
 
 from .conftest import build_native_03
-
-REPORT_MARKERS = (
-    "ERROR: AddressSanitizer",
-    "ERROR: LeakSanitizer",
-    "runtime error:",
-    "WARNING: ThreadSanitizer",
-    "ERROR: ThreadSanitizer",
-    "UndefinedBehaviorSanitizer",
-    "SUMMARY: ",
-)
-
-
-def _launcher(variant: str) -> list[str]:
-    """TSan needs its fixed memory layout: on kernels with high mmap ASLR
-    entropy it dies with "unexpected memory mapping", so run it without ASLR."""
-    if variant == "tsan" and shutil.which("setarch"):
-        return ["setarch", os.uname().machine, "-R"]
-    return []
-
-
-def _clean_env() -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("MY_TIMER_", "LD_PRELOAD", "ASAN_", "TSAN_", "UBSAN_", "LSAN_"))
-    }
-    return env
 
 
 @pytest.mark.parametrize("generation", ["0.2", "0.3"])
@@ -54,21 +27,8 @@ def test_stress_harness_under_sanitizer(variant: str, generation: str) -> None:
     else:  # the same harness built with -DMT_GENERATION=3 (make GENERATION=0.3 <variant>)
         build_native_03(variant)
         exe = NATIVE_BUILD / variant / "stress-0.3"
-    env = _clean_env()
-    env["ASAN_OPTIONS"] = "halt_on_error=1:detect_leaks=1:abort_on_error=0:exitcode=66"
-    env["UBSAN_OPTIONS"] = "halt_on_error=1:print_stacktrace=1:exitcode=66"
-    env["TSAN_OPTIONS"] = "halt_on_error=1:exitcode=66:second_deadlock_stack=1"
     iterations = "20000" if variant == "asan" else "8000"
-    proc = subprocess.run(
-        [*_launcher(variant), str(exe), iterations],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=180,
-    )
-    output = proc.stdout + proc.stderr
-    reports = [m for m in REPORT_MARKERS if m in output]
-    assert proc.returncode == 0 and not reports, f"{variant} stress failed:\n{output[-6000:]}"
+    proc = run_stress(variant, [str(exe), iterations], timeout=180)
     assert "all scenarios passed" in proc.stdout
 
 
@@ -84,7 +44,7 @@ def test_fuzz_request_decoder(tmp_path: Path) -> None:
     assert len(list(corpus.iterdir())) >= 10, "seed corpus missing"
     work = tmp_path / "corpus"  # new inputs go here; the committed corpus is read-only input
     work.mkdir()
-    env = _clean_env()
+    env = clean_env()
     env["ASAN_OPTIONS"] = "halt_on_error=1:detect_leaks=1"
     env["UBSAN_OPTIONS"] = "halt_on_error=1:print_stacktrace=1"
     proc = subprocess.run(
@@ -121,29 +81,11 @@ def test_pytest_suite_under_sanitizer(variant: str) -> None:
     into a python subprocess with the sanitizer runtime preloaded."""
     build_native(variant)
     build_native_03(variant)
-    runtime = subprocess.run(
-        ["gcc", f"-print-file-name=lib{variant}.so"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    assert Path(runtime).is_file(), f"sanitizer runtime not found: {runtime}"
-    env = _clean_env()
-    env["MYTIMER_NATIVE_VARIANT"] = variant
-    env["MYTIMER_TIMING_SLACK"] = "3"
-    env["LD_PRELOAD"] = runtime
-    # python itself is not instrumented: its allocations are not our leaks
-    env["ASAN_OPTIONS"] = "detect_leaks=0:halt_on_error=1:exitcode=66"
-    env["UBSAN_OPTIONS"] = "halt_on_error=1:print_stacktrace=1:exitcode=66"
-    env["TSAN_OPTIONS"] = "halt_on_error=1:exitcode=66"
     here = Path(__file__).resolve().parent
-    proc = subprocess.run(
+    run_pytest(
+        variant,
+        "MYTIMER",
         [
-            *_launcher(variant),
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-x",
-            "-p",
-            "no:cacheprovider",
             str(here / "test_abi.py"),
             str(here / "test_hostile.py"),
             str(here / "test_lifecycle.py"),
@@ -153,12 +95,6 @@ def test_pytest_suite_under_sanitizer(variant: str) -> None:
             # warning); the knob-driven stale tests cover the same code
             "not default_grace and not thousand and not stale_warning_vector_in_real_time",
         ],
-        capture_output=True,
-        text=True,
-        env=env,
         cwd=here.parents[1],
         timeout=240,
     )
-    output = proc.stdout + proc.stderr
-    reports = [m for m in REPORT_MARKERS if m in output]
-    assert proc.returncode == 0 and not reports, f"{variant} pytest run failed:\n{output[-6000:]}"
