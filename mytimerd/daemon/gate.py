@@ -98,10 +98,9 @@ def hand_over(
 
 def _refuse(conn: socket.socket, frame: bytes) -> None:
     """Read what the client already sent (closing with it unread would reset
-    the connection), answer, close."""
-    conn.setblocking(False)
+    the connection), answer, close; never waiting (MSG_DONTWAIT)."""
     with contextlib.suppress(OSError):
-        conn.recv(_DROP)
+        conn.recv(_DROP, socket.MSG_DONTWAIT)
     with contextlib.suppress(OSError):
-        conn.send(frame)
+        conn.send(frame, socket.MSG_DONTWAIT)
     conn.close()

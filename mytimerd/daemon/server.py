@@ -147,7 +147,8 @@ class Server:
         self._last_watchdog = -math.inf
         self._servers: list[asyncio.Server] = []
         self._gates: list[UnixGate] = []
-        self._early_frames: dict[int, bytes] = {}
+        # uid -> (message, frame) of the gate's PermissionDenied.
+        self._early: dict[int, tuple[str, bytes]] = {}
         # Connections accepted at the drain, until their protocol is made.
         self._accepting: set[asyncio.Task[None]] = set()
         self._daemon_methods: dict[str, Callable[[Server], Any]] = {
@@ -235,17 +236,20 @@ class Server:
         origin = f"uid:{uid}"
         if not self.admission.refuses(uid, gid) or not self.admission.lingering_full(origin):
             return None
-        err = permission_denied(uid)
+        early = self._early.get(uid)
+        if early is None:  # a flood comes from few uids: each answer is made once
+            if len(self._early) >= 64:
+                self._early.clear()
+            err = permission_denied(uid)
+            early = self._early[uid] = (
+                err.message,
+                wire.encode_response(wire.RET_ERR, err.body()),
+            )
         self.stats.connection_accepted()
-        self.stats.connection_refused(err.name)
+        self.stats.connection_refused("PermissionDenied")
         self.stats.connection_closed("refused")
-        self.refusals(err.name, origin, "(connection)", err.message)
-        frame = self._early_frames.get(uid)
-        if frame is None:  # a flood comes from few uids: answer each from a cache
-            if len(self._early_frames) >= 64:
-                self._early_frames.clear()
-            frame = self._early_frames[uid] = wire.encode_response(wire.RET_ERR, err.body())
-        return frame
+        self.refusals("PermissionDenied", origin, "(connection)", early[0])
+        return early[1]
 
     def begin_handshake(self, conn: Connection) -> bool:
         """A TLS client connected: count its handshake, or close it at once
