@@ -16,9 +16,12 @@ import pwd
 from typing import Final
 
 from ..protocol.errors import DaemonError
+from ..protocol.limits import Limits
 from .config import Config
 from .connection import Connection
 from .shares import Budget
+
+_DEFAULT_PER_PEER: Final = Limits().max_connections_per_peer
 
 
 def fd_reserve(fd_limit: int) -> int:
@@ -81,8 +84,9 @@ class Admission:
         self._fd_budget = (
             math.inf if config.fd_limit is None else config.fd_limit - fd_reserve(config.fd_limit)
         )
-        # The descriptor limit is a budget too: no peer takes more than half of it.
-        if self._fd_budget < math.inf:
+        # The descriptor limit is a budget too: by default no peer takes more
+        # than half of it; a share the operator set is taken as it is.
+        if self._fd_budget < math.inf and limits.max_connections_per_peer == _DEFAULT_PER_PEER:
             self.connections.share = int(
                 min(self.connections.share, max(1, self._fd_budget // 2))
             )

@@ -54,9 +54,9 @@ class Limits:
         "--max-connections-per-peer",
         "connections",
         "Connections one peer may hold at once, TLS handshakes under way included (per "
-        "uid on unix sockets, from SO_PEERCRED; per address on TCP), and never more than "
-        "half of what the descriptor limit leaves for connections; more are answered "
-        "TooManyConnections and closed.",
+        "uid on unix sockets, from SO_PEERCRED; per address on TCP); left at its default, "
+        "also never more than half of what the descriptor limit leaves for connections. "
+        "More are answered TooManyConnections and closed.",
     )
     max_tls_handshakes: int = _limit(
         1024,
