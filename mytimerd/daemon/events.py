@@ -107,7 +107,7 @@ class EventHub:
         self.cut_off = 0
         #: Called with (subscriber's connection, error) to end a slow subscriber.
         self.on_cut_off: Callable[[Connection, DaemonError], None] = lambda c, e: None
-        #: The longest fan-out slice so far in this window (seconds), for loop lag.
+        #: Called with how long each fan-out slice took (seconds), for the loop-lag watch.
         self.on_slice: Callable[[float], None] = lambda seconds: None
 
     @property

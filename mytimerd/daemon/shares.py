@@ -129,48 +129,27 @@ class CallLedger:
 
     def check_call(self, peer: str, size: int) -> DaemonError | None:
         """Why a call of ``size`` request bytes by ``peer`` cannot be held now."""
-        calls, nbytes = self.calls, self.bytes
-        # Budget.check of both, inlined: this runs once per library call.
-        if (
-            calls.total + 1 <= calls.limit
-            and calls._held.get(peer, 0) + 1 <= calls.share
-            and nbytes.total + size <= nbytes.limit
-            and nbytes._held.get(peer, 0) + size <= nbytes.share
-        ):
-            return None
-        for budget, amount in ((calls, 1), (nbytes, size)):
-            verdict = budget.check(peer, amount)
-            if verdict != "ok":
-                return refusal(budget, verdict, peer, "Overloaded")
+        verdict = self.calls.check(peer)
+        if verdict != "ok":
+            return refusal(self.calls, verdict, peer, "Overloaded")
+        verdict = self.bytes.check(peer, size)
+        if verdict != "ok":
+            return refusal(self.bytes, verdict, peer, "Overloaded")
         return None
 
     def hold(self, call_id: int, peer: str, size: int) -> None:
         """The library took call ``call_id`` (checked by :meth:`check_call`)."""
         self._held[call_id] = (size, peer)
-        # Budget.take of both, inlined (once per library call).
-        calls, nbytes = self.calls, self.bytes
-        calls.total += 1
-        held = calls._held
-        held[peer] = held.get(peer, 0) + 1
-        nbytes.total += size
-        held = nbytes._held
-        held[peer] = held.get(peer, 0) + size
+        self.calls.take(peer)
+        self.bytes.take(peer, size)
 
     def release(self, call_id: int) -> None:
         """The library answered call ``call_id`` (unknown ids are ignored)."""
         held = self._held.pop(call_id, None)
-        if held is None:
-            return
-        size, peer = held
-        # Budget.give of both, inlined (once per library call).
-        for budget, amount in ((self.calls, 1), (self.bytes, size)):
-            budget.total -= amount
-            holders = budget._held
-            left = holders.get(peer, 0) - amount
-            if left > 0:
-                holders[peer] = left
-            else:
-                holders.pop(peer, None)
+        if held is not None:
+            size, peer = held
+            self.calls.give(peer)
+            self.bytes.give(peer, size)
 
     def rebuffer(self, peer: str, delta: int) -> DaemonError | None:
         """``peer`` buffers ``delta`` more bytes of unfinished frames (counted
