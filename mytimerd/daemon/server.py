@@ -481,8 +481,7 @@ class Server:
         touched: dict[Connection, None] = {}  # ordered: answers go out as they came
         pending = self.pending
         release = self.ledger.release
-        encode = wire.encode_response
-        record = self.stats.record
+        finish = self._finish
         clock = self.clock
         debug = log.isEnabledFor(logging.DEBUG)
         for _ in range(min(RESULTS_SLICE, len(results))):
@@ -497,21 +496,16 @@ class Server:
                 else:  # answered Timeout already
                     self.stats.late_result()
                 continue
-            # _finish, inlined: this loop runs once per call.
+            finish(call, ret, body)
             conn = call.conn
-            conn.complete(call.place, encode(ret, body))
-            if ret == wire.RET_OK:
-                record(call.method, OK, clock() - call.started)
-            else:
-                record(call.method, LIBRARY_ERROR, clock() - call.started)
-                if debug:
-                    log.debug(
-                        "library error in %s for %s: %s",
-                        call.method,
-                        conn.peer,
-                        body.decode("utf-8", "replace"),
-                        extra={"METHOD": call.method, "PEER": conn.peer},
-                    )
+            if ret != wire.RET_OK and debug:
+                log.debug(
+                    "library error in %s for %s: %s",
+                    call.method,
+                    conn.peer,
+                    body.decode("utf-8", "replace"),
+                    extra={"METHOD": call.method, "PEER": conn.peer},
+                )
             touched[conn] = None
         for conn in touched:
             conn.deliver()
