@@ -205,16 +205,24 @@ def _time_bound(seconds: float) -> Iterator[None]:
         yield
         return
 
+    expired = False
+
     def expire(signum: int, frame: FrameType | None) -> None:
+        nonlocal expired
+        expired = True
         raise _TooSlow
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    # The timer repeats: a handler that fires inside a callback which swallows
+    # exceptions (a gc callback, a __del__) raises again a moment later.
+    signal.setitimer(signal.ITIMER_REAL, seconds, min(seconds, 0.05))
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+    if expired:  # the block ended anyway, but too late
+        raise _TooSlow
 
 
 def parse(
