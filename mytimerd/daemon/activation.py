@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Final
 
 from ..protocol.address import Address, TcpAddress, UnixAddress
+from . import handover
 
 
 class ActivationError(Exception):
@@ -93,10 +94,12 @@ def _check_handed(fd: int, name: str) -> socket.socket:
     return sock
 
 
-def from_systemd() -> list[Listener] | None:
-    """The sockets systemd passed (LISTEN_FDS), or None when there are none.
+def from_systemd() -> tuple[list[Listener], list[tuple[int, str]]] | None:
+    """The sockets systemd passed (LISTEN_FDS), or None when there are none:
+    the listeners, and what a previous instance put in the file descriptor
+    store (descriptor, name; see :mod:`.handover`), which are not listeners.
 
-    Every socket is checked before any is used, so a unit that hands over
+    Every listener is checked before any is used, so a unit that hands over
     something unservable fails at start-up with a message naming it.
     """
     if "LISTEN_FDS" not in os.environ:
@@ -110,11 +113,15 @@ def from_systemd() -> list[Listener] | None:
     if not fds:
         return None
     listeners = []
+    stored = []
     for fd, name in sorted(fds.items()):
+        if name in handover.NAMES:
+            stored.append((fd, name))
+            continue
         sock = _check_handed(fd, name)
         sock.setblocking(False)
         listeners.append(Listener(sock, name, socket_label(sock)))
-    return listeners
+    return listeners, stored
 
 
 def _bind_unix(path: Path, mode: int, group: int | None) -> Listener:

@@ -32,7 +32,7 @@ from ..protocol.address import (
 from ..protocol.cddl import CDDLError
 from ..protocol.limits import Limits
 from ..protocol.schema import Interface
-from . import activation
+from . import activation, handover
 from .config import (
     DEFAULT_NAME,
     Config,
@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config-file",
         metavar="FILE",
         type=Path,
-        help="the constructor's request as a TOML table ([config] prefix = \"demo\"), "
+        help='the constructor\'s request as a TOML table ([config] prefix = "demo"), '
         "or JSON if FILE ends in .json",
     )
     served.add_argument(
@@ -432,11 +432,13 @@ async def serve(
     library: LibraryHost,
     interface: Interface,
     tls: ssl.SSLContext | None,
+    stored: list[tuple[int, str]],
 ) -> None:
-    """Serve until SIGTERM/SIGINT, then drain."""
+    """Serve until SIGTERM/SIGINT, then drain (or hand over; see
+    :func:`fd_store`). ``stored``: what a previous instance handed over."""
     notify = Notifier()
     server = Server(config, library, interface, notify, tls=tls)
-    await server.start(listeners)
+    await server.start(listeners, stored)
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(LoopErrors())
     stop = asyncio.Event()
@@ -493,7 +495,7 @@ async def serve(
         connections,
         extra={"IN_FLIGHT": in_flight, "CONNECTIONS": connections},
     )
-    await server.shutdown()
+    await server.shutdown(fd_store(config, listeners, notify))
     closed = server.stats.closed
     log.info(
         "stopped: %d calls answered since start; connections closed: %s",
@@ -501,6 +503,22 @@ async def serve(
         ", ".join(f"{n} {reason}" for reason, n in sorted(closed.items())) or "none",
         extra={"ANSWERED": server.stats.answered()},
     )
+
+
+def fd_store(
+    config: Config, listeners: list[activation.Listener], notify: Notifier
+) -> handover.Store | None:
+    """systemd's file descriptor store, when connections can go there: run
+    by systemd, with sockets it keeps open for the next instance, and room
+    (systemd 254 and later say how much in $FDSTORE; before, --fd-store-max)."""
+    capacity = config.limits.fd_store_max
+    with contextlib.suppress(ValueError):
+        capacity = int(os.environ.get("FDSTORE", capacity))
+    if not notify.enabled or capacity < 2:
+        return None
+    if all(listener.name == activation.BOUND for listener in listeners):
+        return None  # a socket this process bound dies with it: nobody would resume
+    return handover.Store(capacity, notify.with_fds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -513,9 +531,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TLSConfigError as exc:
         log.error("%s", exc)
         return EXIT_SOCKETS
+    stored: list[tuple[int, str]] = []
     try:
-        listeners = activation.from_systemd()
-        if listeners is None:
+        handed = activation.from_systemd()
+        listeners: list[activation.Listener] = []
+        if handed is not None:
+            listeners, stored = handed
+        if not listeners:
             listeners = activation.bind(
                 list(config.addresses) or [UnixAddress(str(default_unix_path()))],
                 config.socket_mode,
@@ -569,9 +591,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.event_loop == "uvloop":
             import uvloop
 
-            uvloop.run(serve(config, listeners, library, interface, tls))
+            uvloop.run(serve(config, listeners, library, interface, tls, stored))
         else:
-            asyncio.run(serve(config, listeners, library, interface, tls))
+            asyncio.run(serve(config, listeners, library, interface, tls, stored))
     finally:
         # The drain is over: a second signal must not interrupt the teardown,
         # which is bounded by its own timeout.

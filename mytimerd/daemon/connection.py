@@ -37,6 +37,7 @@ from typing import Any, Final, Protocol, cast
 
 from ..protocol import wire
 from ..protocol.limits import Limits
+from .handover import Resume
 from .tls import certificate_names
 from .tlslayer import TLSLayer
 
@@ -81,6 +82,9 @@ class State(enum.Enum):
     STREAMING = "streaming"
     #: The daemon is stopping: no new requests; what is owed goes out.
     DRAINING = "draining"
+    #: The daemon is stopping and will hand the connection to the next
+    #: instance: nothing more is read, what was read is answered.
+    HOLDING = "holding"
     #: A last answer is queued: flush, half-close, discard input, then close.
     ENDING = "ending"
     CLOSED = "closed"
@@ -91,6 +95,7 @@ class State(enum.Enum):
 _SERVING: Final = State.SERVING
 _STREAMING: Final = State.STREAMING
 _DRAINING: Final = State.DRAINING
+_HOLDING: Final = State.HOLDING
 _ENDING: Final = State.ENDING
 
 
@@ -155,8 +160,13 @@ class Host(Protocol):
 class Connection(asyncio.Protocol):
     """One client connection: frames in, answers out in request order."""
 
-    def __init__(self, host: Host, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, host: Host, tls: ssl.SSLContext | None = None, resume: Resume | None = None
+    ) -> None:
+        """``resume``: where the previous instance left this connection
+        (taken back from systemd's store), for the host to apply at admission."""
         self.host = host
+        self.resume = resume
         self._tls = tls
         #: What the client certificate names (TLS only; None on plain connections).
         self.tls_names: list[str] | None = None
@@ -247,7 +257,7 @@ class Connection(asyncio.Protocol):
 
     def _receive(self, data: bytes) -> None:
         state = self.state
-        if state is not _SERVING:
+        if state is not _SERVING and state is not _HOLDING:
             if state is _STREAMING:
                 if self._parser.buffered + len(data) > STREAM_READ_MAX:
                     # A subscriber has nothing to say: refuse before buffering any of it.
@@ -314,7 +324,7 @@ class Connection(asyncio.Protocol):
         """Write what is next in order; start held requests and read again
         once the limits allow."""
         self._flush()
-        if self._backlog and _reading(self.state):
+        if self._backlog and (_reading(self.state) or self.state is _HOLDING):
             self._dispatch()
         if (
             not self._backlog
@@ -336,6 +346,11 @@ class Connection(asyncio.Protocol):
         self._answers.append(ResponsePlace(frame))
 
     @property
+    def plaintext(self) -> bool:
+        """Whether the connection is served without TLS."""
+        return self._tls is None
+
+    @property
     def seen_frame(self) -> bool:
         """Whether the client has sent a whole frame yet."""
         return self._seen_frame
@@ -350,7 +365,8 @@ class Connection(asyncio.Protocol):
         """SERVING -> STREAMING: from now on events go out and a call ends
         the connection. Its buffers shrink so that a subscriber that does
         not read shows backpressure within :data:`STREAM_BUFFER` bytes."""
-        self.state = State.STREAMING
+        if self.state is not _HOLDING:  # a subscribe read before the hold
+            self.state = State.STREAMING
         transport = self._transport
         if transport is None:
             return
@@ -392,7 +408,7 @@ class Connection(asyncio.Protocol):
         if self.state is State.HANDSHAKE:
             self.close("shutdown")
             return
-        if not _reading(self.state):
+        if not (_reading(self.state) or self.state is _HOLDING):
             return
         self.state = State.DRAINING
         # Requests read after this are answered ShuttingDown, up to what one
@@ -403,6 +419,47 @@ class Connection(asyncio.Protocol):
         # Requests held back in the kernel by the in-flight limit are read and
         # answered now (behind the calls in flight), not left unanswered.
         self.deliver()
+
+    def hold(self) -> bool:
+        """SERVING/STREAMING -> HOLDING, for a hand-over to the next instance:
+        read nothing more; what was read is still answered. False (nothing
+        changes) for a connection in any other state."""
+        if not _reading(self.state) or self._peer_eof:
+            return False
+        self.state = State.HOLDING
+        self._pause_reading()
+        return True
+
+    def quiet(self) -> bool:
+        """HOLDING, owed nothing, and every answer taken by the kernel: the
+        socket can change hands without a byte lost."""
+        transport = self._transport
+        return (
+            self.state is _HOLDING
+            and not self._answers
+            and not self._backlog
+            and transport is not None
+            and not transport.get_write_buffer_size()
+        )
+
+    def detach(self) -> tuple[int, bytes]:
+        """A :meth:`quiet` connection is about to leave this process: a new
+        descriptor of its socket (the caller passes it on and closes it) and
+        the bytes of a frame received in part. Nothing changes here until
+        :meth:`let_go`."""
+        transport = self._transport
+        assert transport is not None and self.state is _HOLDING
+        return os.dup(transport.get_extra_info("socket").fileno()), self._parser.pending()
+
+    def let_go(self) -> None:
+        """The connection was handed over: close it here ("handover")
+        without the client seeing it, since its socket lives on elsewhere."""
+        self.close_reason = "handover"
+        transport = self._transport
+        if transport is not None:
+            transport.abort()
+        else:
+            self._gone("handover")
 
     def finish(self, frame: bytes | None = None) -> None:
         """-> ENDING: send ``frame`` (if any) after every answer owed, then
@@ -480,13 +537,20 @@ class Connection(asyncio.Protocol):
         handle = self.host.handle
         while backlog and not self._write_paused:
             state = self.state
-            # Serving, streaming, or the one read of a draining connection.
-            if not (state is _SERVING or state is _STREAMING or state is _DRAINING):
+            # Serving, streaming, holding, or the one read of a draining connection.
+            if not (
+                state is _SERVING or state is _STREAMING or state is _DRAINING or state is _HOLDING
+            ):
                 break
             while (
                 backlog
                 and len(answers) < limit
-                and (state is _SERVING or state is _STREAMING or state is _DRAINING)
+                and (
+                    state is _SERVING
+                    or state is _STREAMING
+                    or state is _DRAINING
+                    or state is _HOLDING
+                )
             ):
                 event = backlog.popleft()
                 if type(event) is wire.Request:

@@ -157,6 +157,20 @@ class EventHub:
             self._wanted[i] -= 1
         self.budget.give(sub.peer)
 
+    def unsent(self, conn: Connection) -> tuple[list[str], bytes] | None:
+        """For a hand-over: the events ``conn`` subscribed to and every event
+        it has not been given yet; None if it is not a subscriber."""
+        sub = self.subscribers.get(conn)
+        if sub is None:
+            return None
+        start = sub.cursor - self._base
+        if sub.names is None:
+            return list(self._names), b"".join(self._frames[start:])
+        names = sub.names
+        pairs = zip(self._index[start:], self._frames[start:], strict=True)
+        owed = [frame for index, frame in pairs if index in names]
+        return [self._names[i] for i in sorted(names)], b"".join(owed)
+
     # publishing ---------------------------------------------------------------
 
     def publish(self, index: int, body: bytes) -> None:

@@ -14,6 +14,7 @@ import asyncio
 import collections
 import logging
 import math
+import os
 import socket
 import ssl
 import time
@@ -23,14 +24,15 @@ from typing import Any, Final
 
 import cbor2
 
+from .. import __version__
 from ..protocol import wire
 from ..protocol.errors import DaemonError
 from ..protocol.schema import Interface
-from . import introspection
+from . import handover, introspection
 from .activation import BOUND, Listener
 from .admission import Admission, permission_denied
 from .config import Config
-from .connection import LONG_CALLBACK, Connection, ResponsePlace
+from .connection import LONG_CALLBACK, Connection, ResponsePlace, State
 from .events import EventHub
 from .gate import UnixGate, hand_over
 from .health import Health
@@ -68,6 +70,11 @@ class Call:
     place: ResponsePlace
     method: str
     started: float
+
+
+def _reading_state(conn: Connection) -> bool:
+    """Whether ``conn`` still serves (one that could have been handed over)."""
+    return conn.state in (State.SERVING, State.STREAMING)
 
 
 def _no_notify(message: str) -> None:
@@ -167,9 +174,17 @@ class Server:
 
     # start-up ---------------------------------------------------------------
 
-    async def start(self, listeners: list[Listener]) -> None:
-        """Learn the library's version, start the tick, accept on every listener."""
+    async def start(
+        self, listeners: list[Listener], stored: list[tuple[int, str]] | None = None
+    ) -> None:
+        """Learn the library's version, take back the connections a previous
+        instance left in systemd's store (``stored``: descriptor, name),
+        start the tick, accept on every listener."""
         self.library_version = await self._ask_version()
+        if stored:
+            # Before the library's results are read: a resumed subscriber
+            # misses none of this instance's events.
+            await self._adopt(stored)
         loop = asyncio.get_running_loop()
         loop.add_reader(self.library.fd, self.on_results)
         self._schedule_tick()
@@ -186,6 +201,84 @@ class Server:
                     backlog=socket.SOMAXCONN,
                 )
             )
+
+    async def _adopt(self, stored: list[tuple[int, str]]) -> None:
+        """Resume the connections of systemd's store with the state stored
+        beside them; close those the state does not describe (a crash in the
+        middle of a hand-over, another version's state): never guess where a
+        client's frames begin."""
+        # Out of the store first: should this instance die, the next must not
+        # resume them a second time from a state that is stale by then.
+        for name in sorted(handover.NAMES):
+            self.notify(f"FDSTOREREMOVE=1\nFDNAME={name}")
+        conns = [fd for fd, name in stored if name == handover.CONN_NAME]
+        states = [fd for fd, name in stored if name == handover.STATE_NAME]
+        resumes: dict[int, handover.Resume] = {}
+        why = ""
+        if len(states) != 1:
+            why = "no state was stored with them" if not states else f"{len(states)} states"
+            for fd in states:
+                os.close(fd)
+        else:
+            limit = handover.state_limit(
+                self.limits.max_connections, self.limits.max_buffered_bytes
+            )
+            try:
+                version, resumes = handover.decode(handover.read_state(states[0], limit))
+            except handover.HandoverError as exc:
+                why = f"their state is unusable: {exc}"
+            else:
+                if version != __version__:
+                    log.info("taking back connections from mytimerd %s", version)
+        taken = 0
+        for fd in conns:
+            try:
+                resume = resumes.get(handover.inode_of(fd))
+            except OSError:
+                resume = None
+            if resume is None:
+                os.close(fd)
+                continue
+            hand_over(socket.socket(fileno=fd), self._resumed(resume), self._accepting)
+            taken += 1
+        if self._accepting:
+            await asyncio.wait(list(self._accepting))
+        if why:
+            log.error(
+                "closed %d connections from systemd's file descriptor store: %s",
+                len(conns),
+                why,
+                extra={"HANDOVER_CLOSED": len(conns)},
+            )
+        elif taken or conns:
+            log.info(
+                "took back %d connections from systemd's file descriptor store%s",
+                taken,
+                f" (closed {len(conns) - taken} the state does not describe)"
+                if taken < len(conns)
+                else "",
+                extra={"HANDOVER_TAKEN": taken},
+            )
+
+    def _resumed(self, resume: handover.Resume) -> Callable[[], Connection]:
+        """The protocol factory of one resumed connection."""
+        return lambda: Connection(self, resume=resume)
+
+    def _resume(self, conn: Connection, resume: handover.Resume) -> None:
+        """Go on where the previous instance stopped: what it owed first,
+        the subscription, then the part of a frame it had read."""
+        if resume.owed:
+            conn.answer(resume.owed)
+        if resume.events is not None:
+            try:
+                names = self.events.check_subscribe(conn, {"events": list(resume.events)})
+            except DaemonError as exc:  # the events changed with the library, or no room
+                self._end_with(conn, "mytimerd.subscribe", exc)
+                return
+            self.events.subscribe(conn, names)
+        conn.deliver()
+        if resume.received:
+            conn.data_received(resume.received)
 
     async def _ask_version(self) -> str | None:
         """One probe call (a version call) before serving: proves the
@@ -226,15 +319,22 @@ class Server:
                 len(self.connections),
                 extra={"PEER": conn.peer},
             )
+        if conn.resume is not None:
+            resume, conn.resume = conn.resume, None
+            self._resume(conn, resume)
         if self.draining:  # accepted just before the listeners closed
             conn.drain()
 
-    def _refuse_early(self, uid: int, gid: int) -> bytes | None:
+    def _refuse_early(self, uid: int, gid: int, refused: int = 0) -> bytes | None:
         """A unix peer at the gate: the answer to close it with at once when
         the allow-lists refuse it and refused connections may not linger
-        any more (a flood); None to serve it the ordinary way."""
+        any more (a flood); None to serve it the ordinary way. With
+        ``refused``, no peer waits: the gate has closed that many of (uid,
+        gid) with this answer on its own, and they are counted."""
         origin = f"uid:{uid}"
-        if not self.admission.refuses(uid, gid) or not self.admission.lingering_full(origin):
+        if not refused and (
+            not self.admission.refuses(uid, gid) or not self.admission.lingering_full(origin)
+        ):
             return None
         early = self._early.get(uid)
         if early is None:  # a flood comes from few uids: each answer is made once
@@ -245,10 +345,11 @@ class Server:
                 err.message,
                 wire.encode_response(wire.RET_ERR, err.body()),
             )
-        self.stats.connection_accepted()
-        self.stats.connection_refused("PermissionDenied")
-        self.stats.connection_closed("refused")
-        self.refusals("PermissionDenied", origin, "(connection)", early[0])
+        count = refused or 1
+        self.stats.connection_accepted(count)
+        self.stats.connection_refused("PermissionDenied", count=count)
+        self.stats.connection_closed("refused", count)
+        self.refusals("PermissionDenied", origin, "(connection)", early[0], count)
         return early[1]
 
     def begin_handshake(self, conn: Connection) -> bool:
@@ -621,12 +722,16 @@ class Server:
 
     # shutdown ------------------------------------------------------------------
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, store: handover.Store | None = None) -> None:
         """The drain: stop accepting and reading, answer everything read, end
         every connection cleanly; return once every connection is closed,
         ``--drain-timeout`` at the latest. In-flight calls get until
         ``--linger`` before that deadline (then Timeout), so that their
-        answers still go out in time."""
+        answers still go out in time.
+
+        With a ``store``, plaintext connections are not ended but handed to
+        it once everything they sent is answered (:mod:`.handover`), as
+        many as it takes; the rest are drained."""
         self.draining = True
         for listener in self.listeners:
             if listener.name == BOUND:
@@ -637,8 +742,10 @@ class Server:
             gate.close()
         for listener in self.listeners:
             listener.close()
+        held = self._hold(store.capacity - 1) if store is not None else []
         for conn in self.admission.counted():
-            conn.drain()
+            if conn.state is not State.HOLDING:
+                conn.drain()
         limits = self.limits
         start = self._drain_began = self.clock()
         deadline = start + limits.drain_timeout
@@ -662,6 +769,8 @@ class Server:
                 f"(--drain-timeout {limits.drain_timeout:g} s)",
             ),
         )
+        if held and store is not None:
+            await self._hand_over(held, store)
         # Connections end once their client has read the end (or went quiet).
         while self.admission.counted() and await self._drain_step(deadline):
             pass  # each step waits a little
@@ -672,6 +781,80 @@ class Server:
         asyncio.get_running_loop().remove_reader(self.library.fd)
         # Let the transports write what they hold before the loop ends.
         await asyncio.sleep(0)
+
+    def _hold(self, room: int) -> list[Connection]:
+        """Stop reading the plaintext connections to hand over, ``room`` at
+        most (TLS keys live in this process: those connections drain)."""
+        held: list[Connection] = []
+        past = 0
+        for conn in self.admission.counted():
+            if not conn.plaintext:
+                continue
+            if len(held) >= room:
+                past += _reading_state(conn)
+            elif conn.hold():
+                held.append(conn)
+        if past:
+            log.warning(
+                "%d connections do not fit in systemd's file descriptor store "
+                "(--fd-store-max): they are drained, not handed over",
+                past,
+                extra={"HANDOVER_PAST": past},
+            )
+        return held
+
+    async def _hand_over(self, held: list[Connection], store: handover.Store) -> None:
+        """Once the ``held`` connections owe nothing and the kernel has every
+        answer (``--linger`` at most), put them and their state in the
+        store; drain those that do not get there."""
+        deadline = self.clock() + self.limits.linger
+        while any(c.state is State.HOLDING and not c.quiet() for c in held):
+            if self.clock() >= deadline:
+                break
+            await asyncio.sleep(DRAIN_STEP)
+        conns: list[Connection] = []
+        fds: list[int] = []
+        resumes: list[handover.Resume] = []
+        owed_room = handover.MAX_OWED
+        for conn in held:
+            if not conn.quiet():
+                conn.drain()  # a client that does not read: it ends as in any drain
+                continue
+            unsent = self.events.unsent(conn)
+            events, owed = (None, b"") if unsent is None else (tuple(unsent[0]), unsent[1])
+            if len(owed) > owed_room:
+                conn.drain()
+                continue
+            owed_room -= len(owed)
+            fd, received = conn.detach()
+            conns.append(conn)
+            fds.append(fd)
+            resumes.append(handover.Resume(handover.inode_of(fd), received, owed, events))
+        if not conns:
+            return
+        try:
+            stored = handover.store(store.notify, fds, handover.encode(resumes, __version__))
+        finally:
+            for fd in fds:
+                os.close(fd)
+        if stored == len(conns):
+            for conn in conns:
+                conn.let_go()
+            log.info(
+                "handed %d connections to systemd's file descriptor store",
+                stored,
+                extra={"HANDOVER_STORED": stored},
+            )
+            return
+        # Take back what went in (without its state the next instance would
+        # close it) and end these connections here.
+        store.notify(f"FDSTOREREMOVE=1\nFDNAME={handover.CONN_NAME}", [])
+        log.error(
+            "systemd did not take %d connections into its file descriptor store: they are drained",
+            len(conns),
+        )
+        for conn in conns:
+            conn.drain()
 
     def _take_waiting(self, listener: Listener) -> None:
         """Accept the connections waiting on a socket this process bound (its
@@ -695,6 +878,8 @@ class Server:
         grace = self.limits.drain_idle_grace
         late = now - self._drain_began >= grace
         for conn in list(self.connections):
+            if conn.state is State.HOLDING:
+                continue  # waits for the hand-over
             if not conn.seen_frame:
                 # Nothing read yet: it has the grace, from when it was made or
                 # the drain began, to send its request (a busy loop may read

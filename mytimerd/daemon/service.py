@@ -54,13 +54,20 @@ class Notifier:
             if message == self._last_status:
                 return
             self._last_status = message
+        self.with_fds(message, [])
+
+    def with_fds(self, message: str, fds: list[int]) -> bool:
+        """Send ``message`` with descriptors (FDSTORE=1); whether systemd got it."""
+        if not self.enabled:
+            return False
         from systemd import daemon  # type: ignore[attr-defined]
 
         try:
-            daemon.notify(message)
+            return bool(daemon.notify(message, fds=fds) if fds else daemon.notify(message))
         except OSError as exc:  # the socket went away: stop trying
             log.warning("sd_notify failed (%s); no further notifications", exc)
             self.enabled = False
+            return False
 
 
 def watchdog_interval() -> float | None:

@@ -178,8 +178,7 @@ class Limits:
         256,
         "--max-subscribers-per-peer",
         "subscribers",
-        "Event subscriptions of one peer; past it mytimerd.subscribe is answered "
-        "QuotaExceeded.",
+        "Event subscriptions of one peer; past it mytimerd.subscribe is answered QuotaExceeded.",
     )
     timeout: float = _limit(
         30.0,
@@ -212,6 +211,17 @@ class Limits:
         "--linger before it to finish (then Timeout); connections still open at it "
         "are closed and the daemon exits. Also the longest a connection ending after a "
         "final answer waits for its client.",
+    )
+    fd_store_max: int = _limit(
+        0,
+        "--fd-store-max",
+        "descriptors",
+        "Descriptors the daemon may put in systemd's file descriptor store when it stops "
+        "(set it to the unit's FileDescriptorStoreMax=; systemd 254 and later tell the "
+        "daemon themselves): plaintext connections are handed to the next instance, "
+        "which resumes them, instead of being drained; one descriptor holds their "
+        "state. Connections past it are drained, counted and logged. 0: never.",
+        zero_ok=True,
     )
     probe_timeout: float = _limit(
         5.0,

@@ -127,6 +127,10 @@ class RequestParser:
         """Bytes received but not yet part of a returned frame."""
         return len(self._buf) - self._pos
 
+    def pending(self) -> bytes:
+        """The bytes received but not yet part of a returned frame."""
+        return bytes(self._buf[self._pos :])
+
     def feed(self, data: bytes) -> list[RequestEvent]:
         """Add ``data`` and return the frames (or the fatal error) it completes."""
         if self.broken:

@@ -1,0 +1,221 @@
+"""Hand-over: client connections kept across a restart in systemd's file
+descriptor store.
+
+When the daemon stops and a store is configured (``--fd-store-max``,
+systemd's ``FileDescriptorStoreMax=``), every plaintext connection it can
+keep is made quiet (nothing more is read, what was read is answered), then
+its socket goes to the store (``FDSTORE=1``, name :data:`CONN_NAME`) and what
+the next instance must know about it goes into one sealed memfd (name
+:data:`STATE_NAME`): the bytes of a frame read only in part, the events
+owed to a subscriber and its subscription. systemd passes both back to the
+next instance with the listening sockets; it resumes each connection where
+it stopped. A connection is known by its socket's inode, which the kernel
+keeps for as long as the socket lives, whoever holds it.
+
+This module is the state's format (sans-IO) and the two system-facing steps
+(storing, taking back); the server decides what to keep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import cbor2
+
+log = logging.getLogger("mytimerd")
+
+#: FDNAME of stored client connections.
+CONN_NAME: Final = "mytimerd-conn"
+#: FDNAME of the memfd with their state.
+STATE_NAME: Final = "mytimerd-state"
+#: The names this daemon gives what it stores (never listeners).
+NAMES: Final = frozenset({CONN_NAME, STATE_NAME})
+#: The state's format; an instance refuses any other (its connections are
+#: closed, never misread).
+FORMAT: Final = 1
+_MAGIC: Final = b"mytimerd-handover\n"
+# magic, format, body length, SHA-256 of the body
+_HEAD: Final = struct.Struct(f"!{len(_MAGIC)}sII32s")
+#: Descriptors in one notification: the kernel passes at most 253 (SCM_MAX_FD).
+BATCH: Final = 250
+
+
+#: Bytes of events owed to subscribers that one state carries at most; a
+#: subscriber whose events do not fit is drained instead (it ends).
+MAX_OWED: Final = 64 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """Where connections go when the daemon stops: systemd's store."""
+
+    #: Descriptors it takes (FileDescriptorStoreMax=); one is the state.
+    capacity: int
+    #: ``notify(message, fds)``: one sd_notify message with descriptors.
+    notify: Callable[[str, list[int]], bool]
+
+
+def state_limit(max_connections: int, max_buffered_bytes: int) -> int:
+    """The largest state an instance with these limits writes: frames read
+    in part, events owed, and a little per connection."""
+    return max_buffered_bytes + MAX_OWED + 256 * max_connections + 4096
+
+
+class HandoverError(Exception):
+    """A stored state cannot be used; ``str()`` says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """What the next instance needs to resume one connection."""
+
+    #: The socket's inode (``fstat().st_ino``): which stored socket this is.
+    inode: int
+    #: Bytes received that are not a whole frame yet.
+    received: bytes = b""
+    #: Bytes owed to the client that were not written yet (events).
+    owed: bytes = b""
+    #: The events it subscribed to (None: not a subscriber).
+    events: tuple[str, ...] | None = None
+
+
+def encode(resumes: Iterable[Resume], daemon_version: str) -> bytes:
+    """The state for ``resumes``: a checked header and a CBOR body."""
+    import hashlib  # late: only a hand-over needs it (start-up time)
+
+    body = cbor2.dumps(
+        {
+            "daemon": daemon_version,
+            "connections": [
+                [r.inode, r.received, r.owed, None if r.events is None else list(r.events)]
+                for r in resumes
+            ],
+        }
+    )
+    return _HEAD.pack(_MAGIC, FORMAT, len(body), hashlib.sha256(body).digest()) + body
+
+
+def decode(data: bytes) -> tuple[str, dict[int, Resume]]:
+    """(the writer's daemon version, resumes by inode) from :func:`encode`'s
+    output; raise :class:`HandoverError` for anything else."""
+    import hashlib
+
+    if len(data) < _HEAD.size:
+        raise HandoverError(f"{len(data)} bytes: shorter than the header")
+    magic, fmt, length, digest = _HEAD.unpack_from(data)
+    if magic != _MAGIC:
+        raise HandoverError("not a mytimerd hand-over state")
+    if fmt != FORMAT:
+        raise HandoverError(f"format {fmt}, this daemon reads format {FORMAT} only")
+    body = data[_HEAD.size :]
+    if len(body) != length:
+        raise HandoverError(f"body of {len(body)} bytes, the header says {length}")
+    if hashlib.sha256(body).digest() != digest:
+        raise HandoverError("the body does not match its checksum")
+    try:
+        value = cbor2.loads(body)
+    except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError) as exc:
+        raise HandoverError(f"the body is not CBOR: {exc}") from None
+    return _parse(value)
+
+
+def _parse(value: Any) -> tuple[str, dict[int, Resume]]:
+    if not isinstance(value, dict) or set(value) != {"daemon", "connections"}:
+        raise HandoverError("the body is not a map of daemon and connections")
+    version, items = value["daemon"], value["connections"]
+    if not isinstance(version, str) or not isinstance(items, list):
+        raise HandoverError("daemon must be text and connections an array")
+    out: dict[int, Resume] = {}
+    for n, item in enumerate(items):
+        if not (
+            isinstance(item, list)
+            and len(item) == 4
+            and type(item[0]) is int
+            and item[0] > 0
+            and isinstance(item[1], bytes)
+            and isinstance(item[2], bytes)
+            and (
+                item[3] is None
+                or (isinstance(item[3], list) and all(isinstance(e, str) for e in item[3]))
+            )
+        ):
+            raise HandoverError(f"connection {n} is not [inode, received, owed, events]")
+        if item[0] in out:
+            raise HandoverError(f"connection {n}: inode {item[0]} listed twice")
+        events = None if item[3] is None else tuple(item[3])
+        out[item[0]] = Resume(item[0], item[1], item[2], events)
+    return version, out
+
+
+def inode_of(fd: int) -> int:
+    """The inode of the socket ``fd``: the key of its :class:`Resume`."""
+    return os.fstat(fd).st_ino
+
+
+def store(notify: Callable[[str, list[int]], bool], conn_fds: list[int], state: bytes) -> int:
+    """Put ``conn_fds`` and then ``state`` (in a sealed memfd) into the
+    store; return how many connections went in (the state last: a store
+    without it makes the next instance close what it finds, never guess).
+    ``notify(message, fds)`` sends one sd_notify message."""
+    stored = 0
+    for start in range(0, len(conn_fds), BATCH):
+        batch = conn_fds[start : start + BATCH]
+        if not notify(f"FDSTORE=1\nFDNAME={CONN_NAME}", batch):
+            return 0
+        stored += len(batch)
+    fd = _sealed_memfd(state)
+    try:
+        if not notify(f"FDSTORE=1\nFDNAME={STATE_NAME}", [fd]):
+            return 0
+    finally:
+        os.close(fd)
+    return stored
+
+
+def _sealed_memfd(data: bytes) -> int:
+    """A memfd holding ``data`` that nobody can change any more."""
+    fd = os.memfd_create(STATE_NAME, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        import fcntl  # late: only the hand-over needs it
+
+        fcntl.fcntl(
+            fd,
+            fcntl.F_ADD_SEALS,
+            fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE,
+        )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_state(fd: int, limit: int) -> bytes:
+    """The contents of a stored state memfd, at most ``limit`` bytes;
+    closes ``fd``."""
+    try:
+        size = os.fstat(fd).st_size
+        if size > limit:
+            raise HandoverError(f"{size} bytes, more than the {limit} it may take")
+        chunks = []
+        offset = 0
+        while offset < size:
+            chunk = os.pread(fd, size - offset, offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            offset += len(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise HandoverError(f"cannot read it: {exc.strerror}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
