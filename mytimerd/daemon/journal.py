@@ -52,15 +52,16 @@ class RefusalLog:
         self._interval = interval
         self._kinds: dict[str, _Kind] = {}
 
-    def __call__(self, kind: str, peer: str, method: str, message: str) -> None:
-        """One refusal of ``kind`` (a daemon error name) to ``peer``."""
+    def __call__(self, kind: str, peer: str, method: str, message: str, count: int = 1) -> None:
+        """One refusal of ``kind`` (a daemon error name) to ``peer``, or
+        ``count`` alike: one line for the first, the rest suppressed."""
         now = self._clock()
         state = self._kinds.get(kind)
         if state is not None and now - state.logged_at < self._interval:
-            state.suppressed += 1
+            state.suppressed += count
             return
         suppressed = state.suppressed if state is not None else 0
-        self._kinds[kind] = _Kind(now)
+        self._kinds[kind] = _Kind(now, count - 1)
         more = f" ({suppressed} more like it suppressed)" if suppressed else ""
         log.log(
             logging.WARNING if kind in WARNING_KINDS else logging.INFO,

@@ -38,23 +38,24 @@ class Stats:
         self.latency: defaultdict[str, deque[float]] = defaultdict(lambda: deque(maxlen=SAMPLES))
         self.late_results = 0
 
-    def connection_accepted(self) -> None:
-        """A connection was accepted (before any decision on it)."""
-        self.connections_total += 1
+    def connection_accepted(self, count: int = 1) -> None:
+        """A connection (``count`` of them) was accepted (before any decision on it)."""
+        self.connections_total += count
 
-    def connection_refused(self, name: str, at_fd_limit: bool = False) -> None:
-        """A connection was refused with the daemon error ``name``."""
-        self.connections_refused += 1
-        self.refused_at_fd_limit += at_fd_limit
-        self.errors[name] += 1
+    def connection_refused(self, name: str, at_fd_limit: bool = False, count: int = 1) -> None:
+        """A connection (``count`` of them) was refused with the daemon error ``name``."""
+        self.connections_refused += count
+        if at_fd_limit:
+            self.refused_at_fd_limit += count
+        self.errors[name] += count
 
     def handshake_failed(self) -> None:
         """A TLS handshake failed."""
         self.tls_handshake_failures += 1
 
-    def connection_closed(self, reason: str) -> None:
-        """A connection is gone; ``reason`` says how it ended."""
-        self.closed[reason] += 1
+    def connection_closed(self, reason: str, count: int = 1) -> None:
+        """A connection (``count`` of them) is gone; ``reason`` says how it ended."""
+        self.closed[reason] += count
 
     def late_result(self) -> None:
         """The library answered a call the daemon had already answered (Timeout)."""
