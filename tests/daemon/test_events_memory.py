@@ -150,3 +150,27 @@ def test_events_behind_a_call_still_in_flight_are_bounded_too() -> None:
         assert transport.eof_written
 
     in_loop(run)
+
+
+def test_a_hand_over_carries_the_events_a_subscriber_was_owed() -> None:
+    """Events a subscriber could not take yet (its socket was full) are
+    what the hand-over's state carries for it, byte for byte and in order;
+    those of events it did not ask for are not."""
+    rig = Rig(generation="0.3")
+    conn, transport = rig.connect()
+    conn.data_received(SUBSCRIBE_ECHO)
+    rig.library.fire(0, EVENT)
+    rig.results()
+    assert len(transport.responses()) == 2  # the ack and the first event
+    conn.pause_writing()
+    later = [cbor2.dumps({"eventType": "on_echo_fired", "payload": {"n": i}}) for i in range(3)]
+    for body in later:
+        rig.library.fire(0, body)
+        rig.library.fire(1, b"\xa0not-asked-for")
+    rig.results()
+    assert conn.hold()
+    names, owed = rig.server.events.unsent(conn)  # type: ignore[misc]
+    assert names == ["on_echo_fired"]
+    assert owed == b"".join(wire.encode_response(wire.RET_OK, body) for body in later)
+    other, _ = rig.connect()
+    assert rig.server.events.unsent(other) is None  # not a subscriber

@@ -149,3 +149,107 @@ def tree(root: Path) -> dict[str, str]:
             else:
                 found[rel] = "file"
     return found
+
+
+class HeldConnection:
+    """The original example's client, in a loop: one unix connection held
+    for its whole life, one echo at a time, no reconnect logic. A failed
+    call or a closed connection is recorded and ends it. Each echo fires
+    an event named after its message (what :class:`Subscriber` checks)."""
+
+    def __init__(self, sb: Sandbox, path: str = "/run/mytimerd.sock") -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(30)
+        self.sock.connect(str(sb.path(path)))
+        #: Messages echoed successfully, in order.
+        self.echoed: list[str] = []
+        self.failure: str | None = None
+        #: The longest wait for one answer (seconds).
+        self.longest = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            message = f"held-{n}"
+            payload = cbor2.dumps({"req": {"message": message, "delayMs": 0}})
+            frame = struct.pack(">I", 4) + b"echo" + struct.pack(">I", len(payload)) + payload
+            started = time.monotonic()
+            try:
+                self.sock.sendall(frame)
+                ret, n_body = struct.unpack(">iI", _recv_exact(self.sock, 8))
+                body = _recv_exact(self.sock, n_body)
+            except Exception as e:
+                self.failure = f"call {n}: {type(e).__name__}: {e}"
+                return
+            self.longest = max(self.longest, time.monotonic() - started)
+            if ret != 0:
+                self.failure = f"call {n}: ret={ret} {body[:200]!r}"
+                return
+            self.echoed.append(message)
+            n += 1
+            time.sleep(0.002)
+
+    def __enter__(self) -> HeldConnection:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+        self.sock.close()
+
+
+class Subscriber:
+    """A raw event stream held on one connection: ``mytimerd.subscribe``,
+    then every event frame; the connection closing is recorded."""
+
+    def __init__(self, sb: Sandbox, path: str = "/run/mytimerd.sock") -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(30)
+        self.sock.connect(str(sb.path(path)))
+        method, payload = b"mytimerd.subscribe", cbor2.dumps({})
+        self.sock.sendall(
+            struct.pack(">I", len(method)) + method + struct.pack(">I", len(payload)) + payload
+        )
+        ret, n = struct.unpack(">iI", _recv_exact(self.sock, 8))
+        assert ret == 0, _recv_exact(self.sock, n)
+        _recv_exact(self.sock, n)
+        #: The message of every on_echo_fired event, in order.
+        self.messages: list[str] = []
+        self.failure: str | None = None
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                ret, n = struct.unpack(">iI", _recv_exact(self.sock, 8))
+                body = _recv_exact(self.sock, n)
+            except OSError as e:  # the daemon closed it, or close() below
+                if not self._closing:
+                    self.failure = f"{type(e).__name__}: {e}"
+                return
+            if ret != 0:
+                self.failure = f"ret={ret} {body[:200]!r}"
+                return
+            event = cbor2.loads(body)
+            if event.get("eventType") == "on_echo_fired":
+                self.messages.append(event["payload"]["message"])
+
+    def wait_for(self, messages: list[str], timeout: float = 10) -> None:
+        """Wait until every one of ``messages`` has arrived (or a failure)."""
+        deadline = time.monotonic() + timeout
+        while not set(messages) <= set(self.messages) and self.failure is None:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        """Stop reading."""
+        self._closing = True
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(timeout=10)
+        self.sock.close()

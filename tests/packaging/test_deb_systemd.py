@@ -9,8 +9,10 @@ it: each starts by checking the state the one before left.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,9 @@ from tests.packaging.support import (
     SOCKET,
     TCP_SOCKET,
     UNITS,
+    HeldConnection,
     Load,
+    Subscriber,
     ctl,
     group_id,
     main_pid,
@@ -87,6 +91,55 @@ def status(system: Sandbox) -> str:
 
 def active(system: Sandbox, unit: str = SERVICE) -> str:
     return system.prop(unit, "ActiveState")
+
+
+def held_progress(held: HeldConnection, before: int, timeout: float = 30) -> None:
+    """Wait until the held connection has made 20 more calls (or failed)."""
+    deadline = time.monotonic() + timeout
+    while len(held.echoed) < before + 20 and held.failure is None:
+        assert time.monotonic() < deadline, f"the held connection made no progress after {before}"
+        time.sleep(0.02)
+
+
+class Watch:
+    """``mytimerctl watch`` in the system, its lines read as they come."""
+
+    def __init__(self, system: Sandbox) -> None:
+        self.system = system
+        self.proc = system.popen(["/usr/bin/mytimerctl", "watch"], env={"HOME": "/"})
+        self.messages: list[str] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("on_echo_fired "):
+                self.messages.append(json.loads(line.split(" ", 1)[1])["message"])
+
+    def wait_for(self, messages: list[str], timeout: float = 10) -> None:
+        """Wait until watch has printed every one of ``messages``."""
+        deadline = time.monotonic() + timeout
+        while not set(messages) <= set(self.messages) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def stop(self) -> str:
+        """End it (nsenter passes no signal on: from inside); what it said on stderr."""
+        self.system.run(["pkill", "-TERM", "-f", "mytimerctl watch"], check=False)
+        _, err = self.proc.communicate(timeout=30)
+        self._thread.join(timeout=10)
+        return err
+
+
+def wait_subscribers(system: Sandbox, n: int, timeout: float = 30) -> None:
+    """Wait until the daemon has ``n`` subscribers to on_echo_fired."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = json.loads(ok(ctl(system, "--json", "stats")).stdout)
+        if stats["events"]["subscribers"].get("on_echo_fired", 0) >= n:
+            return
+        assert time.monotonic() < deadline, stats["events"]
+        time.sleep(0.1)
 
 
 def require_installed(system: Sandbox, version: str) -> None:
@@ -235,25 +288,58 @@ def test_man_pages_and_completion_work_installed(system: Sandbox) -> None:
 
 # --------------------------------------------------------------------- upgrade
 def test_upgrade_under_load_loses_no_call(system: Sandbox, deb_v2: Path) -> None:
+    """Five restarts and then the upgrade, under load, while a raw-frame
+    client holds one connection (no reconnect logic), a raw subscriber and
+    ``mytimerctl watch`` hold theirs: every call answered, no connection
+    closed, every event delivered (issue 19's proof)."""
     require_installed(system, VERSION_1)
     ok(ctl(system, "version"))
     old_pid = main_pid(system)
     socket_since = system.prop(SOCKET, "ActiveEnterTimestampMonotonic")
     inode = system.run(["stat", "-c", "%i", "/run/mytimerd.sock"]).stdout
     path = copy_in(system, deb_v2)
-    since = f"@{time.time():.0f}"
-    time.sleep(1)  # the journal's --since has 1 s resolution
-    with Load(system) as load:
+    watch = Watch(system)
+    subscriber = Subscriber(system)
+    wait_subscribers(system, 2)
+    pids = {old_pid}
+    with Load(system) as load, HeldConnection(system) as held:
         wait_calls(load, 30)
+        for _ in range(5):
+            before = len(held.echoed)
+            system.systemctl("restart", SERVICE)
+            pids.add(main_pid(system))
+            wait_calls(load, 30)
+            held_progress(held, before)
+        since = f"@{time.time():.0f}"
+        time.sleep(1)  # the journal's --since has 1 s resolution
+        before = len(held.echoed)
         t0 = time.monotonic()
         out = dpkg(system, "-i", path)
         took = time.monotonic() - t0
         wait_calls(load, 30)
-    print(f"upgrade took {took:.1f}s; calls: {load.summary()}")
+        held_progress(held, before)
+    subscriber.wait_for(held.echoed)
+    subscriber.close()
+    watch.wait_for(held.echoed)
+    watch_err = watch.stop()
+    print(
+        f"upgrade took {took:.1f}s; calls: {load.summary()}; held connection: "
+        f"{len(held.echoed)} calls, longest pause {held.longest * 1000:.0f} ms"
+    )
     failures = load.failures()
     assert not failures, f"{len(failures)} of {len(load.results)} calls failed: {failures[:5]}"
     assert len(load.results) > 100, load.summary()
+    assert held.failure is None, held.failure
+    assert len(pids) == 6, f"not restarted 5 times: {pids}"
+    assert subscriber.failure is None, subscriber.failure
+    missing = set(held.echoed) - set(subscriber.messages)
+    assert not missing, f"{len(missing)} events never arrived, e.g. {sorted(missing)[:5]}"
+    missing = set(held.echoed) - set(watch.messages)
+    assert not missing, f"watch never printed {len(missing)} events, e.g. {sorted(missing)[:5]}"
+    assert "subscribed again" not in watch_err, f"watch saw a gap: {watch_err}"
     assert status(system) == f"install ok installed {VERSION_2}", out
+    journal = system.journal("-u", SERVICE)
+    assert journal.count("handed ") >= 6 and "took back" in journal, journal[-3000:]
 
     # the service was restarted (once) and runs the new files ...
     new_pid = main_pid(system)
