@@ -2,7 +2,7 @@
 
 The ABI's typedef and result codes come from the one public header
 (native/include/my_timer_cbor.h, its CFFI region); the host functions from
-glue/glue.h.
+glue/glue.h, the unix listener's gate from glue/gate.h.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ def _abi_region() -> str:
 
 
 ffibuilder = FFI()
-ffibuilder.cdef(_abi_region() + (HERE / "glue.h").read_text())
+ffibuilder.cdef(_abi_region() + (HERE / "glue.h").read_text() + (HERE / "gate.h").read_text())
 ffibuilder.set_source(
     "mytimerd._glue",
-    '#include "my_timer_cbor.h"\n#include "glue.h"\n',
-    sources=[str(HERE / "glue.c")],
+    '#include "my_timer_cbor.h"\n#include "glue.h"\n#include "gate.h"\n',
+    sources=[str(HERE / "glue.c"), str(HERE / "gate.c")],
     include_dirs=[str(ROOT / "native" / "include"), str(HERE)],
     libraries=["dl", "pthread"],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"],
