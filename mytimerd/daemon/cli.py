@@ -514,11 +514,11 @@ def fd_store(
     capacity = config.limits.fd_store_max
     with contextlib.suppress(ValueError):
         capacity = int(os.environ.get("FDSTORE", capacity))
-    if not notify.enabled or capacity < 2:
+    if not notify.enabled or capacity < handover.STORE_NEEDS:
         return None
     if all(listener.name == activation.BOUND for listener in listeners):
         return None  # a socket this process bound dies with it: nobody would resume
-    return handover.Store(capacity, notify.with_fds)
+    return handover.Store(notify.with_fds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,14 +2,26 @@
 descriptor store.
 
 When the daemon stops and a store is configured (``--fd-store-max``,
-systemd's ``FileDescriptorStoreMax=``), every plaintext connection it can
-keep is made quiet (nothing more is read, what was read is answered), then
-its socket goes to the store (``FDSTORE=1``, name :data:`CONN_NAME`) and what
-the next instance must know about it goes into one sealed memfd (name
-:data:`STATE_NAME`): the bytes of a frame read only in part, the events
-owed to a subscriber and its subscription. systemd passes both back to the
-next instance with the listening sockets; it resumes each connection where
-it stopped. A connection is known by its socket's inode, which the kernel
+systemd's ``FileDescriptorStoreMax=``, 2 at least), every plaintext
+connection is made quiet (nothing more is read, what was read is
+answered); then the store gets two descriptors, whatever the number of
+connections:
+
+- the *carrier* (name :data:`CONN_NAME`): one end of a socketpair whose
+  queue holds every connection's socket, in flight (``SCM_RIGHTS``
+  messages sent and never received). The kernel keeps a socket in flight
+  alive for as long as the socket that queues it lives, and systemd holds
+  that one. Storing each connection on its own would cost systemd 252's
+  PID 1 time quadratic in their number (it compares each descriptor it
+  stores with every one it holds: 2,000 took 2.4 s) and would need a soft
+  LimitNOFILE= twice their number at the next start;
+- the *state* (name :data:`STATE_NAME`): a sealed memfd with what the next
+  instance must know of each connection: the bytes of a frame read only in
+  part, the events owed to a subscriber and its subscription.
+
+systemd passes both back to the next instance with the listening sockets;
+it receives the connections from the carrier and resumes each where it
+stopped. A connection is known by its socket's inode, which the kernel
 keeps for as long as the socket lives, whoever holds it.
 
 This module is the state's format (sans-IO) and the two system-facing steps
@@ -30,8 +42,8 @@ import cbor2
 
 log = logging.getLogger("mytimerd")
 
-#: FDNAME of stored client connections.
-CONN_NAME: Final = "mytimerd-conn"
+#: FDNAME of the carrier of the client connections.
+CONN_NAME: Final = "mytimerd-conns"
 #: FDNAME of the memfd with their state.
 STATE_NAME: Final = "mytimerd-state"
 #: The names this daemon gives what it stores (never listeners).
@@ -42,8 +54,10 @@ FORMAT: Final = 1
 _MAGIC: Final = b"mytimerd-handover\n"
 # magic, format, body length, SHA-256 of the body
 _HEAD: Final = struct.Struct(f"!{len(_MAGIC)}sII32s")
-#: Descriptors in one notification: the kernel passes at most 253 (SCM_MAX_FD).
+#: Descriptors in one message: the kernel passes at most 253 (SCM_MAX_FD).
 BATCH: Final = 250
+#: What the store must hold for a hand-over: the carrier and the state.
+STORE_NEEDS: Final = 2
 
 
 #: Bytes of events owed to subscribers that one state carries at most; a
@@ -55,8 +69,6 @@ MAX_OWED: Final = 64 << 20
 class Store:
     """Where connections go when the daemon stops: systemd's store."""
 
-    #: Descriptors it takes (FileDescriptorStoreMax=); one is the state.
-    capacity: int
     #: ``notify(message, fds)``: one sd_notify message with descriptors.
     notify: Callable[[str, list[int]], bool]
 
@@ -159,23 +171,65 @@ def inode_of(fd: int) -> int:
 
 
 def store(notify: Callable[[str, list[int]], bool], conn_fds: list[int], state: bytes) -> int:
-    """Put ``conn_fds`` and then ``state`` (in a sealed memfd) into the
-    store; return how many connections went in (the state last: a store
-    without it makes the next instance close what it finds, never guess).
-    ``notify(message, fds)`` sends one sd_notify message."""
-    stored = 0
-    for start in range(0, len(conn_fds), BATCH):
-        batch = conn_fds[start : start + BATCH]
-        if not notify(f"FDSTORE=1\nFDNAME={CONN_NAME}", batch):
+    """Put ``conn_fds`` (in the carrier) and then ``state`` (in a sealed
+    memfd) into the store; return how many connections went in: all, or
+    none. The state goes last: a store without it makes the next instance
+    close what it finds, never guess. ``notify(message, fds)`` sends one
+    sd_notify message."""
+    import socket  # late: only the hand-over needs it here
+
+    keep, carrier = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        keep.settimeout(1.0)  # a full queue fails the hand-over, never hangs it
+        for start in range(0, len(conn_fds), BATCH):
+            socket.send_fds(keep, [b"c"], conn_fds[start : start + BATCH])
+        keep.close()  # the carrier alone holds them now
+        # FDPOLL=0: the carrier's peer is closed, which systemd's polling
+        # would take for a connection gone and drop it, and all with it.
+        if not notify(f"FDSTORE=1\nFDNAME={CONN_NAME}\nFDPOLL=0", [carrier.fileno()]):
             return 0
-        stored += len(batch)
+    except OSError as exc:  # ETOOMANYREFS, a full queue: nothing is handed over
+        log.error("cannot queue the connections for the hand-over: %s", exc)
+        return 0
+    finally:
+        keep.close()
+        carrier.close()
     fd = _sealed_memfd(state)
     try:
         if not notify(f"FDSTORE=1\nFDNAME={STATE_NAME}", [fd]):
             return 0
     finally:
         os.close(fd)
-    return stored
+    return len(conn_fds)
+
+
+def unload(carrier: int, limit: int) -> list[int]:
+    """The connections queued in a stored carrier (closed here), ``limit``
+    at most: any more are closed."""
+    import socket
+
+    out: list[int] = []
+    sock = socket.socket(fileno=carrier)
+    try:
+        sock.setblocking(False)
+        while True:
+            try:
+                _, fds, _, _ = socket.recv_fds(sock, 1, BATCH + 3, socket.MSG_CMSG_CLOEXEC)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # EMFILE: what is left stays queued and closes with it
+                log.error("cannot take every connection out of the carrier: %s", exc)
+                break
+            if not fds:
+                break  # EOF: nothing more queued
+            for fd in fds:
+                if len(out) < limit:
+                    out.append(fd)
+                else:
+                    os.close(fd)
+    finally:
+        sock.close()
+    return out
 
 
 def _sealed_memfd(data: bytes) -> int:

@@ -211,7 +211,12 @@ class Server:
         # resume them a second time from a state that is stale by then.
         for name in sorted(handover.NAMES):
             self.notify(f"FDSTOREREMOVE=1\nFDNAME={name}")
-        conns = [fd for fd, name in stored if name == handover.CONN_NAME]
+        conns = [
+            conn
+            for fd, name in stored
+            if name == handover.CONN_NAME
+            for conn in handover.unload(fd, self.limits.max_connections)
+        ]
         states = [fd for fd, name in stored if name == handover.STATE_NAME]
         resumes: dict[int, handover.Resume] = {}
         why = ""
@@ -742,7 +747,7 @@ class Server:
             gate.close()
         for listener in self.listeners:
             listener.close()
-        held = self._hold(store.capacity - 1) if store is not None else []
+        held = self._hold() if store is not None else []
         for conn in self.admission.counted():
             if conn.state is not State.HOLDING:
                 conn.drain()
@@ -782,26 +787,10 @@ class Server:
         # Let the transports write what they hold before the loop ends.
         await asyncio.sleep(0)
 
-    def _hold(self, room: int) -> list[Connection]:
-        """Stop reading the plaintext connections to hand over, ``room`` at
-        most (TLS keys live in this process: those connections drain)."""
-        held: list[Connection] = []
-        past = 0
-        for conn in self.admission.counted():
-            if not conn.plaintext:
-                continue
-            if len(held) >= room:
-                past += _reading_state(conn)
-            elif conn.hold():
-                held.append(conn)
-        if past:
-            log.warning(
-                "%d connections do not fit in systemd's file descriptor store "
-                "(--fd-store-max): they are drained, not handed over",
-                past,
-                extra={"HANDOVER_PAST": past},
-            )
-        return held
+    def _hold(self) -> list[Connection]:
+        """Stop reading the plaintext connections, to hand them over (TLS
+        keys live in this process: those connections drain)."""
+        return [conn for conn in self.admission.counted() if conn.plaintext and conn.hold()]
 
     async def _hand_over(self, held: list[Connection], store: handover.Store) -> None:
         """Once the ``held`` connections owe nothing and the kernel has every

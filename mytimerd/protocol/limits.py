@@ -217,10 +217,10 @@ class Limits:
         "--fd-store-max",
         "descriptors",
         "Descriptors the daemon may put in systemd's file descriptor store when it stops "
-        "(set it to the unit's FileDescriptorStoreMax=; systemd 254 and later tell the "
-        "daemon themselves): plaintext connections are handed to the next instance, "
-        "which resumes them, instead of being drained; one descriptor holds their "
-        "state. Connections past it are drained, counted and logged. 0: never.",
+        "(the unit's FileDescriptorStoreMax=; systemd 254 and later tell the daemon "
+        "themselves). With 2 or more, plaintext connections are handed to the next "
+        "instance, which resumes them, instead of being drained: one descriptor carries "
+        "every connection, one their state. 0: never.",
         zero_ok=True,
     )
     probe_timeout: float = _limit(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import struct
 
 import cbor2
@@ -97,32 +98,40 @@ def test_any_cbor_body_is_read_or_refused(body: bytes) -> None:
         handover.decode(head + body)
 
 
-def test_the_state_goes_last_and_sealed() -> None:
+def test_one_carrier_holds_every_connection_and_the_state_goes_last_sealed() -> None:
     sent: list[tuple[str, list[int]]] = []
 
     def notify(message: str, fds: list[int]) -> bool:
         sent.append((message, [os.dup(fd) for fd in fds]))
         return True
 
-    conns = [os.open("/dev/null", os.O_RDONLY) for _ in range(handover.BATCH + 3)]
-    try:
-        assert handover.store(notify, conns, b"state") == len(conns)
-    finally:
-        for fd in conns:
-            os.close(fd)
+    pairs = [socket.socketpair() for _ in range(handover.BATCH * 2 + 3)]
+    conns = [a.fileno() for a, _ in pairs]
+    inodes = [handover.inode_of(fd) for fd in conns]
+    assert handover.store(notify, conns, b"state") == len(conns)
+    for a, _ in pairs:
+        a.close()  # the carrier keeps them alive
     assert [m for m, _ in sent] == [
-        f"FDSTORE=1\nFDNAME={handover.CONN_NAME}",
-        f"FDSTORE=1\nFDNAME={handover.CONN_NAME}",
+        f"FDSTORE=1\nFDNAME={handover.CONN_NAME}\nFDPOLL=0",
         f"FDSTORE=1\nFDNAME={handover.STATE_NAME}",
     ]
-    assert [len(fds) for _, fds in sent] == [handover.BATCH, 3, 1]
-    state = sent[-1][1][0]
+    assert [len(fds) for _, fds in sent] == [1, 1]
+    state = sent[1][1][0]
     with pytest.raises(PermissionError):  # sealed: nobody can change it
         os.pwrite(state, b"X", 0)
     assert handover.read_state(state, 100) == b"state"
-    for _, fds in sent[:-1]:
-        for fd in fds:
-            os.close(fd)
+    back = handover.unload(sent[0][1][0], limit=len(conns) - 3)
+    assert [handover.inode_of(fd) for fd in back] == inodes[:-3]
+    # The connections live: the client end of the first still talks to it.
+    pairs[0][1].sendall(b"x")
+    assert os.read(back[0], 1) == b"x"
+    for fd in back:
+        os.close(fd)
+    # ... and the three past the limit were closed.
+    for _, b in pairs[-3:]:
+        assert b.recv(1) == b""
+    for _, b in pairs:
+        b.close()
 
 
 def test_a_refused_notification_stores_nothing() -> None:

@@ -1,5 +1,5 @@
 """The shipped services give systemd's file descriptor store and the
-daemon the same size, one more than the connections the daemon serves."""
+daemon the same size: what a hand-over needs (the carrier and the state)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mytimerd.protocol.limits import Limits
+from mytimerd.daemon import handover
 
 SYSTEMD = Path(__file__).resolve().parents[2] / "systemd"
 
@@ -18,4 +18,4 @@ def test_store_size_matches(unit: str) -> None:
     text = (SYSTEMD / unit).read_text()
     store = re.findall(r"^FileDescriptorStoreMax=(\d+)$", text, re.M)
     exec_start = re.findall(r"^ExecStart=.*--fd-store-max (\d+)", text, re.M)
-    assert store == exec_start == [str(Limits().max_connections + 1)]
+    assert store == exec_start == [str(handover.STORE_NEEDS)]
