@@ -39,7 +39,9 @@ log = logging.getLogger("mytimerd")
 #: The gate's threads: one per CPU the daemon may run on, up to 4 (each
 #: refuses 100,000 peers a second; more would only sleep).
 THREADS: Final = max(1, min(4, len(os.sched_getaffinity(0))))
-#: Peers taken from the gate in one turn of the loop at most.
+#: Peers taken from the gate in one turn of the loop at most: the longest
+#: turn it makes is 0.8 ms handing all over, 1.5 ms refusing all here (2
+#: CPUs); the take itself, in C, is under 30 us (tests/glue/test_gate.py).
 PEERS_SLICE: Final = 64
 #: How long the gate refuses a (uid, gid) on its own after Python refused it
 #: at once, in milliseconds. Python decides again when it runs out: after a
