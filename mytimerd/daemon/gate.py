@@ -15,9 +15,11 @@ The gate hands every peer to Python, which decides, except those of a
 (uid, gid) that Python has just refused at once: the gate refuses those on
 its own for a lease (:data:`LEASE_MS`) and reports how many, so that they are
 counted and logged as if Python had refused them. Refusing costs the
-kernel's accept and close, 8-10 us a peer, on every CPU the daemon may use:
-a flood from a client with more threads than the daemon does not get ahead
-of it, and never stalls the event loop.
+kernel's accept and close, 8-10 us a peer, in C or not; what the threads
+change is where it runs: on every CPU the daemon may use and off the event
+loop. In tests/hostile's connect-flood row (4 threads flooding, 2 CPUs) the
+allowed client's p99 went from 93-125 ms (refused on the loop in Python;
+54-140 ms in C) to 12-59 ms, and the loop's turns stay short.
 """
 
 from __future__ import annotations
