@@ -47,16 +47,7 @@
 #include <unistd.h>
 
 #include "gate.h"
-
-#define CHECK(cond, ...)                                                      \
-    do {                                                                      \
-        if (!(cond)) {                                                        \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);   \
-            fprintf(stderr, __VA_ARGS__);                                     \
-            fputc('\n', stderr);                                              \
-            exit(1);                                                          \
-        }                                                                     \
-    } while (0)
+#include "check.h"
 
 static const uint8_t FRAME[] = "\x00\x00\x00\x01refused: not on the allow-lists";
 #define FRAME_LEN (sizeof FRAME - 1)

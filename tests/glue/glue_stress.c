@@ -31,16 +31,7 @@
 
 #include "my_timer_cbor.h"
 #include "glue.h"
-
-#define CHECK(cond, ...)                                                      \
-    do {                                                                      \
-        if (!(cond)) {                                                        \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);   \
-            fprintf(stderr, __VA_ARGS__);                                     \
-            fputc('\n', stderr);                                              \
-            exit(1);                                                          \
-        }                                                                     \
-    } while (0)
+#include "check.h"
 
 /* Ids are offset so that the full 64 bits of an id have to survive the trip. */
 #define ID_BASE 0xA5A5000000000000ULL

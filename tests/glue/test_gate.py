@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import require
 from tests.support.native import REPO_ROOT
-from tests.support.sanitizers import REPORT_MARKERS, clean_env, launcher
+from tests.support.sanitizers import C_WARNINGS, REPORT_MARKERS, SANITIZE, clean_env, launcher
 
 HERE: Path = Path(__file__).resolve().parent
 DRIVER_SRC: Path = HERE / "gate_stress.c"
@@ -28,15 +28,6 @@ DRIVER_SRC: Path = HERE / "gate_stress.c"
 #: that these tests catch a bug (mutation check) without touching glue/.
 GLUE_DIR: Path = Path(os.environ.get("MYTIMER_GLUE_DIR", REPO_ROOT / "glue"))
 
-WARNINGS: tuple[str, ...] = ("-Wall", "-Wextra", "-Werror", "-g", "-O1")
-SANITIZE: dict[str, tuple[str, ...]] = {
-    "asan": (
-        "-fsanitize=address,undefined",
-        "-fno-sanitize-recover=all",
-        "-fno-omit-frame-pointer",
-    ),
-    "tsan": ("-fsanitize=thread", "-fno-omit-frame-pointer"),
-}
 VARIANTS = list(SANITIZE)
 #: Per-process limit; a hang in the gate (a lost wake-up, a stop that never
 #: returns) ends here.
@@ -56,7 +47,7 @@ def driver(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         exe = out / f"gate_stress_{variant}"
         cmd = [
             "gcc",
-            *WARNINGS,
+            *C_WARNINGS,
             *SANITIZE[variant],
             f"-I{GLUE_DIR}",
             str(DRIVER_SRC),

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.native import REPO_ROOT, build_native
+from tests.support.sanitizers import C_WARNINGS, REPORT_MARKERS, SANITIZE
 
 HERE: Path = Path(__file__).resolve().parent
 DRIVER_SRC: Path = HERE / "glue_stress.c"
@@ -27,24 +28,6 @@ STUCK_SRC: Path = REPO_ROOT / "tests" / "doubles" / "stuck_timer.c"
 #: that these tests catch a bug (mutation check) without touching glue/.
 GLUE_DIR: Path = Path(os.environ.get("MYTIMER_GLUE_DIR", REPO_ROOT / "glue"))
 
-WARNINGS: tuple[str, ...] = ("-Wall", "-Wextra", "-Werror", "-g", "-O1")
-SANITIZE: dict[str, tuple[str, ...]] = {
-    "asan": (
-        "-fsanitize=address,undefined",
-        "-fno-sanitize-recover=all",
-        "-fno-omit-frame-pointer",
-    ),
-    "tsan": ("-fsanitize=thread", "-fno-omit-frame-pointer"),
-}
-REPORT_MARKERS: tuple[str, ...] = (
-    "ERROR: AddressSanitizer",
-    "ERROR: LeakSanitizer",
-    "runtime error:",
-    "UndefinedBehaviorSanitizer",
-    "WARNING: ThreadSanitizer",
-    "ERROR: ThreadSanitizer",
-    "SUMMARY: ",
-)
 #: Calls per stress run (each of direct and threaded mode, per sanitizer).
 STRESS_CALLS: int = int(os.environ.get("MYTIMER_GLUE_STRESS_CALLS", "50000"))
 #: Per-process limit; a hang in the glue (lost wake-up, stuck shutdown) ends here.
@@ -55,7 +38,7 @@ VARIANTS = ["asan", "tsan"]
 
 def _compile(variant: str, sources: list[Path], out: Path, extra: tuple[str, ...]) -> Path:
     """Compile ``sources`` with the project's warnings and ``variant``'s sanitizer."""
-    cmd = ["gcc", *WARNINGS, *SANITIZE[variant], *extra, *map(str, sources), "-o", str(out)]
+    cmd = ["gcc", *C_WARNINGS, *SANITIZE[variant], *extra, *map(str, sources), "-o", str(out)]
     proc = subprocess.run([*cmd, "-ldl", "-pthread"], capture_output=True, text=True)
     assert proc.returncode == 0, f"compile failed: {' '.join(cmd)}\n{proc.stdout}{proc.stderr}"
     return out

@@ -23,6 +23,18 @@ REPORT_MARKERS = (
     "SUMMARY: ",
 )
 
+#: How the C test drivers of tests/glue are compiled: warnings as errors...
+C_WARNINGS: tuple[str, ...] = ("-Wall", "-Wextra", "-Werror", "-g", "-O1")
+#: ... and each sanitizer variant's flags (the same as native/Makefile's).
+SANITIZE: dict[str, tuple[str, ...]] = {
+    "asan": (
+        "-fsanitize=address,undefined",
+        "-fno-sanitize-recover=all",
+        "-fno-omit-frame-pointer",
+    ),
+    "tsan": ("-fsanitize=thread", "-fno-omit-frame-pointer"),
+}
+
 # Settings a run must not inherit: the libraries' own (read at create) and
 # the sanitizers' (each run sets its own).
 _INHERITED_NOT = ("ECHO_", "MY_TIMER_", "LD_PRELOAD", "ASAN_", "TSAN_", "UBSAN_", "LSAN_")

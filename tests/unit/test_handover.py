@@ -29,19 +29,18 @@ def test_round_trip() -> None:
     assert resumes == {r.inode: r for r in RESUMES}
 
 
-def body_of(value: object) -> bytes:
-    """A state with a correct header around any CBOR ``value``."""
+def framed(body: bytes) -> bytes:
+    """``body`` behind a correct header: what decode then reads is the body."""
     import hashlib
 
-    body = cbor2.dumps(value)
-    head = struct.pack(
-        "!18sII32s",
-        b"mytimerd-handover\n",
-        handover.FORMAT,
-        len(body),
-        hashlib.sha256(body).digest(),
-    )
-    return head + body
+    digest = hashlib.sha256(body).digest()
+    magic = b"mytimerd-handover\n"
+    return struct.pack("!18sII32s", magic, handover.FORMAT, len(body), digest) + body
+
+
+def body_of(value: object) -> bytes:
+    """A state with a correct header around any CBOR ``value``."""
+    return framed(cbor2.dumps(value))
 
 
 @pytest.mark.parametrize(
@@ -84,18 +83,9 @@ def test_arbitrary_bytes_are_refused_never_misread(data: bytes) -> None:
 
 @given(st.binary(max_size=200))
 def test_any_cbor_body_is_read_or_refused(body: bytes) -> None:
-    import hashlib
-
-    head = struct.pack(
-        "!18sII32s",
-        b"mytimerd-handover\n",
-        handover.FORMAT,
-        len(body),
-        hashlib.sha256(body).digest(),
-    )
     # Read, or refused with HandoverError: never another exception.
     with contextlib.suppress(HandoverError):
-        handover.decode(head + body)
+        handover.decode(framed(body))
 
 
 def test_one_carrier_holds_every_connection_and_the_state_goes_last_sealed() -> None:
