@@ -776,6 +776,10 @@ class Server:
         )
         if held and store is not None:
             await self._hand_over(held, store)
+            # The connections handed over wait for the next instance, which
+            # starts once this one exits: the rest (TLS, clients that did not
+            # read) get --linger more, not the whole --drain-timeout.
+            deadline = min(deadline, self.clock() + limits.linger)
         # Connections end once their client has read the end (or went quiet).
         while self.admission.counted() and await self._drain_step(deadline):
             pass  # each step waits a little

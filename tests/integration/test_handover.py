@@ -9,6 +9,7 @@ closes the connections instead of misreading them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -190,3 +191,27 @@ def test_a_client_that_hung_up_in_the_store_is_simply_gone(systemd: FakeSystemd)
     leave.close()
     systemd.start()
     assert keep.call("version").ret == wire.RET_OK
+
+
+def test_a_client_that_does_not_read_delays_the_hand_over_by_linger_at_most(
+    systemd: FakeSystemd,
+) -> None:
+    """An attacker fills its socket with answers it never reads: it cannot
+    hold the hand-over hostage (it is drained after --linger) and the
+    bystander's connection is resumed."""
+    bystander = client(systemd)
+    attacker = client(systemd)
+    attacker.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    describe = wire.encode_request("mytimerd.describe", b"\xa0")
+    attacker.sock.settimeout(0.2)
+    with contextlib.suppress(TimeoutError, BlockingIOError):
+        for _ in range(2000):  # until the daemon stops reading it (backpressure)
+            attacker.send(describe * 8)
+    began = time.monotonic()
+    assert systemd.stop() == 0
+    stopped = time.monotonic() - began
+    systemd.start()
+    assert bystander.call("version").ret == wire.RET_OK
+    assert stopped < 1.0 + 1.5, f"the stop took {stopped:.2f} s (--linger is 1 s)"
+    log = systemd.log()
+    assert "took back 1 connections" in log, log
