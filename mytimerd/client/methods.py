@@ -10,7 +10,6 @@ Every typed method takes a keyword-only ``timeout=`` that it hands to ``call``.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
 import re
@@ -34,6 +33,7 @@ from typing import (
 
 from ..protocol import interfaces
 from ..protocol.address import Address, TcpAddress, UnixAddress
+from ..protocol.record import replace
 from ..protocol.schema import Array, Field, Method, Struct, Type
 from .common import (
     CLIENT_TIMEOUT,
@@ -461,7 +461,7 @@ class TypedMethods:
                 )
             # TLS asked for by its settings: a tcp: address is spoken over TLS too.
             self.addresses = [
-                dataclasses.replace(a, tls=True) if isinstance(a, TcpAddress) else a
+                replace(a, tls=True) if isinstance(a, TcpAddress) else a
                 for a in self.addresses
             ]
         #: Which address to connect to next (fail-over), shared with subscriptions.

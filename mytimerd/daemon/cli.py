@@ -6,13 +6,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import grp
 import logging
 import os
 import pwd
 import signal
 import ssl
+import sys
 import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import fields
@@ -31,6 +31,7 @@ from ..protocol.address import (
 )
 from ..protocol.cddl import CDDLError
 from ..protocol.limits import Limits
+from ..protocol.record import replace
 from ..protocol.schema import Interface
 from . import activation, handover
 from .config import (
@@ -118,6 +119,41 @@ def _non_negative(kind: Callable[[str], float]) -> Callable[[str], float]:
     return parse
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's, as wide as the terminal, found without importing shutil.
+
+    argparse makes a formatter for every option it adds (to check its
+    metavar), and the default width comes from shutil.get_terminal_size:
+    importing shutil (with bz2 and lzma) cost every start a few milliseconds
+    for help it seldom prints. The width is found as shutil finds it."""
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        if width is None:
+            width = _terminal_columns() - 2  # argparse's margin
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def _terminal_columns() -> int:
+    """shutil.get_terminal_size().columns: $COLUMNS, else stdout's terminal, else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    stdout = sys.__stdout__
+    if columns <= 0 and stdout is not None:
+        try:
+            columns = os.get_terminal_size(stdout.fileno()).columns
+        except (ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (options for limits come from the Limits table)."""
     p = argparse.ArgumentParser(
@@ -125,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve libmy_timer's CBOR ABI on unix and TCP sockets, "
         "one long-lived library context for all clients.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"mytimerd {__version__}")
     p.add_argument(
@@ -525,7 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mytimerd`` command."""
     config = config_from_args(argv)
     setup_logging(config.log_level)
-    config = dataclasses.replace(config, fd_limit=raise_fd_limit())
+    config = replace(config, fd_limit=raise_fd_limit())
     try:
         tls = tls_context(config)
     except TLSConfigError as exc:

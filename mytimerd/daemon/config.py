@@ -4,10 +4,7 @@ from ``--config``/``--config-file`` values and checked like any request."""
 
 from __future__ import annotations
 
-import json
-import tomllib
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -15,6 +12,7 @@ from ..protocol.address import Address
 from ..protocol.errors import DaemonError
 from ..protocol.interfaces import DEFAULT_LIBRARY, PROBE_METHODS
 from ..protocol.limits import Limits
+from ..protocol.record import Record, field
 from ..protocol.schema import Enum, Field, Struct, Text
 
 #: The timer's name when nothing names it (``--name``'s default).
@@ -27,8 +25,7 @@ EventLoop = Literal["uvloop", "asyncio"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(Record):
     """Everything that shapes one run of mytimerd.
 
     ``library`` is the build to load (None: the bundled one); ``schema`` its
@@ -83,11 +80,21 @@ def read_config_file(path: Path) -> dict[str, Any]:
         data = f.read(MAX_CONFIG_FILE + 1)
     if len(data) > MAX_CONFIG_FILE:
         raise ValueError(f"larger than {MAX_CONFIG_FILE} bytes")
+    # Each parser is imported for its own kind of file only: a start without
+    # --config-file needs neither, and their imports cost start-up time.
+    parse: Callable[[str], Any]
+    error: type[ValueError]
+    if path.suffix == ".json":
+        import json
+
+        kind, parse, error = "JSON", json.loads, json.JSONDecodeError
+    else:
+        import tomllib
+
+        kind, parse, error = "TOML", tomllib.loads, tomllib.TOMLDecodeError
     try:
-        text = data.decode("utf-8")
-        value = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        kind = "JSON" if path.suffix == ".json" else "TOML"
+        value = parse(data.decode("utf-8"))
+    except (UnicodeDecodeError, error) as exc:
         raise ValueError(f"not valid {kind}: {exc}") from None
     if not isinstance(value, dict):
         raise ValueError("must hold a table (a map) of the constructor's keys")
@@ -132,6 +139,8 @@ def _set(request: dict[str, Any], constructor: Struct, key: str, text: str) -> N
     if isinstance(spec.type, Text | Enum):
         target[spec.name] = text
         return
+    import json  # here, not at the top: a default start sets no such value
+
     try:
         target[spec.name] = json.loads(text)
     except json.JSONDecodeError:
@@ -148,7 +157,7 @@ def constructor_request(
     ``KEY=VALUE`` of ``pairs`` (--config), then ``name`` (--name) as
     ``config.name``; a constructor with a ``name`` key nobody set gets
     :data:`DEFAULT_NAME`. Checked like any request; raise ValueError."""
-    request: dict[str, Any] = json.loads(json.dumps(values))  # a deep copy
+    request = _copy(values)
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key:
@@ -164,6 +173,16 @@ def constructor_request(
     except DaemonError as exc:
         raise ValueError(exc.message) from None
     return request
+
+
+def _copy(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of a --config-file's values, through JSON."""
+    if not values:  # a start without --config-file: no need to import json
+        return {}
+    import json
+
+    copy: dict[str, Any] = json.loads(json.dumps(values))
+    return copy
 
 
 def _has(struct: Struct, path: list[str]) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final
 
 log = logging.getLogger("mytimerd")
@@ -37,10 +36,13 @@ WARNING_KINDS: Final = frozenset(
 )
 
 
-@dataclass
 class _Kind:
-    logged_at: float
-    suppressed: int = 0
+    """When a kind of refusal was last logged, and how many since were not."""
+
+    # Not a dataclass: @dataclass compiles the methods it writes at every start (issue 21).
+    def __init__(self, logged_at: float, suppressed: int = 0) -> None:
+        self.logged_at = logged_at
+        self.suppressed = suppressed
 
 
 class RefusalLog:

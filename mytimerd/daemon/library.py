@@ -8,8 +8,9 @@ is tested in memory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Final, Protocol
+
+from ..protocol.record import Record
 
 #: A finished call as the library answered it: (call id, ret code, body).
 #: Events come the same way, with ids from :data:`EVENT_ID_BASE` on.
@@ -30,8 +31,7 @@ class DescriptionMismatch(LibraryLoadError):
     operator's description is wrong, so it is a usage error."""
 
 
-@dataclass(frozen=True, slots=True)
-class Status:
+class Status(Record):
     """What the host knows about the library right now.
 
     ``in_call_seconds``: how long the current library call has been running

@@ -11,7 +11,6 @@ whether an amount fits, keeps the totals, and names the largest holders for
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from ..protocol.errors import DaemonError
@@ -25,20 +24,21 @@ NEARLY_FULL: Final = 0.9
 Verdict = Literal["ok", "global", "peer"]
 
 
-@dataclass
 class Budget:
     """One shared budget: ``limit`` in all, ``share`` for any one peer.
     ``what`` names what is counted, for messages ("library calls held")."""
 
-    what: str
-    limit: int
-    share: int
-    #: The options that set ``limit`` and ``share``, for messages.
-    option: str
-    share_option: str
-    total: int = 0
-    # Peer -> amount held; a peer holding nothing has no entry (bounded by holders).
-    _held: dict[str, int] = field(default_factory=dict)
+    # Not a dataclass: @dataclass compiles the methods it writes at every start (issue 21).
+    def __init__(self, what: str, limit: int, share: int, option: str, share_option: str) -> None:
+        self.what = what
+        self.limit = limit
+        self.share = share
+        #: The options that set ``limit`` and ``share``, for messages.
+        self.option = option
+        self.share_option = share_option
+        self.total = 0
+        # Peer -> amount held; a peer holding nothing has no entry (bounded by holders).
+        self._held: dict[str, int] = {}
 
     def check(self, peer: str, amount: int = 1) -> Verdict:
         """Whether ``peer`` may take ``amount`` more: "ok", or which bound it would pass."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
+import functools
 import ssl
 import time
 from collections.abc import Callable
@@ -43,6 +43,8 @@ class HandshakeTimeout(Exception):
 
 def _malloc_trim() -> Callable[[int], int] | None:
     """glibc's malloc_trim, or None (another C library: nothing to do)."""
+    import ctypes  # here, not at the top: it costs every start time, and only a flood needs it
+
     try:
         trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
@@ -72,13 +74,20 @@ class HeapReturn:
     ) -> None:
         self.flood = flood
         self.delay = delay
-        self.trim = trim if trim is not None else _malloc_trim()
+        if trim is not None:
+            self.trim = trim
         #: Handshakes under way, and the most at once since the last trim.
         self.live = 0
         self.peak = 0
         #: Trims done (for tests and curiosity).
         self.trims = 0
         self._due: float | None = None
+
+    @functools.cached_property
+    def trim(self) -> Callable[[int], int] | None:
+        """What gives the heap back (None: nothing can), by default glibc's
+        malloc_trim, looked up when the first flood recedes."""
+        return _malloc_trim()
 
     def begin(self) -> None:
         """A handshake started."""
@@ -88,7 +97,7 @@ class HeapReturn:
     def end(self) -> None:
         """A handshake ended (either way); trim later if a flood receded."""
         self.live -= 1
-        if self.trim is None or self.peak < self.flood or self.live > self.peak // 4:
+        if self.peak < self.flood or self.live > self.peak // 4 or self.trim is None:
             return
         now = time.monotonic()
         # A trim already due is not scheduled again (unless its loop died

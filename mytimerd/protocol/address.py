@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+from .record import Record
 
 #: The system daemon's socket (the socket unit's ListenStream=).
 SYSTEM_SOCKET: Final = Path("/run/mytimerd.sock")
@@ -18,8 +19,7 @@ DEFAULT_TCP_PORT: Final = 9099
 ADDRESS_ENV: Final = "MYTIMER_ADDRESS"
 
 
-@dataclass(frozen=True)
-class UnixAddress:
+class UnixAddress(Record):
     """A unix stream socket path."""
 
     path: str
@@ -28,8 +28,7 @@ class UnixAddress:
         return f"unix:{self.path}"
 
 
-@dataclass(frozen=True)
-class TcpAddress:
+class TcpAddress(Record):
     """A TCP endpoint; ``host`` is a name, an IPv4 or a bare IPv6 address.
 
     ``tls``: spoken over TLS (written ``tls:host:port``); plaintext otherwise.

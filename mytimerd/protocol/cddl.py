@@ -28,11 +28,11 @@ import stat
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Final
 
+from .record import Record
 from .schema import Any_, Bool, Enum, Int, Null, Text, Type
 
 if TYPE_CHECKING:
@@ -86,8 +86,7 @@ class CDDLError(ValueError):
     """The description cannot be used; ``str()`` says where and why."""
 
 
-@dataclass(frozen=True)
-class ArrayOf:
+class ArrayOf(Record):
     """``[* T]``, before references are resolved."""
 
     item: Spec
@@ -98,8 +97,7 @@ class ArrayOf:
 Spec = Type | str | ArrayOf
 
 
-@dataclass(frozen=True)
-class Field:
+class Field(Record):
     """One key of a map as the CDDL writes it: ``optional`` for ``T / nil``."""
 
     name: str
@@ -107,16 +105,14 @@ class Field:
     optional: bool
 
 
-@dataclass(frozen=True)
-class MapRule:
+class MapRule(Record):
     """A map type, before references are resolved."""
 
     name: str
     fields: tuple[Field, ...]
 
 
-@dataclass(frozen=True)
-class Proc:
+class Proc(Record):
     """One proc: its name (without the prefix), kind, request and response rules."""
 
     name: str
@@ -126,8 +122,7 @@ class Proc:
     response: Spec | None
 
 
-@dataclass(frozen=True)
-class Description:
+class Description(Record):
     """What a CDDL file says: its type rules and its procs, in file order."""
 
     prefix: str
@@ -141,12 +136,14 @@ class Description:
         return next(p for p in self.procs if p.kind == "ctor")
 
 
-@dataclass
 class _ProcParts:
-    kind: str | None = None
-    doc: list[str] = field(default_factory=list)
-    request: str | None = None
-    response: Spec | None = None
+    """What the rules of one proc say, gathered as they come."""
+
+    def __init__(self) -> None:
+        self.kind: str | None = None
+        self.doc: list[str] = []
+        self.request: str | None = None
+        self.response: Spec | None = None
 
 
 def read(path: Path) -> str:

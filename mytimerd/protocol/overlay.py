@@ -9,9 +9,9 @@ Also the daemon's own methods, which no library description has.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any, Final
 
+from .record import Record, field
 from .schema import INT64_MAX, INT64_MIN, Array, Check, Field, Text, invalid
 
 #: Largest |delayMs| accepted (about 31.7 years). The real library's clock
@@ -33,8 +33,7 @@ def _schedule_sum_fits(value: dict[str, Any]) -> None:
         )
 
 
-@dataclass(frozen=True)
-class MethodNotes:
+class MethodNotes(Record):
     """What the overlay adds to a method."""
 
     doc: str = ""
@@ -42,8 +41,7 @@ class MethodNotes:
     checks: tuple[Check, ...] = ()
 
 
-@dataclass(frozen=True)
-class FieldNotes:
+class FieldNotes(Record):
     """What the overlay adds to a map key (``Type.key`` in :data:`FIELDS`)."""
 
     doc: str = ""
@@ -55,8 +53,7 @@ class FieldNotes:
     holds: bool = False
 
 
-@dataclass(frozen=True)
-class EventNotes:
+class EventNotes(Record):
     """An event: the type of its payload (a CDDL rule name) and what it means.
     It is part of an interface whose description has that type."""
 

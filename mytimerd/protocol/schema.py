@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 from . import cbor
 from .errors import DaemonError
+from .record import Record, field
 
 INT64_MIN: Final = -(1 << 63)
 INT64_MAX: Final = (1 << 63) - 1
@@ -56,8 +56,7 @@ def _got(value: object) -> str:
     return f"got {cbor.type_name(value)}"
 
 
-@dataclass(frozen=True)
-class Text(Type):
+class Text(Type, Record):
     """A UTF-8 text string."""
 
     def check(self, value: object, path: str) -> None:
@@ -71,8 +70,7 @@ class Text(Type):
         return "tstr"
 
 
-@dataclass(frozen=True)
-class Bool(Type):
+class Bool(Type, Record):
     """true or false."""
 
     def check(self, value: object, path: str) -> None:
@@ -86,8 +84,7 @@ class Bool(Type):
         return "bool"
 
 
-@dataclass(frozen=True)
-class Int(Type):
+class Int(Type, Record):
     """An integer within [lo, hi] (int64 unless narrowed)."""
 
     lo: int = INT64_MIN
@@ -106,8 +103,7 @@ class Int(Type):
         return "int"
 
 
-@dataclass(frozen=True)
-class Array(Type):
+class Array(Type, Record):
     """A definite-length array of one item type."""
 
     item: Type
@@ -125,8 +121,7 @@ class Array(Type):
         return f"[* {self.item.cddl()}]"
 
 
-@dataclass(frozen=True)
-class Enum(Type):
+class Enum(Type, Record):
     """One of a few text values (nim-ffi sends enums as text)."""
 
     name: str
@@ -144,8 +139,7 @@ class Enum(Type):
         return " / ".join(f'"{c}"' for c in self.choices)
 
 
-@dataclass(frozen=True)
-class Null(Type):
+class Null(Type, Record):
     """Nothing: a response that carries no value."""
 
     def check(self, value: object, path: str) -> None:
@@ -159,8 +153,7 @@ class Null(Type):
         return "nil"
 
 
-@dataclass(frozen=True)
-class Any_(Type):
+class Any_(Type, Record):
     """Any value (daemon responses whose shape is documented in prose)."""
 
     def check(self, value: object, path: str) -> None:
@@ -173,8 +166,7 @@ class Any_(Type):
         return "any"
 
 
-@dataclass(frozen=True)
-class Field:
+class Field(Record):
     """One key of a map.
 
     ``option`` marks the library's optional values (``? key: T / null``): null
@@ -192,17 +184,17 @@ class Field:
     holds: bool = False
 
 
-@dataclass(frozen=True)
-class Struct(Type):
+class Struct(Type, Record):
     """A map with known text keys."""
 
     name: str
     fields: tuple[Field, ...]
     doc: str = ""
-    by_name: Mapping[str, Field] = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "by_name", {f.name: f for f in self.fields})
+    @functools.cached_property
+    def by_name(self) -> Mapping[str, Field]:
+        """The fields by key."""
+        return {f.name: f for f in self.fields}
 
     def check(self, value: object, path: str) -> None:
         if type(value) is not dict:
@@ -257,8 +249,7 @@ EMPTY: Final = Struct("Empty", (), "No parameters: send an empty map (a0).")
 Check = Callable[[dict[str, Any]], None]
 
 
-@dataclass(frozen=True)
-class Method:
+class Method(Record):
     """One callable method.
 
     ``library`` methods go to the library's entry point of that name (on the
@@ -318,8 +309,7 @@ class Method:
         }
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(Record):
     """An event the library fires: its name and the shape of its payload."""
 
     name: str
@@ -331,8 +321,7 @@ class Event:
         return {"name": self.name, "doc": self.doc, "payload": self.payload.to_json()}
 
 
-@dataclass(frozen=True)
-class Interface:
+class Interface(Record):
     """A library's whole interface plus the daemon's own methods."""
 
     #: Where it came from (a bundled generation or a --schema file).
@@ -343,10 +332,11 @@ class Interface:
     name: str = "my_timer"
     #: The request of its constructor (``<name>_create``).
     constructor: Struct = EMPTY
-    by_name: Mapping[bytes, Method] = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "by_name", {m.name.encode(): m for m in self.methods})
+    @functools.cached_property
+    def by_name(self) -> Mapping[bytes, Method]:
+        """The methods by (encoded) name."""
+        return {m.name.encode(): m for m in self.methods}
 
     @property
     def library_methods(self) -> tuple[Method, ...]:

@@ -16,10 +16,10 @@ messages, not how the records cut them up (RFC 8446, section 5.1).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Final
 
 from . import wire
+from .record import Record
 
 #: TLS record content types (RFC 8446, section 5.1).
 CHANGE_CIPHER_SPEC: Final = 20
@@ -65,8 +65,7 @@ class HelloRefused(Exception):
         self.alert = alert
 
 
-@dataclass(frozen=True, slots=True)
-class ClientHello:
+class ClientHello(Record):
     """A complete ClientHello and what followed it."""
 
     #: The legacy_version of the hello's first record (0x0300..0x0304).
