@@ -229,13 +229,19 @@ def bundled_path(generation: str, name: str = DEFAULT_LIBRARY) -> Path:
     return path
 
 
-@functools.cache
 def bundled(generation: str, name: str = DEFAULT_LIBRARY) -> Interface:
     """The bundled interface of library ``name`` for a symbol generation
     ("0.2" or "0.3"); raise LookupError if none is bundled.
 
     The build compiles the bundled descriptions (:mod:`.compile_descriptions`);
     a file whose text is not the compiled one is parsed."""
+    # One cache entry however the name is given (``bundled("0.2")`` at import,
+    # the daemon's ``bundled("0.2", "my_timer")``): one build per start.
+    return _bundled(generation, name)
+
+
+@functools.cache
+def _bundled(generation: str, name: str) -> Interface:
     path = bundled_path(generation, name)
     text = cddl.read(path)
     from ._descriptions import COMPILED

@@ -54,12 +54,12 @@ def test_a_changed_bundled_file_is_parsed(monkeypatch: pytest.MonkeyPatch) -> No
         return real(text, library, time_limit)
 
     monkeypatch.setattr(cddl, "parse", spy)
-    interfaces.bundled.cache_clear()
+    interfaces._bundled.cache_clear()
     try:
         assert interfaces.bundled("0.3").name == "my_timer"
         assert calls == [text]
     finally:
-        interfaces.bundled.cache_clear()
+        interfaces._bundled.cache_clear()
 
 
 def test_a_default_start_does_not_import_the_parser() -> None:
