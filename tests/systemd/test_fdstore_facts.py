@@ -27,13 +27,13 @@ import shutil
 import socket
 import struct
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from systemd import daemon as sd_daemon  # type: ignore[attr-defined]  # systemd-python
 from tests.systemd.conftest import _cannot_run
 from tests.systemd.harness import BootError, Sandbox, free_tcp_port
 
@@ -44,8 +44,11 @@ PROBE_SRC = Path(__file__).resolve().parent / "fdstore_probe.py"
 SERVICE = "fdprobe.service"
 SOCKET = "fdprobe.socket"
 PROBE = "/run/fdprobe/probe.py"
-#: the probe runs on this test's interpreter: systemd-python is importable there
-PYTHON = sys.executable
+#: The probe runs on the system's interpreter (the sandbox hides /tmp and
+#: /run, where a checkout and its virtualenv may live), with a copy of this
+#: interpreter's systemd-python (same CPython) in SITE.
+PYTHON = "/usr/bin/python3"
+SITE = "/run/fdprobe-site"
 
 SOCKET_UNIT = """[Socket]
 ListenStream=/run/fdprobe.sock
@@ -77,8 +80,12 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
         except (BootError, OSError, subprocess.SubprocessError) as e:
             # root and the tools are there: a boot failure is a real failure
             pytest.fail(f"could not boot systemd in namespaces: {e}", pytrace=False)
-        # the probe runs on this interpreter; the sandbox hides /tmp and /run
         assert sb.path(PYTHON).exists(), f"{PYTHON} is not visible inside the sandbox"
+        shutil.copytree(
+            Path(sd_daemon.__file__).parent,
+            sb.path(f"{SITE}/systemd"),
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
         sb.path("/run/fdprobe").mkdir(parents=True, exist_ok=True)
         shutil.copy(PROBE_SRC, sb.path(PROBE))
         sb.write_file(f"/run/systemd/system/{SOCKET}", SOCKET_UNIT)
@@ -111,7 +118,7 @@ def configure(sb: Sandbox, service: str, unit: str = DEFAULT_UNIT) -> None:
         "[Unit]\nRequires=fdprobe.socket\nAfter=fdprobe.socket\n"
         f"{unit}\n"
         "[Service]\nType=notify\nEnvironment=PROBE_DIR=/run/fdprobe\n"
-        f"ExecStart={PYTHON} {PROBE}\n"
+        f"Environment=PYTHONPATH={SITE}\nExecStart={PYTHON} {PROBE}\n"
         f"{service}",
     )
     sb.systemctl("daemon-reload")
@@ -931,7 +938,8 @@ def _probe_source(top: Path) -> None:
         (top / "units" / f"fdprobe-{v}.service").write_text(
             f"[Unit]\nRequires=fdprobe-{v}.socket\nAfter=fdprobe-{v}.socket\n\n"
             f"[Service]\nType=notify\nEnvironment=PROBE_DIR=/run/fdprobe-{v}\n"
-            f"ExecStart={PYTHON} {PROBE}\nFileDescriptorStoreMax=4\n"
+            f"Environment=PYTHONPATH={SITE}\nExecStart={PYTHON} {PROBE}\n"
+            "FileDescriptorStoreMax=4\n"
         )
     (top / "debian" / "control").write_text(control)
     (top / "debian" / "source" / "format").write_text("3.0 (native)\n")
