@@ -35,10 +35,11 @@ import logging
 import os
 import struct
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, Final
 
 import cbor2
+
+from ..protocol.record import Record
 
 log = logging.getLogger("mytimerd")
 
@@ -65,8 +66,7 @@ STORE_NEEDS: Final = 2
 MAX_OWED: Final = 64 << 20
 
 
-@dataclass(frozen=True, slots=True)
-class Store:
+class Store(Record):
     """Where connections go when the daemon stops: systemd's store."""
 
     #: ``notify(message, fds)``: one sd_notify message with descriptors.
@@ -83,8 +83,7 @@ class HandoverError(Exception):
     """A stored state cannot be used; ``str()`` says why."""
 
 
-@dataclass(frozen=True, slots=True)
-class Resume:
+class Resume(Record):
     """What the next instance needs to resume one connection."""
 
     #: The socket's inode (``fstat().st_ino``): which stored socket this is.
