@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -44,7 +45,15 @@ struct call {
     uint64_t id;
     size_t len;
     uint8_t *data;
+    int64_t submitted_ns; /* for the method's answer time (mt_call's wait) */
+    /* mt_call: WAITING while its caller waits for the answer; the final
+       callback moves it to DELIVERED with the answer in `result`, unless the
+       caller gave up first (NO_WAITER): the answer is then queued as usual. */
+    atomic_int waiter;
+    struct done *result;
 };
+
+enum { NO_WAITER, WAITING, DELIVERED };
 
 struct done {
     struct done *next;
@@ -67,6 +76,12 @@ struct mt_host {
     listen_fn listen;
     struct listener *listeners;
     int nmethods;
+    struct {
+        uint8_t name[MT_QUICK_NAME];
+        size_t len;
+        int method;
+    } quick[MT_QUICK_METHODS];
+    int nquick;
     void *ctx;
 
     pthread_mutex_t create_mu;
@@ -89,6 +104,10 @@ struct mt_host {
     int efd;
 
     int direct;
+    /* Per method: how long its calls take from submission to the final
+       callback (a moving average; written by whichever thread calls back,
+       read by mt_call to decide whether an answer is worth waiting for). */
+    atomic_int_least64_t answer_ns[MT_MAX_METHODS];
     atomic_int_least64_t call_started_ns;
     atomic_uint_least64_t queued, submitted, completed, stale, events;
 };
@@ -111,7 +130,9 @@ static struct timespec realtime_in(int timeout_ms) {
     return ts;
 }
 
-static void push_record(mt_host *h, uint64_t id, int ret, const char *msg, size_t len) {
+/* A completion record of `len` bytes of msg (NULL when out of memory: the
+   request then times out in the daemon; nothing else to do). */
+static struct done *new_record(uint64_t id, int ret, const char *msg, size_t len) {
     if (len > UINT32_MAX) {
         static const char too_big[] = "library result larger than 4 GiB";
         ret = RET_ERR;
@@ -120,13 +141,17 @@ static void push_record(mt_host *h, uint64_t id, int ret, const char *msg, size_
     }
     struct done *d = malloc(sizeof *d + len);
     if (!d)
-        return; /* the request times out in the daemon; nothing else to do */
+        return NULL;
     d->next = NULL;
     d->id = id;
     d->ret = ret;
     d->len = (uint32_t)len;
     if (len)
         memcpy(d->data, msg, len);
+    return d;
+}
+
+static void queue_record(mt_host *h, struct done *d) {
     pthread_mutex_lock(&h->done_mu);
     *h->done_tail = d;
     h->done_tail = &d->next;
@@ -141,6 +166,12 @@ static void push_record(mt_host *h, uint64_t id, int ret, const char *msg, size_
     }
 }
 
+static void push_record(mt_host *h, uint64_t id, int ret, const char *msg, size_t len) {
+    struct done *d = new_record(id, ret, msg, len);
+    if (d)
+        queue_record(h, d);
+}
+
 static void release_call(struct call *c) {
     if (atomic_fetch_sub(&c->refs, 1) == 1)
         free(c);
@@ -153,8 +184,28 @@ static void on_result(int ret, const char *msg, size_t len, void *ud) {
         atomic_fetch_add(&c->host->stale_by_method[c->method], 1);
         return;
     }
-    atomic_fetch_add(&c->host->completed, 1);
-    push_record(c->host, c->id, ret, msg, len);
+    mt_host *h = c->host;
+    atomic_fetch_add(&h->completed, 1);
+    /* Racy read-modify-write on purpose: a lost update only blurs an estimate. */
+    int64_t took = now_ns() - c->submitted_ns;
+    int64_t avg = atomic_load_explicit(&h->answer_ns[c->method], memory_order_relaxed);
+    atomic_store_explicit(&h->answer_ns[c->method], avg + (took - avg) / 8,
+                          memory_order_relaxed);
+    struct done *d = new_record(c->id, ret, msg, len);
+    if (d && atomic_load_explicit(&c->waiter, memory_order_relaxed) == WAITING) {
+        c->result = d;
+        int expected = WAITING;
+        /* release: the waiter that sees DELIVERED sees the record too */
+        if (atomic_compare_exchange_strong_explicit(&c->waiter, &expected, DELIVERED,
+                                                    memory_order_acq_rel,
+                                                    memory_order_acquire)) {
+            release_call(c);
+            return;
+        }
+        c->result = NULL; /* the waiter gave up: it goes the usual way */
+    }
+    if (d)
+        queue_record(h, d);
     release_call(c);
 }
 
@@ -362,7 +413,12 @@ int mt_create(mt_host *h, const uint8_t *req, size_t len, int timeout_ms, int di
     return 0;
 }
 
-int mt_submit(mt_host *h, int method, uint64_t id, const uint8_t *payload, size_t len) {
+/* Make call `id` of method number `method`: on this thread (direct) or
+   queued to the submitter (the payload is copied). `waiting`: mt_call's
+   caller will wait for the answer, which holds one more reference. 0 on
+   success, -1 if shutting down or out of memory (nothing was called). */
+static int start_call(mt_host *h, int method, uint64_t id, const uint8_t *payload, size_t len,
+                      struct call **out, int waiting) {
     if (method < 0 || method >= h->nmethods)
         return -1;
     struct call *c = malloc(sizeof *c);
@@ -370,17 +426,21 @@ int mt_submit(mt_host *h, int method, uint64_t id, const uint8_t *payload, size_
         return -1;
     c->next = NULL;
     c->host = h;
-    atomic_init(&c->refs, 2);
+    atomic_init(&c->refs, waiting ? 3 : 2);
+    atomic_init(&c->waiter, waiting ? WAITING : NO_WAITER);
+    c->result = NULL;
     c->method = method;
     c->id = id;
     c->len = len;
     c->data = NULL;
+    c->submitted_ns = now_ns();
+    *out = c;
     if (h->direct) {
         if (h->stopping) {
             free(c);
             return -1;
         }
-        atomic_store(&h->call_started_ns, now_ns());
+        atomic_store(&h->call_started_ns, c->submitted_ns);
         invoke(h, c, payload, len);
         atomic_store(&h->call_started_ns, 0);
         atomic_fetch_add(&h->submitted, 1);
@@ -410,6 +470,146 @@ int mt_submit(mt_host *h, int method, uint64_t id, const uint8_t *payload, size_
     if (wake)
         pthread_cond_signal(&h->submit_cv);
     return 0;
+}
+
+int mt_submit(mt_host *h, int method, uint64_t id, const uint8_t *payload, size_t len) {
+    struct call *c;
+    return start_call(h, method, id, payload, len, &c, 0);
+}
+
+/* Make call `id` and wait for its answer when the method's calls usually
+   take at most max_wait_ns: 1 with the answer in *answer (the caller frees
+   it), 0 when it comes later through the queue, -1 as start_call fails. */
+static int call_wait(mt_host *h, int method, uint64_t id, const uint8_t *payload, size_t len,
+                     int64_t max_wait_ns, struct done **answer) {
+    if (method < 0 || method >= h->nmethods)
+        return -1;
+    int64_t usual = atomic_load_explicit(&h->answer_ns[method], memory_order_relaxed);
+    /* Twice the usual time and a little: the common answer is caught, and a
+       slow one costs no more than that before it goes the usual way. */
+    int64_t wait = 2 * usual + MT_WAIT_SLACK_NS;
+    int waiting = max_wait_ns > 0 && usual <= max_wait_ns;
+    if (wait > max_wait_ns)
+        wait = max_wait_ns;
+    struct call *c;
+    if (start_call(h, method, id, payload, len, &c, waiting) != 0)
+        return -1;
+    if (!waiting)
+        return 0;
+    int64_t deadline = c->submitted_ns + wait;
+    for (int i = 0; atomic_load_explicit(&c->waiter, memory_order_acquire) == WAITING; i++) {
+        if (i < 64) {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+            continue;
+        }
+        if (now_ns() >= deadline)
+            break;
+        /* a library thread on this core gets to answer */
+        sched_yield();
+    }
+    int expected = WAITING;
+    if (atomic_compare_exchange_strong_explicit(&c->waiter, &expected, NO_WAITER,
+                                                memory_order_acq_rel, memory_order_acquire)) {
+        release_call(c); /* not in time: the answer will be queued */
+        return 0;
+    }
+    *answer = c->result;
+    release_call(c);
+    return 1;
+}
+
+static void put_be32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+static uint32_t get_be32(const uint8_t *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* The answer d as a response frame in buf, freed: its size; or, when it
+   does not fit in cap, queued for mt_drain: 0. */
+static int64_t put_frame(mt_host *h, struct done *d, uint8_t *buf, size_t cap) {
+    if ((size_t)d->len + 8 > cap) {
+        queue_record(h, d);
+        return 0;
+    }
+    put_be32(buf, (uint32_t)d->ret);
+    put_be32(buf + 4, d->len);
+    memcpy(buf + 8, d->data, d->len);
+    int64_t size = 8 + (int64_t)d->len;
+    free(d);
+    return size;
+}
+
+int64_t mt_call(mt_host *h, int method, uint64_t id, const uint8_t *payload, size_t len,
+                int64_t max_wait_ns, uint8_t *buf, size_t cap) {
+    struct done *d;
+    int rc = call_wait(h, method, id, payload, len, max_wait_ns, &d);
+    return rc == 1 ? put_frame(h, d, buf, cap) : rc;
+}
+
+int mt_quick_add(mt_host *h, const char *name, int method) {
+    size_t n = strlen(name);
+    if (h->nquick == MT_QUICK_METHODS || n > MT_QUICK_NAME || method < 0 ||
+        method >= h->nmethods)
+        return -1;
+    memcpy(h->quick[h->nquick].name, name, n);
+    h->quick[h->nquick].len = n;
+    h->quick[h->nquick].method = method;
+    h->nquick++;
+    return 0;
+}
+
+/* The method number of a quick request frame's name, or -1. */
+static int quick_method(mt_host *h, const uint8_t *name, size_t len) {
+    for (int i = 0; i < h->nquick; i++)
+        if (h->quick[i].len == len && memcmp(h->quick[i].name, name, len) == 0)
+            return h->quick[i].method;
+    return -1;
+}
+
+int64_t mt_quick(mt_host *h, const uint8_t *data, size_t len, uint64_t first_id,
+                 int64_t max_wait_ns, uint8_t *out, size_t cap, int64_t *out_len,
+                 mt_quick_call *calls, int max_calls, int *ncalls) {
+    size_t pos = 0, used = 0;
+    int n = 0;
+    while (n < max_calls && len - pos >= 4) {
+        size_t mlen = get_be32(data + pos);
+        /* [u32 name length][name][u32 1][0xa0]: anything else is not quick */
+        if (mlen > MT_QUICK_NAME || len - pos < 4 + mlen + 5)
+            break;
+        const uint8_t *payload = data + pos + 4 + mlen + 4;
+        if (get_be32(data + pos + 4 + mlen) != 1 || payload[0] != 0xa0)
+            break;
+        int method = quick_method(h, data + pos + 4, mlen);
+        if (method < 0)
+            break;
+        int64_t started = now_ns();
+        struct done *d;
+        int rc = call_wait(h, method, first_id + (uint64_t)n, payload, 1, max_wait_ns, &d);
+        if (rc < 0)
+            break; /* not made: the caller's slow path answers it */
+        pos += 4 + mlen + 5;
+        calls[n].method = method;
+        calls[n].ns = now_ns() - started;
+        int64_t size = rc == 1 ? put_frame(h, d, out + used, cap - used) : 0;
+        if (size == 0) { /* comes later: the caller waits for it before the rest */
+            calls[n].ret = -1;
+            n++;
+            break;
+        }
+        calls[n].ret = (int32_t)get_be32(out + used);
+        used += (size_t)size;
+        n++;
+    }
+    *ncalls = n;
+    *out_len = (int64_t)used;
+    return (int64_t)pos;
 }
 
 int mt_fd(mt_host *h) { return h->efd; }

@@ -10,6 +10,10 @@
  * - Results are copied by a C callback into a completion queue; the event
  *   loop is woken through an eventfd and drains them in batches. No
  *   ffi.callback() is involved, so this works under MemoryDenyWriteExecute.
+ * - A caller may instead wait a few microseconds for one call's answer
+ *   (mt_call, mt_quick): the callback hands it over directly, and the loop
+ *   answers in the same turn, with no wake-up on the eventfd. The wait is
+ *   bounded, so a library that is slow (or stuck) never holds the loop.
  *
  * This file is read by cffi's cdef(): declarations only, no preprocessor.
  */
@@ -20,6 +24,19 @@ typedef struct mt_host mt_host;
 #define MT_MAX_METHODS 64
 /* Longest library name (the symbol prefix, e.g. "my_timer"). */
 #define MT_MAX_PREFIX 64
+/* mt_call waits twice a method's usual answer time and this much more. */
+#define MT_WAIT_SLACK_NS 5000
+/* Methods mt_quick serves, at most, and their longest name. */
+#define MT_QUICK_METHODS 8
+#define MT_QUICK_NAME 64
+
+/* One call mt_quick made: its method number, the answer's ret (-1: the
+   answer comes later through mt_drain) and how long it took. */
+typedef struct {
+    int32_t method;
+    int32_t ret;
+    int64_t ns;
+} mt_quick_call;
 
 typedef struct {
     int64_t in_call_ns;     /* how long the current library call has run, 0 if none */
@@ -58,6 +75,34 @@ int mt_create(mt_host *h, const uint8_t *req, size_t len, int timeout_ms, int di
 /* Call (direct) or queue a call of method number `method` with request id `id`; the
    payload is copied. 0 on success, -1 if shutting down or out of memory. */
 int mt_submit(mt_host *h, int method, uint64_t id, const uint8_t *payload, size_t len);
+/* mt_submit, then wait for the call's answer when the method's calls usually
+   take at most max_wait_ns (from submission to the final callback, a moving
+   average): a caller that answers on the spot needs no wake-up on the
+   eventfd. It waits twice the usual time and MT_WAIT_SLACK_NS more, at most
+   max_wait_ns, spinning and yielding the core (a library thread on it gets
+   to answer). Returns the size of the answer's response frame written to
+   buf ([i32 ret][u32 len][body], big-endian, as on the wire); 0 when the
+   answer comes later through mt_drain (not waited for, not in time, or
+   larger than cap); -1 as mt_submit fails. */
+int64_t mt_call(mt_host *h, int method, uint64_t id, const uint8_t *payload, size_t len,
+                int64_t max_wait_ns, uint8_t *buf, size_t cap);
+/* Let mt_quick serve method number `method` under its wire name `name`
+   (the caller checked that it would make a call of it with the empty map as
+   it is, without looking at it). 0, or -1 when MT_QUICK_METHODS are served
+   already, the name is longer than MT_QUICK_NAME or the method unbound. */
+int mt_quick_add(mt_host *h, const char *name, int method);
+/* The quick path of the wire: for each request frame at the start of
+   data[0..len) that names a method of mt_quick_add with the canonical empty
+   map (0xa0) as its payload, make the call (ids first_id, first_id + 1, ...)
+   as mt_call does and append the answer's response frame to out. Stops at
+   any other frame, an incomplete one, after max_calls calls, after a call
+   whose answer comes later (through mt_drain, as does an answer that does
+   not fit in cap), and before a call the library refuses (shutting down).
+   Returns the bytes of data consumed (whole frames); *out_len the bytes
+   written to out, *ncalls the calls made, described in calls[]. */
+int64_t mt_quick(mt_host *h, const uint8_t *data, size_t len, uint64_t first_id,
+                 int64_t max_wait_ns, uint8_t *out, size_t cap, int64_t *out_len,
+                 mt_quick_call *calls, int max_calls, int *ncalls);
 /* The eventfd that becomes readable when completions are waiting. */
 int mt_fd(mt_host *h);
 /* Move waiting completions into buf as records

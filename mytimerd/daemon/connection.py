@@ -135,6 +135,14 @@ class Host(Protocol):
     def handle(self, conn: Connection, request: wire.Request) -> None:
         """Answer ``request``: reserve a place or answer at once."""
 
+    #: Whether :meth:`quick` may take calls.
+    quick_calls: bool
+
+    def quick(self, conn: Connection, data: bytes) -> int:
+        """Answer the calls at the start of ``data`` it can at once (it may
+        leave the last one in flight, with a reserved place); the bytes of
+        whole frames it took."""
+
     def refuse_frame(
         self, conn: Connection, event: wire.MethodNameTooLong | wire.FrameTooLarge
     ) -> None:
@@ -174,6 +182,7 @@ class Connection(asyncio.Protocol):
         self._limits = limits
         self._parser = wire.RequestParser(limits.max_method_len, limits.max_payload)
         self._max_in_flight = limits.max_in_flight
+        self._quick = host.quick_calls
         self._answers: collections.deque[ResponsePlace] = collections.deque()
         # Requests received but not started: the in-flight limit holds them.
         self._backlog: collections.deque[wire.RequestEvent] = collections.deque()
@@ -266,6 +275,24 @@ class Connection(asyncio.Protocol):
             elif state is not _DRAINING:
                 self._last_input = time.monotonic()  # ENDING: discarded
                 return
+        elif (
+            state is _SERVING
+            and self._quick
+            and not self._buffered
+            and not self._answers
+            and not self._backlog
+            and not self._write_paused
+        ):
+            # Owes nothing and holds no part of a frame: the calls at the
+            # start of data may be answered before it is parsed at all.
+            used = self.host.quick(self, data)
+            if used:
+                self.last_active = self.host.clock()
+                self._seen_frame = True
+                self._flush()
+                if used == len(data):
+                    return
+                data = data[used:]
         parser = self._parser
         events = parser.feed(data)
         buffered = parser.buffered

@@ -4,13 +4,17 @@ by default), behind the C glue, which binds its symbols by the library's name.
 Python never runs on a library thread: calls are queued to the glue's
 submitter thread, results are queued by a C callback and announced on an
 eventfd (:attr:`LibraryHost.fd`) that the event loop watches;
-:meth:`LibraryHost.results` collects them in batches.
+:meth:`LibraryHost.results` collects them in batches. A call whose answer
+usually comes within microseconds may be waited for instead
+(:meth:`LibraryHost.call`, :meth:`LibraryHost.quick`, which also reads the
+frames of calls with ``{}`` in C): the callback hands the answer over
+directly and the loop answers in the same turn, with no wake-up.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -28,6 +32,16 @@ BUNDLED_LIBRARIES: Final = (BUNDLED_LIBRARY, BUNDLED_LIBRARY.with_name("libmy_ti
 
 _RECORD: Final = struct.Struct("=QiI")
 _ERR_LEN: Final = 512
+#: How long :meth:`LibraryHost.call` may wait for an answer, at most: a call
+#: answered within it costs no wake-up of the event loop (the eventfd, a turn
+#: of the loop, the drain); one that is usually slower is not waited for.
+INLINE_WAIT_NS: Final = 30_000
+#: Answers :meth:`LibraryHost.call` returns at once are at most this large
+#: (a larger one comes through :meth:`LibraryHost.results`), and so are the
+#: answers of one :meth:`LibraryHost.quick` together.
+_INLINE_CAP: Final = 1 << 16
+#: Calls one :meth:`LibraryHost.quick` makes, at most.
+_QUICK_CALLS: Final = 64
 
 
 class LibraryHost:
@@ -54,6 +68,12 @@ class LibraryHost:
         self._buf = ffi.new("uint8_t[]", self._cap)
         #: mt_drain_more's out-parameter: 1 while results are left to drain.
         self._more = ffi.new("int *")
+        self._frame = ffi.new("uint8_t[]", _INLINE_CAP)
+        self._quick_calls = ffi.new("mt_quick_call[]", _QUICK_CALLS)
+        self._quick_out = ffi.new("int64_t *")
+        self._quick_n = ffi.new("int *")
+        # The glue's method numbers -> names, for what quick() made.
+        self._names: list[str] = []
         self._closed = False
 
     def start(
@@ -94,6 +114,7 @@ class LibraryHost:
                 missing.add(method.name)
             else:
                 self._methods[method.name] = index
+                self._names.append(method.name)
         if probe not in self._methods:
             raise LibraryLoadError(
                 f"{self.path} lacks {self.name}_{probe}, which the liveness probe needs"
@@ -122,6 +143,66 @@ class LibraryHost:
         """Queue a call; False if the library is shutting down."""
         index = self._methods[method]
         return lib.mt_submit(self._host, index, call_id, payload, len(payload)) == 0  # type: ignore[no-any-return]
+
+    def call(self, method: str, call_id: int, payload: bytes, wait: bool) -> bytes | bool:
+        """Make a call; with ``wait``, when the method's calls usually answer
+        within :data:`INLINE_WAIT_NS`, wait for this one's answer (twice the
+        usual time at most) and return its response frame. True: the answer
+        comes through :meth:`results`; False: the library is shutting down."""
+        used: int = lib.mt_call(
+            self._host,
+            self._methods[method],
+            call_id,
+            payload,
+            len(payload),
+            INLINE_WAIT_NS if wait else 0,
+            self._frame,
+            _INLINE_CAP,
+        )
+        if used > 0:
+            frame: bytes = ffi.buffer(self._frame, used)[:]
+            return frame
+        return used == 0
+
+    def quicken(self, names: Iterable[str]) -> list[str]:
+        """Let :meth:`quick` serve these methods, as many as the glue takes
+        (``MT_QUICK_METHODS``, names of ``MT_QUICK_NAME`` bytes at most); the
+        ones it serves. The caller checked that ``{}`` is a valid request
+        of each."""
+        return [
+            name
+            for name in names
+            if name in self._methods
+            and lib.mt_quick_add(self._host, name.encode(), self._methods[name]) == 0
+        ]
+
+    def quick(
+        self, data: bytes, first_id: int, wait: bool
+    ) -> tuple[int, bytes, list[tuple[str, int, float]]]:
+        """Make the calls of the request frames at the start of ``data`` that
+        :meth:`quicken` named with ``{}`` (a0) as their payload, as
+        :meth:`call` makes them with ``wait`` (ids from ``first_id`` on):
+        the bytes of ``data`` they took, the response frames of those
+        answered, and (method, ret, seconds) of each call made in order; a
+        ret of -1: the last call's answer comes through :meth:`results`."""
+        calls = self._quick_calls
+        n = self._quick_n
+        used = lib.mt_quick(
+            self._host,
+            data,
+            len(data),
+            first_id,
+            INLINE_WAIT_NS if wait else 0,
+            self._frame,
+            _INLINE_CAP,
+            self._quick_out,
+            calls,
+            _QUICK_CALLS,
+            n,
+        )
+        names = self._names
+        made = [(names[c.method], c.ret, c.ns / 1e9) for c in calls[0 : n[0]]]
+        return used, ffi.buffer(self._frame, self._quick_out[0])[:], made
 
     def results(self) -> list[Result]:
         """Every result waiting now, as (call id, ret, body), in completion order.

@@ -8,6 +8,7 @@ is tested in memory.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final, Protocol
 
 from ..protocol.record import Record
@@ -68,6 +69,32 @@ class Library(Protocol):
 
     def submit(self, method: str, call_id: int, payload: bytes) -> bool:
         """Start ``method`` with the CBOR ``payload``; False if shutting down."""
+        ...
+
+    def call(self, method: str, call_id: int, payload: bytes, wait: bool) -> bytes | bool:
+        """:meth:`submit`, and with ``wait`` the answer at once when the
+        library gives it within a few microseconds: its response frame (the
+        wire's), so that the caller answers in the same turn of the loop.
+        True: the answer comes later through :meth:`results`; False:
+        shutting down."""
+        ...
+
+    def quicken(self, names: Iterable[str]) -> list[str]:
+        """Let :meth:`quick` serve calls of these methods with ``{}``; the
+        ones it will serve (perhaps none)."""
+        ...
+
+    def quick(
+        self, data: bytes, first_id: int, wait: bool
+    ) -> tuple[int, bytes, list[tuple[str, int, float]]]:
+        """Make the calls of the request frames at the start of ``data``
+        that name a method of :meth:`quicken` with ``{}`` (the byte a0) as
+        their payload, as :meth:`call` makes them with ``wait`` (ids
+        ``first_id`` on), up to the first other frame and after no call
+        whose answer comes later: the bytes of ``data`` they took, the
+        response frames of those answered, and (method, ret, seconds) of
+        each call made, in order; ret -1: the last one's answer comes
+        through :meth:`results`."""
         ...
 
     def results(self) -> list[Result]:

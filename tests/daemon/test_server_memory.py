@@ -35,9 +35,13 @@ class Rig:
         watchdog: float | None = None,
         real_time: bool = False,
         generation: str = "0.2",
+        inline: bool = False,
         **limits: Any,
     ):
+        """``inline``: the library answers version calls on the spot when
+        waited for, and serves them on its quick path."""
         self.library = FakeLibrary()
+        self.library.answers_inline = inline
         self.clock = Clock()
         self.notes: list[str] = []
         config = Config(limits=Limits(**limits), watchdog=watchdog)

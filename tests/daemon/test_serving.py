@@ -97,6 +97,44 @@ def test_pipelined_calls_run_concurrently_and_answer_in_order(timed_daemon: Daem
     assert 0.3 <= elapsed < 2.0
 
 
+def test_a_lone_client_answered_on_the_spot(timed_daemon: Daemon) -> None:
+    """One client calling alone, whose answers the daemon waits for (and
+    whose ``{}`` calls take the glue's quick path): one call at a time, then
+    pipelined ``{}`` calls around calls of other kinds, in one read and cut
+    across reads, are answered right and in order, and counted once each."""
+    version = wire.encode_request("version", b"\xa0")
+    empty_echo = wire.encode_request("echo", b"\xa0")  # {}: every key may be missing
+    with timed_daemon.client() as c:
+        for _ in range(100):
+            assert c.call("version") == wire.Response(0, cbor2.dumps("nim-timer v0.1.0"))
+        burst = (
+            version * 5
+            + wire.encode_request("echo", echo("held", 50))
+            + version * 3
+            + empty_echo
+            + wire.encode_request("mytimerd.ping", b"\xa0")
+            + version
+        )
+        cut = len(version) * 7 + 3  # in the middle of a frame
+        c.send(burst[:cut])
+        time.sleep(0.05)
+        c.send(burst[cut:])
+        answers = [c.recv() for _ in range(12)]
+        stats = c.call_value("mytimerd.stats")
+    values = [cbor2.loads(a.body) for a in answers]
+    assert all(a.ret == wire.RET_OK for a in answers), answers
+    assert values[:5] == ["nim-timer v0.1.0"] * 5
+    assert values[5]["echoed"] == "held"
+    assert values[6:9] == ["nim-timer v0.1.0"] * 3
+    assert values[9]["echoed"] == ""
+    assert values[10]["healthy"] is True
+    assert values[11] == "nim-timer v0.1.0"
+    assert isinstance(stats, dict)
+    assert stats["calls"]["version"]["ok"] == 100 + 9
+    assert stats["calls"]["echo"]["ok"] == 2
+    assert stats["inFlight"] == 0 and stats["held"]["calls"] == stats["held"]["bytes"] == 0
+
+
 def test_64_echoes_of_100ms_on_64_connections_finish_together(daemon: Daemon) -> None:
     """64 simultaneous 100 ms echoes take about 100 ms, not 6.4 s."""
     clients = [daemon.client() for _ in range(64)]

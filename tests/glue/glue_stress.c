@@ -13,6 +13,7 @@
  *   glue_stress inflight <lib.so> <direct 0|1>           scenario 3
  *   glue_stress stuck    <stuck.so> <control file>       scenario 4 (threaded)
  *   glue_stress openerr  <non-library path>              scenario 5
+ *   glue_stress inline   <lib.so> <direct 0|1> <calls>  scenario 6
  *
  * Exit status 0 and "PASS <scenario>" on stdout on success; any failed check
  * prints "FAIL: ..." to stderr and exits 1.
@@ -125,7 +126,7 @@ static int wait_readable(mt_host *h, int timeout_ms) {
 
 struct tracker {
     size_t n;
-    uint8_t *kind;  /* 0 version, 1 echo */
+    uint8_t *kind;  /* 0 version, 1 echo, 2 echo with {} */
     uint8_t *seen;  /* completions per id */
     size_t done;
     size_t records;
@@ -138,6 +139,13 @@ static void check_record(struct tracker *t, uint64_t id, int32_t ret, const uint
     CHECK(t->seen[i] == 0, "id %zu completed twice", i);
     t->seen[i] = 1;
     t->done++;
+    if (t->kind[i] == 2) { /* an echo without its argument echoes "" */
+        static const uint8_t empty[] = "\x66" "echoed" "\x60";
+        CHECK(ret == RET_OK && len > 0 && body[0] == 0xa2 &&
+                  memmem(body, len, empty, sizeof empty - 1),
+              "id %zu: echo {} ret %d", i, ret);
+        return;
+    }
     CHECK(ret == RET_OK, "id %zu (%s) ret %d: %.*s", i, t->kind[i] ? "echo" : "version", ret,
           (int)len, (const char *)body);
     if (t->kind[i] == 0) {
@@ -401,6 +409,8 @@ static int scenario_inflight(const char *path, int direct) {
     return 0;
 }
 
+static size_t put_request(uint8_t *out, const char *name, const uint8_t *payload, size_t n);
+
 /* ---------------------------------------------------------------- scenario 4 */
 
 static void write_control(const char *file, const char *mode) {
@@ -432,6 +442,22 @@ static int scenario_stuck(const char *path, const char *control) {
               "submit %d", i);
     int64_t took = mono_ms() - t0;
     CHECK(took < 100, "mt_submit blocked the caller for %" PRId64 " ms", took);
+    /* waiting for an answer is bounded too: 2 ms at most, then it is queued */
+    t0 = mono_ms();
+    CHECK(mt_call(l.h, l.version, ID_BASE + 6, VERSION_REQ, sizeof VERSION_REQ, 2000000, buf,
+                  sizeof buf) == 0,
+          "mt_call answered by a stuck library");
+    CHECK(mt_quick_add(l.h, "version", l.version) == 0, "mt_quick_add");
+    uint8_t frame[16];
+    size_t flen = put_request(frame, "version", VERSION_REQ, sizeof VERSION_REQ);
+    mt_quick_call made[2];
+    int64_t out_len;
+    int nmade;
+    CHECK(mt_quick(l.h, frame, flen, ID_BASE + 7, 2000000, buf, sizeof buf, &out_len, made, 2,
+                   &nmade) == (int64_t)flen && nmade == 1 && made[0].ret == -1 && out_len == 0,
+          "mt_quick answered by a stuck library");
+    took = mono_ms() - t0;
+    CHECK(took < 100, "waiting for a stuck library took %" PRId64 " ms", took);
 
     sleep_ms(100);
     mt_status a, b;
@@ -441,7 +467,7 @@ static int scenario_stuck(const char *path, const char *control) {
     CHECK(a.in_call_ns > 50 * 1000000LL, "in_call_ns %" PRId64 " after 100 ms; queued %" PRIu64 " submitted %" PRIu64 " completed %" PRIu64, a.in_call_ns, a.queued, a.submitted, a.completed);
     CHECK(b.in_call_ns >= a.in_call_ns + 150 * 1000000LL, "in_call_ns %" PRId64 " -> %" PRId64,
           a.in_call_ns, b.in_call_ns);
-    CHECK(b.queued == 4 && b.submitted == 1 && b.completed == 1,
+    CHECK(b.queued == 6 && b.submitted == 1 && b.completed == 1,
           "stuck status: queued %" PRIu64 " submitted %" PRIu64 " completed %" PRIu64, b.queued,
           b.submitted, b.completed);
     CHECK(!wait_readable(l.h, 0), "nothing can have completed");
@@ -454,6 +480,173 @@ static int scenario_stuck(const char *path, const char *control) {
     /* The host and the submitter thread (still blocked in the double) are
        abandoned by design; the process exits with them. */
     printf("PASS stuck shutdown_ms=%" PRId64 "\n", took);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- scenario 6 */
+
+/* A response frame of mt_call/mt_quick: [i32 ret][u32 len][body], big-endian. */
+static void check_frame(struct tracker *t, uint64_t id, const uint8_t *p, int64_t size) {
+    CHECK(size >= 8, "frame of %" PRId64 " bytes", size);
+    uint32_t ret = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+    uint32_t len = (uint32_t)p[4] << 24 | (uint32_t)p[5] << 16 | (uint32_t)p[6] << 8 | p[7];
+    CHECK((int64_t)len + 8 == size, "frame length %u in %" PRId64 " bytes", len, size);
+    check_record(t, id, (int32_t)ret, p + 8, len);
+}
+
+/* [u32 len][name][u32 len][payload] */
+static size_t put_request(uint8_t *out, const char *name, const uint8_t *payload, size_t n) {
+    size_t m = strlen(name), o = 0;
+    uint8_t head[4] = {(uint8_t)(m >> 24), (uint8_t)(m >> 16), (uint8_t)(m >> 8), (uint8_t)m};
+    memcpy(out + o, head, 4);
+    o += 4;
+    memcpy(out + o, name, m);
+    o += m;
+    uint8_t plen[4] = {(uint8_t)(n >> 24), (uint8_t)(n >> 16), (uint8_t)(n >> 8), (uint8_t)n};
+    memcpy(out + o, plen, 4);
+    o += 4;
+    memcpy(out + o, payload, n);
+    return o + n;
+}
+
+/* Drain whatever is waiting, without waiting for the eventfd. */
+static void drain_now(mt_host *h, struct tracker *t, uint8_t **buf, size_t *cap) {
+    if (wait_readable(h, 0))
+        drain_all(h, t, buf, cap);
+}
+
+static int scenario_inline(const char *path, int direct, size_t n) {
+    struct lib l = open_lib(path, direct);
+    struct tracker t = {.n = n};
+    t.kind = calloc(n, 1);
+    t.seen = calloc(n, 1);
+    CHECK(t.kind && t.seen, "calloc");
+    size_t cap = 256;
+    uint8_t *buf = malloc(cap);
+    uint8_t frame[512];
+    CHECK(buf, "malloc");
+    size_t inline_answers = 0, next = 0;
+    /* mt_call: versions and short echoes, with waits from 0 to 2 ms, so that
+       a waiter often gives up just as the answer comes (the race between
+       the give-up and the callback), and a cap too small now and then (the
+       answer is queued instead); each id answered once, either way. */
+    for (; next < n / 2; next++) {
+        uint8_t req[64];
+        size_t len = sizeof VERSION_REQ;
+        int method = l.version;
+        memcpy(req, VERSION_REQ, len);
+        if (next % 4 == 0) {
+            char msg[32];
+            snprintf(msg, sizeof msg, "m%zu", next);
+            len = echo_req(req, msg, (int)((next / 4) % 2));
+            method = l.echo;
+            t.kind[next] = 1;
+        }
+        int64_t wait = (int64_t)(next % 9) * 250000;
+        size_t fcap = next % 13 == 0 ? 8 : sizeof frame;
+        int64_t size = mt_call(l.h, method, ID_BASE + next, req, len, wait, frame, fcap);
+        CHECK(size >= 0, "mt_call %zu: %" PRId64, next, size);
+        if (size > 0) {
+            check_frame(&t, ID_BASE + next, frame, size);
+            inline_answers++;
+        }
+        drain_now(l.h, &t, &buf, &cap);
+    }
+    CHECK(mt_call(l.h, l.schedule + 1, ID_BASE, VERSION_REQ, 1, 1000, frame, sizeof frame) == -1,
+          "mt_call of a method that is not bound");
+    /* mt_quick: the version and echo calls served, {} only */
+    CHECK(mt_quick_add(l.h, "version", l.version) == 0, "mt_quick_add version");
+    CHECK(mt_quick_add(l.h, "echo", l.echo) == 0, "mt_quick_add echo");
+    char long_name[MT_QUICK_NAME + 2];
+    memset(long_name, 'x', sizeof long_name - 1);
+    long_name[sizeof long_name - 1] = '\0';
+    CHECK(mt_quick_add(l.h, long_name, l.version) == -1, "a name longer than MT_QUICK_NAME");
+    CHECK(mt_quick_add(l.h, "version", l.schedule + 1) == -1, "a method that is not bound");
+    uint8_t data[4096];
+    mt_quick_call calls[8];
+    int ncalls;
+    int64_t out_len;
+    uint8_t out[4096];
+    while (next < n) {
+        /* 1-5 quick frames (at ends[]), then one that is not quick (a
+           payload other than a0), then a quick one that must not be touched */
+        size_t k = 1 + next % 5, o = 0, ends[5];
+        if (k > n - next)
+            k = n - next;
+        for (size_t i = 0; i < k; i++) {
+            o += put_request(data + o, i % 3 == 2 ? "echo" : "version", VERSION_REQ, 1);
+            ends[i] = o;
+        }
+        static const uint8_t other[] = {0xbf, 0xff}; /* {} of indefinite length */
+        o += put_request(data + o, "version", other, sizeof other);
+        o += put_request(data + o, "version", VERSION_REQ, 1);
+        int64_t wait = (int64_t)(next % 7) * 300000;
+        int max_calls = next % 11 == 0 ? 2 : 8;
+        size_t ocap = next % 17 == 0 ? 16 : sizeof out; /* 16: no answer fits */
+        int64_t used = mt_quick(l.h, data, o, ID_BASE + next, wait, out, ocap, &out_len, calls,
+                                max_calls, &ncalls);
+        CHECK(ncalls >= 1 && ncalls <= max_calls && (size_t)ncalls <= k, "ncalls %d", ncalls);
+        CHECK(used == (int64_t)ends[ncalls - 1], "used %" PRId64 " for %d calls", used, ncalls);
+        int64_t pos = 0;
+        for (int i = 0; i < ncalls; i++) {
+            size_t id = next + (size_t)i;
+            CHECK(id < n, "id");
+            t.kind[id] = (i % 3 == 2) ? 2 : 0;
+            CHECK(calls[i].method == (i % 3 == 2 ? l.echo : l.version) && calls[i].ns >= 0,
+                  "call %d: method %d", i, calls[i].method);
+            if (calls[i].ret == -1) {
+                CHECK(i == ncalls - 1, "a call answered later is the last one made");
+                continue;
+            }
+            CHECK(pos + 8 <= out_len, "frames end early");
+            uint32_t len = (uint32_t)out[pos + 4] << 24 | (uint32_t)out[pos + 5] << 16 |
+                           (uint32_t)out[pos + 6] << 8 | out[pos + 7];
+            check_frame(&t, ID_BASE + id, out + pos, 8 + (int64_t)len);
+            CHECK(calls[i].ret == RET_OK, "ret %d", calls[i].ret);
+            pos += 8 + len;
+            inline_answers++;
+        }
+        CHECK(pos == out_len, "out_len %" PRId64 " for frames of %" PRId64, out_len, pos);
+        /* it stops only after a call answered later, at max_calls, or at the
+           frame that is not quick */
+        if (calls[ncalls - 1].ret != -1 && ncalls < max_calls)
+            CHECK((size_t)ncalls == k, "stopped after %d of %zu quick frames", ncalls, k);
+        next += (size_t)ncalls;
+        drain_now(l.h, &t, &buf, &cap);
+    }
+    /* nothing quick at the start: nothing made */
+    static const uint8_t two[] = {0xa0, 0xa0};
+    size_t o = put_request(data, "complex", VERSION_REQ, 1); /* a method not added */
+    CHECK(mt_quick(l.h, data, o, ID_BASE, 1000, out, sizeof out, &out_len, calls, 8, &ncalls) ==
+                  0 && ncalls == 0 && out_len == 0,
+          "a method not added");
+    o = put_request(data, "version", two, sizeof two);
+    CHECK(mt_quick(l.h, data, o, ID_BASE, 1000, out, sizeof out, &out_len, calls, 8, &ncalls) ==
+                  0 && ncalls == 0,
+          "a payload of two bytes");
+    o = put_request(data, "version", VERSION_REQ, 1);
+    for (size_t cut = 0; cut < o; cut++)
+        CHECK(mt_quick(l.h, data, cut, ID_BASE, 1000, out, sizeof out, &out_len, calls, 8,
+                       &ncalls) == 0 && ncalls == 0,
+              "a frame cut at %zu of %zu bytes", cut, o);
+    int64_t deadline = mono_ms() + 10000;
+    while (t.done < n) {
+        CHECK(mono_ms() < deadline, "%zu of %zu answered", t.done, n);
+        if (wait_readable(l.h, 100))
+            drain_all(l.h, &t, &buf, &cap);
+    }
+    for (size_t i = 0; i < n; i++)
+        CHECK(t.seen[i] == 1, "id %zu never answered", i);
+    mt_status st;
+    mt_get_status(l.h, &st);
+    CHECK(st.queued == 0 && st.submitted == n && st.completed == n,
+          "status: queued %" PRIu64 " submitted %" PRIu64 " completed %" PRIu64, st.queued,
+          st.submitted, st.completed);
+    CHECK(mt_shutdown(l.h, 5000) == 0, "mt_shutdown");
+    free(buf);
+    free(t.kind);
+    free(t.seen);
+    printf("PASS inline direct=%d calls=%zu answered_inline=%zu\n", direct, n, inline_answers);
     return 0;
 }
 
@@ -498,6 +691,8 @@ int main(int argc, char **argv) {
         return scenario_inflight(argv[2], atoi(argv[3]));
     if (argc == 4 && strcmp(argv[1], "stuck") == 0)
         return scenario_stuck(argv[2], argv[3]);
+    if (argc == 5 && strcmp(argv[1], "inline") == 0)
+        return scenario_inline(argv[2], atoi(argv[3]), (size_t)strtoull(argv[4], NULL, 10));
     if (argc == 3 && strcmp(argv[1], "openerr") == 0)
         return scenario_openerr(argv[2]);
     fprintf(stderr, "usage: see the comment at the top of %s\n", __FILE__);

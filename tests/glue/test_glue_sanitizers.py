@@ -151,12 +151,28 @@ def test_shutdown_with_calls_in_flight(variant: str, direct: int, driver: dict[s
     assert "shutdown_ms=" in out
 
 
+@pytest.mark.parametrize("direct", [0, 1], ids=["threaded", "direct"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_answers_waited_for(variant: str, direct: int, driver: dict[str, Path]) -> None:
+    """mt_call and mt_quick, which wait for a call's answer: with waits from
+    0 to 2 ms, so that a waiter often gives up just as the answer comes, and
+    answers that do not fit, every id is answered exactly once, either on the
+    spot (a well-formed response frame) or through the queue; mt_quick makes
+    only the calls of whole frames of methods it was given with ``{}``, in
+    order, and stops after one answered later, at its limit, and at any
+    other frame (another method, another payload, a frame cut short)."""
+    lib = build_native(variant)
+    out = run_driver(variant, driver[variant], "inline", lib, direct, STRESS_CALLS // 2)
+    assert "answered_inline=0 " not in out + " ", out
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_stuck_library_threaded(
     variant: str, driver: dict[str, Path], stuck_double: dict[str, Path], tmp_path: Path
 ) -> None:
     """With the double blocking inside a call, mt_submit still returns at once
-    (only the submitter thread is stuck), in_call_ns grows, and
+    (only the submitter thread is stuck), so do mt_call and mt_quick, which
+    wait for an answer a bounded time, in_call_ns grows, and
     mt_shutdown(300) gives up with -1 after ~300 ms instead of hanging.
 
     Threaded mode only: in direct mode a blocking library blocks the caller by

@@ -40,7 +40,8 @@ class FakeLibrary:
 
     ``version`` (calls and liveness probes) is answered at once while
     ``answers_version`` is true; every other call is held until the test
-    answers it with :meth:`answer`. Answers appear in :meth:`results`.
+    answers it with :meth:`answer`. Answers appear in :meth:`results`, or
+    are returned by :meth:`call` itself while ``answers_inline`` is true.
     """
 
     path = "fake://libmy_timer"
@@ -52,6 +53,9 @@ class FakeLibrary:
         self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.held: dict[int, Held] = {}
         self.answers_version = True
+        self.answers_inline = False
+        #: The ``wait`` of each call() and quick(), in order.
+        self.waits: list[bool] = []
         self.accepting = True
         self.in_call_seconds = 0.0
         self.unavailable: frozenset[str] = frozenset()
@@ -72,6 +76,44 @@ class FakeLibrary:
         else:
             self.held[call_id] = Held(method, payload)
         return True
+
+    def call(self, method: str, call_id: int, payload: bytes, wait: bool) -> bytes | bool:
+        """:meth:`submit`; a version call waited for is answered on the spot
+        (its response frame) while ``answers_inline`` is true, otherwise later."""
+        self.waits.append(wait)
+        if not self.submit(method, call_id, payload):
+            return False
+        if wait and self.answers_inline and self._ready and self._ready[-1][0] == call_id:
+            _, ret, body = self._ready.pop()
+            return wire.encode_response(ret, body)
+        return True
+
+    def quicken(self, names: object) -> list[str]:
+        """Serve version calls on the quick path while ``answers_inline`` is
+        true (it must be set before the server is made)."""
+        return ["version"] if self.answers_inline else []
+
+    def quick(
+        self, data: bytes, first_id: int, wait: bool
+    ) -> tuple[int, bytes, list[tuple[str, int, float]]]:
+        """The glue's quick path in Python: version calls with ``{}`` at
+        the start of ``data``, answered at once while ``answers_version``
+        is true and ``wait``, else the first one is held (and ends the run)."""
+        self.waits.append(wait)
+        version = wire.encode_request("version", b"\xa0")
+        used, frames = 0, b""
+        made: list[tuple[str, int, float]] = []
+        while data.startswith(version, used) and self.accepting:
+            used += len(version)
+            call_id = first_id + len(made)
+            self.submit("version", call_id, b"\xa0")
+            if call_id in self.held or not wait:  # answered later, through results()
+                made.append(("version", -1, 0.0))
+                break
+            _, ret, body = self._ready.pop()
+            frames += wire.encode_response(ret, body)
+            made.append(("version", ret, 0.0))
+        return used, frames, made
 
     def answer(self, call_id: int, ret: int = wire.RET_OK, body: bytes | None = None) -> None:
         """Answer a held call (by default: its own payload echoed)."""
