@@ -26,6 +26,10 @@ typedef struct mt_host mt_host;
 #define MT_MAX_PREFIX 64
 /* mt_call waits twice a method's usual answer time and this much more. */
 #define MT_WAIT_SLACK_NS 5000
+/* While calls come this close together, the submitter thread looks for
+   the next one (twice their usual distance, this long at most) before it
+   sleeps. */
+#define MT_SUBMIT_SPIN_NS 150000
 /* Methods mt_quick serves, at most, and their longest name. */
 #define MT_QUICK_METHODS 8
 #define MT_QUICK_NAME 64

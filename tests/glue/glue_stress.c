@@ -14,6 +14,7 @@
  *   glue_stress stuck    <stuck.so> <control file>       scenario 4 (threaded)
  *   glue_stress openerr  <non-library path>              scenario 5
  *   glue_stress inline   <lib.so> <direct 0|1> <calls>  scenario 6
+ *   glue_stress idle     <lib.so>                       scenario 7 (threaded)
  *
  * Exit status 0 and "PASS <scenario>" on stdout on success; any failed check
  * prints "FAIL: ..." to stderr and exits 1.
@@ -650,6 +651,47 @@ static int scenario_inline(const char *path, int direct, size_t n) {
     return 0;
 }
 
+/* ---------------------------------------------------------------- scenario 7 */
+
+static int64_t cpu_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* One call, waited for through the eventfd. */
+static void one_call(struct lib *l, uint64_t id, uint8_t *buf, size_t cap) {
+    CHECK(mt_submit(l->h, l->version, id, VERSION_REQ, sizeof VERSION_REQ) == 0, "submit");
+    CHECK(wait_readable(l->h, 5000), "no answer");
+    check_version_records(buf, mt_drain(l->h, buf, cap), id, 1);
+}
+
+static int scenario_idle(const char *path) {
+    struct lib l = open_lib(path, 0);
+    uint8_t buf[256];
+    /* calls back to back: the submitter spins between them; once they stop,
+       it sleeps: a quiet 200 ms costs (almost) no CPU */
+    for (uint64_t i = 0; i < 2000; i++)
+        one_call(&l, ID_BASE + i, buf, sizeof buf);
+    int64_t c0 = cpu_us();
+    sleep_ms(200);
+    int64_t quiet = cpu_us() - c0;
+    CHECK(quiet < 20000, "%" PRId64 " us of CPU in 200 ms without calls", quiet);
+    /* calls 5 ms apart, further apart than any spin: it does not spin */
+    c0 = cpu_us();
+    int64_t t0 = mono_ms();
+    for (uint64_t i = 0; i < 40; i++) {
+        one_call(&l, ID_BASE + 2000 + i, buf, sizeof buf);
+        sleep_ms(5);
+    }
+    int64_t used = cpu_us() - c0, wall = (mono_ms() - t0) * 1000;
+    CHECK(used * 4 < wall, "%" PRId64 " us of CPU in %" PRId64 " us of calls 5 ms apart", used,
+          wall);
+    CHECK(mt_shutdown(l.h, 5000) == 0, "mt_shutdown");
+    printf("PASS idle quiet_cpu_us=%" PRId64 " spaced_cpu_us=%" PRId64 "\n", quiet, used);
+    return 0;
+}
+
 /* ---------------------------------------------------------------- scenario 5 */
 
 static int scenario_openerr(const char *not_a_library) {
@@ -693,6 +735,8 @@ int main(int argc, char **argv) {
         return scenario_stuck(argv[2], argv[3]);
     if (argc == 5 && strcmp(argv[1], "inline") == 0)
         return scenario_inline(argv[2], atoi(argv[3]), (size_t)strtoull(argv[4], NULL, 10));
+    if (argc == 3 && strcmp(argv[1], "idle") == 0)
+        return scenario_idle(argv[2]);
     if (argc == 3 && strcmp(argv[1], "openerr") == 0)
         return scenario_openerr(argv[2]);
     fprintf(stderr, "usage: see the comment at the top of %s\n", __FILE__);

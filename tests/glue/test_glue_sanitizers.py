@@ -167,6 +167,15 @@ def test_answers_waited_for(variant: str, direct: int, driver: dict[str, Path]) 
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+def test_submitter_spins_only_while_calls_come_often(variant: str, driver: dict[str, Path]) -> None:
+    """The submitter thread looks for the next call a while only while calls
+    come close together: once they stop, 200 ms cost (almost) no CPU, and
+    calls 5 ms apart cost far less CPU than their wall time."""
+    lib = build_native(variant)
+    run_driver(variant, driver[variant], "idle", lib)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_stuck_library_threaded(
     variant: str, driver: dict[str, Path], stuck_double: dict[str, Path], tmp_path: Path
 ) -> None:
