@@ -180,16 +180,12 @@ def _heap_in_use() -> int:
     return int(_libc.mallinfo2().uordblks)
 
 
-def test_thousand_create_destroy_cycles_leave_nothing(native: Native) -> None:
-    # warm up lazily allocated runtime state first
-    native.lib.my_timer_destroy(new_ctx(native))
-    time.sleep(0.05)
-    gc.collect()
-    threads, fds, heap = _threads(), _fds(), _heap_in_use()
+def _cycles(native: Native, n: int) -> int:
+    """``n`` create/call/destroy cycles; the callbacks they got."""
     ffi, lib = native.ffi, native.lib
     ud, s = native.sink()
     payload = cbor2.dumps({"config": {"name": "cycle"}})
-    for i in range(1000):
+    for i in range(n):
         c = lib.my_timer_create_cbor(payload, len(payload), native.cb, ud)
         assert c != ffi.NULL
         if i % 3 == 0:
@@ -197,15 +193,32 @@ def test_thousand_create_destroy_cycles_leave_nothing(native: Native) -> None:
         if i % 5 == 0:
             lib.my_timer_echo_cbor(c, native.cb, ud, echo_req("e", 1), len(echo_req("e", 1)))
         assert lib.my_timer_destroy(c) == 0
-    # every create and every call got exactly one callback before destroy returned
-    assert len(s.results) == 1000 + 334 + 200
+    return len(s.results)
+
+
+def test_thousand_create_destroy_cycles_leave_nothing(native: Native) -> None:
+    # warm up lazily allocated runtime state first
+    native.lib.my_timer_destroy(new_ctx(native))
+    time.sleep(0.05)
+    gc.collect()
+    threads, fds = _threads(), _fds()
+    growth = []
+    # One leaked context (>= 300 B) per cycle would be >= 300 kB every time;
+    # python itself moves this by a few tens of kB, and in the whole suite
+    # threads other tests left behind may allocate meanwhile: a leak shows
+    # in both rounds, such noise (1.9 MB once in CI) not in the second.
+    # LSan covers small leaks (stress.c).
+    for _ in range(2):
+        heap = _heap_in_use()
+        # every create and every call got exactly one callback before destroy returned
+        assert _cycles(native, 1000) == 1000 + 334 + 200
+        gc.collect()
+        growth.append(_heap_in_use() - heap)
+        if growth[-1] < 200 * 1024:
+            break
+    assert min(growth) < 200 * 1024, growth
     assert _threads() == threads
     assert _fds() == fds
-    del s
-    gc.collect()
-    # one leaked context (>= 300 B) per cycle would be >= 300 kB; python
-    # itself moves this by a few tens of kB. LSan covers small leaks (stress.c).
-    assert _heap_in_use() - heap < 200 * 1024
 
 
 def test_destroy_concurrent_with_calls(native: Native) -> None:
