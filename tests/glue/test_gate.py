@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require
+from tests.support import sanitizers
 from tests.support.native import REPO_ROOT
-from tests.support.sanitizers import C_WARNINGS, REPORT_MARKERS, SANITIZE, clean_env, launcher
+from tests.support.sanitizers import C_WARNINGS, SANITIZE, clean_env, launcher
 
 HERE: Path = Path(__file__).resolve().parent
 DRIVER_SRC: Path = HERE / "gate_stress.c"
@@ -69,17 +70,7 @@ def run_scenario(variant: str, exe: Path, scenario: str) -> str:
     env["UBSAN_OPTIONS"] = "halt_on_error=1:print_stacktrace=1:exitcode=66"
     env["TSAN_OPTIONS"] = "halt_on_error=1:exitcode=66:second_deadlock_stack=1"
     cmd = [*launcher(variant), str(exe), scenario]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=RUN_TIMEOUT)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{' '.join(cmd)} hung for {RUN_TIMEOUT:g} s:\n{exc.stdout!r}\n{exc.stderr!r}")
-    output = proc.stdout + proc.stderr
-    reports = [m for m in REPORT_MARKERS if m in output]
-    assert proc.returncode == 0 and not reports, (
-        f"{' '.join(cmd)} exited {proc.returncode}, reports {reports}:\n{output[-8000:]}"
-    )
-    assert f"PASS {scenario}" in proc.stdout, output[-4000:]
-    return proc.stdout
+    return sanitizers.run_scenario(cmd, env, RUN_TIMEOUT, scenario)
 
 
 @pytest.mark.parametrize(

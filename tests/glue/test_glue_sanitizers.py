@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.native import REPO_ROOT, build_native
-from tests.support.sanitizers import C_WARNINGS, REPORT_MARKERS, SANITIZE
+from tests.support.sanitizers import C_WARNINGS, SANITIZE, run_scenario
 
 HERE: Path = Path(__file__).resolve().parent
 DRIVER_SRC: Path = HERE / "glue_stress.c"
@@ -102,17 +102,7 @@ def _env() -> dict[str, str]:
 def run_driver(variant: str, exe: Path, *args: str | int | Path) -> str:
     """Run one scenario; fail on a report, a non-zero exit or a missing PASS."""
     cmd = [*_launcher(variant), str(exe), *map(str, args)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=RUN_TIMEOUT)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{' '.join(cmd)} hung for {RUN_TIMEOUT:g} s:\n{exc.stdout!r}\n{exc.stderr!r}")
-    output = proc.stdout + proc.stderr
-    reports = [m for m in REPORT_MARKERS if m in output]
-    assert proc.returncode == 0 and not reports, (
-        f"{' '.join(cmd)} exited {proc.returncode}, reports {reports}:\n{output[-8000:]}"
-    )
-    assert f"PASS {args[0]}" in proc.stdout, output[-4000:]
-    return proc.stdout
+    return run_scenario(cmd, _env(), RUN_TIMEOUT, str(args[0]))
 
 
 @pytest.mark.parametrize("drain", ["loop", "once"])

@@ -73,6 +73,27 @@ def run_checked(
     return proc
 
 
+def run_scenario(
+    cmd: list[str], env: dict[str, str], timeout: float, scenario: str
+) -> str:
+    """Run a C test driver's ``scenario`` (``cmd``, its launcher included);
+    fail on a hang, a sanitizer report, a non-zero exit or a missing
+    "PASS scenario" line. Returns its stdout."""
+    import pytest  # late: this module also serves scripts run without pytest
+
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{' '.join(cmd)} hung for {timeout:g} s:\n{exc.stdout!r}\n{exc.stderr!r}")
+    output = proc.stdout + proc.stderr
+    reports = [m for m in REPORT_MARKERS if m in output]
+    assert proc.returncode == 0 and not reports, (
+        f"{' '.join(cmd)} exited {proc.returncode}, reports {reports}:\n{output[-8000:]}"
+    )
+    assert f"PASS {scenario}" in proc.stdout, output[-4000:]
+    return proc.stdout
+
+
 def run_stress(variant: str, cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     """A C stress driver linked against a sanitizer build: leaks are reported
     too, and the first report ends it."""
