@@ -21,7 +21,6 @@ install the probe packages of the upgrade test) is booted for the module.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import socket
@@ -34,8 +33,9 @@ from pathlib import Path
 import pytest
 
 from systemd import daemon as sd_daemon  # type: ignore[attr-defined]  # systemd-python
+from tests.packaging.conftest import boot_private_system
 from tests.systemd.conftest import _cannot_run
-from tests.systemd.harness import BootError, Sandbox, free_tcp_port
+from tests.systemd.harness import Sandbox, free_tcp_port
 
 pytestmark = pytest.mark.systemd
 
@@ -66,20 +66,8 @@ TIMEOUT = 120
 # --------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    if os.geteuid() != 0:
-        _cannot_run("needs root")
-    for tool in ("unshare", "nsenter", "systemctl", "dpkg"):
-        if shutil.which(tool) is None:
-            _cannot_run(f"{tool} not installed")
-    if not os.path.exists("/lib/systemd/systemd"):
-        _cannot_run("/lib/systemd/systemd not installed")
-    sb = Sandbox(tmp_path_factory.mktemp("fdstore"), private_system=True)
+    sb = boot_private_system(tmp_path_factory.mktemp("fdstore"))
     try:
-        try:
-            sb.boot()
-        except (BootError, OSError, subprocess.SubprocessError) as e:
-            # root and the tools are there: a boot failure is a real failure
-            pytest.fail(f"could not boot systemd in namespaces: {e}", pytrace=False)
         assert sb.path(PYTHON).exists(), f"{PYTHON} is not visible inside the sandbox"
         shutil.copytree(
             Path(sd_daemon.__file__).parent,
