@@ -193,7 +193,11 @@ def store(notify: Callable[[str, list[int]], bool], conn_fds: list[int], state: 
     finally:
         keep.close()
         carrier.close()
-    fd = _sealed_memfd(state)
+    try:
+        fd = _sealed_memfd(state)
+    except OSError as exc:  # no memory, or memfd_create filtered out
+        log.error("cannot write the state of the hand-over: %s", exc)
+        return 0
     try:
         if not notify(f"FDSTORE=1\nFDNAME={STATE_NAME}", [fd]):
             return 0

@@ -77,11 +77,6 @@ class Call:
     started: float
 
 
-def _reading_state(conn: Connection) -> bool:
-    """Whether ``conn`` still serves (one that could have been handed over)."""
-    return conn.state in (State.SERVING, State.STREAMING)
-
-
 def _wake(future: asyncio.Future[None]) -> None:
     """Resolve ``future`` (a reader callback may run again before it is removed)."""
     if not future.done():

@@ -133,3 +133,15 @@ def test_a_state_larger_than_the_limit_is_not_read() -> None:
     os.write(fd, b"x" * 101)
     with pytest.raises(HandoverError, match="101 bytes, more than the 100"):
         handover.read_state(fd, 100)
+
+
+def test_a_state_that_cannot_be_written_stores_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object) -> int:
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "memfd_create", refuse)
+    sent: list[str] = []
+    a, b = socket.socketpair()
+    with a, b:
+        assert handover.store(lambda m, fds: sent.append(m) is None, [a.fileno()], b"s") == 0
+    assert sent == [f"FDSTORE=1\nFDNAME={handover.CONN_NAME}\nFDPOLL=0"]  # the carrier only
