@@ -84,7 +84,8 @@ def test_one_daemon_per_library(unpacked: Path) -> None:
     units = unpacked / "usr/lib/systemd/system"
     service = (units / "mytimerd@.service").read_text()
     assert "EnvironmentFile=/etc/mytimerd/%i.conf" in service
-    assert "ExecStart=/usr/bin/mytimerd --drain-timeout 10 --fd-store-max 2 $MYTIMERD_ARGS" in service
+    exec_start = "ExecStart=/usr/bin/mytimerd --drain-timeout 10 --fd-store-max 2 $MYTIMERD_ARGS"
+    assert exec_start in service
     socket = (units / "mytimerd@.socket").read_text()
     assert "ListenStream=/run/mytimerd-%i.sock" in socket
     assert "/usr/local" not in service + socket

@@ -5,9 +5,11 @@ traceback) on mytimerd's command line."""
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,6 +115,36 @@ def test_parse_time_bound() -> None:
     many = "".join(TIMER.replace("my_timer", f"t{i}") for i in range(40))
     with pytest.raises(cddl.CDDLError, match=r"parsing took longer than 0\.01 s"):
         cddl.parse(many, time_limit=0.01)
+
+
+def test_parse_time_bound_spares_code_the_parse_interrupts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bound expiring inside a gc callback neither raises there (the
+    exception would be swallowed or reported as unraisable) nor loses the
+    refusal: the parse is still stopped, from its own code."""
+    unraisable: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    many = "".join(TIMER.replace("my_timer", f"t{i}") for i in range(40))
+    busy: list[int] = []
+
+    def slow_collection(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":  # long enough that every parse's first alarm lands here
+            deadline = time.monotonic() + 0.03
+            while time.monotonic() < deadline:
+                busy.append(1)
+
+    threshold = gc.get_threshold()
+    gc.callbacks.append(slow_collection)
+    gc.set_threshold(50)
+    try:
+        with pytest.raises(cddl.CDDLError, match=r"parsing took longer than 0\.01 s"):
+            cddl.parse(many, time_limit=0.01)
+    finally:
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(slow_collection)
+    assert busy, "no collection ran during the parse"
+    assert unraisable == []
 
 
 @pytest.mark.parametrize(
