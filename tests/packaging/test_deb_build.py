@@ -165,6 +165,14 @@ def test_docs(unpacked: Path) -> None:
     assert (doc / "copyright").is_file()
     assert (doc / "changelog.Debian.gz").is_file()
     assert (doc / "examples/mytimerd-tcp-listen.conf").is_file()
+    haproxy = doc / "examples/haproxy-mytimerd.cfg"
+    text = haproxy.read_text()
+    assert text == (REPO / "systemd/examples/haproxy-mytimerd.cfg").read_text()
+    # every installed path the example names (itself, scale-out.md) is in the package
+    named = set(re.findall(r"/usr/share/doc/mytimerd/[\w./-]*\w", text))
+    assert "/usr/share/doc/mytimerd/scale-out.md" in named, named
+    missing = sorted(p for p in named if not (unpacked / p.lstrip("/")).is_file())
+    assert missing == [], f"the HAProxy example names paths the package lacks: {missing}"
 
 
 def test_lintian_reports_no_error_and_only_explained_warnings(deb: Path) -> None:
