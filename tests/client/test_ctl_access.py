@@ -127,7 +127,7 @@ def fake_stat(mode: int, gid: int) -> os.stat_result:
 
 
 def test_hint_when_only_the_owner_may_connect(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hints.os, "stat", lambda path: fake_stat(0o600, 0))
+    monkeypatch.setattr(os, "stat", lambda path: fake_stat(0o600, 0))
     text = unwrapped(hints.permission_hint("/run/x.sock"))
     assert text.startswith("hint: permission denied on /run/x.sock (owner root, group ")
     assert "mode 0600): only its owner may connect" in text
@@ -136,7 +136,7 @@ def test_hint_when_only_the_owner_may_connect(monkeypatch: pytest.MonkeyPatch) -
 
 def test_hint_when_the_group_is_not_in_this_session_yet(monkeypatch: pytest.MonkeyPatch) -> None:
     gid = 4242424
-    monkeypatch.setattr(hints.os, "stat", lambda path: fake_stat(0o660, gid))
+    monkeypatch.setattr(os, "stat", lambda path: fake_stat(0o660, gid))
     monkeypatch.setattr(hints, "_group", lambda g: "mytimer")
     monkeypatch.setattr(hints, "_member_of", lambda g, name: True)
     text = unwrapped(hints.permission_hint("/run/x.sock"))
@@ -151,6 +151,6 @@ def test_hint_when_a_directory_is_closed(monkeypatch: pytest.MonkeyPatch) -> Non
     def refuse(path: str) -> os.stat_result:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(hints.os, "stat", refuse)
+    monkeypatch.setattr(os, "stat", refuse)
     text = unwrapped(hints.permission_hint("/srv/private/x.sock"))
     assert "a directory on its way is closed to you (see 'namei -l /srv/private/x.sock')" in text

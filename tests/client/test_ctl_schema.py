@@ -63,6 +63,7 @@ def _sample(param: Param) -> tuple[list[str], Any]:
     kind = param.types[0]
     if param.switch:
         return [param.flag], True
+    value: object
     if isinstance(kind, Int):
         text, value = "7", 7
     elif isinstance(kind, Enum):

@@ -13,7 +13,7 @@ import pytest
 
 from mytimerd.client import AsyncClient, Client, DaemonCallError
 from mytimerd.protocol import wire
-from tests.client.conftest import FakeServer, canned
+from tests.client.conftest import Answer, FakeServer, canned
 from tests.support.daemon import start_daemon
 
 
@@ -21,7 +21,7 @@ def first_answer(name: str) -> FakeServer:
     """A fake whose first request is answered ``mytimerd.<name>``, the rest as usual."""
     seen = [0]
 
-    def handler(method: str, payload: bytes) -> tuple[int, bytes]:
+    def handler(method: str, payload: bytes) -> Answer:
         seen[0] += 1
         if seen[0] == 1:
             return wire.RET_ERR, f"mytimerd.{name}: the daemon is stopping".encode()

@@ -13,7 +13,7 @@ import cbor2
 import pytest
 
 from mytimerd.protocol import wire
-from tests.support.daemon import Daemon, TcpAddress, free_tcp_port
+from tests.support.daemon import Daemon, TcpAddress, WireClient, free_tcp_port
 
 VECTORS = json.loads(
     (Path(__file__).resolve().parents[1] / "vectors" / "abi-vectors.json").read_text()
@@ -68,17 +68,11 @@ def test_unix_tcp4_and_tcp6_at_once(daemon_factory: Callable[..., Daemon], tmp_p
     p4, p6 = free_tcp_port(), free_tcp_port("::1")
     d = daemon_factory("--tcp", "127.0.0.1", str(p4), "--tcp", "::1", str(p6), "--name", "x")
     for address in (d.address, TcpAddress("127.0.0.1", p4), TcpAddress("::1", p6)):
-        with d.client() if address == d.address else _client(address) as c:
+        with d.client() if address == d.address else WireClient(address) as c:
             assert c.call_value("echo", {"req": {"message": "m"}}) == {
                 "echoed": "m",
                 "timerName": "x",
             }
-
-
-def _client(address: TcpAddress):  # type: ignore[no-untyped-def]
-    from tests.support.daemon import WireClient
-
-    return WireClient(address)
 
 
 def test_pipelined_calls_run_concurrently_and_answer_in_order(timed_daemon: Daemon) -> None:

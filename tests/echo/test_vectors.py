@@ -14,7 +14,9 @@ from typing import Any
 import cbor2
 import pytest
 
-from .conftest import GENERATIONS, REQ_TYPE, Echo, Sink, echo_lib, expectation, load_vectors
+from tests.support.ffi_host import Sink
+
+from .conftest import GENERATIONS, REQ_TYPE, Echo, echo_lib, expectation, load_vectors
 
 CASES = [
     pytest.param(g, i, id=f"{g}-{i:02d}-{c['name']}")

@@ -11,7 +11,9 @@ from typing import Any
 import cbor2
 import pytest
 
-from .conftest import SLACK, SPEC_DIR, Native, Sink
+from tests.support.ffi_host import Sink
+
+from .conftest import SLACK, SPEC_DIR, Native
 
 ABI_SYMBOLS = {
     "my_timer_create_cbor",

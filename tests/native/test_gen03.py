@@ -17,7 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .conftest import SLACK, Native, Sink
+from tests.support.ffi_host import Sink
+
+from .conftest import SLACK, Native
 
 RET_OK, RET_ERR, RET_MISSING_CALLBACK, RET_STALE_WARN = 0, 1, 2, 3
 INT64_MAX = 2**63 - 1

@@ -21,10 +21,11 @@ from typing import Any
 import cbor2
 import pytest
 
+from tests.support.ffi_host import Sink
 from tests.support.native import build_native
 from tests.support.sanitizers import run_pytest
 
-from .conftest import SLACK, Native, Sink, build_native_03
+from .conftest import SLACK, Native, build_native_03
 from .test_gen03 import _check_vector, _quick_vectors
 
 RET_OK = 0

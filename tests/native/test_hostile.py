@@ -11,7 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .conftest import Native, Sink
+from tests.support.ffi_host import Sink
+
+from .conftest import Native
 
 REQ_TYPE = {
     "version": "MyTimerVersionReq",

@@ -13,7 +13,9 @@ import cbor2
 import cffi
 import pytest
 
-from .conftest import SLACK, Native, Sink
+from tests.support.ffi_host import Sink
+
+from .conftest import SLACK, Native
 
 #: The delay of the 64 concurrent echoes of test_handoff_mode_delivers_before_return:
 #: its bounds leave half of it to a loaded machine, and the test takes about
@@ -248,7 +250,11 @@ def test_destroy_releases_handoff_callers(native: Native, env: dict[str, str]) -
     c = new_ctx(native)
     gate = threading.Event()
     ud, busy = native.sink()
-    native.hooks[int(native.ffi.cast("uintptr_t", ud))] = lambda code, body: gate.wait(2.0)
+
+    def hold(code: int, body: bytes) -> None:
+        gate.wait(2.0)
+
+    native.hooks[int(native.ffi.cast("uintptr_t", ud))] = hold
     # occupy the library thread inside a callback (returns once gate is set)
     threading.Thread(
         target=lambda: native.lib.my_timer_version_cbor(c, native.cb, ud, b"\xa0", 1), daemon=True

@@ -102,8 +102,8 @@ class FakeSystemd:
             for fd in fds:  # descriptors sent without FDSTORE=1 are dropped
                 os.close(fd)
             if fields.get("FDSTOREREMOVE") == "1":
-                name = fields.get("FDNAME")
-                for fd, stored in [entry for entry in self.store if entry[1] == name]:
+                gone = fields.get("FDNAME")
+                for fd, stored in [entry for entry in self.store if entry[1] == gone]:
                     os.close(fd)
                     self.store.remove((fd, stored))
 

@@ -460,7 +460,7 @@ class Sandbox:
         return r
 
     def popen(
-        self, argv: Sequence[str], env: dict[str, str] | None = None, **kw: object
+        self, argv: Sequence[str], env: dict[str, str] | None = None
     ) -> subprocess.Popen[str]:
         return subprocess.Popen(
             self.nsenter_argv(argv),
@@ -468,8 +468,7 @@ class Sandbox:
             env=self.env(env),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            **kw,
-        )  # type: ignore[call-overload]
+        )
 
     def systemctl(
         self, *args: str, check: bool = True, timeout: float = 60

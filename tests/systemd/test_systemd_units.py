@@ -358,8 +358,8 @@ def test_tls_under_the_locked_down_service(sd: Sandbox, tmp_path: Path) -> None:
         ctx.wrap_socket(raw, server_hostname="localhost") as s,
     ):
         s.sendall(struct.pack(">I", 7) + b"version" + struct.pack(">I", 1) + b"\xa0")
-        ret, n = struct.unpack(">iI", _recv_exact(s, 8))  # type: ignore[arg-type]
-        assert (ret, cbor2.loads(_recv_exact(s, n))) == (0, "nim-timer v0.1.0")  # type: ignore[arg-type]
+        ret, n = struct.unpack(">iI", _recv_exact(s, 8))
+        assert (ret, cbor2.loads(_recv_exact(s, n))) == (0, "nim-timer v0.1.0")
     refused = ssl.create_default_context(cafile=str(pki.ca.pem))  # no client certificate
     with (
         socket.create_connection(("127.0.0.1", port), timeout=20) as raw,

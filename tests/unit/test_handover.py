@@ -141,7 +141,12 @@ def test_a_state_that_cannot_be_written_stores_nothing(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(os, "memfd_create", refuse)
     sent: list[str] = []
+
+    def notify(message: str, fds: list[int]) -> bool:
+        sent.append(message)
+        return True
+
     a, b = socket.socketpair()
     with a, b:
-        assert handover.store(lambda m, fds: sent.append(m) is None, [a.fileno()], b"s") == 0
+        assert handover.store(notify, [a.fileno()], b"s") == 0
     assert sent == [f"FDSTORE=1\nFDNAME={handover.CONN_NAME}\nFDPOLL=0"]  # the carrier only
