@@ -158,8 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (options for limits come from the Limits table)."""
     p = argparse.ArgumentParser(
         prog="mytimerd",
-        description="Serve libmy_timer's CBOR ABI on unix and TCP sockets, "
-        "one long-lived library context for all clients.",
+        description="Serve a nim-ffi library's CBOR ABI (by default the bundled "
+        "libmy_timer's) on unix and TCP sockets, one long-lived library context for all "
+        "clients.",
         epilog=EPILOG,
         formatter_class=_HelpFormatter,
     )
@@ -279,7 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the library's interface description (the CDDL nim-ffi generates; a regular "
         f"UTF-8 file of at most {cddl.MAX_BYTES} bytes; also ${SCHEMA_ENV}); default: "
         "libmy_timer's, bundled for the library's symbol generation (0.2 with _cbor "
-        "names, 0.3 without)",
+        "names, 0.3 without). Its proc kinds, (ffi) method or (ffiStatic) static call, are "
+        "trusted like its types: one the 0.2 generation cannot have (a static call) or that "
+        "contradicts the bundled description of the same library and generation is "
+        "refused, but a wrong kind for any other library cannot be detected (its symbol "
+        "table does not show it) and crashes the daemon at the first call",
     )
     served.add_argument(
         "--library-name",

@@ -21,7 +21,7 @@ from typing import Any, Final
 import cbor2
 
 from .._glue import ffi, lib
-from ..protocol.interfaces import DEFAULT_LIBRARY, PROBE_METHODS
+from ..protocol.interfaces import DEFAULT_LIBRARY, PROBE_METHODS, kind_contradiction
 from ..protocol.schema import Interface
 from .library import EVENT_ID_BASE, DescriptionMismatch, LibraryLoadError, Result, Status
 
@@ -91,13 +91,20 @@ class LibraryHost:
         the request ``constructor``, and listen to the interface's events.
 
         A method the library lacks is left :attr:`unavailable`; only
-        ``probe`` (the liveness probe) is required. A method whose symbol is
-        the constructor, the destructor or a listener entry point is refused
-        (:class:`DescriptionMismatch`). Returns once the library has confirmed
+        ``probe`` (the liveness probe) is required. Refused
+        (:class:`DescriptionMismatch`): proc kinds that contradict what is
+        known of the library, before anything is bound (a static call in the
+        0.2 generation, a kind its bundled description gives otherwise:
+        :func:`~mytimerd.protocol.interfaces.kind_contradiction`); a method
+        whose symbol is the constructor, the destructor or a
+        listener entry point. Returns once the library has confirmed
         the context. ``direct`` makes calls on the caller's thread instead of
         the submitter thread: only for libraries whose calls never block (the
         bundled one).
         """
+        contradiction = kind_contradiction(interface, self.generation)
+        if contradiction is not None:
+            raise DescriptionMismatch(contradiction)
         host = self._host
         missing = set()
         for method in interface.library_methods:

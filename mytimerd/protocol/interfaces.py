@@ -47,7 +47,6 @@ BUNDLED: Final = {
 PROBE_METHODS: Final = ("version", "lib_version")
 
 
-
 def zero(type_: Type) -> Any:
     """The value the library gives a missing key of this type."""
     if isinstance(type_, Text):
@@ -250,6 +249,58 @@ def _bundled(generation: str, name: str) -> Interface:
     if compiled is None or compiled[0] != text or compiled[1].prefix != name:
         return build(text, str(path), name)
     return _interface(compiled[1], str(path))
+
+
+def kind(method: Method) -> str:
+    """How a description marks a library method: ``ffi`` (a method, called
+    with the context) or ``ffiStatic`` (a static call, without it)."""
+    return "ffiStatic" if method.static else "ffi"
+
+
+def symbol(name: str, method: str, generation: str) -> str:
+    """The entry point of ``method`` in library ``name`` of a symbol
+    generation (0.2's CBOR-ABI names end in ``_cbor``)."""
+    return f"{name}_{method}{'_cbor' if generation == '0.2' else ''}"
+
+
+def kind_contradiction(interface: Interface, generation: str) -> str | None:
+    """What makes the proc kinds of ``interface`` wrong for a library of this
+    symbol generation with the interface's name, or None if nothing known does.
+
+    A static call and a method take different arguments (no context first)
+    and the symbol table cannot tell them apart: calling one as the other
+    crashes the daemon. What is known: nim-ffi's 0.2 generation has no static
+    calls; and a library whose description is bundled for its name and
+    generation has that description's kinds (a newer build may add procs:
+    only the procs both describe are compared). Any other library's kinds
+    are trusted as its description marks them.
+    """
+    methods = interface.library_methods
+    if generation == "0.2":
+        for method in methods:
+            if method.static:
+                return (
+                    f"{interface.source} marks {symbol(interface.name, method.name, generation)} "
+                    "(ffiStatic), but the library is of nim-ffi's 0.2 symbol generation "
+                    "(names ending in _cbor), which has no static calls"
+                )
+    try:
+        reference = bundled(generation, interface.name)
+    except LookupError:
+        return None
+    if reference is interface:
+        return None
+    for method in methods:
+        known = reference.by_name.get(method.name.encode())
+        if known is None or not known.library or known.static == method.static:
+            continue
+        return (
+            f"{interface.source} marks {symbol(interface.name, method.name, generation)} "
+            f"({kind(method)}), but the bundled description of {interface.name} {generation} "
+            f"({reference.source}) marks it ({kind(known)}); a static call and a method take "
+            "different arguments, so calling it as described would crash the daemon"
+        )
+    return None
 
 
 def probe_method(interface: Interface, named: str | None = None) -> str:

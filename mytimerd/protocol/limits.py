@@ -227,8 +227,8 @@ class Limits:
         5.0,
         "--probe-timeout",
         "seconds",
-        "Time the library has to answer the liveness probe (a version call) before the "
-        "daemon reports itself unhealthy and stops pinging systemd's watchdog.",
+        "Time the library has to answer the liveness probe (the --probe-method call) "
+        "before the daemon reports itself unhealthy and stops pinging systemd's watchdog.",
     )
 
     create_timeout: float = _limit(

@@ -17,9 +17,10 @@ import cbor2
 import pytest
 
 import mytimerd
-from mytimerd.protocol import wire
+from mytimerd.protocol import interfaces, wire
 from tests.echo.conftest import ECHO_DIR, build_echo, load_vectors
 from tests.support.daemon import Daemon, start_daemon
+from tests.support.native import _locked_run
 
 SCHEMAS = {g: ECHO_DIR / f"echo-{g}.cddl" for g in ("0.2", "0.3")}
 TIMER_LIBS = Path(mytimerd.__file__).resolve().parent / "_lib"
@@ -267,3 +268,145 @@ def test_a_lifecycle_entry_point_marked_as_a_method_is_refused(
         tmp_path, "--library", str(TIMER_LIBS / "libmy_timer-0.3.so"), "--schema", str(schema)
     )
     assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+def timer_description(generation: str, old: str, new: str) -> str:
+    """The bundled libmy_timer description of ``generation`` with ``old`` made ``new``."""
+    text = interfaces.BUNDLED[generation].read_text()
+    assert old in text
+    return text.replace(old, new)
+
+
+@pytest.mark.parametrize(
+    ("generation", "old", "new", "message"),
+    [
+        (
+            "0.3",
+            "; my_timer_echo (ffi)",
+            "; my_timer_echo (ffiStatic)",
+            "marks my_timer_echo (ffiStatic), but the bundled description of my_timer 0.3 "
+            f"({interfaces.BUNDLED['0.3']}) marks it (ffi)",
+        ),
+        (
+            "0.3",
+            "; my_timer_lib_version (ffiStatic)",
+            "; my_timer_lib_version (ffi)",
+            "marks my_timer_lib_version (ffi), but the bundled description of my_timer 0.3 "
+            f"({interfaces.BUNDLED['0.3']}) marks it (ffiStatic)",
+        ),
+        (
+            "0.2",
+            "; my_timer_echo (ffi)",
+            "; my_timer_echo (ffiStatic)",
+            "marks my_timer_echo_cbor (ffiStatic), but the library is of nim-ffi's 0.2 "
+            "symbol generation (names ending in _cbor), which has no static calls",
+        ),
+    ],
+)
+def test_a_proc_kind_the_library_contradicts_is_refused(
+    tmp_path: Path, generation: str, old: str, new: str, message: str
+) -> None:
+    """A method described as a static call, or the reverse, crashed the daemon
+    at the first call (SIGSEGV: the arguments are shifted by the context); a
+    kind the 0.2 generation or libmy_timer's bundled description contradicts
+    is refused at start."""
+    schema = tmp_path / "swapped.cddl"
+    schema.write_text(timer_description(generation, old, new))
+    so = "libmy_timer.so" if generation == "0.2" else "libmy_timer-0.3.so"
+    done = run_mytimerd(tmp_path, "--library", str(TIMER_LIBS / so), "--schema", str(schema))
+    assert done.returncode == 2, done.stderr
+    assert f"the description contradicts the library: {schema} {message}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_static_call_for_the_older_generation_is_refused(tmp_path: Path) -> None:
+    """libmy_timer 0.3's description (lib_version is a static call) given for
+    the 0.2 build, which has none."""
+    done = run_mytimerd(
+        tmp_path,
+        "--library",
+        str(TIMER_LIBS / "libmy_timer.so"),
+        "--schema",
+        str(interfaces.BUNDLED["0.3"]),
+    )
+    assert done.returncode == 2, done.stderr
+    assert "marks my_timer_lib_version_cbor (ffiStatic), but the library is of nim-ffi's 0.2" in (
+        done.stderr
+    )
+
+
+#: A library named acme whose extra entry points are aliases of its
+#: constructor, destructor and listener registration: the symbol table knows
+#: them for what they are, whatever a description calls them.
+ALIASES_C = r"""
+#include <stddef.h>
+#include <stdint.h>
+
+typedef void (*cb_t)(int, const char *, size_t, void *);
+
+void *acme_create(const uint8_t *req, size_t len, cb_t cb, void *ud) {
+    (void)req; (void)len; (void)cb; (void)ud;
+    return NULL;
+}
+int acme_destroy(void *ctx) { (void)ctx; return 0; }
+uint64_t acme_add_event_listener(void *ctx, const char *name, cb_t cb, void *ud) {
+    (void)ctx; (void)name; (void)cb; (void)ud;
+    return 0;
+}
+int acme_remove_event_listener(void *ctx, uint64_t id) { (void)ctx; (void)id; return 0; }
+int acme_version(void *ctx, cb_t cb, void *ud, const uint8_t *req, size_t len) {
+    (void)ctx; (void)cb; (void)ud; (void)req; (void)len;
+    return 0;
+}
+void *acme_reset(const uint8_t *, size_t, cb_t, void *) __attribute__((alias("acme_create")));
+int acme_close(void *) __attribute__((alias("acme_destroy")));
+uint64_t acme_watch(void *, const char *, cb_t, void *)
+    __attribute__((alias("acme_add_event_listener")));
+int acme_unwatch(void *, uint64_t) __attribute__((alias("acme_remove_event_listener")));
+"""
+
+
+@pytest.fixture(scope="module")
+def aliasing_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("aliases")
+    src, out = folder / "acme.c", folder / "libacme.so"
+    src.write_text(ALIASES_C)
+    _locked_run(
+        ["gcc", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", str(src), "-o", str(out)], "acme"
+    )
+    return out
+
+
+@pytest.mark.parametrize(
+    ("method", "kind"),
+    [
+        ("reset", "ffi"),
+        ("close", "ffi"),
+        ("watch", "ffi"),
+        ("unwatch", "ffi"),
+        ("close", "ffiStatic"),
+    ],
+)
+def test_a_method_whose_symbol_is_an_abi_entry_point_is_refused(
+    tmp_path: Path, aliasing_library: Path, method: str, kind: str
+) -> None:
+    """The glue compares each method's symbol with the constructor's, the
+    destructor's and the listener entry points': the same function under
+    another name is refused at start (exit 2), before anything is called."""
+    schema = tmp_path / "acme.cddl"
+    schema.write_text(
+        "Empty = { }\n"
+        "; acme_create (ctor)\nacme_create-response = tstr\n"
+        "; acme_version (ffi)\nacme_version-request = Empty\nacme_version-response = tstr\n"
+        f"; acme_{method} ({kind})\nacme_{method}-request = Empty\n"
+        f"acme_{method}-response = tstr\n"
+        "; acme_destroy (dtor)\nacme_destroy-response = nil\n"
+    )
+    done = run_mytimerd(tmp_path, "--library", str(aliasing_library), "--schema", str(schema))
+    assert done.returncode == 2, done.stderr
+    assert (
+        f"the description contradicts the library: the description makes acme_{method} a "
+        f"method, but in {aliasing_library} that symbol is the constructor, the destructor "
+        "or a listener entry point"
+    ) in done.stderr
+    assert "Traceback" not in done.stderr

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from mytimerd._glue import lib
 
+from mytimerd.daemon.cli import build_parser
 from mytimerd.protocol import cbor, cddl, interfaces
+from mytimerd.protocol.schema import Interface
 
 TIMER = interfaces.BUNDLED["0.3"].read_text()
 
@@ -208,3 +210,102 @@ def test_on_the_command_line_each_is_a_usage_error(
     )
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def swapped(generation: str, old: str, new: str, name: str = "my_timer") -> Interface:
+    """libmy_timer's bundled description of ``generation`` with ``old`` made
+    ``new`` (and its procs renamed to ``name``), as --schema would give it."""
+    text = interfaces.BUNDLED[generation].read_text()
+    assert old in text
+    return interfaces.build(text.replace(old, new).replace("my_timer", name), "given.cddl")
+
+
+@pytest.mark.parametrize("generation", ["0.2", "0.3"])
+def test_the_bundled_descriptions_fit_their_generation(generation: str) -> None:
+    bundled = interfaces.bundled(generation)
+    assert interfaces.kind_contradiction(bundled, generation) is None
+    same = interfaces.build(interfaces.BUNDLED[generation].read_text(), "copy.cddl")
+    assert interfaces.kind_contradiction(same, generation) is None
+
+
+@pytest.mark.parametrize(
+    ("generation", "old", "new", "symbol", "given", "bundled"),
+    [
+        ("0.3", "; my_timer_echo (ffi)", "; my_timer_echo (ffiStatic)", "echo", "ffiStatic", "ffi"),
+        (
+            "0.3",
+            "; my_timer_lib_version (ffiStatic)",
+            "; my_timer_lib_version (ffi)",
+            "lib_version",
+            "ffi",
+            "ffiStatic",
+        ),
+    ],
+)
+def test_a_kind_the_bundled_description_contradicts(
+    generation: str, old: str, new: str, symbol: str, given: str, bundled: str
+) -> None:
+    message = interfaces.kind_contradiction(swapped(generation, old, new), generation)
+    assert message == (
+        f"given.cddl marks my_timer_{symbol} ({given}), but the bundled description of "
+        f"my_timer {generation} ({interfaces.BUNDLED[generation]}) marks it ({bundled}); a "
+        "static call and a method take different arguments, so calling it as described "
+        "would crash the daemon"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "generation", "symbol"),
+    [
+        (BASE.replace("(ffi)", "(ffiStatic)"), "0.2", "lib_version_cbor"),
+        (interfaces.BUNDLED["0.3"].read_text(), "0.2", "my_timer_lib_version_cbor"),
+    ],
+)
+def test_the_older_generation_has_no_static_calls(text: str, generation: str, symbol: str) -> None:
+    message = interfaces.kind_contradiction(interfaces.build(text, "given.cddl"), generation)
+    assert message == (
+        f"given.cddl marks {symbol} (ffiStatic), but the library is of nim-ffi's 0.2 symbol "
+        "generation (names ending in _cbor), which has no static calls"
+    )
+
+
+def test_a_newer_build_may_add_procs_of_either_kind() -> None:
+    """Only procs both descriptions have are compared; one the bundled
+    description lacks, or lacking one it has, is no contradiction."""
+    added = (
+        "; my_timer_self_test (ffiStatic)\nmy_timer_self_test-request = MyTimerVersionReq\n"
+        "my_timer_self_test-response = tstr\n; my_timer_destroy (dtor)"
+    )
+    newer = swapped("0.3", "; my_timer_destroy (dtor)", added)
+    assert newer.by_name[b"self_test"].static
+    assert interfaces.kind_contradiction(newer, "0.3") is None
+    complex_ = (
+        "; my_timer_complex (ffi)\nmy_timer_complex-request = MyTimerComplexReq\n"
+        "my_timer_complex-response = ComplexResponse\n"
+    )
+    fewer = swapped("0.3", complex_, "")
+    assert b"complex" not in fewer.by_name
+    assert interfaces.kind_contradiction(fewer, "0.3") is None
+
+
+def test_another_library_s_kinds_cannot_be_checked() -> None:
+    """Renamed, the same swap is another library's: nothing is bundled for
+    it, so its kinds are trusted (and --help says so)."""
+    other = swapped("0.3", "; my_timer_echo (ffi)", "; my_timer_echo (ffiStatic)", "acme")
+    assert other.name == "acme" and other.by_name[b"echo"].static
+    assert interfaces.kind_contradiction(other, "0.3") is None
+    help_text = " ".join(build_parser().format_help().split())
+    assert (
+        "Its proc kinds, (ffi) method or (ffiStatic) static call, are trusted like its types"
+        in help_text
+    )
+    assert "a wrong kind for any other library cannot be detected" in help_text
+
+
+def test_the_help_speaks_of_any_library() -> None:
+    help_text = " ".join(build_parser().format_help().split())
+    assert help_text.startswith("usage: mytimerd")
+    assert "Serve a nim-ffi library's CBOR ABI (by default the bundled libmy_timer's)" in help_text
+    assert "libmy_timer's CBOR ABI" not in help_text
+    assert "(a version call)" not in help_text
+    assert "the liveness probe (the --probe-method call)" in help_text
