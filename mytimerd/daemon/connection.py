@@ -16,9 +16,10 @@ once by the host when the connection is gone.
 
 Ending never resets a connection while its client may still read: after the
 last answer the daemon half-closes, reads and discards what the client still
-sends, and closes when the client closes its side, when the client has been
-quiet for ``--linger`` with every answer taken by the kernel, or at the
-latest after ``--drain-timeout``.
+sends (at a bounded pace), and closes when the client closes its side, when
+the kernel shows the client has read every byte and it has been quiet for
+``--linger`` (unix sockets only: TCP cannot tell), or at the latest after
+``--drain-timeout``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import asyncio
 import collections
 import contextlib
 import enum
+import fcntl
 import os
 import socket
 import ssl
@@ -55,6 +57,13 @@ REJECT_READ: Final = 64 * 1024
 #: A subscriber's kernel send buffer and the event loop's write buffer mark:
 #: a subscriber that does not read shows backpressure within about this much.
 STREAM_BUFFER: Final = 64 * 1024
+#: An ending connection's share of discarding: after this many bytes (about
+#: one read) its reading pauses until the host gives it a turn (its client's
+#: sends back up in the kernel meanwhile).
+DISCARD_SLICE: Final = 256 * 1024
+_SIOCINQ: Final = 0x541B  # FIONREAD: bytes we have not read
+_SIOCOUTQ: Final = 0x5411  # TIOCOUTQ: on unix sockets, bytes the peer has not read
+_COUNT = struct.Struct("i")
 
 
 def peer_of(transport: asyncio.BaseTransport) -> tuple[str, tuple[int, int] | None]:
@@ -164,6 +173,10 @@ class Host(Protocol):
     def note_stall(self, seconds: float, what: str) -> None:
         """One of the connection's callbacks ran ``seconds`` (long)."""
 
+    def discard_later(self, conn: Connection) -> None:
+        """An ending connection dropped its :data:`DISCARD_SLICE` and stopped
+        reading: call :meth:`Connection.resume_discarding` in its turn."""
+
 
 class Connection(asyncio.Protocol):
     """One client connection: frames in, answers out in request order."""
@@ -206,6 +219,9 @@ class Connection(asyncio.Protocol):
         self._last_input = 0.0
         self._ending_since = 0.0
         self._end_timer: asyncio.TimerHandle | None = None
+        # ENDING: bytes dropped since reading last paused; pausing now.
+        self._discarded = 0
+        self._discard_paused = False
         #: Where the connection comes from (``uid:N``, ``ip:ADDRESS``): the
         #: key of the connection and handshake budgets.
         self.origin = "unknown"
@@ -272,8 +288,13 @@ class Connection(asyncio.Protocol):
                     # A subscriber has nothing to say: refuse before buffering any of it.
                     self.host.refuse_stream_input(self)
                     return
-            elif state is not _DRAINING:
-                self._last_input = time.monotonic()  # ENDING: discarded
+            elif state is not _DRAINING:  # ENDING: dropped, at a bounded pace
+                self._last_input = time.monotonic()
+                self._discarded += len(data)
+                if self._discarded >= DISCARD_SLICE and not self._discard_paused:
+                    self._discard_paused = True
+                    self._pause_reading()
+                    self.host.discard_later(self)
                 return
         elif (
             state is _SERVING
@@ -639,8 +660,9 @@ class Connection(asyncio.Protocol):
         )
 
     def _check_end(self) -> None:
-        """Close once the client is quiet and has taken every answer (closing
-        then sends no reset), or at the deadline whatever it does."""
+        """Close at the deadline whatever the client does, or before it once
+        the client has read every byte and gone quiet (closing then loses
+        nothing, whatever it sends later)."""
         self._end_timer = None
         transport = self._transport
         if transport is None or self.state is not State.ENDING:
@@ -656,12 +678,43 @@ class Connection(asyncio.Protocol):
                 transport.close()
             return
         quiet = now - self._last_input
-        if quiet >= limits.linger and not transport.get_write_buffer_size():
+        if quiet >= limits.linger and not self._discard_paused and self._all_read(transport):
             self.close("ended")
             return
         wait = max(limits.linger - quiet, 0.05)
         wait = min(wait, limits.drain_timeout - (now - self._ending_since))
         self._end_timer = asyncio.get_running_loop().call_later(max(wait, 0.01), self._check_end)
+
+    @staticmethod
+    def _all_read(transport: asyncio.Transport) -> bool:
+        """Nothing left to read either way: the client has read every byte
+        written (only a unix socket tells: there a byte counts as sent until
+        its reader takes it) and none of its own waits unread (a close would
+        reset)."""
+        if transport.get_write_buffer_size():
+            return False
+        sock = transport.get_extra_info("socket")
+        if sock is None or sock.family != socket.AF_UNIX:
+            return False  # TCP counts bytes as sent once acknowledged, read or not
+        try:
+            fd = sock.fileno()
+            return not any(
+                _COUNT.unpack(fcntl.ioctl(fd, request, _COUNT.pack(0)))[0]
+                for request in (_SIOCOUTQ, _SIOCINQ)
+            )
+        except OSError:
+            return False
+
+    def resume_discarding(self) -> None:
+        """Its turn: read (and drop) another :data:`DISCARD_SLICE`."""
+        self._discard_paused = False
+        self._discarded = 0
+        transport = self._transport
+        if transport is not None and self.state is State.ENDING:
+            # Input the pause held back was not yet seen: quiet counts from here.
+            self._last_input = time.monotonic()
+            self._read_paused = False
+            transport.resume_reading()
 
     def _shed(self) -> None:
         """Answer what was read but not started ShuttingDown (a frame that

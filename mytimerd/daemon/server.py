@@ -63,6 +63,10 @@ _DEGRADED_REPEAT: Final = 60.0
 #: Calls in a row by one connection after which its calls' answers are
 #: waited for on the spot (Server._alone).
 ALONE: Final = 2
+#: Ending connections that get a turn to read (and drop) another
+#: DISCARD_SLICE of what their clients send, per turn of the loop: the loop's
+#: discarding per turn is bounded however many connections end at once.
+DISCARD_TURNS: Final = 8
 #: The first bytes of a response frame that answers RET_OK.
 _RET_OK_HEAD: Final = wire.RET_OK.to_bytes(4, "big")
 
@@ -176,6 +180,9 @@ class Server:
         }
         self._ticker: asyncio.TimerHandle | None = None
         self._tick_due = 0.0
+        # Ending connections waiting for their turn to discard, in order.
+        self._discarding: collections.deque[Connection] = collections.deque()
+        self._discard_turn: asyncio.Handle | None = None
         #: Set when the daemon announces it will stop (--drain-grace): ping
         #: reports it not accepting while it still serves.
         self.announced_drain = False
@@ -635,6 +642,21 @@ class Server:
         """A connection's callback ran long: the loop-lag watch names it."""
         self.loop_lag.note(seconds, what)
 
+    def discard_later(self, conn: Connection) -> None:
+        """Queue an ending connection for its next turn to discard (each
+        connection waits in the queue at most once)."""
+        self._discarding.append(conn)
+        if self._discard_turn is None:
+            self._discard_turn = asyncio.get_running_loop().call_soon(self._next_discard_turn)
+
+    def _next_discard_turn(self) -> None:
+        self._discard_turn = None
+        queue = self._discarding
+        for _ in range(min(DISCARD_TURNS, len(queue))):
+            queue.popleft().resume_discarding()
+        if queue:
+            self._discard_turn = asyncio.get_running_loop().call_soon(self._next_discard_turn)
+
     # answers ------------------------------------------------------------------
 
     def _answer_error(
@@ -888,6 +910,9 @@ class Server:
             conn.close("shutdown")
         if self._ticker is not None:
             self._ticker.cancel()
+        if self._discard_turn is not None:
+            self._discard_turn.cancel()
+        self._discarding.clear()
         asyncio.get_running_loop().remove_reader(self.library.fd)
         # Let the transports write what they hold before the loop ends.
         await asyncio.sleep(0)

@@ -250,9 +250,10 @@ class Limits:
         "--linger",
         "seconds",
         "After a connection's last answer (a final error, or the drain) the daemon "
-        "half-closes and reads and discards until the client closes its side, or has "
-        "sent nothing for this long with every answer taken: closing with unread input "
-        "would reset the connection and could destroy answers on their way.",
+        "half-closes and reads and discards until the client closes its side, or (unix "
+        "sockets only) has read every byte and sent nothing for this long, or "
+        "--drain-timeout passes: closing with unread input would reset the connection "
+        "and could destroy answers the client has not read.",
     )
     drain_idle_grace: float = _limit(
         0.25,

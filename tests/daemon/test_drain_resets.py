@@ -1,27 +1,28 @@
 """A drain never resets a connection, whatever the client does while it reads.
 
-Each client pipelines ``version`` in batches of 50 without waiting, reads
-its answers on another thread, and stops sending only once it reads the
+The clients (:mod:`tests.support.pipelining`, four processes of four
+connections) pipeline ``version`` in batches of 50 without waiting, read
+their answers on another thread, and stop sending only once they read the
 daemon's EOF. A fast reader reads at full speed; a slow one takes 1 ms per
-answer and keeps at most 500 requests unanswered (without that window its
-own backlog would take longer to read than any drain may last). SIGTERM comes while they work.
-Every connection must end in EOF, never a reset; the answers the clients
-read add up to the calls the daemon says it answered (so none was destroyed
-on its way); and the daemon exits within 2 s. Repeated 20 times for each
-transport and reader.
+answer and keeps at most 500 requests unanswered. SIGTERM comes after 1.5 s
+of that. Every connection must end in EOF, never a reset; in every run the
+answers the clients read add up to the calls the daemon says it answered (so
+none was destroyed on its way); and the daemon exits within 1 s of its last
+client's EOF, so within 2 s whenever the clients have read their answers
+within 1 s. Repeated 20 times for each transport and reader.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
+import json
 import re
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -30,101 +31,49 @@ from mytimerd.protocol import wire
 from mytimerd.protocol.address import Address, TcpAddress, UnixAddress
 from mytimerd.protocol.errors import parse_error_body
 from tests.support.daemon import free_tcp_port, start_daemon
+from tests.support.pipelining import BATCH, Outcome
 
-CONNECTIONS = 16
-BATCH = wire.encode_request("version", b"\xa0") * 50
+PROCESSES = 4
+PER_PROCESS = 4
+CONNECTIONS = PROCESSES * PER_PROCESS
 RUNS = 20
-#: Requests a slow reader keeps unanswered at most.
-SLOW_WINDOW = 500
 #: How long the clients work before SIGTERM.
-LOAD_SECONDS = 0.4
+LOAD_SECONDS = 1.5
+ROOT = Path(__file__).resolve().parents[2]
 
 
-@dataclass
-class Outcome:
-    """What one client connection saw."""
+def clients(address: Address, per_answer: float) -> list[subprocess.Popen[str]]:
+    """Start the client processes; return once every connection is made."""
+    text = str(address)
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.support.pipelining",
+                text,
+                str(PER_PROCESS),
+                str(per_answer),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(PROCESSES)
+    ]
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    return procs
 
-    answers: int = 0
-    ok: int = 0
-    shutting_down: int = 0
-    other: int = 0
-    eof: bool = False
-    #: When it read EOF (time.monotonic()).
-    eof_at: float = 0.0
-    reset: bool = False
-    error: str | None = None
 
-
-class PipeliningClient:
-    """Sends batches until it reads EOF; reads (slowly if asked) on its own thread."""
-
-    def __init__(self, address: Address, per_answer: float) -> None:
-        if isinstance(address, UnixAddress):
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.sock.connect(address.path)
-        else:
-            assert isinstance(address, TcpAddress)
-            self.sock = socket.create_connection((address.host, address.port))
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.settimeout(10)
-        self.per_answer = per_answer
-        self.outcome = Outcome()
-        self.done = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._sender = threading.Thread(target=self._send, daemon=True)
-        self._reader.start()
-        self._sender.start()
-
-    def _send(self) -> None:
-        sent = 0
-        try:
-            while not self.done.is_set():
-                if self.per_answer and sent - self.outcome.answers > SLOW_WINDOW:
-                    time.sleep(0.001)
-                    continue
-                self.sock.sendall(BATCH)
-                sent += 50
-        except OSError:
-            pass  # the daemon has closed: the reader tells how it ended
-
-    def _read(self) -> None:
-        parser = wire.ResponseParser()
-        out = self.outcome
-        try:
-            while True:
-                data = self.sock.recv(65536)
-                if not data:
-                    out.eof = True
-                    out.eof_at = time.monotonic()
-                    # A prompt client: it closes its side as soon as it reads EOF.
-                    self.done.set()
-                    with contextlib.suppress(OSError):  # the sender may have closed it
-                        self.sock.shutdown(socket.SHUT_WR)
-                    return
-                for response in parser.feed(data):
-                    out.answers += 1
-                    if response.ret == wire.RET_OK:
-                        out.ok += 1
-                    elif parse_error_body(response.body)[0] == "ShuttingDown":
-                        out.shutting_down += 1
-                    else:
-                        out.other += 1
-                    if self.per_answer:
-                        time.sleep(self.per_answer)
-        except ConnectionResetError:
-            out.reset = True
-        except OSError as exc:
-            out.error = f"{errno.errorcode.get(exc.errno or 0, exc.errno)}: {exc}"
-        finally:
-            self.done.set()
-
-    def finish(self) -> Outcome:
-        """Wait for EOF (or the error), then close."""
-        self._reader.join(15)
-        self.done.set()
-        self._sender.join(15)
-        self.sock.close()
-        return self.outcome
+def outcomes_of(procs: list[subprocess.Popen[str]]) -> list[Outcome]:
+    """What every connection saw, once each process is done."""
+    seen: list[Outcome] = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0
+        seen.extend(Outcome(**fields) for fields in json.loads(out))
+    return seen
 
 
 def one_run(
@@ -133,22 +82,28 @@ def one_run(
     """One daemon, 16 clients, SIGTERM: (outcomes, exit seconds, seconds until
     the last client read EOF, calls answered)."""
     if transport == "unix":
-        address: Address = UnixAddress(str(tmp_path / "drain.sock"))
-        args = ["--unix", address.path]
+        path = str(tmp_path / "drain.sock")
+        address: Address = UnixAddress(path)
+        args = ["--unix", path]
     else:
         port = free_tcp_port()
         address = TcpAddress("127.0.0.1", port)
         args = ["--tcp", "127.0.0.1", str(port)]
     d = start_daemon(tmp_path, args, address=address)
+    procs: list[subprocess.Popen[str]] = []
     try:
-        clients = [PipeliningClient(address, per_answer) for _ in range(CONNECTIONS)]
+        procs = clients(address, per_answer)
         time.sleep(LOAD_SECONDS)
         signalled = time.monotonic()
         d.send_signal(signal.SIGTERM)
         code = d.proc.wait(15)
         exited = time.monotonic() - signalled
-        outcomes = [c.finish() for c in clients]
+        outcomes = outcomes_of(procs)
     finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         if d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait()
@@ -166,7 +121,7 @@ def test_sigterm_under_pipelining_never_resets(
     tmp_path: Path, transport: str, per_answer: float
 ) -> None:
     resets = errors = others = silent = 0
-    lost = 0
+    lost: list[int] = []
     exits: list[float] = []
     behind: list[float] = []
     answered_total = 0
@@ -180,66 +135,99 @@ def test_sigterm_under_pipelining_never_resets(
         errors += sum(o.error is not None or not (o.eof or o.reset) for o in outcomes)
         others += sum(o.other for o in outcomes)
         silent += sum(not o.answers for o in outcomes)
-        lost += answered - sum(o.answers for o in outcomes)
+        lost.append(answered - sum(o.answers for o in outcomes))
         answered_total += answered
     print(
         f"\ndrain {transport} {'slow' if per_answer else 'fast'} reader: {RUNS} runs x "
         f"{CONNECTIONS} connections: resets {resets}, other errors {errors}, connections "
         f"with no answer {silent}, calls answered by the daemon {answered_total}, answers "
-        f"not read by a client {lost}, exit max {max(exits):.2f} s, median "
+        f"not read by a client {sum(lost)}, exit max {max(exits):.2f} s, median "
         f"{sorted(exits)[RUNS // 2]:.2f} s, after the last client's EOF at most "
         f"{max(behind):.2f} s"
     )
-    assert (resets, errors, others, silent, lost) == (0, 0, 0, 0, 0)
+    assert (resets, errors, others, silent) == (0, 0, 0, 0)
+    assert lost == [0] * RUNS  # run by run: a surplus cannot hide a loss
     # The daemon cannot close before its clients have read what it answered
-    # (that would reset them); it exits once they close: within a second of the
-    # last EOF (tearing the library down included), so within 2 s whenever
-    # the clients have read everything within 1 s.
+    # (that would reset them); it exits once they close, tearing the library
+    # down included.
     assert max(behind) <= 1.0
+    if transport == "tcp" and not per_answer:
+        # Except here: loopback TCP's autotuned buffers hold some 25,000
+        # answers a connection when SIGTERM comes, and these clients take 1.5
+        # to 3 s to read them (bounding the daemon's send buffer to 128 KiB
+        # cut that to about 1 s, and halved what it answered in 1.5 s).
+        return
+    assert max(exits) <= 2.0
 
 
+@pytest.mark.parametrize(
+    ("chunk", "pause"),
+    [(1024, 0.01), (64 * 1024, 0.001), (1024, 0.5)],
+    ids=["trickle", "flood", "quiet-spells"],
+)
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
 def test_a_connection_ended_after_an_error_is_not_reset_while_its_client_reads(
-    tmp_path: Path,
+    tmp_path: Path, transport: str, chunk: int, pause: float
 ) -> None:
     """A client pipelines calls, then a frame too large; it reads slowly and
-    keeps sending: it reads every answer and the FrameTooLarge, then EOF."""
-    d = start_daemon(tmp_path, ["--max-payload", "64", "--linger", "0.2"])
+    keeps sending: a trickle, a flood the daemon must pace, or now and then
+    after spells of quiet longer than --linger (a close in a spell would make
+    the next send reset the connection, answers unread). It reads every
+    answer and the FrameTooLarge, then EOF. Three times each."""
+    if transport == "unix":
+        args: list[str] = []
+        address: Address | None = None
+    else:
+        port = free_tcp_port()
+        address = TcpAddress("127.0.0.1", port)
+        args = ["--tcp", "127.0.0.1", str(port)]
+    d = start_daemon(tmp_path, [*args, "--max-payload", "64", "--linger", "0.2"], address=address)
     try:
-        assert isinstance(d.address, UnixAddress)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(d.address.path)
-        sock.settimeout(10)
-        too_large = struct.pack(">I", 4) + b"echo" + struct.pack(">I", 65)
-        sock.sendall(BATCH * 4 + too_large)
-        parser = wire.ResponseParser()
-        answers: list[wire.Response] = []
-        eof = False
-        keep_sending = threading.Event()
-        keep_sending.set()
-
-        def send() -> None:
-            try:
-                while keep_sending.is_set():
-                    sock.sendall(b"\x00" * 1024)  # unread garbage after the error
-                    time.sleep(0.01)
-            except OSError:
-                pass
-
-        sender = threading.Thread(target=send, daemon=True)
-        sender.start()
-        while not eof:
-            data = sock.recv(4096)
-            if not data:
-                eof = True
-            answers.extend(parser.feed(data))
-            time.sleep(0.01)  # a slow reader: well past --linger in all
-        keep_sending.clear()
-        sender.join(5)
-        sock.close()
-        assert len(answers) == 201
-        assert parse_error_body(answers[-1].body)[0] == "FrameTooLarge"
+        for _ in range(3):
+            if isinstance(d.address, UnixAddress):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.connect(d.address.path)
+            else:
+                assert isinstance(d.address, TcpAddress)
+                sock = socket.create_connection((d.address.host, d.address.port))
+            sock.settimeout(10)
+            too_large = struct.pack(">I", 4) + b"echo" + struct.pack(">I", 65)
+            sock.sendall(BATCH * 40 + too_large)
+            answers = read_slowly_while_sending(sock, chunk, pause)
+            assert len(answers) == 2001
+            assert parse_error_body(answers[-1].body)[0] == "FrameTooLarge"
     finally:
         d.stop()
+
+
+def read_slowly_while_sending(sock: socket.socket, chunk: int, pause: float) -> list[wire.Response]:
+    """Read 512 bytes per 10 ms (about 1 s in all) until EOF while another
+    thread sends ``chunk`` bytes of garbage every ``pause`` s."""
+    parser = wire.ResponseParser()
+    answers: list[wire.Response] = []
+    keep_sending = threading.Event()
+    keep_sending.set()
+
+    def send() -> None:
+        try:
+            while keep_sending.is_set():
+                sock.sendall(b"\x00" * chunk)  # unread garbage after the error
+                time.sleep(pause)
+        except OSError:
+            pass
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        while data := sock.recv(512):
+            answers.extend(parser.feed(data))
+            time.sleep(0.01)
+    finally:
+        keep_sending.clear()
+        sock.shutdown(socket.SHUT_RDWR)  # wakes a sender the daemon's pacing holds
+        sender.join(5)
+        sock.close()
+    return answers
 
 
 def test_drain_grace_keeps_serving_while_ping_says_not_accepting(tmp_path: Path) -> None:

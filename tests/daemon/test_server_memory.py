@@ -7,6 +7,7 @@ limit, each in milliseconds and with no socket or process.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -42,6 +43,8 @@ class Rig:
         waited for, and serves them on its quick path."""
         self.library = FakeLibrary()
         self.library.answers_inline = inline
+        #: Socket pairs made by connect_unix (closed with the test's process).
+        self.sockets: list[socket.socket] = []
         self.clock = Clock()
         self.notes: list[str] = []
         config = Config(limits=Limits(**limits), watchdog=watchdog)
@@ -63,6 +66,16 @@ class Rig:
         transport = FakeTransport(protocol=conn, peername=(address, 40000))
         conn.connection_made(transport)  # type: ignore[arg-type]
         return conn, transport
+
+    def connect_unix(self) -> tuple[Connection, FakeTransport, socket.socket]:
+        """A new client connection over a real unix socket pair (the peer
+        ``uid:N``), and the client's end of the pair."""
+        ours, theirs = socket.socketpair()
+        self.sockets += (ours, theirs)
+        conn = Connection(self.server)
+        transport = FakeTransport(protocol=conn, sock=ours)
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        return conn, transport, theirs
 
     def results(self) -> None:
         """The library's descriptor fired; then the loop runs what it scheduled."""
@@ -172,7 +185,7 @@ def test_refused_requests_never_reach_the_library(frame: bytes, name: str) -> No
     assert not transport.closed
 
 
-def test_frame_limits_answer_then_close_after_the_linger() -> None:
+def test_frame_limits_answer_then_close_once_the_client_closes() -> None:
     async def run() -> None:
         rig = Rig(max_payload=16, max_method_len=8, linger=0.01)
         for frame, name in (
@@ -184,8 +197,10 @@ def test_frame_limits_answer_then_close_after_the_linger() -> None:
             (response,) = transport.responses()
             assert error_name(response) == name
             assert transport.eof_written and not transport.closed
-            await asyncio.sleep(0.05)
-            assert transport.closed
+            await asyncio.sleep(0.05)  # quiet past --linger: TCP cannot tell it read
+            assert not transport.closed
+            transport.feed_eof()
+            assert transport.closed and not transport.aborted
         assert rig.library.submitted == 0
 
     in_loop(run)
@@ -322,6 +337,7 @@ def test_drain_sheds_what_was_read_but_not_started_and_exits_when_answered() -> 
             rig.results()
 
         loop.call_later(0.1, answer_all)
+        loop.call_later(0.2, transport.feed_eof)  # the client reads the end and closes
         started = loop.time()
         await rig.server.shutdown()
         assert loop.time() - started < 0.5  # not the 5 s drain timeout
@@ -341,6 +357,7 @@ def test_a_connection_accepted_during_the_drain_is_served_once() -> None:
     async def run() -> None:
         rig = Rig(real_time=True, drain_timeout=5.0, linger=0.05)
         loop = asyncio.get_running_loop()
+        started = loop.time()
         drain = loop.create_task(rig.server.shutdown())
         await asyncio.sleep(0)
         conn, transport = rig.connect()  # accepted just before the listeners closed
@@ -348,7 +365,9 @@ def test_a_connection_accepted_during_the_drain_is_served_once() -> None:
         (call_id,) = rig.library.held
         rig.library.answer(call_id)
         rig.results()
+        loop.call_later(0.1, transport.feed_eof)  # the client reads its answer and closes
         await drain
+        assert loop.time() - started < 1.0  # not the 5 s drain timeout
         (response,) = transport.responses()
         assert cbor2.loads(response.body)["req"]["message"] == "late arrival"
         assert transport.eof_written and transport.closed
@@ -357,14 +376,19 @@ def test_a_connection_accepted_during_the_drain_is_served_once() -> None:
 
 
 def test_drain_ends_early_once_connections_are_idle() -> None:
+    """An idle unix client that has read everything is closed after
+    --linger; an idle TCP one once it closes (TCP cannot tell it read)."""
+
     async def run() -> None:
         rig = Rig(real_time=True, drain_timeout=5.0, drain_idle_grace=0.05, linger=0.05)
-        _, transport = rig.connect()
+        _, unix, _client = rig.connect_unix()
+        _, tcp = rig.connect()
         loop = asyncio.get_running_loop()
+        loop.call_later(0.3, tcp.feed_eof)
         started = loop.time()
         await rig.server.shutdown()
-        assert loop.time() - started < 1.0
-        assert transport.eof_written and transport.closed
+        assert 0.3 <= loop.time() - started < 1.0
+        assert unix.eof_written and unix.closed and tcp.eof_written and tcp.closed
         assert not rig.server.connections
 
     in_loop(run)
@@ -485,8 +509,9 @@ def test_unfinished_frames_share_one_buffer_budget() -> None:
         assert error_name(refusal) == "Overloaded"
         assert b"--max-buffered-bytes 1000" in refusal.body
         assert b_t.eof_written and not a_t.eof_written
-        await asyncio.sleep(0.05)  # b lingers, then closes and frees its share
-        assert b_t.closed and rig.server.ledger.buffered.total == 600
+        assert rig.server.ledger.buffered.total == 600  # b's share is free at once
+        b_t.feed_eof()
+        assert b_t.closed
         a.data_received(frame[600:])  # a's frame completes
         assert rig.server.ledger.buffered.total == 0
         assert len(rig.library.held) == 1

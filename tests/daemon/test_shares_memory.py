@@ -10,9 +10,10 @@ import cbor2
 import pytest
 
 from mytimerd.daemon import introspection
-from mytimerd.daemon.connection import STREAM_READ_MAX, State
+from mytimerd.daemon.connection import DISCARD_SLICE, STREAM_READ_MAX, State
 from mytimerd.daemon.events import SLICE
 from mytimerd.daemon.looplag import UNNAMED, LoopLag
+from mytimerd.daemon.server import DISCARD_TURNS
 from mytimerd.daemon.shares import Budget
 from mytimerd.protocol import wire
 from tests.daemon.test_server_memory import Rig, echo, error_name, in_loop
@@ -144,6 +145,7 @@ def test_calls_after_subscribing_end_the_stream_once() -> None:
         assert error_name(refused) == "Subscribed"
         assert transport.eof_written
         await asyncio.sleep(0.05)
+        transport.feed_eof()
         assert transport.closed and conn.close_reason == "ended"
         assert rig.server.stats.closed == {"ended": 1}
 
@@ -189,8 +191,11 @@ def test_a_subscriber_that_does_not_read_is_cut_off_after_the_lag() -> None:
 
 @pytest.mark.parametrize("client_closes", [True, False])
 def test_an_ending_connection_reads_until_the_client_is_done(client_closes: bool) -> None:
+    """Over TCP only the client's close ends it before the deadline: quiet
+    proves nothing (its kernel takes answers the client may not have read)."""
+
     async def run() -> None:
-        rig = Rig(max_payload=16, linger=0.05, drain_timeout=5.0)
+        rig = Rig(max_payload=16, linger=0.05, drain_timeout=0.4)
         conn, transport = rig.connect()
         conn.data_received(wire.encode_request("echo", b"\xa0" * 17))
         assert transport.eof_written
@@ -198,13 +203,64 @@ def test_an_ending_connection_reads_until_the_client_is_done(client_closes: bool
             await asyncio.sleep(0.03)
             conn.data_received(b"more of what it pipelined")
             assert not transport.closed
+        await asyncio.sleep(0.1)  # quiet for longer than --linger
+        assert not transport.closed
         if client_closes:
-            assert conn.eof_received() is False  # the transport closes now
-            transport.close()
+            transport.feed_eof()
+            assert conn.close_reason == "ended"
         else:
-            await asyncio.sleep(0.1)  # quiet for longer than --linger
+            await asyncio.sleep(0.3)
+            assert conn.close_reason == "deadline"
         assert transport.closed and not transport.aborted
-        assert conn.close_reason == "ended"
+
+    in_loop(run)
+
+
+def test_an_ending_unix_connection_closes_once_its_client_has_read_everything() -> None:
+    """On a unix socket the kernel counts a byte as unsent until the client
+    reads it: quiet for --linger with nothing unread either way ends it."""
+
+    async def run() -> None:
+        rig = Rig(max_payload=16, linger=0.05, drain_timeout=5.0)
+        conn, transport, client = rig.connect_unix()
+        ours = transport.sock
+        assert ours is not None and conn.peer.startswith("uid:")
+        conn.data_received(wire.encode_request("echo", b"\xa0" * 17))
+        assert transport.eof_written
+        ours.send(b"an answer the client has not read")
+        await asyncio.sleep(0.15)
+        assert not transport.closed  # quiet, but its answer is unread
+        client.recv(100)
+        client.send(b"what it sends after the end")  # unread by us: a close would reset
+        await asyncio.sleep(0.15)
+        assert not transport.closed
+        ours.recv(100)  # the connection's read (discarded)
+        await asyncio.sleep(0.15)
+        assert transport.closed and not transport.aborted and conn.close_reason == "ended"
+
+    in_loop(run)
+
+
+def test_ending_connections_discard_a_slice_per_turn_of_the_loop() -> None:
+    """However many connections end while their clients send, the loop reads
+    DISCARD_TURNS of them per turn after their first DISCARD_SLICE."""
+
+    async def run() -> None:
+        rig = Rig(max_payload=16, linger=0.05, drain_timeout=5.0)
+        ends = [rig.connect() for _ in range(3 * DISCARD_TURNS)]
+        for conn, transport in ends:
+            conn.data_received(wire.encode_request("echo", b"\xa0" * 17))
+            assert transport.eof_written and transport.reading
+            conn.data_received(b"\0" * (DISCARD_SLICE - 1))
+            assert transport.reading  # within its slice
+            conn.data_received(b"\0")
+            assert not transport.reading  # paused: it waits for a turn
+        for turn in range(1, 4):
+            await asyncio.sleep(0)
+            assert sum(t.reading for _, t in ends) == turn * DISCARD_TURNS
+        for _, transport in ends:
+            transport.feed_eof()
+            assert transport.closed and not transport.aborted
 
     in_loop(run)
 

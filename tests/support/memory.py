@@ -4,6 +4,7 @@ a fake library, a fake transport and a clock the test moves."""
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,10 +161,21 @@ class FakeTransport:
     peername: tuple[str, int] = ("192.0.2.1", 40000)
     #: The protocol to tell when closed, as asyncio does.
     protocol: Any = None
+    #: A unix peer: the daemon's end of a real socket pair (what the kernel
+    #: says of it is real; what the connection writes still goes to written).
+    sock: socket.socket | None = None
 
     def get_extra_info(self, name: str, default: object = None) -> object:
-        """A TCP peer (no socket object: the peer is taken from peername)."""
+        """A TCP peer by peername, or with ``sock`` a unix one."""
+        if self.sock is not None:
+            return self.sock if name == "socket" else default
         return self.peername if name == "peername" else default
+
+    def feed_eof(self) -> None:
+        """The client closed its side: tell the protocol, and close unless
+        it keeps the transport open, as asyncio does."""
+        if not self.protocol.eof_received():
+            self.close()
 
     def write(self, data: bytes) -> None:
         """Record ``data`` (a real transport refuses it after close or write_eof)."""
