@@ -651,8 +651,9 @@ class Connection(asyncio.Protocol):
             self.close("ended")
             return
         transport.write_eof()
-        self._read_paused = False
-        transport.resume_reading()
+        if not self._discard_paused:  # else it reads again in its turn
+            self._read_paused = False
+            transport.resume_reading()
         # The loop's own clock: these times pace its timers.
         self._last_input = self._ending_since = time.monotonic()
         self._end_timer = asyncio.get_running_loop().call_later(

@@ -277,6 +277,27 @@ def test_an_ending_connection_that_never_reads_is_aborted_at_the_deadline() -> N
     in_loop(run)
 
 
+def test_an_ending_connection_waits_for_its_turn_across_the_half_close() -> None:
+    """Paused for its turn while an answer is still owed: the half-close
+    after that answer does not let it read before its turn."""
+
+    async def run() -> None:
+        rig = Rig(max_payload=64, linger=0.05, drain_timeout=5.0)
+        conn, transport = rig.connect()
+        conn.data_received(echo("held") + wire.encode_request("echo", b"\xa0" * 65))
+        assert not transport.eof_written  # the held call is owed first
+        conn.data_received(b"\0" * DISCARD_SLICE)
+        assert not transport.reading
+        (call_id,) = rig.library.held
+        rig.library.answer(call_id)
+        rig.results()
+        assert transport.eof_written and not transport.reading
+        await asyncio.sleep(0)
+        assert transport.reading
+
+    in_loop(run)
+
+
 def test_degraded_when_a_global_budget_is_nearly_full() -> None:
     rig = Rig(max_held_calls=10, max_held_calls_per_peer=10)
     conn, _ = rig.connect("192.0.2.66")
