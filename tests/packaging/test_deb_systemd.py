@@ -10,6 +10,7 @@ it: each starts by checking the state the one before left.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import threading
@@ -310,8 +311,12 @@ def test_upgrade_under_load_loses_no_call(system: Sandbox, deb_v2: Path) -> None
             pids.add(main_pid(system))
             wait_calls(load, 30)
             held_progress(held, before)
-        since = f"@{time.time():.0f}"
-        time.sleep(1)  # the journal's --since has 1 s resolution
+        # The journal's --since has 1 s resolution: the next whole second,
+        # so the last restart above (maybe within this one) is not counted,
+        # and wait for it to begin.
+        since_s = math.ceil(time.time())
+        since = f"@{since_s}"
+        time.sleep(since_s - time.time() + 0.1)
         before = len(held.echoed)
         t0 = time.monotonic()
         out = dpkg(system, "-i", path)
