@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -355,6 +356,22 @@ uint64_t mt_stale(mt_host *h, int method) {
     return atomic_load(&h->stale_by_method[method]);
 }
 
+/* One step of a bounded busy wait: a CPU pause for the first 64 steps,
+   then a yield (a thread on this core, the library's or the caller's, gets
+   to run) until deadline; false once the deadline has passed. */
+static bool spin_step(int i, int64_t deadline) {
+    if (i < 64) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+        return true;
+    }
+    if (now_ns() >= deadline)
+        return false;
+    sched_yield();
+    return true;
+}
+
 /* Before the submitter sleeps: while calls come often, look for the next
    one a while (pause, then yield the core to whoever else wants it) for
    twice the usual time between calls, MT_SUBMIT_SPIN_NS at most. Waking a
@@ -366,17 +383,9 @@ static void spin_for_work(mt_host *h) {
     if (gap > MT_SUBMIT_SPIN_NS)
         return;
     int64_t end = now_ns() + (2 * gap < MT_SUBMIT_SPIN_NS ? 2 * gap : MT_SUBMIT_SPIN_NS);
-    for (int i = 0; !atomic_load_explicit(&h->queued, memory_order_relaxed); i++) {
-        if (i < 64) {
-#if defined(__x86_64__) || defined(__i386__)
-            __builtin_ia32_pause();
-#endif
-            continue;
-        }
-        if (now_ns() >= end)
+    for (int i = 0; !atomic_load_explicit(&h->queued, memory_order_relaxed); i++)
+        if (!spin_step(i, end))
             return;
-        sched_yield();
-    }
 }
 
 static void *submitter_main(void *arg) {
@@ -532,18 +541,9 @@ static int call_wait(mt_host *h, int method, uint64_t id, const uint8_t *payload
     if (!waiting)
         return 0;
     int64_t deadline = c->submitted_ns + wait;
-    for (int i = 0; atomic_load_explicit(&c->waiter, memory_order_acquire) == WAITING; i++) {
-        if (i < 64) {
-#if defined(__x86_64__) || defined(__i386__)
-            __builtin_ia32_pause();
-#endif
-            continue;
-        }
-        if (now_ns() >= deadline)
+    for (int i = 0; atomic_load_explicit(&c->waiter, memory_order_acquire) == WAITING; i++)
+        if (!spin_step(i, deadline))
             break;
-        /* a library thread on this core gets to answer */
-        sched_yield();
-    }
     int expected = WAITING;
     if (atomic_compare_exchange_strong_explicit(&c->waiter, &expected, NO_WAITER,
                                                 memory_order_acq_rel, memory_order_acquire)) {
