@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -370,6 +371,29 @@ static bool spin_step(int i, int64_t deadline) {
         return false;
     sched_yield();
     return true;
+}
+
+long mt_spin_read(int fd, uint8_t *buf, size_t cap, int64_t spin_ns) {
+    int64_t end = now_ns() + spin_ns;
+    for (unsigned i = 0;; i++) {
+        char peek;
+        ssize_t n = recv(fd, &peek, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (n > 0) {
+            if (cap == 0)
+                return 1;
+            n = recv(fd, buf, cap, MSG_DONTWAIT);
+            return n > 0 ? (long)n : 0;
+        }
+        if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+            return 0;
+        if (now_ns() >= end)
+            return 0;
+        /* Every other look, yield: the client may be waiting for this core
+           to send what we wait for. (spin_step's first steps would not look
+           at the clock, and each look here is a system call.) */
+        if (i & 1)
+            sched_yield();
+    }
 }
 
 /* Before the submitter sleeps: while calls come often, look for the next

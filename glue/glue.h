@@ -128,3 +128,10 @@ void mt_get_status(mt_host *h, mt_status *out);
    0: destroyed; 1: the library returned an error; -1: timed out (the library's
    threads are abandoned, the host is leaked deliberately). */
 int mt_shutdown(mt_host *h, int timeout_ms);
+/* Wait at most spin_ns for input on the socket fd (a pause, then yielding
+   the core now and then) and read what came, at most cap bytes: the bytes
+   read, or 0 if none came in time, or the peer closed or failed (the event
+   loop sees that itself: an end is only peeked at, and after an error it
+   reads the error or an end). With cap 0 it only waits: 1 once there is
+   input to read (left for the event loop). */
+long mt_spin_read(int fd, uint8_t *buf, size_t cap, int64_t spin_ns);

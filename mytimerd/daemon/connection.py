@@ -57,6 +57,10 @@ REJECT_READ: Final = 64 * 1024
 #: A subscriber's kernel send buffer and the event loop's write buffer mark:
 #: a subscriber that does not read shows backpressure within about this much.
 STREAM_BUFFER: Final = 64 * 1024
+#: Most requests one callback reads ahead for a lone client, and for how
+#: long: a client that joins meanwhile waits at most about this long.
+READ_AHEAD_TURNS: Final = 16
+READ_AHEAD_SLICE: Final = 0.00025
 #: An ending connection's share of discarding: after this many bytes (about
 #: one read) its reading pauses until the host gives it a turn (its client's
 #: sends back up in the kernel meanwhile).
@@ -173,6 +177,12 @@ class Host(Protocol):
     def note_stall(self, seconds: float, what: str) -> None:
         """One of the connection's callbacks ran ``seconds`` (long)."""
 
+    def read_ahead(self, conn: Connection, fd: int, take: bool) -> bytes:
+        """``conn`` (plaintext, owing nothing) was answered: its next request
+        if it calls alone and sends it within moments, else b"" (the loop
+        reads on). Without ``take`` only wait for it (b""), and leave it to
+        the loop."""
+
     def discard_later(self, conn: Connection) -> None:
         """An ending connection dropped its :data:`DISCARD_SLICE` and stopped
         reading: call :meth:`Connection.resume_discarding` in its turn."""
@@ -232,6 +242,9 @@ class Connection(asyncio.Protocol):
         self.creds: tuple[int, int] | None = None
         #: The event hub's bookkeeping while STREAMING.
         self.stream: Any = None
+        # The socket of a plaintext connection (-1: TLS, or none): read
+        # ahead for a lone client.
+        self._fd = -1
 
     # asyncio callbacks -------------------------------------------------
 
@@ -241,6 +254,9 @@ class Connection(asyncio.Protocol):
         self.origin, self.creds = peer_of(transport)
         self.peer = self.origin
         if self._tls is None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                self._fd = sock.fileno()
             self.host.admit(self)
         elif self.host.begin_handshake(self):
             layer = TLSLayer(
@@ -276,6 +292,8 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         started = _perf_counter()
         self._receive(data)
+        if self._fd >= 0 and not self._answers:  # (a call in flight: not alone)
+            self._read_ahead(started)
         took = _perf_counter() - started
         if took > LONG_CALLBACK:
             self.host.note_stall(took, f"requests from {self.peer}")
@@ -337,6 +355,31 @@ class Connection(asyncio.Protocol):
                 # A client that pipelines on after the drain began: read no
                 # more of it (what it sends from now on is never started).
                 self._pause_reading()
+
+    def _read_ahead(self, started: float) -> None:
+        """Serve the next requests of a lone client as they come, without
+        going back to the loop: while it owes nothing and the host finds
+        one, at most :data:`READ_AHEAD_TURNS` of them or for
+        :data:`READ_AHEAD_SLICE`; then wait for the next one to arrive
+        before the loop's turn (which then need not sleep to read it)."""
+        transport = self._transport
+        for turn in range(READ_AHEAD_TURNS + 1):
+            if (
+                self.state is not _SERVING
+                or self._read_paused
+                or self._write_paused
+                or self._answers
+                or self._buffered
+                or self._backlog
+                or transport is None
+                or transport.get_write_buffer_size()
+            ):
+                return
+            take = turn < READ_AHEAD_TURNS and _perf_counter() - started <= READ_AHEAD_SLICE
+            data = self.host.read_ahead(self, self._fd, take)
+            if not data:
+                return
+            self._receive(data)
 
     def eof_received(self) -> bool:
         if self.state is State.ENDING:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -13,11 +15,12 @@ import cbor2
 import pytest
 
 from mytimerd.protocol import wire
-from tests.support.daemon import Daemon, TcpAddress, WireClient, free_tcp_port
+from tests.support.daemon import Daemon, TcpAddress, UnixAddress, WireClient, free_tcp_port
 
 VECTORS = json.loads(
     (Path(__file__).resolve().parents[1] / "vectors" / "abi-vectors.json").read_text()
 )
+VERSION = wire.encode_request("version", b"\xa0")
 LIBRARY_ACCEPTS = [c for c in VECTORS["calls"] if "ok_hex" in c or "err_text" in c]
 
 
@@ -127,6 +130,66 @@ def test_a_lone_client_answered_on_the_spot(timed_daemon: Daemon) -> None:
     assert stats["calls"]["version"]["ok"] == 100 + 9
     assert stats["calls"]["echo"]["ok"] == 2
     assert stats["inFlight"] == 0 and stats["held"]["calls"] == stats["held"]["bytes"] == 0
+
+
+# A client calling version one call at a time, as fast as it can, for the
+# given seconds; prints how many calls it made.
+_LONE_CLIENT = """
+import socket, sys, time
+path, seconds = sys.argv[1], float(sys.argv[2])
+request = bytes.fromhex(sys.argv[3])
+s = socket.socket(socket.AF_UNIX)
+s.connect(path)
+end, calls = time.monotonic() + seconds, 0
+while time.monotonic() < end:
+    s.sendall(request)
+    need = 8
+    got = b""
+    while len(got) < need:
+        chunk = s.recv(65536)
+        assert chunk, "closed"
+        got += chunk
+        if len(got) >= 8:
+            need = 8 + int.from_bytes(got[4:8], "big")
+    calls += 1
+print(calls)
+"""
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_a_client_joining_a_lone_caller_is_served_at_once(
+    daemon_factory: Callable[..., Daemon], loop: str
+) -> None:
+    """While one client calls alone as fast as it can (its next requests
+    read ahead by the callback that answered the last), another client's
+    calls are answered within milliseconds: reading ahead gives the loop
+    back after a bounded time, and stops once a second client calls."""
+    d = daemon_factory("--event-loop", loop)
+    address = d.address
+    assert isinstance(address, UnixAddress)
+    lone = subprocess.Popen(
+        [sys.executable, "-c", _LONE_CLIENT, address.path, "3", VERSION.hex()],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.5)
+    latencies = []
+    with d.client() as c:
+        for _ in range(200):
+            started = time.perf_counter()
+            assert c.call("version").ret == wire.RET_OK
+            latencies.append(time.perf_counter() - started)
+            time.sleep(0.005)
+    out, _ = lone.communicate(timeout=30)
+    assert lone.returncode == 0
+    latencies.sort()
+    print(
+        f"lone client: {int(out)} calls in 3 s; bystander p50 "
+        f"{latencies[100] * 1e3:.2f} ms, p99 {latencies[198] * 1e3:.2f} ms, "
+        f"max {latencies[-1] * 1e3:.2f} ms"
+    )
+    assert int(out) > 1000
+    assert latencies[198] < 0.05, latencies[-5:]
 
 
 def test_64_echoes_of_100ms_on_64_connections_finish_together(daemon: Daemon) -> None:
