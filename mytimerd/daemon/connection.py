@@ -242,9 +242,12 @@ class Connection(asyncio.Protocol):
         self.creds: tuple[int, int] | None = None
         #: The event hub's bookkeeping while STREAMING.
         self.stream: Any = None
-        # The socket of a plaintext connection (-1: TLS, or none): read
-        # ahead for a lone client.
+        # Reading ahead for a lone client: the socket (-1: none), what takes
+        # its bytes (this connection, or its TLS layer, which decrypts and
+        # hands the requests back), and whether a read-ahead is under way.
         self._fd = -1
+        self._feed: Callable[[bytes], None] = self._receive
+        self._ahead = False
 
     # asyncio callbacks -------------------------------------------------
 
@@ -280,6 +283,10 @@ class Connection(asyncio.Protocol):
         # From now on answers go through TLS.
         self._transport = cast(asyncio.Transport, layer)
         self.tls_names = certificate_names(layer.get_extra_info("peercert"))
+        sock = layer.get_extra_info("socket")
+        if sock is not None:
+            self._fd = sock.fileno()
+            self._feed = layer.data_received
         if self.tls_names:
             self.peer = f"cert:{self.tls_names[0]}"
         self.state = State.SERVING
@@ -292,8 +299,14 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         started = _perf_counter()
         self._receive(data)
-        if self._fd >= 0 and not self._answers:  # (a call in flight: not alone)
-            self._read_ahead(started)
+        # (a call in flight: not alone; a read-ahead under way: its TLS
+        # layer handing back what it read)
+        if self._fd >= 0 and not self._answers and not self._ahead:
+            self._ahead = True
+            try:
+                self._read_ahead(started)
+            finally:
+                self._ahead = False
         took = _perf_counter() - started
         if took > LONG_CALLBACK:
             self.host.note_stall(took, f"requests from {self.peer}")
@@ -361,7 +374,9 @@ class Connection(asyncio.Protocol):
         going back to the loop: while it owes nothing and the host finds
         one, at most :data:`READ_AHEAD_TURNS` of them or for
         :data:`READ_AHEAD_SLICE`; then wait for the next one to arrive
-        before the loop's turn (which then need not sleep to read it)."""
+        before the loop's turn (which then need not sleep to read it). Over
+        TLS what is read goes to the TLS layer, which hands the requests
+        back through :meth:`data_received`."""
         transport = self._transport
         for turn in range(READ_AHEAD_TURNS + 1):
             if (
@@ -379,7 +394,7 @@ class Connection(asyncio.Protocol):
             data = self.host.read_ahead(self, self._fd, take)
             if not data:
                 return
-            self._receive(data)
+            self._feed(data)
 
     def eof_received(self) -> bool:
         if self.state is State.ENDING:

@@ -207,8 +207,8 @@ def test_one_callback_reads_ahead_for_a_bounded_time(monkeypatch: pytest.MonkeyP
 
 
 def test_no_read_ahead_without_a_socket(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A connection without a socket of its own to read (TLS: the layer's
-    bytes are not the client's) is never read ahead for."""
+    """A connection without a socket (here a fake TCP transport) is never
+    read ahead for."""
     rig = Rig(inline=True)
     conn, transport = rig.connect()
     called: list[int] = []

@@ -264,3 +264,51 @@ def test_a_tls_subscriber_is_a_peer_by_its_certificate(
         while len(answers) < 2:
             answers += parser.feed(s.recv(65536))
         assert cbor2.loads(answers[1].body)["payload"]["message"] == "over TLS"
+
+
+def test_a_lone_tls_client_read_ahead_is_answered_right(
+    daemon_factory: Callable[..., Daemon], pki: PKI
+) -> None:
+    """A TLS client calling alone (its next requests read ahead from the TCP
+    socket and decrypted by the TLS layer): one call at a time, then
+    requests cut across TLS records and reads, all answered right and in
+    order; then it closes with close_notify and the daemon sees it."""
+    d, port = start_tls(daemon_factory, pki)
+    version = wire.encode_request("version", b"\xa0")
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        client_context(pki, pki.alice).wrap_socket(raw, server_hostname="localhost") as s,
+    ):
+        parser = wire.ResponseParser()
+
+        def answers(n: int) -> list[wire.Response]:
+            got: list[wire.Response] = []
+            while len(got) < n:
+                data = s.recv(65536)
+                assert data, "the daemon closed"
+                got += parser.feed(data)
+            return got
+
+        for _ in range(300):
+            s.sendall(version)
+            assert answers(1) == [wire.Response(0, cbor2.dumps("nim-timer v0.1.0"))]
+        burst = version * 3 + wire.encode_request(
+            "echo", cbor2.dumps({"req": {"message": "cut", "delayMs": 0}})
+        )
+        for i in range(0, len(burst), 7):  # a TLS record every 7 bytes
+            s.sendall(burst[i : i + 7])
+        got = answers(4)
+        s.unwrap()
+    assert [a.ret for a in got] == [0] * 4
+    assert cbor2.loads(got[3].body)["echoed"] == "cut"
+    deadline = time.monotonic() + 5
+    while open_connections(d) != 1 and time.monotonic() < deadline:  # stats' own alone
+        time.sleep(0.05)
+    assert open_connections(d) == 1
+
+
+def open_connections(d: Daemon) -> object:
+    """Connections open now, counted over the plain unix socket (that one included)."""
+    connections = stats(d)["connections"]
+    assert isinstance(connections, dict)
+    return connections["open"]
