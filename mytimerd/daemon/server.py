@@ -68,8 +68,7 @@ ALONE: Final = 2
 #: (:meth:`Server.read_ahead`); many, as a wait for one client while others
 #: call would hold them: with several calling, one seldom calls 8 in a row.
 READ_AHEAD_STREAK: Final = 8
-#: How long it waits: at most, and at least.
-READ_AHEAD_WAIT: Final = 50e-6
+#: The shortest wait (the longest is --read-ahead-wait).
 READ_AHEAD_MIN_WAIT: Final = 4e-6
 #: Ending connections that get a turn to read (and drop) another
 #: DISCARD_SLICE of what their clients send, per turn of the loop: the loop's
@@ -163,8 +162,9 @@ class Server:
         # Who made the last calls, and how many in a row (_alone).
         self._caller: Connection | None = None
         self._streak = 0
-        # How long read_ahead waits for the caller now.
-        self._read_ahead_wait = READ_AHEAD_WAIT
+        # How long read_ahead waits for the caller now, and at most.
+        self._read_ahead_max = self.limits.read_ahead_wait / 1e6
+        self._read_ahead_wait = self._read_ahead_max
         #: Whether the library's quick path serves calls (:meth:`quick`).
         self.quick_calls = bool(library.quicken(self._quick_methods()))
         self.next_id = 1
@@ -518,24 +518,29 @@ class Server:
             return streak >= ALONE
         self._caller = conn
         self._streak = calls
-        self._read_ahead_wait = READ_AHEAD_WAIT
+        self._read_ahead_wait = self._read_ahead_max
         return False
 
     def read_ahead(self, conn: Connection, fd: int, take: bool) -> bytes:
         """If ``conn`` calls alone (its last :data:`READ_AHEAD_STREAK` calls
-        were the only ones, and none is in flight), wait a while for its next request
-        (and with ``take`` read it). The wait halves after one in vain, down
-        to :data:`READ_AHEAD_MIN_WAIT`, and doubles after one that saw the
-        request, up to :data:`READ_AHEAD_WAIT`: a client that calls now and
-        then costs little busy waiting."""
-        if conn is not self._caller or self._streak < READ_AHEAD_STREAK or self.pending:
+        were the only ones, and none is in flight), wait a while for its next
+        request (and with ``take`` read it). The wait halves after one in
+        vain, down to :data:`READ_AHEAD_MIN_WAIT`, and doubles after one that
+        saw the request, up to ``--read-ahead-wait`` (0: no waiting): a
+        client that calls now and then costs little busy waiting."""
+        if (
+            conn is not self._caller
+            or self._streak < READ_AHEAD_STREAK
+            or self.pending
+            or not self._read_ahead_max
+        ):
             return b""
         wait = self._read_ahead_wait
         data = readahead.spin_read(fd, wait) if take else b""
         if data or (not take and readahead.spin_wait(fd, wait)):
-            self._read_ahead_wait = min(READ_AHEAD_WAIT, wait * 2)
+            self._read_ahead_wait = min(self._read_ahead_max, wait * 2)
         else:
-            self._read_ahead_wait = max(READ_AHEAD_MIN_WAIT, wait / 2)
+            self._read_ahead_wait = min(self._read_ahead_max, max(READ_AHEAD_MIN_WAIT, wait / 2))
         return data
 
     def _quick_methods(self) -> list[str]:

@@ -22,11 +22,14 @@ from tests.support.memory import FakeTransport
 VERSION = wire.encode_request("version", b"\xa0")
 
 
-@pytest.fixture(autouse=True)
-def patient(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Wait 50 ms for a next request, so that a test's own pace between
-    calls counts as calling soon (a wait in vain costs the test 50 ms)."""
-    monkeypatch.setattr(server, "READ_AHEAD_WAIT", 0.05)
+#: --read-ahead-wait of these tests: 50 ms, so that a test's own pace between
+#: calls counts as calling soon (a wait in vain costs the test 50 ms).
+PATIENT = 50_000
+
+
+def make_rig(wait_us: int = PATIENT) -> Rig:
+    """A server whose library answers version calls on the spot."""
+    return Rig(inline=True, read_ahead_wait=wait_us)
 
 
 def lone(rig: Rig) -> tuple[Connection, FakeTransport, socket.socket]:
@@ -51,7 +54,7 @@ def unread(sock: socket.socket) -> int:
 def test_a_lone_client_s_next_request_is_read_on_the_spot() -> None:
     """Requests the client sent meanwhile are read and answered within the
     callback that answered the one the loop read."""
-    rig = Rig(inline=True)
+    rig = make_rig()
     conn, transport, theirs = lone(rig)
     ours = rig.sockets[-2]
     theirs.sendall(VERSION * 3)
@@ -66,7 +69,7 @@ def test_a_lone_client_s_next_request_is_read_on_the_spot() -> None:
 def test_a_partial_request_read_ahead_waits_for_the_loop() -> None:
     """Half a frame read ahead is kept like any other; reading ahead stops
     (the rest comes through the loop) and the call is answered once whole."""
-    rig = Rig(inline=True)
+    rig = make_rig()
     conn, transport, theirs = lone(rig)
     ours = rig.sockets[-2]
     theirs.sendall(VERSION + VERSION[:5])
@@ -84,7 +87,7 @@ def test_no_read_ahead_before_the_streak() -> None:
     (answered on the spot already) is not waited for: with several clients
     calling, one often calls twice in a row, and waiting for it would hold
     the others."""
-    rig = Rig(inline=True)
+    rig = make_rig()
     conn, transport, theirs = rig.connect_unix()
     for _ in range(READ_AHEAD_STREAK - 2):
         conn.data_received(VERSION)
@@ -99,7 +102,7 @@ def test_no_read_ahead_before_the_streak() -> None:
 def test_no_read_ahead_for_clients_that_take_turns() -> None:
     """Two clients calling by turns: each one's next request stays in its
     socket for the loop."""
-    rig = Rig(inline=True)
+    rig = make_rig()
     a, ta, a_theirs = rig.connect_unix()
     b, tb, b_theirs = rig.connect_unix()
     for _ in range(READ_AHEAD_STREAK + 2):
@@ -118,7 +121,7 @@ def test_no_read_ahead_for_clients_that_take_turns() -> None:
 def test_no_read_ahead_while_any_call_is_in_flight() -> None:
     """Another client's call in flight (the library holds echoes): the lone
     caller's next request waits for the loop, which then sees both."""
-    rig = Rig(inline=True)
+    rig = make_rig()
     other, _ = rig.connect()
     other.data_received(echo("held"))
     conn, _, theirs = lone(rig)
@@ -133,11 +136,10 @@ def test_the_wait_halves_in_vain_and_doubles_when_it_sees_a_request(
 ) -> None:
     """A client that calls now and then costs little waiting: each wait in
     vain halves the next, down to READ_AHEAD_MIN_WAIT; each that saw a
-    request doubles it, up to READ_AHEAD_WAIT; a new lone caller starts at
-    READ_AHEAD_WAIT."""
-    monkeypatch.setattr(server, "READ_AHEAD_WAIT", 0.008)
+    request doubles it, up to --read-ahead-wait; a new lone caller starts
+    at --read-ahead-wait."""
     monkeypatch.setattr(server, "READ_AHEAD_MIN_WAIT", 0.001)
-    rig = Rig(inline=True)
+    rig = make_rig(8000)
     conn, _, _ = lone(rig)  # its last answers waited 8, then 4 ms in vain
     waits: list[float] = []
     script: list[bytes] = []
@@ -171,7 +173,7 @@ def test_one_callback_reads_ahead_a_bounded_number_of_times(
     """A client whose next request is always there: one callback reads ahead
     READ_AHEAD_TURNS times, then the loop runs (other clients are read); the
     request after them is left in the socket for the loop to read."""
-    rig = Rig(inline=True)
+    rig = make_rig()
     conn, transport, theirs = lone(rig)
     monkeypatch.setattr(readahead, "spin_read", lambda fd, seconds: VERSION)
     monkeypatch.setattr(connection, "READ_AHEAD_SLICE", 60.0)  # only the count bounds
@@ -181,14 +183,14 @@ def test_one_callback_reads_ahead_a_bounded_number_of_times(
     conn.data_received(VERSION)
     assert len(transport.responses()) == before + 1 + READ_AHEAD_TURNS
     assert unread(rig.sockets[-2]) == len(VERSION)
-    assert time.perf_counter() - started < server.READ_AHEAD_WAIT  # it was there: no wait
+    assert time.perf_counter() - started < PATIENT / 1e6  # it was there: no wait
 
 
 def test_one_callback_reads_ahead_for_a_bounded_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """A client whose requests each take a while to come: reading ahead
     stops once READ_AHEAD_SLICE has passed (then one wait for the next,
     in vain here)."""
-    rig = Rig(inline=True)
+    rig = make_rig()
     conn, transport, _ = lone(rig)
 
     def slowly(fd: int, seconds: float) -> bytes:
@@ -203,13 +205,13 @@ def test_one_callback_reads_ahead_for_a_bounded_time(monkeypatch: pytest.MonkeyP
     read_ahead = len(transport.responses()) - before - 1
     assert 1 <= read_ahead < READ_AHEAD_TURNS
     # one more read at most, and the last wait
-    assert took < READ_AHEAD_SLICE + READ_AHEAD_SLICE / 4 + server.READ_AHEAD_WAIT + 0.05
+    assert took < READ_AHEAD_SLICE + READ_AHEAD_SLICE / 4 + PATIENT / 1e6 + 0.05
 
 
 def test_no_read_ahead_without_a_socket(monkeypatch: pytest.MonkeyPatch) -> None:
     """A connection without a socket (here a fake TCP transport) is never
     read ahead for."""
-    rig = Rig(inline=True)
+    rig = make_rig()
     conn, transport = rig.connect()
     called: list[int] = []
 
@@ -227,7 +229,7 @@ def test_no_read_ahead_without_a_socket(monkeypatch: pytest.MonkeyPatch) -> None
 def test_the_peer_closing_is_left_to_the_loop() -> None:
     """The client closed after its last request: the wait sees the end
     without taking it, so the loop still gets its EOF."""
-    rig = Rig(inline=True)
+    rig = make_rig()
     conn, transport, theirs = lone(rig)
     ours = rig.sockets[-2]
     theirs.sendall(VERSION)
@@ -241,7 +243,7 @@ def test_the_peer_closing_is_left_to_the_loop() -> None:
 def test_no_read_ahead_after_calls_the_daemon_answers_itself() -> None:
     """Only a client's library calls make it a lone caller: after a
     daemon method (or a refusal) its next request waits for the loop."""
-    rig = Rig(inline=True)
+    rig = make_rig()
     conn, transport, theirs = rig.connect_unix()
     ping = wire.encode_request("mytimerd.ping", b"\xa0")
     for _ in range(READ_AHEAD_STREAK + 2):
@@ -250,3 +252,21 @@ def test_no_read_ahead_after_calls_the_daemon_answers_itself() -> None:
     conn.data_received(ping)
     assert unread(rig.sockets[-2]) == len(ping)
     assert len(transport.responses()) == READ_AHEAD_STREAK + 3
+
+
+def test_read_ahead_wait_0_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--read-ahead-wait 0: a lone client's next request is never waited
+    for nor read; it stays for the loop."""
+    rig = make_rig(0)
+    called: list[float] = []
+
+    def record(fd: int, seconds: float) -> bytes:
+        called.append(seconds)
+        return b""
+
+    monkeypatch.setattr(readahead, "spin_read", record)
+    monkeypatch.setattr(readahead, "spin_wait", lambda fd, seconds: bool(record(fd, seconds)))
+    conn, _, theirs = lone(rig)
+    theirs.sendall(VERSION)
+    conn.data_received(VERSION)
+    assert called == [] and unread(rig.sockets[-2]) == len(VERSION)
