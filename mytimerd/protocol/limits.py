@@ -275,12 +275,12 @@ class Limits:
         50,
         "--read-ahead-wait",
         "microseconds",
-        "While one client makes every call (8 in a row, none other in flight), the "
-        "event loop waits up to this long on its socket after each answer for its next "
-        "request, busy (a core stays awake while it calls back to back), instead of "
-        "sleeping until the request wakes it: on a virtual machine that wake-up costs "
-        "more than the call. The wait halves after each one in vain (down to 4 us) and "
-        "doubles after each that saw a request. 0: never wait.",
+        "While one client makes all the calls (its last 8 in a row, with no other call "
+        "in flight), after each answer the event loop waits up to this long on its "
+        "socket for its next request, busy (a core stays awake while it calls back to "
+        "back), instead of sleeping until the request wakes it: on a virtual machine "
+        "that wake-up costs more than the call. A wait in vain halves the next one "
+        "(down to 4 us); one that saw a request doubles it. 0: never wait.",
         zero_ok=True,
     )
 

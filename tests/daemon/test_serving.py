@@ -189,7 +189,7 @@ def test_a_client_joining_a_lone_caller_is_served_at_once(
         f"max {latencies[-1] * 1e3:.2f} ms"
     )
     assert int(out) > 1000
-    assert latencies[198] < 0.05, latencies[-5:]
+    assert latencies[198] < 0.1, latencies[-5:]  # unbounded, it would wait seconds
 
 
 def test_64_echoes_of_100ms_on_64_connections_finish_together(daemon: Daemon) -> None:

@@ -19,7 +19,7 @@ def test_nothing_comes_the_wait_ends_on_time() -> None:
             assert readahead.spin_read(ours.fileno(), seconds) == b""
             assert not readahead.spin_wait(ours.fileno(), seconds)
             took = time.perf_counter() - started
-            assert 2 * seconds <= took < 2 * seconds + 0.05
+            assert 2 * seconds <= took < 2 * seconds + 0.25  # slack for a loaded machine
 
 
 def test_what_comes_during_the_wait_is_read_or_left() -> None:
