@@ -387,6 +387,7 @@ class Connection(asyncio.Protocol):
                 or self._buffered
                 or self._backlog
                 or transport is None
+                or transport.is_closing()
                 or transport.get_write_buffer_size()
             ):
                 return
