@@ -25,12 +25,13 @@ SLACK = float(os.environ.get("MYTIMER_TIMING_SLACK", "1"))
 
 def assert_together(t0: float, delivered: list[float]) -> None:
     """Echoes of 100 ms all made at ``t0`` (``delivered``: monotonic times
-    of their answers) ran at once: none answered before its delay, and all
-    within 50 ms of each other. One after another they would be 100 ms
-    apart; a machine that stalls the library's thread delays them alike,
-    so the check does not depend on how busy the machine is."""
+    of their answers) ran at once: none answered before its delay, and the
+    last within 350 ms. One after another they would take 6.4 s, and fewer
+    than 22 at a time 400 ms or more; the margin is for a stalled machine
+    (CI saw 217 ms, with one answer 98 ms after the first)."""
     assert min(delivered) - t0 >= 0.100
-    assert max(delivered) - min(delivered) < 0.050 * SLACK
+    assert max(delivered) - t0 < 0.350 * SLACK
+
 
 SPEC_DIR = Path(__file__).resolve().parents[1] / "vectors"
 
