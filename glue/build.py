@@ -2,7 +2,8 @@
 
 The ABI's typedef and result codes come from the one public header
 (native/include/my_timer_cbor.h, its CFFI region); the host functions from
-glue/glue.h, the unix listener's gate from glue/gate.h.
+glue/glue.h, the unix listener's gate from glue/gate.h, the lane of quick
+calls from glue/lane.h.
 """
 
 from __future__ import annotations
@@ -23,11 +24,16 @@ def _abi_region() -> str:
 
 
 ffibuilder = FFI()
-ffibuilder.cdef(_abi_region() + (HERE / "glue.h").read_text() + (HERE / "gate.h").read_text())
+ffibuilder.cdef(
+    _abi_region()
+    + (HERE / "glue.h").read_text()
+    + (HERE / "gate.h").read_text()
+    + (HERE / "lane.h").read_text()
+)
 ffibuilder.set_source(
     "mytimerd._glue",
-    '#include "my_timer_cbor.h"\n#include "glue.h"\n#include "gate.h"\n',
-    sources=[str(HERE / "glue.c"), str(HERE / "gate.c")],
+    '#include "my_timer_cbor.h"\n#include "glue.h"\n#include "gate.h"\n#include "lane.h"\n',
+    sources=[str(HERE / "glue.c"), str(HERE / "gate.c"), str(HERE / "lane.c")],
     include_dirs=[str(ROOT / "native" / "include"), str(HERE)],
     libraries=["dl", "pthread"],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"],

@@ -17,6 +17,7 @@
 
 #include "my_timer_cbor.h"
 #include "glue.h"
+#include "internal.h"
 
 
 typedef void *(*create_fn)(const uint8_t *, size_t, FFICallBack, void *);
@@ -53,17 +54,10 @@ struct call {
        caller gave up first (NO_WAITER): the answer is then queued as usual. */
     atomic_int waiter;
     struct done *result;
+    int lane; /* made by the lane: the answer goes to it */
 };
 
 enum { NO_WAITER, WAITING, DELIVERED };
-
-struct done {
-    struct done *next;
-    uint64_t id;
-    int32_t ret;
-    uint32_t len;
-    uint8_t data[];
-};
 
 struct mt_host {
     void *dl;
@@ -114,6 +108,7 @@ struct mt_host {
     atomic_int_least64_t answer_ns[MT_MAX_METHODS];
     atomic_int_least64_t call_started_ns;
     atomic_uint_least64_t queued, submitted, completed, stale, events;
+    struct mt_lane *lane;
 };
 
 static int64_t now_ns(void) {
@@ -196,6 +191,11 @@ static void on_result(int ret, const char *msg, size_t len, void *ud) {
     atomic_store_explicit(&h->answer_ns[c->method], avg + (took - avg) / 8,
                           memory_order_relaxed);
     struct done *d = new_record(c->id, ret, msg, len);
+    if (c->lane) {
+        lane_answer(h->lane, d);
+        release_call(c);
+        return;
+    }
     if (d && atomic_load_explicit(&c->waiter, memory_order_relaxed) == WAITING) {
         c->result = d;
         int expected = WAITING;
@@ -478,7 +478,7 @@ int mt_create(mt_host *h, const uint8_t *req, size_t len, int timeout_ms, int di
    caller will wait for the answer, which holds one more reference. 0 on
    success, -1 if shutting down or out of memory (nothing was called). */
 static int start_call(mt_host *h, int method, uint64_t id, const uint8_t *payload, size_t len,
-                      struct call **out, int waiting) {
+                      struct call **out, int waiting, int lane) {
     if (method < 0 || method >= h->nmethods)
         return -1;
     struct call *c = malloc(sizeof *c);
@@ -489,6 +489,7 @@ static int start_call(mt_host *h, int method, uint64_t id, const uint8_t *payloa
     atomic_init(&c->refs, waiting ? 3 : 2);
     atomic_init(&c->waiter, waiting ? WAITING : NO_WAITER);
     c->result = NULL;
+    c->lane = lane;
     c->method = method;
     c->id = id;
     c->len = len;
@@ -542,8 +543,15 @@ static int start_call(mt_host *h, int method, uint64_t id, const uint8_t *payloa
 
 int mt_submit(mt_host *h, int method, uint64_t id, const uint8_t *payload, size_t len) {
     struct call *c;
-    return start_call(h, method, id, payload, len, &c, 0);
+    return start_call(h, method, id, payload, len, &c, 0, 0);
 }
+
+int glue_lane_call(mt_host *h, int method, uint64_t id, const uint8_t *payload, size_t len) {
+    struct call *c;
+    return start_call(h, method, id, payload, len, &c, 0, 1);
+}
+
+void glue_set_lane(mt_host *h, struct mt_lane *lane) { h->lane = lane; }
 
 /* Make call `id` and wait for its answer when the method's calls usually
    take at most max_wait_ns: 1 with the answer in *answer (the caller frees
@@ -560,7 +568,7 @@ static int call_wait(mt_host *h, int method, uint64_t id, const uint8_t *payload
     if (wait > max_wait_ns)
         wait = max_wait_ns;
     struct call *c;
-    if (start_call(h, method, id, payload, len, &c, waiting) != 0)
+    if (start_call(h, method, id, payload, len, &c, waiting, 0) != 0)
         return -1;
     if (!waiting)
         return 0;
@@ -624,8 +632,7 @@ int mt_quick_add(mt_host *h, const char *name, int method) {
     return 0;
 }
 
-/* The method number of a quick request frame's name, or -1. */
-static int quick_method(mt_host *h, const uint8_t *name, size_t len) {
+int glue_quick_method(mt_host *h, const uint8_t *name, size_t len) {
     for (int i = 0; i < h->nquick; i++)
         if (h->quick[i].len == len && memcmp(h->quick[i].name, name, len) == 0)
             return h->quick[i].method;
@@ -645,7 +652,7 @@ int64_t mt_quick(mt_host *h, const uint8_t *data, size_t len, uint64_t first_id,
         const uint8_t *payload = data + pos + 4 + mlen + 4;
         if (get_be32(data + pos + 4 + mlen) != 1 || payload[0] != 0xa0)
             break;
-        int method = quick_method(h, data + pos + 4, mlen);
+        int method = glue_quick_method(h, data + pos + 4, mlen);
         if (method < 0)
             break;
         int64_t started = now_ns();
@@ -789,6 +796,8 @@ int mt_shutdown(mt_host *h, int timeout_ms) {
         free(l);
         l = next;
     }
+    if (h->lane)
+        lane_free(h->lane);
     close(h->efd);
     free(h);
     return 0;

@@ -56,7 +56,12 @@ def driver(build_dir: Path) -> dict[str, Path]:
     glue = GLUE_DIR
     includes = ("-I" + str(glue), "-I" + str(REPO_ROOT / "native" / "include"))
     return {
-        v: _compile(v, [DRIVER_SRC, glue / "glue.c"], build_dir / f"glue_stress_{v}", includes)
+        v: _compile(
+            v,
+            [DRIVER_SRC, glue / "glue.c", glue / "lane.c"],
+            build_dir / f"glue_stress_{v}",
+            includes,
+        )
         for v in VARIANTS
     }
 

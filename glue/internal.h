@@ -1,0 +1,40 @@
+/*
+ * What glue.c shares with lane.c, and nothing else includes: the completion
+ * record, and the hooks by which the lane makes calls and takes their
+ * answers. (glue.h is read by cffi's cdef(): it cannot carry these.)
+ */
+#ifndef MT_GLUE_INTERNAL_H
+#define MT_GLUE_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* glue.h (no include guard: cffi reads it) comes first. */
+
+/* One answer (or event) from the library, as the callback copied it. */
+struct done {
+    struct done *next;
+    uint64_t id;
+    int32_t ret;
+    uint32_t len;
+    uint8_t data[];
+};
+
+struct mt_lane;
+
+/* Make call `id` of quick method number `method` for the lane: its answer
+   goes to lane_answer (on whichever thread calls back), not to mt_drain.
+   0, or -1 as mt_submit fails. */
+int glue_lane_call(mt_host *h, int method, uint64_t id, const uint8_t *payload, size_t len);
+/* The method number of a quick request's name (mt_quick_add), or -1. */
+int glue_quick_method(mt_host *h, const uint8_t *name, size_t len);
+/* The host's lane, set once by mt_lane_new. */
+void glue_set_lane(mt_host *h, struct mt_lane *lane);
+
+/* lane.c: take the answer of a lane call (any thread; NULL: out of memory,
+   the call then times out in the lane's sweep). */
+void lane_answer(struct mt_lane *l, struct done *d);
+/* lane.c: free the lane once no callback can come any more. */
+void lane_free(struct mt_lane *l);
+
+#endif

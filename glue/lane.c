@@ -1,0 +1,435 @@
+/* See lane.h for what this is and why it is shaped this way. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "glue.h"
+#include "internal.h"
+#include "lane.h"
+
+/* A whole quick request always fits, so a buffer that cannot tell is never full. */
+_Static_assert(4 + MT_QUICK_NAME + 5 < MT_LANE_IN, "MT_LANE_IN holds a quick request");
+
+#define SLOT_BITS 10
+#define MAX_SLOTS (1 << SLOT_BITS)
+/* epoll tag of the answers' eventfd (slots are tagged by their number). */
+#define ANSWERS_TAG UINT64_MAX
+
+struct slot {
+    int fd;             /* -1: free */
+    bool readable;      /* epoll said so and a read has not found it empty */
+    bool hup;           /* epoll said the client closed its side (or an error) */
+    bool back;          /* handed back: waits for mt_lane_take */
+    int method;         /* of the call in flight */
+    uint64_t call_id;   /* 0: none in flight */
+    int64_t started_ns;
+    int64_t last_ns;
+    uint32_t in_len;
+    uint8_t in[MT_LANE_IN];
+    uint8_t *out;       /* the unwritten rest of an answer (MT_LANE_FULL) */
+    size_t out_len;
+};
+
+struct mt_lane {
+    mt_host *h;
+    uint64_t id_base;
+    uint64_t seq;
+    int ep, efd;
+    int nslots, used;
+    struct slot *slots;
+    int *free_slots, nfree;
+    /* answers from the library's threads, behind mu */
+    pthread_mutex_t mu;
+    struct done *head, **tail;
+    bool armed;
+    /* who was answered last, and how many times in a row */
+    int last_slot;
+    int streak;
+};
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static uint32_t get_be32(const uint8_t *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static void put_be32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+mt_lane *mt_lane_new(mt_host *h, int slots, uint64_t id_base) {
+    if (slots < 1 || slots > MAX_SLOTS)
+        return NULL;
+    mt_lane *l = calloc(1, sizeof *l);
+    if (!l)
+        return NULL;
+    l->slots = calloc((size_t)slots, sizeof *l->slots);
+    l->free_slots = calloc((size_t)slots, sizeof *l->free_slots);
+    l->ep = epoll_create1(EPOLL_CLOEXEC);
+    l->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = ANSWERS_TAG};
+    if (!l->slots || !l->free_slots || l->ep < 0 || l->efd < 0 ||
+        epoll_ctl(l->ep, EPOLL_CTL_ADD, l->efd, &ev) != 0) {
+        if (l->ep >= 0)
+            close(l->ep);
+        if (l->efd >= 0)
+            close(l->efd);
+        free(l->slots);
+        free(l->free_slots);
+        free(l);
+        return NULL;
+    }
+    l->h = h;
+    l->id_base = id_base;
+    l->nslots = slots;
+    for (int i = 0; i < slots; i++) {
+        l->slots[i].fd = -1;
+        l->free_slots[slots - 1 - i] = i; /* slot 0 is taken first */
+    }
+    l->nfree = slots;
+    l->last_slot = -1;
+    pthread_mutex_init(&l->mu, NULL);
+    l->tail = &l->head;
+    glue_set_lane(h, l);
+    return l;
+}
+
+void lane_free(struct mt_lane *l) {
+    for (struct done *d = l->head; d;) {
+        struct done *next = d->next;
+        free(d);
+        d = next;
+    }
+    for (int i = 0; i < l->nslots; i++)
+        free(l->slots[i].out);
+    close(l->ep);
+    close(l->efd);
+    pthread_mutex_destroy(&l->mu);
+    free(l->slots);
+    free(l->free_slots);
+    free(l);
+}
+
+int mt_lane_fd(mt_lane *l) { return l->ep; }
+
+int mt_lane_count(mt_lane *l) { return l->used; }
+
+void lane_answer(struct mt_lane *l, struct done *d) {
+    if (!d)
+        return;
+    pthread_mutex_lock(&l->mu);
+    *l->tail = d;
+    l->tail = &d->next;
+    bool wake = !l->armed;
+    l->armed = true;
+    pthread_mutex_unlock(&l->mu);
+    if (wake) {
+        uint64_t one = 1;
+        ssize_t n = write(l->efd, &one, sizeof one);
+        (void)n;
+    }
+}
+
+int mt_lane_add(mt_lane *l, int fd) {
+    if (!l->nfree)
+        return -1;
+    int i = l->free_slots[l->nfree - 1];
+    /* Edge-triggered: a read that comes back short has taken all there was,
+       and bytes that arrive later raise a new edge. */
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.u64 = (uint64_t)i};
+    if (epoll_ctl(l->ep, EPOLL_CTL_ADD, fd, &ev) != 0)
+        return -1;
+    l->nfree--;
+    l->used++;
+    struct slot *s = &l->slots[i];
+    s->fd = fd;
+    s->readable = false;
+    s->hup = false;
+    s->back = false;
+    s->call_id = 0;
+    s->in_len = 0;
+    s->out = NULL;
+    s->out_len = 0;
+    s->last_ns = now_ns();
+    return i;
+}
+
+/* Hand slot i back to the loop: out of epoll now, taken by mt_lane_take. */
+static void hand_back(mt_lane *l, int i, int why, mt_lane_back *back, int *nback) {
+    struct slot *s = &l->slots[i];
+    if (s->back)
+        return;
+    s->back = true;
+    epoll_ctl(l->ep, EPOLL_CTL_DEL, s->fd, NULL);
+    back[*nback].slot = i;
+    back[*nback].why = why;
+    (*nback)++;
+}
+
+int64_t mt_lane_take(mt_lane *l, int slot, uint8_t *buf, size_t cap, mt_lane_state *st) {
+    if (slot < 0 || slot >= l->nslots || l->slots[slot].fd < 0)
+        return 0;
+    struct slot *s = &l->slots[slot];
+    size_t need = s->in_len + s->out_len;
+    if (need > cap)
+        return -(int64_t)need;
+    if (!s->back)
+        epoll_ctl(l->ep, EPOLL_CTL_DEL, s->fd, NULL);
+    memcpy(buf, s->in, s->in_len);
+    if (s->out_len)
+        memcpy(buf + s->in_len, s->out, s->out_len);
+    st->call_id = s->call_id;
+    st->method = s->method;
+    st->in_len = (int32_t)s->in_len;
+    st->started_ns = s->started_ns;
+    st->last_ns = s->last_ns;
+    free(s->out);
+    s->out = NULL;
+    s->out_len = 0;
+    s->fd = -1;
+    s->call_id = 0;
+    s->back = false;
+    l->free_slots[l->nfree++] = slot;
+    l->used--;
+    if (l->last_slot == slot)
+        l->last_slot = -1;
+    return (int64_t)need;
+}
+
+/* What the slot's buffer starts with: a whole quick request (its method
+   number, *size its bytes), -1 not one (hand back), -2 too little to tell. */
+static int quick_frame(mt_lane *l, struct slot *s, size_t *size) {
+    uint32_t n = s->in_len;
+    if (n < 4)
+        return -2;
+    uint32_t mlen = get_be32(s->in);
+    /* [u32 name length][name][u32 1][0xa0], the name a quick method's */
+    if (mlen > MT_QUICK_NAME)
+        return -1;
+    if (n < 4 + mlen)
+        return -2;
+    int method = glue_quick_method(l->h, s->in + 4, mlen);
+    if (method < 0)
+        return -1;
+    if (n < 4 + mlen + 4)
+        return -2;
+    if (get_be32(s->in + 4 + mlen) != 1)
+        return -1;
+    if (n < 4 + mlen + 5)
+        return -2;
+    if (s->in[4 + mlen + 4] != 0xa0)
+        return -1;
+    *size = 4 + mlen + 5;
+    return method;
+}
+
+/* Serve slot i while it owes nothing: call its next request, reading more
+   when the buffer holds too little; or hand it back. */
+static void serve(mt_lane *l, int i, mt_lane_back *back, int *nback) {
+    struct slot *s = &l->slots[i];
+    while (!s->back && !s->call_id) {
+        size_t size = 0;
+        int method = quick_frame(l, s, &size);
+        if (method >= 0) {
+            uint64_t id = l->id_base + (++l->seq << SLOT_BITS) + (uint64_t)i;
+            s->call_id = id;
+            s->method = method;
+            s->started_ns = s->last_ns = now_ns();
+            if (glue_lane_call(l->h, method, id, s->in + size - 1, 1) != 0) {
+                s->call_id = 0; /* not made (shutting down): the loop answers it */
+                hand_back(l, i, MT_LANE_OTHER, back, nback);
+                return;
+            }
+            memmove(s->in, s->in + size, s->in_len - size);
+            s->in_len -= (uint32_t)size;
+            return;
+        }
+        if (method == -1) {
+            hand_back(l, i, MT_LANE_OTHER, back, nback);
+            return;
+        }
+        if (!s->readable) {
+            /* (a short read leaves readable false: an end that had come
+               with the bytes raises no new edge, so epoll's word counts) */
+            if (s->hup)
+                hand_back(l, i, MT_LANE_EOF, back, nback);
+            return;
+        }
+        size_t room = MT_LANE_IN - s->in_len;
+        ssize_t got = recv(s->fd, s->in + s->in_len, room, MSG_DONTWAIT);
+        if (got > 0) {
+            s->in_len += (uint32_t)got;
+            if ((size_t)got < room)
+                s->readable = false;
+        } else if (got == 0) {
+            hand_back(l, i, MT_LANE_EOF, back, nback);
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            s->readable = false;
+        } else if (errno != EINTR) {
+            hand_back(l, i, MT_LANE_ERROR, back, nback);
+        }
+    }
+}
+
+/* Write the answer d of slot i's call; false if the slot went back. */
+static bool answer(mt_lane *l, int i, struct done *d, mt_lane_back *back, int *nback) {
+    struct slot *s = &l->slots[i];
+    uint8_t head[8];
+    put_be32(head, (uint32_t)d->ret);
+    put_be32(head + 4, d->len);
+    struct iovec iov[2] = {{head, 8}, {d->data, d->len}};
+    struct msghdr msg = {.msg_iov = iov, .msg_iovlen = 2};
+    size_t total = 8 + (size_t)d->len;
+    ssize_t put = sendmsg(s->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+    s->call_id = 0;
+    s->last_ns = now_ns();
+    if (put == (ssize_t)total)
+        return true;
+    if (put < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        hand_back(l, i, MT_LANE_ERROR, back, nback);
+        return false;
+    }
+    size_t done = put > 0 ? (size_t)put : 0;
+    s->out_len = total - done;
+    s->out = malloc(s->out_len);
+    if (s->out) {
+        size_t from_head = done < 8 ? 8 - done : 0;
+        memcpy(s->out, head + (8 - from_head), from_head);
+        memcpy(s->out + from_head, d->data + (done > 8 ? done - 8 : 0), s->out_len - from_head);
+    } else {
+        s->out_len = 0; /* out of memory: the client's answer is cut; it reads an error */
+        hand_back(l, i, MT_LANE_ERROR, back, nback);
+        return false;
+    }
+    hand_back(l, i, MT_LANE_FULL, back, nback);
+    return false;
+}
+
+int mt_lane_run(mt_lane *l, mt_lane_back *back, int back_cap, int *nback, mt_lane_call *calls,
+                int max_calls, int *ncalls, uint8_t *orphans, size_t orphans_cap,
+                int64_t *orphans_len) {
+    *nback = 0;
+    *ncalls = 0;
+    *orphans_len = 0;
+    /* Every socket event may hand one back, every answer one more: room
+       for both, or this turn does nothing. */
+    if (back_cap < MT_LANE_EVENTS + max_calls)
+        return 1;
+    struct epoll_event evs[MT_LANE_EVENTS];
+    int n = epoll_wait(l->ep, evs, MT_LANE_EVENTS, 0);
+    bool answers = false;
+    for (int k = 0; k < n; k++) {
+        if (evs[k].data.u64 == ANSWERS_TAG) {
+            answers = true;
+            continue;
+        }
+        struct slot *s = &l->slots[evs[k].data.u64];
+        if (s->fd >= 0) {
+            s->readable = true;
+            if (evs[k].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+                s->hup = true;
+        }
+    }
+    bool left = n == MT_LANE_EVENTS;
+    if (answers) {
+        uint64_t count;
+        ssize_t r = read(l->efd, &count, sizeof count); /* reset; EAGAIN is fine */
+        (void)r;
+        pthread_mutex_lock(&l->mu);
+        struct done *d = l->head;
+        l->head = NULL;
+        l->tail = &l->head;
+        l->armed = false;
+        pthread_mutex_unlock(&l->mu);
+        size_t olen = 0;
+        while (d) {
+            struct done *next = d->next;
+            int i = (int)(d->id & (MAX_SLOTS - 1));
+            struct slot *s = i < l->nslots ? &l->slots[i] : NULL;
+            bool ours = s && s->fd >= 0 && s->call_id == d->id;
+            if (ours ? *ncalls == max_calls : olen + 16 + d->len > orphans_cap) {
+                /* no room this turn: the rest go back to the queue's head */
+                pthread_mutex_lock(&l->mu);
+                struct done *last = d;
+                while (last->next)
+                    last = last->next;
+                last->next = l->head;
+                if (!l->head)
+                    l->tail = &last->next;
+                l->head = d;
+                pthread_mutex_unlock(&l->mu);
+                uint64_t one = 1;
+                ssize_t w = write(l->efd, &one, sizeof one);
+                (void)w;
+                left = true;
+                break;
+            }
+            if (ours) {
+                mt_lane_call *c = &calls[(*ncalls)++];
+                c->method = s->method;
+                c->ret = d->ret;
+                c->ns = now_ns() - s->started_ns;
+                if (answer(l, i, d, back, nback)) {
+                    l->streak = l->last_slot == i ? l->streak + 1 : 1;
+                    l->last_slot = i;
+                    if (s->in_len) {
+                        /* it sent ahead: the loop serves a pipeline in
+                           batches, the lane one call at a time */
+                        hand_back(l, i, MT_LANE_AHEAD, back, nback);
+                    } else if (l->streak >= MT_LANE_ALONE_CALLS) {
+                        l->streak = 0;
+                        hand_back(l, i, MT_LANE_ALONE, back, nback);
+                    } else {
+                        serve(l, i, back, nback);
+                    }
+                }
+            } else {
+                memcpy(orphans + olen, &d->id, 8);
+                memcpy(orphans + olen + 8, &d->ret, 4);
+                memcpy(orphans + olen + 12, &d->len, 4);
+                memcpy(orphans + olen + 16, d->data, d->len);
+                olen += 16 + d->len;
+            }
+            free(d);
+            d = next;
+        }
+        *orphans_len = (int64_t)olen;
+    }
+    for (int k = 0; k < n; k++) {
+        uint64_t tag = evs[k].data.u64;
+        if (tag != ANSWERS_TAG && l->slots[tag].fd >= 0)
+            serve(l, (int)tag, back, nback);
+    }
+    return left;
+}
+
+int mt_lane_sweep(mt_lane *l, int64_t idle_ns, int64_t slow_ns, mt_lane_back *back,
+                  int back_cap) {
+    int64_t now = now_ns();
+    int nback = 0;
+    for (int i = 0; i < l->nslots && nback < back_cap; i++) {
+        struct slot *s = &l->slots[i];
+        if (s->fd < 0 || s->back)
+            continue;
+        if (s->call_id ? now - s->started_ns >= slow_ns : now - s->last_ns >= idle_ns)
+            hand_back(l, i, MT_LANE_QUIET, back, &nback);
+    }
+    return nback;
+}
