@@ -30,7 +30,7 @@ from ..protocol.address import (
     parse_port,
 )
 from ..protocol.cddl import CDDLError
-from ..protocol.limits import Limits
+from ..protocol.limits import MAX_LANE_SLOTS, Limits
 from ..protocol.record import replace
 from ..protocol.schema import Interface
 from . import activation, handover
@@ -441,6 +441,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
         parser.error("--tls-client-ca needs --tls-cert and --tls-key")
     if args.tls_allow and args.tls_client_ca is None:
         parser.error("--tls-allow needs --tls-client-ca (the names come from client certificates)")
+    if args.lane_slots > MAX_LANE_SLOTS:
+        parser.error(f"--lane-slots {args.lane_slots}: at most {MAX_LANE_SLOTS}")
     described, constructor, probe = _library_options(parser, args)
     library = args.library or os.environ.get(LIBRARY_ENV)
     return Config(

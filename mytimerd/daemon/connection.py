@@ -61,6 +61,9 @@ STREAM_BUFFER: Final = 64 * 1024
 #: long: a client that joins meanwhile waits at most about this long.
 READ_AHEAD_TURNS: Final = 16
 READ_AHEAD_SLICE: Final = 0.00025
+#: Reads in a row that were quick calls only (and none left in part) after
+#: which a connection owing nothing is offered to the host's lane.
+LANE_RUN: Final = 8
 #: An ending connection's share of discarding: after this many bytes (about
 #: one read) its reading pauses until the host gives it a turn (its client's
 #: sends back up in the kernel meanwhile).
@@ -150,6 +153,17 @@ class Host(Protocol):
 
     #: Whether :meth:`quick` may take calls.
     quick_calls: bool
+
+    #: Whether :meth:`enter_lane` may take connections.
+    lane_calls: bool
+
+    def enter_lane(self, conn: Connection, fd: int) -> int:
+        """``conn``, plaintext and owing nothing after a run of quick calls,
+        offers its socket to the lane (:mod:`.lane`): its slot, or -1."""
+
+    def leave_lane(self, conn: Connection) -> None:
+        """Take ``conn`` back from the lane: :meth:`Connection.left_lane`
+        follows at once."""
 
     def quick(self, conn: Connection, data: bytes) -> int:
         """Answer the calls at the start of ``data`` it can at once (it may
@@ -248,6 +262,12 @@ class Connection(asyncio.Protocol):
         self._fd = -1
         self._feed: Callable[[bytes], None] = self._receive
         self._ahead = False
+        #: Its slot in the host's lane, -1 while the loop serves it.
+        self.lane_slot = -1
+        # May be offered to the lane (plaintext, with a socket, the host has
+        # one), and its reads in a row that were quick calls only.
+        self._lane_ok = False
+        self._quick_run = 0
 
     # asyncio callbacks -------------------------------------------------
 
@@ -260,6 +280,7 @@ class Connection(asyncio.Protocol):
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 self._fd = sock.fileno()
+                self._lane_ok = self.host.lane_calls
             self.host.admit(self)
         elif self.host.begin_handshake(self):
             layer = TLSLayer(
@@ -307,6 +328,8 @@ class Connection(asyncio.Protocol):
                 self._read_ahead(started)
             finally:
                 self._ahead = False
+        if self._quick_run >= LANE_RUN and self._lane_ok and not self._answers:
+            self._offer_lane()
         took = _perf_counter() - started
         if took > LONG_CALLBACK:
             self.host.note_stall(took, f"requests from {self.peer}")
@@ -343,8 +366,10 @@ class Connection(asyncio.Protocol):
                 self._seen_frame = True
                 self._flush()
                 if used == len(data):
+                    self._quick_run += 1
                     return
                 data = data[used:]
+        self._quick_run = 0
         parser = self._parser
         events = parser.feed(data)
         buffered = parser.buffered
@@ -447,6 +472,46 @@ class Connection(asyncio.Protocol):
         ):
             self._read_paused = False
             self._transport.resume_reading()
+        if self._quick_run >= LANE_RUN and self._lane_ok and not self._answers:
+            self._offer_lane()
+
+    def _offer_lane(self) -> None:
+        """After a run of quick calls, owing nothing and holding no part of
+        a frame, with every answer taken by the kernel: offer the socket to
+        the host's lane, which reads it from now on until it gives it back
+        (:meth:`left_lane`)."""
+        transport = self._transport
+        if (
+            self.state is not _SERVING
+            or self.lane_slot >= 0
+            or self._backlog
+            or self._buffered
+            or self._read_paused
+            or self._write_paused
+            or self._peer_eof
+            or transport is None
+            or transport.is_closing()
+            or transport.get_write_buffer_size()
+        ):
+            return
+        slot = self.host.enter_lane(self, self._fd)
+        if slot >= 0:
+            self.lane_slot = slot
+            self._pause_reading()
+
+    def left_lane(self, unwritten: bytes, sent: bytes, last_active: float) -> None:
+        """Back from the lane: write the rest of an answer it could not,
+        then read on from the requests it had read and not served (behind a
+        call it had in flight, which the host made this connection's)."""
+        self.lane_slot = -1
+        self._quick_run = 0
+        self.last_active = max(self.last_active, last_active)
+        transport = self._transport
+        if unwritten and transport is not None:
+            transport.write(unwritten)
+        if sent:
+            self._receive(sent)
+        self.deliver()
 
     def answer(self, frame: bytes) -> None:
         """Queue an immediate answer behind the calls already in flight."""
@@ -515,6 +580,8 @@ class Connection(asyncio.Protocol):
         if self.state is State.HANDSHAKE:
             self.close("shutdown")
             return
+        if self.lane_slot >= 0:
+            self.host.leave_lane(self)
         if not (_reading(self.state) or self.state is _HOLDING):
             return
         self.state = State.DRAINING
@@ -531,6 +598,8 @@ class Connection(asyncio.Protocol):
         """SERVING/STREAMING -> HOLDING, for a hand-over to the next instance:
         read nothing more; what was read is still answered. False (nothing
         changes) for a connection in any other state."""
+        if self.lane_slot >= 0:
+            self.host.leave_lane(self)
         if not _reading(self.state) or self._peer_eof:
             return False
         self.state = State.HOLDING
@@ -574,6 +643,8 @@ class Connection(asyncio.Protocol):
         are ignored: a connection ends once."""
         if self.state in (State.ENDING, State.CLOSED):
             return
+        if self.lane_slot >= 0:
+            self.host.leave_lane(self)
         self.state = State.ENDING
         self._backlog.clear()
         if self._buffered:  # no frame will be read any more: drop the partial one
@@ -609,6 +680,8 @@ class Connection(asyncio.Protocol):
         """-> CLOSED now (after the transport writes what it holds)."""
         if self.close_reason is None:
             self.close_reason = reason
+        if self.lane_slot >= 0:
+            self.host.leave_lane(self)  # the lane must let go of the socket first
         transport = self._transport
         if transport is not None:
             transport.close()

@@ -23,6 +23,7 @@ import cbor2
 from .._glue import ffi, lib
 from ..protocol.interfaces import DEFAULT_LIBRARY, PROBE_METHODS, kind_contradiction
 from ..protocol.schema import Interface
+from .lane import LANE_ID_BASE, Lane
 from .library import EVENT_ID_BASE, DescriptionMismatch, LibraryLoadError, Result, Status
 
 #: The library built from native/ and shipped inside the package (0.2
@@ -77,6 +78,7 @@ class LibraryHost:
         self._quick_n = ffi.new("int *")
         # The glue's method numbers -> names, for what quick() made.
         self._names: list[str] = []
+        self._quick_n_methods = 0
         self._closed = False
 
     def start(
@@ -179,12 +181,14 @@ class LibraryHost:
         (``MT_QUICK_METHODS``, names of ``MT_QUICK_NAME`` bytes at most); the
         ones it serves. The caller checked that ``{}`` is a valid request
         of each."""
-        return [
+        served = [
             name
             for name in names
             if name in self._methods
             and lib.mt_quick_add(self._host, name.encode(), self._methods[name]) == 0
         ]
+        self._quick_n_methods += len(served)
+        return served
 
     def quick(
         self, data: bytes, first_id: int, wait: bool
@@ -217,6 +221,15 @@ class LibraryHost:
             made.append((names[c.method], c.ret, c.ns / 1e9))
         size = self._quick_out[0]
         return used, ffi.buffer(self._frame, size)[:] if size else b"", made
+
+    def lane(self, slots: int) -> Lane | None:
+        """The lane for the methods :meth:`quicken` named, with room for
+        ``slots`` connections (see :mod:`.lane`); None when none is served
+        or the glue cannot make one."""
+        if not self._quick_n_methods or slots < 1:
+            return None
+        handle = lib.mt_lane_new(self._host, slots, LANE_ID_BASE)
+        return None if handle == ffi.NULL else Lane(handle, self._names, slots)
 
     def results(self) -> list[Result]:
         """Every result waiting now, as (call id, ret, body), in completion order.

@@ -90,5 +90,6 @@ def stats(server: Server) -> dict[str, Any]:
         extra={
             "budgets": holders(server.budgets),
             "loop": {"maxStallMs": stall * 1000, "maxStallWhat": what, "windowSeconds": WINDOW},
+            "lane": server.lane_snapshot(),
         },
     )

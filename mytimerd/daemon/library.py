@@ -9,9 +9,12 @@ is tested in memory.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from ..protocol.record import Record
+
+if TYPE_CHECKING:  # the lane's module needs Result from this one
+    from .lane import Lane
 
 #: A finished call as the library answered it: (call id, ret code, body).
 #: Events come the same way, with ids from :data:`EVENT_ID_BASE` on.
@@ -95,6 +98,11 @@ class Library(Protocol):
         response frames of those answered, and (method, ret, seconds) of
         each call made, in order; ret -1: the last one's answer comes
         through :meth:`results`."""
+        ...
+
+    def lane(self, slots: int) -> Lane | None:
+        """A lane serving :meth:`quicken`'s methods in C for up to ``slots``
+        connections (:mod:`.lane`), or None."""
         ...
 
     def results(self) -> list[Result]:

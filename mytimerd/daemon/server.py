@@ -37,6 +37,7 @@ from .events import EventHub
 from .gate import UnixGate, hand_over
 from .health import Health
 from .journal import RefusalLog
+from .lane import Lane
 from .library import EVENT_ID_BASE, Library, Result
 from .looplag import LoopLag
 from .shares import Budget, CallLedger, nearly_full
@@ -74,6 +75,12 @@ READ_AHEAD_MIN_WAIT: Final = 4e-6
 #: DISCARD_SLICE of what their clients send, per turn of the loop: the loop's
 #: discarding per turn is bounded however many connections end at once.
 DISCARD_TURNS: Final = 8
+#: A connection in the lane that completes no request for this long (at
+#: most half --idle-timeout) goes back to the loop, whose idle timeout then
+#: applies; so does one whose call has been in flight for LANE_SLOW (the
+#: loop's --timeout then applies to it).
+LANE_QUIET: Final = 1.0
+LANE_SLOW: Final = TICK
 #: The first bytes of a response frame that answers RET_OK.
 _RET_OK_HEAD: Final = wire.RET_OK.to_bytes(4, "big")
 
@@ -167,6 +174,17 @@ class Server:
         self._read_ahead_wait = self._read_ahead_max
         #: Whether the library's quick path serves calls (:meth:`quick`).
         self.quick_calls = bool(library.quicken(self._quick_methods()))
+        #: The lane serving quick calls in C (:mod:`.lane`); None when off.
+        self.lane: Lane | None = library.lane(self.limits.lane_slots) if self.quick_calls else None
+        self.lane_calls = self.lane is not None
+        # Slot -> the connection in it; peer -> its connections there.
+        self._lane_conns: dict[int, Connection] = {}
+        self._lane_peers: dict[str, int] = {}
+        self._lane_share = max(1, self.limits.lane_slots // 4)
+        self._lane_quiet = min(LANE_QUIET, self.limits.idle_timeout / 2)
+        # Calls the lane answered, and connections it gave back by why.
+        self._lane_answered = 0
+        self._lane_backs: collections.Counter[str] = collections.Counter()
         self.next_id = 1
         self.library_version: str | None = None
         self.listeners: list[Listener] = []
@@ -215,6 +233,8 @@ class Server:
             await self._adopt(stored)
         loop = asyncio.get_running_loop()
         loop.add_reader(self.library.fd, self.on_results)
+        if self.lane is not None:
+            loop.add_reader(self.lane.fd, self._lane_turn)
         self._schedule_tick()
         self.listeners = listeners
         for listener in listeners:
@@ -433,6 +453,10 @@ class Server:
                 conn.close_reason,
                 extra={"PEER": conn.peer},
             )
+        if conn.lane_slot >= 0 and self.lane is not None:
+            # (every close leaves the lane first; this one closed regardless)
+            self.lane.take(conn.lane_slot)
+            self._lane_release(conn)
         self.admission.forget(conn)
         self.stats.connection_closed(conn.close_reason or "client")
 
@@ -542,6 +566,106 @@ class Server:
         else:
             self._read_ahead_wait = min(self._read_ahead_max, max(READ_AHEAD_MIN_WAIT, wait / 2))
         return data
+
+    # the lane -------------------------------------------------------------------
+
+    def enter_lane(self, conn: Connection, fd: int) -> int:
+        """``conn`` (plaintext, owing nothing, after a run of quick calls)
+        offers its socket ``fd`` to the lane: its slot there, or -1 if not
+        taken: no lane, draining, calling alone (read-ahead serves it), its
+        peer's share of the lane or of held calls full, the lane full."""
+        lane = self.lane
+        if (
+            lane is None
+            or self.draining
+            or (conn is self._caller and self._streak >= ALONE)
+            or log.isEnabledFor(logging.DEBUG)  # the lane does not log library errors
+        ):
+            return -1
+        peer = conn.peer
+        there = self._lane_peers.get(peer, 0)
+        if there >= self._lane_share or self.ledger.check_call(peer, 1) is not None:
+            return -1
+        slot = lane.add(fd)
+        if slot < 0:
+            return -1
+        self._lane_peers[peer] = there + 1
+        # Its one call in flight, counted while it is there.
+        self.ledger.hold(-1 - slot, peer, 1)
+        self._lane_conns[slot] = conn
+        return slot
+
+    def leave_lane(self, conn: Connection) -> None:
+        """Take ``conn`` back from the lane (before its state changes)."""
+        self._lane_backs["taken"] += 1
+        self._lane_back(conn.lane_slot)
+
+    def _lane_release(self, conn: Connection) -> None:
+        """Give back what ``conn``'s place in the lane held."""
+        slot = conn.lane_slot
+        del self._lane_conns[slot]
+        self.ledger.release(-1 - slot)
+        peer = conn.peer
+        left = self._lane_peers[peer] - 1
+        if left:
+            self._lane_peers[peer] = left
+        else:
+            del self._lane_peers[peer]
+
+    def _lane_back(self, slot: int) -> None:
+        """The connection in ``slot`` goes back to the loop: its call in
+        flight (if any) becomes an ordinary one, then it writes what the
+        lane did not and reads on from what it sent."""
+        assert self.lane is not None
+        conn = self._lane_conns[slot]
+        taken = self.lane.take(slot)
+        self._lane_release(conn)
+        in_flight = taken.in_flight
+        if in_flight is not None:
+            # Its answer comes as an orphan of the lane's (_lane_turn). In
+            # pending a little out of age order: --timeout may end it up to
+            # LANE_SLOW late.
+            self.ledger.hold(in_flight.call_id, conn.peer, 1)
+            self.pending[in_flight.call_id] = Call(
+                conn, conn.reserve(), in_flight.method, in_flight.started
+            )
+        conn.left_lane(taken.unwritten, taken.sent, taken.last_active)
+
+    def _lane_turn(self) -> None:
+        """The lane has work: one bounded turn of it, then what it handed back."""
+        assert self.lane is not None
+        started = _perf_counter()
+        turn = self.lane.run()
+        record = self.stats.record
+        for method, ret, seconds in turn.answered:
+            record(method, OK if ret == wire.RET_OK else LIBRARY_ERROR, seconds)
+        self._lane_answered += len(turn.answered)
+        for slot, why in turn.back:
+            self._lane_backs[why] += 1
+            self._lane_back(slot)
+        if turn.orphans:
+            self._results.extend(turn.orphans)
+            self._hand_out()
+        took = _perf_counter() - started
+        if took > LONG_CALLBACK:
+            self.loop_lag.note(took, "the lane")
+
+    def _lane_sweep(self) -> None:
+        """Take back the lane's quiet connections and slow calls."""
+        if self._lane_conns and self.lane is not None:
+            for slot, why in self.lane.sweep(self._lane_quiet, LANE_SLOW):
+                self._lane_backs[why] += 1
+                self._lane_back(slot)
+
+    def lane_snapshot(self) -> dict[str, Any]:
+        """For mytimerd.stats: the lane's connections now, its room (0: off),
+        the calls it answered and the connections it gave back, by why."""
+        return {
+            "connections": len(self._lane_conns),
+            "slots": self.lane.slots if self.lane is not None else 0,
+            "calls": self._lane_answered,
+            "handedBack": dict(self._lane_backs),
+        }
 
     def _quick_methods(self) -> list[str]:
         """The library methods whose calls with ``{}`` (a0) :meth:`handle`
@@ -793,6 +917,7 @@ class Server:
     def tick(self) -> None:
         """Time out late calls, probe the library, report health to systemd."""
         now = self.clock()
+        self._lane_sweep()
         self._expire(now - self.limits.timeout)
         self.health.tick(now)
         healthy, why = self.health_verdict()
@@ -848,7 +973,10 @@ class Server:
             conn
             for conn in self.connections
             # A subscriber waits for events, not for itself: never idle.
-            if conn.last_active <= older_than and conn.owes_nothing() and conn.stream is None
+            if conn.last_active <= older_than
+            and conn.owes_nothing()
+            and conn.stream is None
+            and conn.lane_slot < 0  # the lane's sweep gives it back first
         ]
         for conn in idle:
             conn.close("idle")
@@ -903,6 +1031,10 @@ class Server:
             gate.close()
         for listener in self.listeners:
             listener.close()
+        # Every connection leaves the lane (its reader stays for the answers
+        # of calls still in flight there, now the loop's).
+        for conn in list(self._lane_conns.values()):
+            self.leave_lane(conn)
         held = self._hold() if store is not None else []
         for conn in self.admission.counted():
             if conn.state is not State.HOLDING:
@@ -947,6 +1079,8 @@ class Server:
             self._discard_turn.cancel()
         self._discarding.clear()
         asyncio.get_running_loop().remove_reader(self.library.fd)
+        if self.lane is not None:
+            asyncio.get_running_loop().remove_reader(self.lane.fd)
         # Let the transports write what they hold before the loop ends.
         await asyncio.sleep(0)
 

@@ -7,9 +7,12 @@ reports it and the README lists it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Final
 
 from .cbor import MAX_ITEMS
+
+#: Most connections --lane-slots may give the lane (the glue's slot numbers).
+MAX_LANE_SLOTS: Final = 1024
 
 
 def _limit(default: Any, option: str, unit: str, doc: str, zero_ok: bool = False) -> Any:
@@ -281,6 +284,17 @@ class Limits:
         "back), instead of sleeping until the request wakes it: on a virtual machine "
         "that wake-up costs more than the call. A wait in vain halves the next one "
         "(down to 4 us); one that saw a request doubles it. 0: never wait.",
+        zero_ok=True,
+    )
+    lane_slots: int = _limit(
+        1024,
+        "--lane-slots",
+        "connections",
+        "Plaintext connections whose quick calls (methods called with {}, such as "
+        "version) may be served in C, with no Python per call, while they make them "
+        f"one after another and other clients call too (at most {MAX_LANE_SLOTS}). A connection "
+        "there holds one call of its peer's --max-held-calls-per-peer; one peer may "
+        "take a quarter of them. 0: serve every call in Python.",
         zero_ok=True,
     )
 

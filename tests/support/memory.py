@@ -116,6 +116,10 @@ class FakeLibrary:
             made.append(("version", ret, 0.0))
         return used, frames, made
 
+    def lane(self, slots: int) -> None:
+        """No lane: its calls are the glue's, tested against the real library."""
+        return None
+
     def answer(self, call_id: int, ret: int = wire.RET_OK, body: bytes | None = None) -> None:
         """Answer a held call (by default: its own payload echoed)."""
         held = self.held.pop(call_id)

@@ -1,0 +1,168 @@
+"""The lane: quick calls served in C for connections that make them one
+after another, with no Python per call (glue/lane.h).
+
+A plaintext connection that has made a run of quick calls (methods served
+with ``{}``, as :meth:`~mytimerd.daemon.server.Server.quick` takes them) and
+owes nothing is given to the lane: the event loop stops reading it, and the
+lane reads its requests, makes the calls and writes the answers, in C, when
+the loop finds the lane's descriptor readable. Anything else hands it back
+with what it sent and any answer not yet written, in order; so does a quiet
+connection, a slow call, a client calling alone (read-ahead serves those
+better) and every change of the connection's state (drain, hand-over, end).
+
+Bounds: the lane holds at most ``--lane-slots`` connections, each with one
+call in flight and :data:`LANE_IN` bytes of requests; a connection in the
+lane holds one call of its peer's ``--max-held-calls-per-peer`` (its call
+in flight, always counted), and one peer at most a quarter of the slots.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final, NamedTuple
+
+from .._glue import ffi, lib
+from .library import Result
+
+#: Bytes of requests a connection in the lane may have sent and not been served.
+LANE_IN: Final = lib.MT_LANE_IN
+#: Ids of the lane's calls: from here up (below events' ids, above calls').
+LANE_ID_BASE: Final = 1 << 62
+#: Answers one turn writes, at most.
+TURN_CALLS: Final = 256
+#: Why a connection came back, by the glue's code.
+WHY: Final = {
+    lib.MT_LANE_OTHER: "other",
+    lib.MT_LANE_EOF: "eof",
+    lib.MT_LANE_ERROR: "error",
+    lib.MT_LANE_FULL: "full",
+    lib.MT_LANE_ALONE: "alone",
+    lib.MT_LANE_QUIET: "quiet",
+    lib.MT_LANE_AHEAD: "ahead",
+}
+_RECORD: Final = struct.Struct("=QiI")
+_ORPHANS: Final = 1 << 16
+_BACKS: Final = lib.MT_LANE_EVENTS + TURN_CALLS
+
+
+class InFlight(NamedTuple):
+    """The call a connection had in flight when it left the lane."""
+
+    call_id: int
+    method: str
+    started: float  # time.monotonic()'s clock
+
+
+class Taken(NamedTuple):
+    """What a connection leaving the lane brings: the unwritten rest of an
+    answer (written first), then the requests it sent that were not served."""
+
+    unwritten: bytes
+    sent: bytes
+    in_flight: InFlight | None
+    last_active: float  # time.monotonic()'s clock
+
+
+class Turn(NamedTuple):
+    """What one turn of the lane did."""
+
+    #: (slot, why) of connections to take back, why from :data:`WHY`.
+    back: list[tuple[int, str]]
+    #: (method, ret, seconds) of each answer written (or handed back unwritten).
+    answered: list[tuple[str, int, float]]
+    #: Answers of calls that left the lane while in flight.
+    orphans: list[Result]
+
+
+class Lane:
+    """The glue's lane of one library host (see the module's docstring)."""
+
+    def __init__(self, handle: object, names: list[str], slots: int) -> None:
+        """``handle``: the glue's mt_lane; ``names``: method names by the
+        glue's method number."""
+        self._lane = handle
+        self._names = names
+        self.slots = slots
+        self.fd: int = lib.mt_lane_fd(handle)
+        self._back = ffi.new("mt_lane_back[]", _BACKS)
+        self._nback = ffi.new("int *")
+        self._calls = ffi.new("mt_lane_call[]", TURN_CALLS)
+        self._ncalls = ffi.new("int *")
+        self._orphans = ffi.new("uint8_t[]", _ORPHANS)
+        self._orphans_len = ffi.new("int64_t *")
+        self._state = ffi.new("mt_lane_state *")
+        self._cap = 1 << 12
+        self._buf = ffi.new("uint8_t[]", self._cap)
+
+    def __len__(self) -> int:
+        return int(lib.mt_lane_count(self._lane))
+
+    def add(self, fd: int) -> int:
+        """Take the connection on socket ``fd`` (its reading paused): its
+        slot, or -1 when the lane is full."""
+        return int(lib.mt_lane_add(self._lane, fd))
+
+    def take(self, slot: int) -> Taken:
+        """Give ``slot``'s connection back, whatever it is doing."""
+        st = self._state
+        while True:
+            size = lib.mt_lane_take(self._lane, slot, self._buf, self._cap, st)
+            if size >= 0:
+                break
+            self._cap = max(-size, self._cap * 2)
+            self._buf = ffi.new("uint8_t[]", self._cap)
+        data = ffi.buffer(self._buf, size)[:] if size else b""
+        in_len = st.in_len
+        in_flight = None
+        if st.call_id:
+            in_flight = InFlight(st.call_id, self._names[st.method], st.started_ns / 1e9)
+        return Taken(data[in_len:], data[:in_len], in_flight, st.last_ns / 1e9)
+
+    def run(self) -> Turn:
+        """One bounded turn of the lane's work."""
+        lib.mt_lane_run(
+            self._lane,
+            self._back,
+            _BACKS,
+            self._nback,
+            self._calls,
+            TURN_CALLS,
+            self._ncalls,
+            self._orphans,
+            _ORPHANS,
+            self._orphans_len,
+        )
+        return Turn(self._backs(self._nback[0]), self._answered(), self._orphaned())
+
+    def sweep(self, idle: float, slow: float) -> list[tuple[int, str]]:
+        """Connections quiet for ``idle`` seconds, or with a call in flight
+        for ``slow``: to be taken back."""
+        n = lib.mt_lane_sweep(self._lane, int(idle * 1e9), int(slow * 1e9), self._back, _BACKS)
+        return self._backs(n)
+
+    def _backs(self, n: int) -> list[tuple[int, str]]:
+        back = self._back
+        return [(back[i].slot, WHY[back[i].why]) for i in range(n)]
+
+    def _answered(self) -> list[tuple[str, int, float]]:
+        calls = self._calls
+        names = self._names
+        out = []
+        for i in range(self._ncalls[0]):  # a loop, not a comprehension: no function per turn
+            c = calls[i]
+            out.append((names[c.method], c.ret, c.ns / 1e9))
+        return out
+
+    def _orphaned(self) -> list[Result]:
+        size = self._orphans_len[0]
+        if not size:
+            return []
+        data = ffi.buffer(self._orphans, size)[:]
+        out: list[Result] = []
+        pos = 0
+        while pos < size:
+            call_id, ret, length = _RECORD.unpack_from(data, pos)
+            start = pos + 16
+            pos = start + length
+            out.append((call_id, ret, data[start:pos]))
+        return out

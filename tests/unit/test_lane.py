@@ -1,0 +1,309 @@
+"""The glue's lane (glue/lane.h) against the bundled library, over real
+socket pairs: it serves quick calls byte for byte, one at a time per
+connection and in order; hands a connection back, with what it sent and any
+answer not yet written, at anything else; and gives its calls in flight to
+the loop when a connection is taken back (their answers come as orphans)."""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+from collections.abc import Callable, Iterator
+
+import cbor2
+import pytest
+
+from mytimerd.daemon.host import BUNDLED_LIBRARY, LibraryHost
+from mytimerd.daemon.lane import LANE_ID_BASE, Lane, Turn
+from mytimerd.protocol import interfaces, wire
+
+VERSION = wire.encode_request("version", b"\xa0")
+ECHO = wire.encode_request("echo", cbor2.dumps({"req": {"message": "x", "delayMs": 0}}))
+ALONE_CALLS = 64
+
+
+@pytest.fixture(scope="module")
+def host() -> LibraryHost:
+    """The bundled library, called directly, serving version quickly."""
+    library = LibraryHost(BUNDLED_LIBRARY)
+    library.start(interfaces.bundled(library.generation), {"config": {"name": "lane"}}, direct=True)
+    assert library.quicken(["version"]) == ["version"]
+    return library
+
+
+@pytest.fixture
+def lane(host: LibraryHost) -> Iterator[Lane]:
+    """A lane of 4 slots (one per test: its slots all free at the start)."""
+    made = host.lane(4)
+    assert made is not None
+    yield made
+    for slot in range(4):
+        made.take(slot)  # a free slot: nothing
+
+
+def pair() -> tuple[socket.socket, socket.socket]:
+    """(the daemon's end, non-blocking; the client's end)."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.settimeout(5)
+    return ours, theirs
+
+
+def run_until(lane: Lane, done: Callable[[list[Turn]], bool], timeout: float = 5.0) -> list[Turn]:
+    """Turns of the lane, as the loop runs them (when its descriptor is
+    readable), until ``done(turns)``."""
+    turns: list[Turn] = []
+    deadline = time.monotonic() + timeout
+    while not done(turns):
+        assert time.monotonic() < deadline, f"lane did not get there: {turns}"
+        select.select([lane.fd], [], [], 0.05)
+        turns.append(lane.run())
+    return turns
+
+
+def answered(turns: list[Turn]) -> list[tuple[str, int, float]]:
+    return [a for t in turns for a in t.answered]
+
+
+def backs(turns: list[Turn]) -> list[tuple[int, str]]:
+    return [b for t in turns for b in t.back]
+
+
+def read_exactly(sock: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        assert chunk, f"EOF after {out!r}"
+        out += chunk
+    return out
+
+
+def version_answer(host: LibraryHost) -> bytes:
+    """The version call's response frame, as the library gives it."""
+    assert host.submit("version", 1, b"\xa0")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        select.select([host.fd], [], [], 0.05)
+        for call_id, ret, body in host.results():
+            if call_id == 1:
+                return wire.encode_response(ret, body)
+    raise AssertionError("the library did not answer version")
+
+
+def unread(sock: socket.socket) -> bytes:
+    """What waits in ``sock`` (peeked, left there)."""
+    try:
+        return sock.recv(1 << 16, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return b""
+
+
+def test_quick_calls_are_answered_byte_for_byte_one_at_a_time(
+    host: LibraryHost, lane: Lane
+) -> None:
+    """Requests sent one after another's answer: each answered, the
+    library's answer byte for byte, and counted with its method and time."""
+    expected = version_answer(host)
+    ours, theirs = pair()
+    slot = lane.add(ours.fileno())
+    assert slot >= 0 and len(lane) == 1
+    turns: list[Turn] = []
+    for _ in range(5):
+        theirs.sendall(VERSION)
+        turns += run_until(lane, lambda t: len(answered(t)) == 1)
+        assert read_exactly(theirs, len(expected)) == expected
+    assert [(m, r) for m, r, _ in answered(turns)] == [("version", wire.RET_OK)] * 5
+    assert all(0 < s < 5 for _, _, s in answered(turns))
+    assert not backs(turns)
+    taken = lane.take(slot)
+    assert taken.sent == taken.unwritten == b"" and taken.in_flight is None
+    assert 0 < time.monotonic() - taken.last_active < 5
+    assert len(lane) == 0
+
+
+def test_a_pipeline_goes_back_to_the_loop_in_order(host: LibraryHost, lane: Lane) -> None:
+    """version, echo, version in one write: the first is answered (one call
+    in flight at a time); then the connection comes back ("ahead") with the
+    rest, unread by the library and in order, nothing in flight."""
+    expected = version_answer(host)
+    ours, theirs = pair()
+    slot = lane.add(ours.fileno())
+    theirs.sendall(VERSION + ECHO + VERSION)
+    turns = run_until(lane, lambda t: bool(backs(t)))
+    assert backs(turns) == [(slot, "ahead")]
+    assert len(answered(turns)) == 1
+    assert read_exactly(theirs, len(expected)) == expected
+    taken = lane.take(slot)
+    assert taken.sent + unread(ours) == ECHO + VERSION
+    assert taken.unwritten == b"" and taken.in_flight is None
+
+
+def test_another_request_hands_the_connection_back_unread(lane: Lane) -> None:
+    """A request the lane does not serve: back ("other") with its bytes,
+    nothing called."""
+    ours, theirs = pair()
+    slot = lane.add(ours.fileno())
+    theirs.sendall(ECHO)
+    turns = run_until(lane, lambda t: bool(backs(t)))
+    assert backs(turns) == [(slot, "other")]
+    assert not answered(turns)
+    taken = lane.take(slot)
+    assert taken.sent + unread(ours) == ECHO and taken.in_flight is None
+
+
+def test_a_request_in_parts_waits_for_the_rest(host: LibraryHost, lane: Lane) -> None:
+    """Five bytes of a request: nothing happens; the rest: it is answered."""
+    expected = version_answer(host)
+    ours, theirs = pair()
+    lane.add(ours.fileno())
+    theirs.sendall(VERSION[:5])
+    turns = run_until(lane, lambda t: len(t) >= 3, timeout=1)
+    assert not answered(turns) and not backs(turns)
+    theirs.sendall(VERSION[5:])
+    run_until(lane, lambda t: len(answered(t)) == 1)
+    assert read_exactly(theirs, len(expected)) == expected
+
+
+def test_a_frame_that_cannot_be_quick_goes_back_before_it_is_whole(lane: Lane) -> None:
+    """A name longer than any quick method's, or a payload other than {}:
+    back as soon as its first bytes show it (not buffered to the end)."""
+    for start in (wire.encode_request("x" * 100, b"\xa0")[:8], VERSION[:11] + b"\x00\x00\x00\x02"):
+        ours, theirs = pair()
+        slot = lane.add(ours.fileno())
+        theirs.sendall(start)
+        turns = run_until(lane, lambda t: bool(backs(t)))
+        assert backs(turns) == [(slot, "other")]
+        assert lane.take(slot).sent == start
+
+
+@pytest.mark.parametrize("at_once", [True, False], ids=["with-the-bytes", "later"])
+def test_the_clients_end_hands_it_back_with_what_it_sent(lane: Lane, at_once: bool) -> None:
+    """A client that sends half a request and closes its side, before the
+    lane looks or after it read the half: back ("eof") with the half, which
+    the loop then reads as the connection's end."""
+    ours, theirs = pair()
+    slot = lane.add(ours.fileno())
+    theirs.sendall(VERSION[:3])
+    if not at_once:
+        run_until(lane, lambda t: len(t) >= 2, timeout=1)
+    theirs.shutdown(socket.SHUT_WR)
+    turns = run_until(lane, lambda t: bool(backs(t)))
+    assert backs(turns) == [(slot, "eof")]
+    assert lane.take(slot).sent == VERSION[:3]
+
+
+def test_a_request_then_the_end_is_answered_first(host: LibraryHost, lane: Lane) -> None:
+    """A request and the client's end in one go: the answer is written,
+    then the connection goes back ("eof") for the loop to end it."""
+    expected = version_answer(host)
+    ours, theirs = pair()
+    slot = lane.add(ours.fileno())
+    theirs.sendall(VERSION)
+    theirs.shutdown(socket.SHUT_WR)
+    turns = run_until(lane, lambda t: bool(backs(t)))
+    assert backs(turns) == [(slot, "eof")]
+    assert len(answered(turns)) == 1
+    assert read_exactly(theirs, len(expected)) == expected
+    assert lane.take(slot).sent == b""
+
+
+def test_a_socket_that_takes_no_more_hands_the_answer_back_unwritten(
+    host: LibraryHost, lane: Lane
+) -> None:
+    """The client reads nothing and the socket is full: the answer goes back
+    ("full") whole, for the loop to write first; nothing is lost or doubled."""
+    expected = version_answer(host)
+    ours, theirs = pair()
+    filler = 0
+    try:
+        while True:
+            filler += ours.send(b"\0" * 65536)
+    except BlockingIOError:
+        pass
+    slot = lane.add(ours.fileno())
+    theirs.sendall(VERSION + VERSION[:4])
+    turns = run_until(lane, lambda t: bool(backs(t)))
+    assert backs(turns) == [(slot, "full")]
+    assert len(answered(turns)) == 1  # answered (counted), not written
+    taken = lane.take(slot)
+    assert taken.unwritten == expected
+    assert taken.sent == VERSION[:4]
+    assert taken.in_flight is None
+
+
+def test_a_call_in_flight_when_taken_back_is_answered_as_an_orphan(
+    host: LibraryHost, lane: Lane
+) -> None:
+    """Taken back between the call and its answer: take says which call it
+    is, the lane writes nothing more, and the answer comes out as an orphan
+    record with that id, for the loop's ordinary path."""
+    ours, theirs = pair()
+    slot = lane.add(ours.fileno())
+    theirs.sendall(VERSION)
+    run_until(lane, lambda t: len(t) >= 1 and not answered(t), timeout=2)
+    taken = lane.take(slot)
+    in_flight = taken.in_flight
+    assert in_flight is not None, "the call was made and not yet answered in the lane"
+    assert in_flight.method == "version"
+    assert in_flight.call_id >= LANE_ID_BASE
+    assert abs(in_flight.started - time.monotonic()) < 5
+    turns = run_until(lane, lambda t: any(x.orphans for x in t))
+    orphans = [o for t in turns for o in t.orphans]
+    assert [(i, r) for i, r, _ in orphans] == [(in_flight.call_id, wire.RET_OK)]
+    assert cbor2.loads(orphans[0][2]) == cbor2.loads(version_answer(host)[8:])
+    assert not answered(turns)
+    theirs.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        theirs.recv(1)  # the lane wrote nothing to it
+
+
+def test_the_sweep_gives_back_quiet_connections_and_slow_calls(lane: Lane) -> None:
+    """Quiet for the idle time: back; a call in flight longer than the slow
+    time: back, with its call."""
+    quiet, _quiet_peer = pair()
+    busy, busy_peer = pair()
+    q = lane.add(quiet.fileno())
+    b = lane.add(busy.fileno())
+    assert lane.sweep(60, 60) == []
+    busy_peer.sendall(VERSION)
+    run_until(lane, lambda t: len(t) >= 1 and not answered(t), timeout=2)
+    assert sorted(lane.sweep(60, 0)) == [(b, "quiet")]
+    assert lane.take(b).in_flight is not None
+    assert lane.sweep(0, 60) == [(q, "quiet")]
+    assert lane.take(q).in_flight is None
+
+
+def test_a_full_lane_takes_no_more(lane: Lane) -> None:
+    """4 slots: a fifth connection is refused (-1); a bad socket too."""
+    socks = [pair() for _ in range(5)]
+    slots = [lane.add(ours.fileno()) for ours, _ in socks[:4]]
+    assert sorted(slots) == [0, 1, 2, 3]
+    assert lane.add(socks[4][0].fileno()) == -1
+    lane.take(slots[0])
+    assert lane.add(-1) == -1
+    assert lane.add(socks[4][0].fileno()) == slots[0]
+
+
+def test_a_connection_answered_alone_goes_back(host: LibraryHost, lane: Lane) -> None:
+    """The only connection answered, 64 times in a row: back ("alone")
+    after its 64th answer; read-ahead serves a lone client better. Another
+    connection answered between resets the count."""
+    expected = version_answer(host)
+    ours, theirs = pair()
+    other, other_peer = pair()
+    slot = lane.add(ours.fileno())
+    lane.add(other.fileno())
+    turns: list[Turn] = []
+    for call in range(ALONE_CALLS + 10):
+        if call == 10:
+            other_peer.sendall(VERSION)
+            turns += run_until(lane, lambda t: len(answered(t)) == 1)
+        theirs.sendall(VERSION)
+        turns += run_until(lane, lambda t: len(answered(t)) == 1)
+        assert read_exactly(theirs, len(expected)) == expected
+        if backs(turns):
+            break
+    assert backs(turns) == [(slot, "alone")]
+    assert call == 10 + ALONE_CALLS - 1
+    assert lane.take(slot).sent == b""
