@@ -30,6 +30,8 @@ LANE_IN: Final = lib.MT_LANE_IN
 LANE_ID_BASE: Final = 1 << 62
 #: Answers one turn writes, at most.
 TURN_CALLS: Final = 256
+#: Connections one sweep gives back, at most.
+SWEEP_SLICE: Final = 64
 #: Why a connection came back, by the glue's code.
 WHY: Final = {
     lib.MT_LANE_OTHER: "other",
@@ -136,8 +138,9 @@ class Lane:
 
     def sweep(self, idle: float, slow: float) -> list[tuple[int, str]]:
         """Connections quiet for ``idle`` seconds, or with a call in flight
-        for ``slow``: to be taken back."""
-        n = lib.mt_lane_sweep(self._lane, int(idle * 1e9), int(slow * 1e9), self._back, _BACKS)
+        for ``slow``: to be taken back, at most :data:`SWEEP_SLICE` (the
+        rest at the next sweep: taking one back costs the loop Python)."""
+        n = lib.mt_lane_sweep(self._lane, int(idle * 1e9), int(slow * 1e9), self._back, SWEEP_SLICE)
         return self._backs(n)
 
     def _backs(self, n: int) -> list[tuple[int, str]]:

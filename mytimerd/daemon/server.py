@@ -457,6 +457,7 @@ class Server:
             # (every close leaves the lane first; this one closed regardless)
             self.lane.take(conn.lane_slot)
             self._lane_release(conn)
+            conn.lane_slot = -1
         self.admission.forget(conn)
         self.stats.connection_closed(conn.close_reason or "client")
 

@@ -15,7 +15,7 @@ import cbor2
 import pytest
 
 from mytimerd.daemon.host import BUNDLED_LIBRARY, LibraryHost
-from mytimerd.daemon.lane import LANE_ID_BASE, Lane, Turn
+from mytimerd.daemon.lane import LANE_ID_BASE, SWEEP_SLICE, Lane, Turn
 from mytimerd.protocol import interfaces, wire
 
 VERSION = wire.encode_request("version", b"\xa0")
@@ -307,3 +307,19 @@ def test_a_connection_answered_alone_goes_back(host: LibraryHost, lane: Lane) ->
     assert backs(turns) == [(slot, "alone")]
     assert call == 10 + ALONE_CALLS - 1
     assert lane.take(slot).sent == b""
+
+
+def test_one_sweep_gives_back_a_bounded_slice(host: LibraryHost) -> None:
+    """70 quiet connections: one sweep gives back SWEEP_SLICE of them (each
+    costs the loop Python), the next the rest."""
+    lane = host.lane(70)
+    assert lane is not None
+    socks = [pair() for _ in range(70)]
+    slots = [lane.add(ours.fileno()) for ours, _ in socks]
+    assert sorted(slots) == list(range(70))
+    first = lane.sweep(0, 60)
+    assert len(first) == SWEEP_SLICE and all(why == "quiet" for _, why in first)
+    assert len(lane.sweep(0, 60)) == 70 - SWEEP_SLICE  # not handed back twice
+    for slot in slots:
+        lane.take(slot)
+    assert len(lane) == 0
