@@ -50,20 +50,25 @@ def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("glue-sanitizers")
 
 
-@pytest.fixture(scope="module")
-def driver(build_dir: Path) -> dict[str, Path]:
-    """glue_stress + glue.c, built once per sanitizer."""
-    glue = GLUE_DIR
-    includes = ("-I" + str(glue), "-I" + str(REPO_ROOT / "native" / "include"))
+def build_drivers(source: Path, build_dir: Path) -> dict[str, Path]:
+    """A driver ``source`` linked with the glue (glue.c, lane.c), built once
+    per sanitizer."""
+    includes = ("-I" + str(GLUE_DIR), "-I" + str(REPO_ROOT / "native" / "include"))
     return {
         v: _compile(
             v,
-            [DRIVER_SRC, glue / "glue.c", glue / "lane.c"],
-            build_dir / f"glue_stress_{v}",
+            [source, GLUE_DIR / "glue.c", GLUE_DIR / "lane.c"],
+            build_dir / f"{source.stem}_{v}",
             includes,
         )
         for v in VARIANTS
     }
+
+
+@pytest.fixture(scope="module")
+def driver(build_dir: Path) -> dict[str, Path]:
+    """glue_stress + the glue, built once per sanitizer."""
+    return build_drivers(DRIVER_SRC, build_dir)
 
 
 @pytest.fixture(scope="module")

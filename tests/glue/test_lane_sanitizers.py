@@ -20,14 +20,13 @@ from pathlib import Path
 import pytest
 
 from tests.glue.test_glue_sanitizers import (
-    GLUE_DIR,
     RUN_TIMEOUT,
     VARIANTS,
-    _compile,
     _env,
     _launcher,
+    build_drivers,
 )
-from tests.support.native import REPO_ROOT, build_native
+from tests.support.native import build_native
 from tests.support.sanitizers import run_scenario
 
 HERE: Path = Path(__file__).resolve().parent
@@ -41,17 +40,7 @@ STRESS_CALLS: int = int(os.environ.get("MYTIMER_LANE_STRESS_CALLS", "50000"))
 @pytest.fixture(scope="module")
 def lane_driver(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """lane_stress + glue.c + lane.c, built once per sanitizer."""
-    build_dir = tmp_path_factory.mktemp("lane-sanitizers")
-    includes = ("-I" + str(GLUE_DIR), "-I" + str(REPO_ROOT / "native" / "include"))
-    return {
-        v: _compile(
-            v,
-            [DRIVER_SRC, GLUE_DIR / "glue.c", GLUE_DIR / "lane.c"],
-            build_dir / f"lane_stress_{v}",
-            includes,
-        )
-        for v in VARIANTS
-    }
+    return build_drivers(DRIVER_SRC, tmp_path_factory.mktemp("lane-sanitizers"))
 
 
 def run_lane(variant: str, exe: Path, *args: str | int | Path) -> str:

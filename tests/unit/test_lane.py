@@ -17,6 +17,7 @@ import pytest
 from mytimerd.daemon.host import BUNDLED_LIBRARY, LibraryHost
 from mytimerd.daemon.lane import LANE_ID_BASE, SWEEP_SLICE, Lane, Turn
 from mytimerd.protocol import interfaces, wire
+from tests.support.sockets import fill
 
 VERSION = wire.encode_request("version", b"\xa0")
 ECHO = wire.encode_request("echo", cbor2.dumps({"req": {"message": "x", "delayMs": 0}}))
@@ -215,12 +216,7 @@ def test_a_socket_that_takes_no_more_hands_the_answer_back_unwritten(
     ("full") whole, for the loop to write first; nothing is lost or doubled."""
     expected = version_answer(host)
     ours, theirs = pair()
-    filler = 0
-    try:
-        while True:
-            filler += ours.send(b"\0" * 65536)
-    except BlockingIOError:
-        pass
+    assert fill(ours) > 0
     slot = lane.add(ours.fileno())
     theirs.sendall(VERSION + VERSION[:4])
     turns = run_until(lane, lambda t: bool(backs(t)))
