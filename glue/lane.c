@@ -184,8 +184,10 @@ static void hand_back(mt_lane *l, int i, int why, mt_lane_back *back, int *nback
 }
 
 int64_t mt_lane_take(mt_lane *l, int slot, uint8_t *buf, size_t cap, mt_lane_state *st) {
-    if (slot < 0 || slot >= l->nslots || l->slots[slot].fd < 0)
+    if (slot < 0 || slot >= l->nslots || l->slots[slot].fd < 0) {
+        memset(st, 0, sizeof *st); /* nothing there: nothing sent, nothing in flight */
         return 0;
+    }
     struct slot *s = &l->slots[slot];
     size_t need = s->in_len + s->out_len;
     if (need > cap)

@@ -70,7 +70,7 @@ int mt_lane_add(mt_lane *l, int fd);
    then the unwritten rest of an answer go to buf; returns the bytes written
    to buf (*st says how they split and what is in flight) and the lane
    forgets the socket; or, when they do not fit in cap, minus the size
-   needed, and nothing changes. */
+   needed, and nothing changes. A free slot: 0, and *st all zero. */
 int64_t mt_lane_take(mt_lane *l, int slot, uint8_t *buf, size_t cap, mt_lane_state *st);
 /* One turn: serve what is ready, at most MT_LANE_EVENTS sockets and
    max_calls answers. Connections to hand back go to back[] (at most

@@ -277,6 +277,7 @@ def test_a_full_lane_takes_no_more(lane: Lane) -> None:
     assert sorted(slots) == [0, 1, 2, 3]
     assert lane.add(socks[4][0].fileno()) == -1
     lane.take(slots[0])
+    assert lane.take(slots[0]) == (b"", b"", None, 0.0)  # free: nothing there
     assert lane.add(-1) == -1
     assert lane.add(socks[4][0].fileno()) == slots[0]
 
