@@ -1,13 +1,15 @@
 /*
  * What glue.c shares with lane.c, and nothing else includes: the completion
- * record, and the hooks by which the lane makes calls and takes their
- * answers. (glue.h is read by cffi's cdef(): it cannot carry these.)
+ * record, the clock and the wire's integers, and the hooks by which the
+ * lane makes calls and takes their answers. (glue.h is read by cffi's
+ * cdef(): it cannot carry these.)
  */
 #ifndef MT_GLUE_INTERNAL_H
 #define MT_GLUE_INTERNAL_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 /* glue.h (no include guard: cffi reads it) comes first. */
 
@@ -21,6 +23,24 @@ struct done {
 };
 
 struct mt_lane;
+
+static inline int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* The wire's big-endian u32s. */
+static inline void put_be32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+static inline uint32_t get_be32(const uint8_t *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
 
 /* Make call `id` of quick method number `method` for the lane: its answer
    goes to lane_answer (on whichever thread calls back), not to mt_drain.
