@@ -13,7 +13,6 @@ directly and the loop answers in the same turn, with no wake-up.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -25,13 +24,13 @@ from ..protocol.interfaces import DEFAULT_LIBRARY, PROBE_METHODS, kind_contradic
 from ..protocol.schema import Interface
 from .lane import LANE_ID_BASE, Lane
 from .library import EVENT_ID_BASE, DescriptionMismatch, LibraryLoadError, Result, Status
+from .records import unpack_records
 
 #: The library built from native/ and shipped inside the package (0.2
 #: generation), and its 0.3-generation twin; calls to them never block.
 BUNDLED_LIBRARY: Final = Path(__file__).resolve().parents[1] / "_lib" / "libmy_timer.so"
 BUNDLED_LIBRARIES: Final = (BUNDLED_LIBRARY, BUNDLED_LIBRARY.with_name("libmy_timer-0.3.so"))
 
-_RECORD: Final = struct.Struct("=QiI")
 _ERR_LEN: Final = 512
 #: How long :meth:`LibraryHost.call` may wait for an answer, at most: a call
 #: answered within it costs no wake-up of the event loop (the eventfd, a turn
@@ -238,7 +237,6 @@ class LibraryHost:
         when it left the queue empty (and the eventfd re-armed), so there is no
         last call (an eventfd read, a lock) just to learn that nothing is left."""
         out: list[Result] = []
-        unpack = _RECORD.unpack_from
         more = self._more
         while True:
             used = lib.mt_drain_more(self._host, self._buf, self._cap, more)
@@ -247,13 +245,7 @@ class LibraryHost:
                 self._buf = ffi.new("uint8_t[]", self._cap)
                 continue
             if used:
-                data = ffi.buffer(self._buf, used)[:]
-                pos = 0
-                while pos < used:
-                    call_id, ret, size = unpack(data, pos)
-                    start = pos + 16
-                    pos = start + size
-                    out.append((call_id, ret, data[start:pos]))
+                unpack_records(ffi.buffer(self._buf, used)[:], out)
             if not more[0]:
                 return out
 

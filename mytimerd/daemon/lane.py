@@ -18,11 +18,11 @@ in flight, always counted), and one peer at most a quarter of the slots.
 
 from __future__ import annotations
 
-import struct
 from typing import Final, NamedTuple
 
 from .._glue import ffi, lib
 from .library import Result
+from .records import unpack_records
 
 #: Bytes of requests a connection in the lane may have sent and not been served.
 LANE_IN: Final = lib.MT_LANE_IN
@@ -42,7 +42,6 @@ WHY: Final = {
     lib.MT_LANE_QUIET: "quiet",
     lib.MT_LANE_AHEAD: "ahead",
 }
-_RECORD: Final = struct.Struct("=QiI")
 _ORPHANS: Final = 1 << 16
 _BACKS: Final = lib.MT_LANE_EVENTS + TURN_CALLS
 
@@ -160,12 +159,6 @@ class Lane:
         size = self._orphans_len[0]
         if not size:
             return []
-        data = ffi.buffer(self._orphans, size)[:]
         out: list[Result] = []
-        pos = 0
-        while pos < size:
-            call_id, ret, length = _RECORD.unpack_from(data, pos)
-            start = pos + 16
-            pos = start + length
-            out.append((call_id, ret, data[start:pos]))
+        unpack_records(ffi.buffer(self._orphans, size)[:], out)
         return out
