@@ -598,8 +598,7 @@ class Server:
 
     def leave_lane(self, conn: Connection) -> None:
         """Take ``conn`` back from the lane (before its state changes)."""
-        self._lane_backs["taken"] += 1
-        self._lane_back(conn.lane_slot)
+        self._lane_back(conn.lane_slot, "taken")
 
     def _lane_release(self, conn: Connection) -> None:
         """Give back what ``conn``'s place in the lane held."""
@@ -613,11 +612,12 @@ class Server:
         else:
             del self._lane_peers[peer]
 
-    def _lane_back(self, slot: int) -> None:
-        """The connection in ``slot`` goes back to the loop: its call in
-        flight (if any) becomes an ordinary one, then it writes what the
-        lane did not and reads on from what it sent."""
+    def _lane_back(self, slot: int, why: str) -> None:
+        """The connection in ``slot`` goes back to the loop (counted by
+        ``why``): its call in flight (if any) becomes an ordinary one, then
+        it writes what the lane did not and reads on from what it sent."""
         assert self.lane is not None
+        self._lane_backs[why] += 1
         conn = self._lane_conns[slot]
         taken = self.lane.take(slot)
         self._lane_release(conn)
@@ -642,8 +642,7 @@ class Server:
             record(method, OK if ret == wire.RET_OK else LIBRARY_ERROR, seconds)
         self._lane_answered += len(turn.answered)
         for slot, why in turn.back:
-            self._lane_backs[why] += 1
-            self._lane_back(slot)
+            self._lane_back(slot, why)
         if turn.orphans:
             self._results.extend(turn.orphans)
             self._hand_out()
@@ -655,8 +654,7 @@ class Server:
         """Take back the lane's quiet connections and slow calls."""
         if self._lane_conns and self.lane is not None:
             for slot, why in self.lane.sweep(self._lane_quiet, LANE_SLOW):
-                self._lane_backs[why] += 1
-                self._lane_back(slot)
+                self._lane_back(slot, why)
 
     def lane_snapshot(self) -> dict[str, Any]:
         """For mytimerd.stats: the lane's connections now, its room (0: off),
