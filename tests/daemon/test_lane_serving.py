@@ -159,6 +159,23 @@ def into_lane(d: Daemon, socks: Sequence[socket.socket], timeout: float = 8.0) -
         assert time.monotonic() < deadline, f"not in the lane: {lane(snapshot)}"
 
 
+def once_in_lane(
+    d: Daemon, socks: Sequence[socket.socket], act: Callable[[socket.socket], None]
+) -> tuple[Stats, Stats, int]:
+    """Drive ``socks`` into the lane, then ``act`` on the first; again (at
+    most ATTEMPTS times) while the lane neither served nor handed back
+    anything meanwhile (the connection had left it, quiet, before the bytes
+    came). Returns the stats before and after the last try, and its number."""
+    for attempt in range(ATTEMPTS):
+        before, _ = into_lane(d, socks)
+        act(socks[0])
+        after = stats(d)
+        if lane(after)["calls"] > lane(before)["calls"] or handed_back(before, after):
+            break
+        print(f"attempt {attempt}: the connection had left the lane")
+    return before, after, attempt
+
+
 def connect(d: Daemon, n: int) -> list[WireClient]:
     return [d.client() for _ in range(n)]
 
@@ -227,16 +244,14 @@ def test_answers_keep_their_order_across_the_hand_back(
     clients = connect(d, 3)
     try:
         socks = [c.sock for c in clients]
-        for attempt in range(ATTEMPTS):
-            before, _ = into_lane(d, socks)
-            socks[0].sendall(burst)
-            assert recv_exact(socks[0], len(expected)) == expected
-            after = stats(d)
-            served = lane(after)["calls"] - lane(before)["calls"]
-            back = handed_back(before, after)
-            if served or back:  # neither: it had left the lane (quiet); again
-                break
-            print(f"attempt {attempt}: the connection had left the lane")
+
+        def send_burst(sock: socket.socket) -> None:
+            sock.sendall(burst)
+            assert recv_exact(sock, len(expected)) == expected
+
+        before, after, attempt = once_in_lane(d, socks, send_burst)
+        served = lane(after)["calls"] - lane(before)["calls"]
+        back = handed_back(before, after)
         print(f"served by the lane: {served}; handed back: {back}")
         # Exactly the first version in the lane, then back to the loop once:
         # at the echo ("other"), or already as it sent ahead ("ahead").
@@ -260,17 +275,15 @@ def test_a_request_sent_byte_by_byte_is_served_by_the_lane(
     clients = connect(d, 3)
     try:
         socks = [c.sock for c in clients]
-        for attempt in range(ATTEMPTS):
-            before, _ = into_lane(d, socks)
+
+        def send_bytewise(sock: socket.socket) -> None:
             for byte in VERSION:
-                socks[0].sendall(bytes([byte]))
+                sock.sendall(bytes([byte]))
                 time.sleep(0.002)
-            assert recv_exact(socks[0], len(VERSION_OK)) == VERSION_OK
-            after = stats(d)
-            served = lane(after)["calls"] - lane(before)["calls"]
-            if served:
-                break
-            print(f"attempt {attempt}: the connection had left the lane")
+            assert recv_exact(sock, len(VERSION_OK)) == VERSION_OK
+
+        before, after, _ = once_in_lane(d, socks, send_bytewise)
+        served = lane(after)["calls"] - lane(before)["calls"]
         assert served == 1, lane(after)
         assert handed_back(before, after) == {}, lane(after)  # a part is no reason
         # It is still served right afterwards, in or out of the lane.
