@@ -307,10 +307,11 @@ static bool answer(mt_lane *l, int i, struct done *d, mt_lane_back *back, int *n
     return false;
 }
 
-int mt_lane_run(mt_lane *l, mt_lane_back *back, int back_cap, int *nback, mt_lane_call *calls,
-                int max_calls, int *ncalls, uint8_t *orphans, size_t orphans_cap,
-                int64_t *orphans_len) {
+int mt_lane_run(mt_lane *l, mt_lane_back *back, int back_cap, int *nback, mt_lane_tally *tally,
+                int *ntally, double *secs, int max_calls, int *ncalls, uint8_t *orphans,
+                size_t orphans_cap, int64_t *orphans_len) {
     *nback = 0;
+    *ntally = 0;
     *ncalls = 0;
     *orphans_len = 0;
     /* Every socket event may hand one back, every answer one more: room
@@ -367,10 +368,16 @@ int mt_lane_run(mt_lane *l, mt_lane_back *back, int back_cap, int *nback, mt_lan
                 break;
             }
             if (ours) {
-                mt_lane_call *c = &calls[(*ncalls)++];
-                c->method = s->method;
-                c->ret = d->ret;
-                c->ns = now_ns() - s->started_ns;
+                secs[(*ncalls)++] = (double)(now_ns() - s->started_ns) / 1e9;
+                mt_lane_tally *t = *ntally ? &tally[*ntally - 1] : NULL;
+                if (t && t->method == s->method && t->ret == d->ret) {
+                    t->count++;
+                } else {
+                    t = &tally[(*ntally)++];
+                    t->method = s->method;
+                    t->ret = d->ret;
+                    t->count = 1;
+                }
                 if (answer(l, i, d, back, nback)) {
                     l->streak = l->last_slot == i ? l->streak + 1 : 1;
                     l->last_slot = i;

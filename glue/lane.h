@@ -48,12 +48,15 @@ typedef struct {
     int64_t last_ns;   /* when it last completed a request or was answered */
 } mt_lane_state;
 
-/* One answer the lane wrote (or handed back unwritten), for the stats. */
+/* A run of answers the lane wrote (or handed back unwritten) one after
+   another, all of one method and outcome, for the stats: one record per
+   run, not per answer, so that the loop's Python counts a turn's answers
+   in a few steps however many there were. */
 typedef struct {
     int32_t method;
     int32_t ret;
-    int64_t ns;        /* from the request's call to its answer */
-} mt_lane_call;
+    int32_t count;     /* answers in the run; their latencies are the next count of secs[] */
+} mt_lane_tally;
 
 /* The lane of host h (after mt_create and mt_quick_add), with room for
    `slots` connections; its calls have ids id_base + k * 1024 + slot.
@@ -74,13 +77,15 @@ int mt_lane_add(mt_lane *l, int fd);
 int64_t mt_lane_take(mt_lane *l, int slot, uint8_t *buf, size_t cap, mt_lane_state *st);
 /* One turn: serve what is ready, at most MT_LANE_EVENTS sockets and
    max_calls answers. Connections to hand back go to back[] (at most
-   back_cap; *nback of them), the answers written to calls[] (at most
-   max_calls; *ncalls), and answers of calls no longer in the lane (taken
-   back meanwhile) to orphans as mt_drain records (*orphans_len bytes).
-   Returns 1 if work is left for another turn, 0 if not. */
-int mt_lane_run(mt_lane *l, mt_lane_back *back, int back_cap, int *nback, mt_lane_call *calls,
-                int max_calls, int *ncalls, uint8_t *orphans, size_t orphans_cap,
-                int64_t *orphans_len);
+   back_cap; *nback of them); the answers written go to tally[] in runs
+   (*ntally of them) and their latencies, in seconds from the request's
+   call to its answer, to secs[] (*ncalls; both arrays hold max_calls);
+   answers of calls no longer in the lane (taken back meanwhile) go to
+   orphans as mt_drain records (*orphans_len bytes). Returns 1 if work is
+   left for another turn, 0 if not. */
+int mt_lane_run(mt_lane *l, mt_lane_back *back, int back_cap, int *nback, mt_lane_tally *tally,
+                int *ntally, double *secs, int max_calls, int *ncalls, uint8_t *orphans,
+                size_t orphans_cap, int64_t *orphans_len);
 /* Connections quiet (no request completed nor answer written) for idle_ns,
    or whose call has been in flight for slow_ns: put in back[] (at most
    back_cap) with MT_LANE_QUIET, to be taken back. Returns how many. */

@@ -18,7 +18,7 @@ in flight, always counted), and one peer at most a quarter of the slots.
 
 from __future__ import annotations
 
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, cast
 
 from .._glue import ffi, lib
 from .library import Result
@@ -69,8 +69,11 @@ class Turn(NamedTuple):
 
     #: (slot, why) of connections to take back, why from :data:`WHY`.
     back: list[tuple[int, str]]
-    #: (method, ret, seconds) of each answer written (or handed back unwritten).
-    answered: list[tuple[str, int, float]]
+    #: The answers written (or handed back unwritten), in runs of one method
+    #: and outcome: (method, ret, the latency of each in seconds).
+    answered: list[tuple[str, int, list[float]]]
+    #: How many answers that is.
+    calls: int
     #: Answers of calls that left the lane while in flight.
     orphans: list[Result]
 
@@ -87,7 +90,10 @@ class Lane:
         self.fd: int = lib.mt_lane_fd(handle)
         self._back = ffi.new("mt_lane_back[]", _BACKS)
         self._nback = ffi.new("int *")
-        self._calls = ffi.new("mt_lane_call[]", TURN_CALLS)
+        self._tally = ffi.new("mt_lane_tally[]", TURN_CALLS)
+        self._ntally = ffi.new("int *")
+        self._secs_c = ffi.new("double[]", TURN_CALLS)
+        self._secs = memoryview(ffi.buffer(self._secs_c)).cast("d")
         self._ncalls = ffi.new("int *")
         self._orphans = ffi.new("uint8_t[]", _ORPHANS)
         self._orphans_len = ffi.new("int64_t *")
@@ -126,14 +132,18 @@ class Lane:
             self._back,
             _BACKS,
             self._nback,
-            self._calls,
+            self._tally,
+            self._ntally,
+            self._secs_c,
             TURN_CALLS,
             self._ncalls,
             self._orphans,
             _ORPHANS,
             self._orphans_len,
         )
-        return Turn(self._backs(self._nback[0]), self._answered(), self._orphaned())
+        return Turn(
+            self._backs(self._nback[0]), self._answered(), self._ncalls[0], self._orphaned()
+        )
 
     def sweep(self, idle: float, slow: float) -> list[tuple[int, str]]:
         """Connections quiet for ``idle`` seconds, or with a call in flight
@@ -146,13 +156,19 @@ class Lane:
         back = self._back
         return [(back[i].slot, WHY[back[i].why]) for i in range(n)]
 
-    def _answered(self) -> list[tuple[str, int, float]]:
-        calls = self._calls
+    def _answered(self) -> list[tuple[str, int, list[float]]]:
+        tally = self._tally
         names = self._names
+        secs = self._secs
         out = []
-        for i in range(self._ncalls[0]):  # a loop, not a comprehension: no function per turn
-            c = calls[i]
-            out.append((names[c.method], c.ret, c.ns / 1e9))
+        at = 0
+        for i in range(self._ntally[0]):  # a loop, not a comprehension: no function per turn
+            run = tally[i]
+            count = run.count
+            # (a memoryview cast to "d" gives floats; typeshed says ints)
+            latencies = cast(list[float], secs[at : at + count].tolist())
+            out.append((names[run.method], run.ret, latencies))
+            at += count
         return out
 
     def _orphaned(self) -> list[Result]:

@@ -637,10 +637,10 @@ class Server:
         assert self.lane is not None
         started = _perf_counter()
         turn = self.lane.run()
-        record = self.stats.record
+        record = self.stats.record_many
         for method, ret, seconds in turn.answered:
             record(method, OK if ret == wire.RET_OK else LIBRARY_ERROR, seconds)
-        self._lane_answered += len(turn.answered)
+        self._lane_answered += turn.calls
         for slot, why in turn.back:
             self._lane_back(slot, why)
         if turn.orphans:

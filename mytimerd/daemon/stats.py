@@ -66,6 +66,11 @@ class Stats:
         self.calls[method][outcome] += 1
         self.latency[method].append(seconds)
 
+    def record_many(self, method: str, outcome: str, seconds: list[float]) -> None:
+        """Count answered calls of one method and outcome, one latency each."""
+        self.calls[method][outcome] += len(seconds)
+        self.latency[method].extend(seconds)
+
     def record_error(self, method: str, name: str, seconds: float) -> None:
         """Count one call answered with the daemon error ``name``."""
         self.errors[name] += 1

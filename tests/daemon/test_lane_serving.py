@@ -221,6 +221,8 @@ def test_concurrent_callers_are_answered_exactly_by_the_lane(
         "daemonErrors": 0,
     }
     assert 0 < lane(after)["calls"] <= per_client * clients
+    # one latency per call, the lane's answers' too (1,800 < the 4,096 kept)
+    assert after["latencyMs"]["version"]["count"] == per_client * clients
     assert lane(after)["connections"] == 0
     assert lane(after)["slots"] == 1024
     assert after["inFlight"] == 0

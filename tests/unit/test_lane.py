@@ -10,6 +10,7 @@ import select
 import socket
 import time
 from collections.abc import Callable, Iterator
+from itertools import pairwise
 
 import cbor2
 import pytest
@@ -64,7 +65,10 @@ def run_until(lane: Lane, done: Callable[[list[Turn]], bool], timeout: float = 5
 
 
 def answered(turns: list[Turn]) -> list[tuple[str, int, float]]:
-    return [a for t in turns for a in t.answered]
+    """Each answer of ``turns``: (method, ret, seconds), out of their runs."""
+    out = [(m, r, s) for t in turns for m, r, secs in t.answered for s in secs]
+    assert len(out) == sum(t.calls for t in turns)
+    return out
 
 
 def backs(turns: list[Turn]) -> list[tuple[int, str]]:
@@ -320,3 +324,32 @@ def test_one_sweep_gives_back_a_bounded_slice(host: LibraryHost) -> None:
     for slot in slots:
         lane.take(slot)
     assert len(lane) == 0
+
+
+def test_a_turns_answers_come_in_runs_of_one_method_and_outcome() -> None:
+    """Answers of two quick methods, one answered OK (version) and one
+    with a library error (schedule's empty job name), from 8 connections
+    at once: counted in runs, each of one method and outcome, never two
+    alike in a row; every answer there once, with its latency."""
+    library = LibraryHost(BUNDLED_LIBRARY)
+    library.start(interfaces.bundled(library.generation), {"config": {"name": "runs"}}, direct=True)
+    assert library.quicken(["version", "schedule"]) == ["version", "schedule"]
+    lane = library.lane(8)
+    assert lane is not None
+    socks = [pair() for _ in range(8)]
+    slots = [lane.add(ours.fileno()) for ours, _ in socks]
+    schedule = wire.encode_request("schedule", b"\xa0")
+    for k, (_, theirs) in enumerate(socks):
+        theirs.sendall(VERSION if k % 4 < 2 else schedule)
+    turns = run_until(lane, lambda t: len(answered(t)) == 8)
+    for turn in turns:
+        kinds = [(m, r) for m, r, _ in turn.answered]
+        assert all(a != b for a, b in pairwise(kinds)), kinds
+        assert all(secs for _, _, secs in turn.answered)
+    made = answered(turns)
+    assert sorted((m, r) for m, r, _ in made) == sorted(
+        [("schedule", wire.RET_ERR)] * 4 + [("version", wire.RET_OK)] * 4
+    )
+    assert all(0 < s < 5 for _, _, s in made)
+    for slot in slots:
+        lane.take(slot)
