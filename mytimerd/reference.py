@@ -12,11 +12,10 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Iterable
-from dataclasses import fields
 from pathlib import Path
 
 from .protocol import errors, interfaces, schema
-from .protocol.limits import Limits
+from .protocol.limits import FIELDS, Limits
 
 
 def methods_table() -> str:
@@ -49,11 +48,9 @@ def limits_table() -> str:
     """Markdown: every limit with its option and default."""
     rows = ["| option | default | meaning |", "|---|---|---|"]
     defaults = Limits()
-    for f in fields(Limits):
+    for f in FIELDS:
         value = getattr(defaults, f.name)
-        rows.append(
-            f"| `{f.metadata['option']}` | {value} {f.metadata['unit']} | {f.metadata['doc']} |"
-        )
+        rows.append(f"| `{f.option}` | {value} {f.unit} | {f.doc} |")
     return "\n".join(rows)
 
 

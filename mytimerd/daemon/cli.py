@@ -15,7 +15,6 @@ import ssl
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, get_args
 
@@ -30,7 +29,7 @@ from ..protocol.address import (
     parse_port,
 )
 from ..protocol.cddl import CDDLError
-from ..protocol.limits import MAX_LANE_SLOTS, Limits
+from ..protocol.limits import FIELDS, MAX_LANE_SLOTS, Limits
 from ..protocol.record import replace
 from ..protocol.schema import Interface
 from . import activation, handover
@@ -338,15 +337,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="(default: %(default)s)",
     )
     defaults = Limits()
-    for f in fields(Limits):
-        kind = int if f.type in ("int", int) else float
+    for f in FIELDS:
+        kind = int if f.type == "int" else float
         p.add_argument(
-            f.metadata["option"],
+            f.option,
             dest=f.name,
-            type=_non_negative(kind) if f.metadata["zero_ok"] else _positive(kind),
-            metavar=f.metadata["unit"].upper(),
+            type=_non_negative(kind) if f.zero_ok else _positive(kind),
+            metavar=f.unit.upper(),
             default=getattr(defaults, f.name),
-            help=f"{f.metadata['doc']} (default: %(default)s)",
+            help=f"{f.doc} (default: %(default)s)",
         )
     return p
 
@@ -456,7 +455,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
         event_loop=args.event_loop,
         log_level=args.log_level,
         addresses=addresses,
-        limits=Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)}),
+        limits=Limits(**{f.name: getattr(args, f.name) for f in FIELDS}),
         watchdog=watchdog_interval(),
         socket_mode=args.socket_mode,
         socket_group=socket_group,

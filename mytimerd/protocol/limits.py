@@ -1,31 +1,51 @@
 """Every limit the daemon enforces: name, default, command-line option, doc.
 
-One table: the daemon builds its options from it, ``mytimerd.describe``
-reports it and the README lists it.
+One table: the daemon builds its options from it (:data:`FIELDS`),
+``mytimerd.describe`` reports it and the README lists it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
 from .cbor import MAX_ITEMS
+from .record import Record
 
 #: Most connections --lane-slots may give the lane (the glue's slot numbers).
 MAX_LANE_SLOTS: Final = 1024
 
 
+class LimitField(Record):
+    """One limit: its field's name and type ("int" or "float"), default,
+    option, unit, doc, and whether 0 is a meaningful value (it turns
+    something off)."""
+
+    name: str
+    type: str
+    default: Any
+    option: str
+    unit: str
+    doc: str
+    zero_ok: bool
+
+
+#: (default, option, unit, doc, zero_ok) of each limit, in the order of the fields.
+_specs: list[tuple[Any, str, str, str, bool]] = []
+
+
 def _limit(default: Any, option: str, unit: str, doc: str, zero_ok: bool = False) -> Any:
-    """A limit's field; ``zero_ok`` if 0 is a meaningful value (it turns something off)."""
-    return field(
-        default=default,
-        metadata={"option": option, "unit": unit, "doc": doc, "zero_ok": zero_ok},
-    )
+    """A limit's default; the rest goes to :data:`FIELDS` (by position: each
+    field of :class:`Limits` takes one)."""
+    _specs.append((default, option, unit, doc, zero_ok))
+    return default
 
 
-@dataclass(frozen=True)
-class Limits:
-    """The daemon's limits (all have command-line options)."""
+class Limits(Record):
+    """The daemon's limits (all have command-line options).
+
+    A :class:`Record`, not a dataclass: ``@dataclass`` compiled its methods
+    at every start (2 ms for this class; see record.py).
+    """
 
     max_method_len: int = _limit(
         256,
@@ -301,12 +321,19 @@ class Limits:
     def to_json(self) -> dict[str, Any]:
         """camelCase name -> value, as served by mytimerd.describe."""
         out = {}
-        for f in fields(self):
+        for f in FIELDS:
             head, *rest = f.name.split("_")
             key = head + "".join(part.title() for part in rest)
-            if f.metadata["unit"] == "seconds":
+            if f.unit == "seconds":
                 key += "Seconds"
-            elif f.metadata["unit"] == "microseconds":
+            elif f.unit == "microseconds":
                 key += "Micros"
             out[key] = getattr(self, f.name)
         return out
+
+
+#: Every limit, in order (what ``dataclasses.fields`` gave when Limits was a dataclass).
+FIELDS: Final = tuple(
+    LimitField(name, Limits.__annotations__[name], *spec)
+    for name, spec in zip(Limits._fields, _specs, strict=True)
+)

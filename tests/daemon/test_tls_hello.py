@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import resource
 import socket
@@ -26,7 +25,7 @@ import pytest
 from mytimerd.daemon import tlslayer
 from mytimerd.daemon.tlslayer import HelloRefused, TLSLayer
 from mytimerd.protocol import tlshello, wire
-from mytimerd.protocol.limits import Limits
+from mytimerd.protocol.limits import FIELDS
 from mytimerd.protocol.tlshello import ClientHello, HelloReader
 from tests.support.certs import PKI, make_pki
 from tests.support.daemon import Daemon, free_tcp_port
@@ -376,10 +375,9 @@ def roomy_limits(n: int) -> list[str]:
     for those of them this daemon has (global and per-peer caps)."""
     wanted = ("connections", "handshakes")
     args: list[str] = []
-    for f in dataclasses.fields(Limits):
-        option = f.metadata.get("option", "")
-        if option.startswith("--max-") and any(w in option for w in wanted):
-            args += [option, str(n + 100)]
+    for f in FIELDS:
+        if f.option.startswith("--max-") and any(w in f.option for w in wanted):
+            args += [f.option, str(n + 100)]
     return args
 
 
