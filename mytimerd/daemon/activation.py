@@ -7,11 +7,11 @@ import errno
 import os
 import socket
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from ..protocol.address import Address, TcpAddress, UnixAddress
+from ..protocol.record import Record
 from . import handover
 
 
@@ -23,8 +23,7 @@ class ActivationError(Exception):
 BOUND: Final = "bound"
 
 
-@dataclass
-class Listener:
+class Listener(Record):
     """One listening stream socket.
 
     ``name`` is systemd's FileDescriptorName (or "bound" for a self-bound

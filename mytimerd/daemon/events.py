@@ -23,7 +23,6 @@ import bisect
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Final
 
 from ..protocol import wire
@@ -41,22 +40,44 @@ WRITE_CHUNK: Final = 64 * 1024
 _SHORT: Final = 0.0005
 
 
-@dataclass(eq=False, slots=True)
 class Subscriber:
-    """One event stream and where it is in the log."""
+    """One event stream and where it is in the log.
 
-    conn: Connection
-    peer: str
-    #: Event indexes it receives; None for every event.
-    names: frozenset[int] | None
-    #: Sequence number of the next event it has not been given.
-    cursor: int
-    #: Events and bytes of its events given so far (against the per-name totals).
-    taken: int
-    taken_bytes: int
-    #: When it first could not take waiting events (None: up to date or writing).
-    behind_since: float | None = None
-    queued: bool = False
+    A plain class, not a dataclass: ``@dataclass`` compiles its methods at
+    every start (see mytimerd/protocol/record.py)."""
+
+    __slots__ = (
+        "behind_since",
+        "conn",
+        "cursor",
+        "names",
+        "peer",
+        "queued",
+        "taken",
+        "taken_bytes",
+    )
+
+    def __init__(
+        self,
+        conn: Connection,
+        peer: str,
+        names: frozenset[int] | None,
+        cursor: int,
+        taken: int,
+        taken_bytes: int,
+    ) -> None:
+        self.conn = conn
+        self.peer = peer
+        #: Event indexes it receives; None for every event.
+        self.names = names
+        #: Sequence number of the next event it has not been given.
+        self.cursor = cursor
+        #: Events and bytes of its events given so far (against the per-name totals).
+        self.taken = taken
+        self.taken_bytes = taken_bytes
+        #: When it first could not take waiting events (None: up to date or writing).
+        self.behind_since: float | None = None
+        self.queued = False
 
 
 class EventHub:

@@ -19,7 +19,6 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Final
 
 import cbor2
@@ -85,14 +84,19 @@ LANE_SLOW: Final = TICK
 _RET_OK_HEAD: Final = wire.RET_OK.to_bytes(4, "big")
 
 
-@dataclass(slots=True)
 class Call:
-    """A library call in flight."""
+    """A library call in flight.
 
-    conn: Connection
-    place: ResponsePlace
-    method: str
-    started: float
+    A plain class, not a dataclass: ``@dataclass`` compiles its methods at
+    every start (see mytimerd/protocol/record.py)."""
+
+    __slots__ = ("conn", "method", "place", "started")
+
+    def __init__(self, conn: Connection, place: ResponsePlace, method: str, started: float) -> None:
+        self.conn = conn
+        self.place = place
+        self.method = method
+        self.started = started
 
 
 def _wake(future: asyncio.Future[None]) -> None:

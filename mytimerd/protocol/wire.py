@@ -13,7 +13,6 @@ cannot drift apart.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import Final
 
 RET_OK: Final = 0
@@ -26,44 +25,79 @@ _RESPONSE_HEAD: Final = struct.Struct(">iI")
 U32_MAX: Final = 0xFFFFFFFF
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class _Frame:
+    """Base of the frame and event classes: equal when of the same class with
+    equal fields, hashed and shown by their fields (as a dataclass would be).
+
+    Not dataclasses: ``@dataclass`` compiles its methods at every start (see
+    record.py), and a frozen one's ``__init__`` takes twice as long as a
+    plain one's, and one of these is made per request or answer. The fields
+    are ``Final``: the type checker refuses to assign them."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Frame) or other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{type(self).__name__}({shown})"
+
+
+class Request(_Frame):
     """One request frame: the raw method name and the raw CBOR payload."""
 
-    method: bytes
-    payload: bytes
+    __slots__ = ("method", "payload")
+
+    def __init__(self, method: bytes, payload: bytes) -> None:
+        self.method: Final = method
+        self.payload: Final = payload
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
+class Response(_Frame):
     """One response frame: ``ret`` (RET_OK/RET_ERR) and the raw body."""
 
-    ret: int
-    body: bytes
+    __slots__ = ("ret", "body")  # noqa: RUF023 (in order: the repr shows them so)
+
+    def __init__(self, ret: int, body: bytes) -> None:
+        self.ret: Final = ret
+        self.body: Final = body
 
 
-@dataclass(frozen=True, slots=True)
-class MethodNameTooLong:
+class MethodNameTooLong(_Frame):
     """The peer announced a method name longer than the limit.
 
     The parser stops here: the name is not read, so the stream cannot be
     resynchronised and the connection must be answered and closed.
     """
 
-    length: int
-    limit: int
+    __slots__ = ("length", "limit")
+
+    def __init__(self, length: int, limit: int) -> None:
+        self.length: Final = length
+        self.limit: Final = limit
 
 
-@dataclass(frozen=True, slots=True)
-class FrameTooLarge:
+class FrameTooLarge(_Frame):
     """The peer announced a payload or body longer than the limit.
 
     As with :class:`MethodNameTooLong`, the payload is never read.
     """
 
-    method: bytes
-    length: int
-    limit: int
+    __slots__ = ("method", "length", "limit")  # noqa: RUF023 (as Response)
+
+    def __init__(self, method: bytes, length: int, limit: int) -> None:
+        self.method: Final = method
+        self.length: Final = length
+        self.limit: Final = limit
 
 
 RequestEvent = Request | MethodNameTooLong | FrameTooLarge
