@@ -391,7 +391,7 @@ def _library_options(
     bundled one), the constructor's request and the probe method; a usage
     error (exit 2) for anything wrong with them."""
     name = args.library_name
-    if name is not None and not cddl.NAME.match(name):
+    if name is not None and not cddl.is_name(name):
         parser.error(
             f"--library-name {name!r}: expected a symbol prefix (a letter, then letters, "
             f"digits or _; at most {cddl.MAX_NAME})"

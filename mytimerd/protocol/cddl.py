@@ -55,7 +55,10 @@ MAX_TYPE_NODES: Final = 10_000
 #: Longest library name (the glue's MT_MAX_PREFIX; a test keeps them equal).
 MAX_NAME: Final = 64
 #: The library's name: the prefix of every symbol (``my_timer``, ``echo``).
-NAME: Final = re.compile(rf"^[A-Za-z][A-Za-z0-9_]{{0,{MAX_NAME - 1}}}$")
+#: This module's patterns are strings, compiled (and cached by re) at first
+#: use: compiled at import they cost every start a quarter of a millisecond,
+#: and a start with the bundled descriptions never uses them.
+NAME: Final = rf"^[A-Za-z][A-Za-z0-9_]{{0,{MAX_NAME - 1}}}$"
 #: The ABI's fixed entry points (``<name>_<entry>``) and the one kind a
 #: description may give each (None: no proc may be named so). The glue binds
 #: them by these names; binding one as a method would crash the daemon
@@ -67,8 +70,8 @@ ENTRY_POINTS: Final[dict[str, str | None]] = {
     "remove_event_listener": None,
 }
 
-_PROC: Final = re.compile(r"^(?P<proc>[A-Za-z0-9_]+)-(?P<part>request|response)$")
-_KIND: Final = re.compile(r"\((ffi|ffiStatic|ctor|dtor)\)")
+_PROC: Final = r"^(?P<proc>[A-Za-z0-9_]+)-(?P<part>request|response)$"
+_KIND: Final = r"\((ffi|ffiStatic|ctor|dtor)\)"
 _PRELUDE: Final[dict[str, Type]] = {
     "tstr": Text(),
     "text": Text(),
@@ -80,6 +83,11 @@ _PRELUDE: Final[dict[str, Type]] = {
     "null": Null(),
     "any": Any_(),
 }
+
+
+def is_name(text: str) -> bool:
+    """Whether ``text`` is a library name (see :data:`NAME`)."""
+    return re.match(NAME, text) is not None
 
 
 class CDDLError(ValueError):
@@ -258,7 +266,7 @@ def parse(
         name = rule.name.name
         if not isinstance(rule.type, ast.Type):
             raise CDDLError(f"{name}: group rules are not supported")
-        proc = _PROC.match(name)
+        proc = re.match(_PROC, name)
         if proc is None:
             body = _single(rule.type)
             if isinstance(body, ast.Map):
@@ -269,7 +277,7 @@ def parse(
         entry = parts.setdefault(proc["proc"], _ProcParts())
         for token in rule.name.comments or ():
             comment = token.literal.lstrip("; ").strip()
-            kind = _KIND.search(comment)
+            kind = re.search(_KIND, comment)
             if kind and comment.startswith(f"{proc['proc']} "):
                 if entry.kind not in (None, kind[1]):
                     both = f"({entry.kind}) and ({kind[1]})"
@@ -308,7 +316,7 @@ def _prefix(parts: dict[str, _ProcParts], name: str | None) -> str:
         while not full.startswith(common):
             common = common[:-1]
     prefix = common[: common.rfind("_")] if "_" in common else ""
-    if parts and not NAME.match(prefix):
+    if parts and not is_name(prefix):
         raise CDDLError(
             f"the procs share no library name ({prefix!r}): every proc must be <name>_<proc>"
         )
