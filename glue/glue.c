@@ -354,7 +354,7 @@ uint64_t mt_stale(mt_host *h, int method) {
 /* One step of a bounded busy wait: a CPU pause for the first 64 steps,
    then a yield (a thread on this core, the library's or the caller's, gets
    to run) until deadline; false once the deadline has passed. */
-static bool spin_step(int i, int64_t deadline) {
+bool glue_spin_step(int i, int64_t deadline) {
     if (i < 64) {
 #if defined(__x86_64__) || defined(__i386__)
         __builtin_ia32_pause();
@@ -383,7 +383,7 @@ long mt_spin_read(int fd, uint8_t *buf, size_t cap, int64_t spin_ns) {
         if (now_ns() >= end)
             return 0;
         /* Every other look, yield: the client may be waiting for this core
-           to send what we wait for. (spin_step's first steps would not look
+           to send what we wait for. (glue_spin_step's first steps would not look
            at the clock, and each look here is a system call.) */
         if (i & 1)
             sched_yield();
@@ -402,7 +402,7 @@ static void spin_for_work(mt_host *h) {
         return;
     int64_t end = now_ns() + (2 * gap < MT_SUBMIT_SPIN_NS ? 2 * gap : MT_SUBMIT_SPIN_NS);
     for (int i = 0; !atomic_load_explicit(&h->queued, memory_order_relaxed); i++)
-        if (!spin_step(i, end))
+        if (!glue_spin_step(i, end))
             return;
 }
 
@@ -547,6 +547,10 @@ int glue_lane_call(mt_host *h, int method, uint64_t id, const uint8_t *payload, 
 
 void glue_set_lane(mt_host *h, struct mt_lane *lane) { h->lane = lane; }
 
+int64_t glue_answer_ns(mt_host *h, int method) {
+    return atomic_load_explicit(&h->answer_ns[method], memory_order_relaxed);
+}
+
 /* Make call `id` and wait for its answer when the method's calls usually
    take at most max_wait_ns: 1 with the answer in *answer (the caller frees
    it), 0 when it comes later through the queue, -1 as start_call fails. */
@@ -568,7 +572,7 @@ static int call_wait(mt_host *h, int method, uint64_t id, const uint8_t *payload
         return 0;
     int64_t deadline = c->submitted_ns + wait;
     for (int i = 0; atomic_load_explicit(&c->waiter, memory_order_acquire) == WAITING; i++)
-        if (!spin_step(i, deadline))
+        if (!glue_spin_step(i, deadline))
             break;
     int expected = WAITING;
     if (atomic_compare_exchange_strong_explicit(&c->waiter, &expected, NO_WAITER,

@@ -7,6 +7,7 @@
 #ifndef MT_GLUE_INTERNAL_H
 #define MT_GLUE_INTERNAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
@@ -48,6 +49,11 @@ static inline uint32_t get_be32(const uint8_t *p) {
 int glue_lane_call(mt_host *h, int method, uint64_t id, const uint8_t *payload, size_t len);
 /* The method number of a quick request's name (mt_quick_add), or -1. */
 int glue_quick_method(mt_host *h, const uint8_t *name, size_t len);
+/* How long calls of method number `method` usually take to answer (a
+   moving average, ns). */
+int64_t glue_answer_ns(mt_host *h, int method);
+/* One step of a bounded busy wait (see glue.c); false once past deadline. */
+bool glue_spin_step(int i, int64_t deadline);
 /* The host's lane, set once by mt_lane_new. */
 void glue_set_lane(mt_host *h, struct mt_lane *lane);
 

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -22,6 +23,12 @@ _Static_assert(4 + MT_QUICK_NAME + 5 < MT_LANE_IN, "MT_LANE_IN holds a quick req
 
 #define SLOT_BITS 10
 #define MAX_SLOTS (1 << SLOT_BITS)
+/* serve_lone: the longest it waits for an answer, its slice (with those
+   waits, the longest the loop waits for a lone client's turn is about
+   slice + MT_LANE_WAIT_NS + lone_ns), its shortest wait for a request. */
+#define MT_LANE_WAIT_NS 100000
+#define MT_LANE_LONE_SLICE_NS 250000
+#define MT_LANE_LONE_MIN_NS 4000
 /* epoll tag of the answers' eventfd (slots are tagged by their number). */
 #define ANSWERS_TAG UINT64_MAX
 
@@ -52,9 +59,11 @@ struct mt_lane {
     pthread_mutex_t mu;
     struct done *head, **tail;
     bool armed;
-    /* who was answered last, and how many times in a row */
-    int last_slot;
-    int streak;
+    /* the connection's slot while there is one, else -1 */
+    int sole;
+    /* how long serve_lone waits for the next request now */
+    int64_t lone_wait;
+    atomic_int queued; /* answers in the queue */
 };
 
 mt_lane *mt_lane_new(mt_host *h, int slots, uint64_t id_base) {
@@ -87,7 +96,7 @@ mt_lane *mt_lane_new(mt_host *h, int slots, uint64_t id_base) {
         l->free_slots[slots - 1 - i] = i; /* slot 0 is taken first */
     }
     l->nfree = slots;
-    l->last_slot = -1;
+    l->sole = -1;
     pthread_mutex_init(&l->mu, NULL);
     l->tail = &l->head;
     glue_set_lane(h, l);
@@ -120,6 +129,7 @@ void lane_answer(struct mt_lane *l, struct done *d) {
     pthread_mutex_lock(&l->mu);
     *l->tail = d;
     l->tail = &d->next;
+    atomic_fetch_add_explicit(&l->queued, 1, memory_order_release);
     bool wake = !l->armed;
     l->armed = true;
     pthread_mutex_unlock(&l->mu);
@@ -141,6 +151,7 @@ int mt_lane_add(mt_lane *l, int fd) {
         return -1;
     l->nfree--;
     l->used++;
+    l->sole = l->used == 1 ? i : -1;
     struct slot *s = &l->slots[i];
     s->fd = fd;
     s->readable = false;
@@ -193,8 +204,11 @@ int64_t mt_lane_take(mt_lane *l, int slot, uint8_t *buf, size_t cap, mt_lane_sta
     s->back = false;
     l->free_slots[l->nfree++] = slot;
     l->used--;
-    if (l->last_slot == slot)
-        l->last_slot = -1;
+    l->sole = -1;
+    if (l->used == 1)
+        for (int k = 0; k < l->nslots && l->sole < 0; k++) /* rare: a take leaving one */
+            if (l->slots[k].fd >= 0)
+                l->sole = k;
     return (int64_t)need;
 }
 
@@ -307,9 +321,165 @@ static bool answer(mt_lane *l, int i, struct done *d, mt_lane_back *back, int *n
     return false;
 }
 
-int mt_lane_run(mt_lane *l, mt_lane_back *back, int back_cap, int *nback, mt_lane_tally *tally,
-                int *ntally, double *secs, int max_calls, int *ncalls, uint8_t *orphans,
-                size_t orphans_cap, int64_t *orphans_len) {
+/* What one turn of mt_lane_run writes its results to. */
+struct turn_out {
+    mt_lane_back *back;
+    int *nback;
+    mt_lane_tally *tally;
+    int *ntally;
+    double *secs;
+    int max_calls;
+    int *ncalls;
+    uint8_t *orphans;
+    size_t orphans_cap;
+    int64_t *orphans_len;
+};
+
+/* Write the answers queued so far (from the library's threads), then serve
+   each answered connection's next request; answers of calls no longer in
+   the lane go to the orphans. True if some did not fit this turn (they go
+   back to the queue, and the eventfd says so). */
+static bool collect(mt_lane *l, struct turn_out *o) {
+    pthread_mutex_lock(&l->mu);
+    struct done *d = l->head;
+    l->head = NULL;
+    l->tail = &l->head;
+    l->armed = false;
+    atomic_store_explicit(&l->queued, 0, memory_order_relaxed);
+    pthread_mutex_unlock(&l->mu);
+    size_t olen = (size_t)*o->orphans_len;
+    bool left = false;
+    while (d) {
+        struct done *next = d->next;
+        int i = (int)(d->id & (MAX_SLOTS - 1));
+        struct slot *s = i < l->nslots ? &l->slots[i] : NULL;
+        bool ours = s && s->fd >= 0 && s->call_id == d->id;
+        if (ours ? *o->ncalls == o->max_calls : olen + 16 + d->len > o->orphans_cap) {
+            /* no room this turn: the rest go back to the queue's head */
+            int more = 1;
+            struct done *last = d;
+            for (; last->next; more++)
+                last = last->next;
+            pthread_mutex_lock(&l->mu);
+            last->next = l->head;
+            if (!l->head)
+                l->tail = &last->next;
+            l->head = d;
+            atomic_fetch_add_explicit(&l->queued, more, memory_order_relaxed);
+            pthread_mutex_unlock(&l->mu);
+            uint64_t one = 1;
+            ssize_t w = write(l->efd, &one, sizeof one);
+            (void)w;
+            left = true;
+            break;
+        }
+        if (ours) {
+            o->secs[(*o->ncalls)++] = (double)(now_ns() - s->started_ns) / 1e9;
+            mt_lane_tally *t = *o->ntally ? &o->tally[*o->ntally - 1] : NULL;
+            if (t && t->method == s->method && t->ret == d->ret) {
+                t->count++;
+            } else {
+                t = &o->tally[(*o->ntally)++];
+                t->method = s->method;
+                t->ret = d->ret;
+                t->count = 1;
+            }
+            if (answer(l, i, d, o->back, o->nback)) {
+                if (s->in_len) {
+                    /* it sent ahead: the loop serves a pipeline in
+                       batches, the lane one call at a time */
+                    hand_back(l, i, MT_LANE_AHEAD, o->back, o->nback);
+                } else {
+                    serve(l, i, o->back, o->nback);
+                }
+            }
+        } else {
+            memcpy(o->orphans + olen, &d->id, 8);
+            memcpy(o->orphans + olen + 8, &d->ret, 4);
+            memcpy(o->orphans + olen + 12, &d->len, 4);
+            memcpy(o->orphans + olen + 16, d->data, d->len);
+            olen += 16 + d->len;
+        }
+        free(d);
+        d = next;
+    }
+    *o->orphans_len = (int64_t)olen;
+    return left;
+}
+
+/* The lane's only connection, while the loop has nothing else to do
+   (lone_ns > 0): served on the spot, as the loop's read-ahead serves a lone
+   client, for MT_LANE_LONE_SLICE_NS at most (then the loop's turn). Its
+   call's answer is waited for (twice the usual time and MT_WAIT_SLACK_NS;
+   not at all if that is over MT_LANE_WAIT_NS) and written, then its next
+   request is waited for on its socket: l->lone_wait, which halves after a
+   wait in vain, down to MT_LANE_LONE_MIN_NS, and doubles after one that
+   saw a request, up to lone_ns. So a client calling back to back costs no
+   eventfd, no wake-up of the loop and no turn per call, which cost more
+   than the call on a virtual machine. True if answers were left for a
+   later turn (the eventfd says so). */
+static bool serve_lone(mt_lane *l, int i, int64_t lone_ns, struct turn_out *o) {
+    struct slot *s = &l->slots[i];
+    int64_t end = now_ns() + MT_LANE_LONE_SLICE_NS;
+    if (l->lone_wait <= 0 || l->lone_wait > lone_ns)
+        l->lone_wait = lone_ns;
+    while (!s->back && s->fd >= 0 && *o->ncalls < o->max_calls) {
+        if (s->call_id) {
+            int64_t usual = glue_answer_ns(l->h, s->method);
+            if (2 * usual + MT_WAIT_SLACK_NS > MT_LANE_WAIT_NS)
+                return false; /* a slow call: its answer comes in a later turn */
+            int64_t deadline = now_ns() + 2 * usual + MT_WAIT_SLACK_NS;
+            pthread_mutex_lock(&l->mu);
+            l->armed = true; /* collect below looks: no eventfd meanwhile */
+            pthread_mutex_unlock(&l->mu);
+            for (int k = 0; !atomic_load_explicit(&l->queued, memory_order_acquire); k++)
+                if (!glue_spin_step(k, deadline))
+                    break;
+            uint64_t call = s->call_id;
+            bool left = collect(l, o);
+            if (left || s->call_id == call)
+                return left; /* not answered in time: it comes in a later turn */
+            continue;        /* answered; collect served what it had buffered */
+        }
+        /* Part of a request (the rest raises an edge), or the slice is
+           over: a later turn. Whatever came since the last read raised an
+           edge too, as every read here went on until one came back short. */
+        if (s->in_len || now_ns() >= end)
+            return false;
+        int64_t deadline = now_ns() + l->lone_wait;
+        size_t room = MT_LANE_IN - s->in_len;
+        ssize_t got;
+        for (int k = 0;; k++) {
+            got = recv(s->fd, s->in + s->in_len, room, MSG_DONTWAIT);
+            if (got >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+                break;
+            if (now_ns() >= deadline)
+                break;
+            if (k & 1)
+                sched_yield(); /* the client may need this core to send it */
+        }
+        if (got > 0) {
+            l->lone_wait = 2 * l->lone_wait < lone_ns ? 2 * l->lone_wait : lone_ns;
+            s->in_len += (uint32_t)got;
+            s->readable = (size_t)got == room;
+            serve(l, i, o->back, o->nback);
+        } else if (got == 0) {
+            hand_back(l, i, MT_LANE_EOF, o->back, o->nback);
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+            l->lone_wait = l->lone_wait / 2 < MT_LANE_LONE_MIN_NS ? MT_LANE_LONE_MIN_NS
+                                                                  : l->lone_wait / 2;
+            s->readable = false;
+            return false;
+        } else {
+            hand_back(l, i, MT_LANE_ERROR, o->back, o->nback);
+        }
+    }
+    return false;
+}
+
+int mt_lane_run(mt_lane *l, int64_t lone_ns, mt_lane_back *back, int back_cap, int *nback,
+                mt_lane_tally *tally, int *ntally, double *secs, int max_calls, int *ncalls,
+                uint8_t *orphans, size_t orphans_cap, int64_t *orphans_len) {
     *nback = 0;
     *ntally = 0;
     *ncalls = 0;
@@ -318,6 +488,8 @@ int mt_lane_run(mt_lane *l, mt_lane_back *back, int back_cap, int *nback, mt_lan
        for both, or this turn does nothing. */
     if (back_cap < MT_LANE_EVENTS + max_calls)
         return 1;
+    struct turn_out o = {back,      nback,  tally,   ntally,      secs,
+                         max_calls, ncalls, orphans, orphans_cap, orphans_len};
     struct epoll_event evs[MT_LANE_EVENTS];
     int n = epoll_wait(l->ep, evs, MT_LANE_EVENTS, 0);
     bool answers = false;
@@ -338,77 +510,15 @@ int mt_lane_run(mt_lane *l, mt_lane_back *back, int back_cap, int *nback, mt_lan
         uint64_t count;
         ssize_t r = read(l->efd, &count, sizeof count); /* reset; EAGAIN is fine */
         (void)r;
-        pthread_mutex_lock(&l->mu);
-        struct done *d = l->head;
-        l->head = NULL;
-        l->tail = &l->head;
-        l->armed = false;
-        pthread_mutex_unlock(&l->mu);
-        size_t olen = 0;
-        while (d) {
-            struct done *next = d->next;
-            int i = (int)(d->id & (MAX_SLOTS - 1));
-            struct slot *s = i < l->nslots ? &l->slots[i] : NULL;
-            bool ours = s && s->fd >= 0 && s->call_id == d->id;
-            if (ours ? *ncalls == max_calls : olen + 16 + d->len > orphans_cap) {
-                /* no room this turn: the rest go back to the queue's head */
-                pthread_mutex_lock(&l->mu);
-                struct done *last = d;
-                while (last->next)
-                    last = last->next;
-                last->next = l->head;
-                if (!l->head)
-                    l->tail = &last->next;
-                l->head = d;
-                pthread_mutex_unlock(&l->mu);
-                uint64_t one = 1;
-                ssize_t w = write(l->efd, &one, sizeof one);
-                (void)w;
-                left = true;
-                break;
-            }
-            if (ours) {
-                secs[(*ncalls)++] = (double)(now_ns() - s->started_ns) / 1e9;
-                mt_lane_tally *t = *ntally ? &tally[*ntally - 1] : NULL;
-                if (t && t->method == s->method && t->ret == d->ret) {
-                    t->count++;
-                } else {
-                    t = &tally[(*ntally)++];
-                    t->method = s->method;
-                    t->ret = d->ret;
-                    t->count = 1;
-                }
-                if (answer(l, i, d, back, nback)) {
-                    l->streak = l->last_slot == i ? l->streak + 1 : 1;
-                    l->last_slot = i;
-                    if (s->in_len) {
-                        /* it sent ahead: the loop serves a pipeline in
-                           batches, the lane one call at a time */
-                        hand_back(l, i, MT_LANE_AHEAD, back, nback);
-                    } else if (l->streak >= MT_LANE_ALONE_CALLS) {
-                        l->streak = 0;
-                        hand_back(l, i, MT_LANE_ALONE, back, nback);
-                    } else {
-                        serve(l, i, back, nback);
-                    }
-                }
-            } else {
-                memcpy(orphans + olen, &d->id, 8);
-                memcpy(orphans + olen + 8, &d->ret, 4);
-                memcpy(orphans + olen + 12, &d->len, 4);
-                memcpy(orphans + olen + 16, d->data, d->len);
-                olen += 16 + d->len;
-            }
-            free(d);
-            d = next;
-        }
-        *orphans_len = (int64_t)olen;
+        left |= collect(l, &o);
     }
     for (int k = 0; k < n; k++) {
         uint64_t tag = evs[k].data.u64;
         if (tag != ANSWERS_TAG && l->slots[tag].fd >= 0)
             serve(l, (int)tag, back, nback);
     }
+    if (lone_ns > 0 && l->used == 1 && l->sole >= 0)
+        left |= serve_lone(l, l->sole, lone_ns, &o);
     return left;
 }
 

@@ -11,8 +11,10 @@
  *
  * One call in flight per connection at most; a client that sends its next
  * request before the answer (a pipeline) goes back to the loop, which
- * serves pipelines in batches. mt_lane_run does a bounded slice of work per
- * turn.
+ * serves pipelines in batches. A connection alone in the lane, while the
+ * loop has nothing else to do, is served on the spot, one call after
+ * another, for a bounded time (mt_lane_run's lone_ns). mt_lane_run does a
+ * bounded slice of work per turn.
  *
  * This file is read by cffi's cdef(): declarations only, no preprocessor.
  */
@@ -29,10 +31,8 @@ typedef struct mt_lane mt_lane;
 #define MT_LANE_EOF 2   /* its client closed its side */
 #define MT_LANE_ERROR 3 /* reading or writing failed */
 #define MT_LANE_FULL 4  /* its socket took part of an answer */
-#define MT_LANE_ALONE 5 /* it was the only one calling, MT_LANE_ALONE_CALLS times */
 #define MT_LANE_QUIET 6 /* mt_lane_sweep: quiet, or its call slow */
 #define MT_LANE_AHEAD 7 /* it sent requests before its answer came (pipelining) */
-#define MT_LANE_ALONE_CALLS 64
 
 typedef struct {
     int32_t slot;
@@ -81,11 +81,14 @@ int64_t mt_lane_take(mt_lane *l, int slot, uint8_t *buf, size_t cap, mt_lane_sta
    (*ntally of them) and their latencies, in seconds from the request's
    call to its answer, to secs[] (*ncalls; both arrays hold max_calls);
    answers of calls no longer in the lane (taken back meanwhile) go to
-   orphans as mt_drain records (*orphans_len bytes). Returns 1 if work is
-   left for another turn, 0 if not. */
-int mt_lane_run(mt_lane *l, mt_lane_back *back, int back_cap, int *nback, mt_lane_tally *tally,
-                int *ntally, double *secs, int max_calls, int *ncalls, uint8_t *orphans,
-                size_t orphans_cap, int64_t *orphans_len);
+   orphans as mt_drain records (*orphans_len bytes). lone_ns > 0: the loop
+   has nothing else to do, and the lane's only connection (if it holds
+   one) is served on the spot for a while, waiting up to lone_ns for each
+   of its requests (as the loop's read-ahead). Returns 1 if work is left
+   for another turn, 0 if not. */
+int mt_lane_run(mt_lane *l, int64_t lone_ns, mt_lane_back *back, int back_cap, int *nback,
+                mt_lane_tally *tally, int *ntally, double *secs, int max_calls, int *ncalls,
+                uint8_t *orphans, size_t orphans_cap, int64_t *orphans_len);
 /* Connections quiet (no request completed nor answer written) for idle_ns,
    or whose call has been in flight for slow_ns: put in back[] (at most
    back_cap) with MT_LANE_QUIET, to be taken back. Returns how many. */

@@ -5,10 +5,13 @@ A plaintext connection that has made a run of quick calls (methods served
 with ``{}``, as :meth:`~mytimerd.daemon.server.Server.quick` takes them) and
 owes nothing is given to the lane: the event loop stops reading it, and the
 lane reads its requests, makes the calls and writes the answers, in C, when
-the loop finds the lane's descriptor readable. Anything else hands it back
-with what it sent and any answer not yet written, in order; so does a quiet
-connection, a slow call, a client calling alone (read-ahead serves those
-better) and every change of the connection's state (drain, hand-over, end).
+the loop finds the lane's descriptor readable. A client calling alone (the
+lane's only connection, and the loop's only caller, with no call in flight
+elsewhere) is served on the spot, one call after another, for a bounded
+slice of each turn, as the loop's read-ahead would in Python. Anything else
+hands it back with what it sent and any answer not yet written, in order;
+so does a quiet connection, a slow call and every change of the
+connection's state (drain, hand-over, end).
 
 Bounds: the lane holds at most ``--lane-slots`` connections, each with one
 call in flight and :data:`LANE_IN` bytes of requests; a connection in the
@@ -38,7 +41,6 @@ WHY: Final = {
     lib.MT_LANE_EOF: "eof",
     lib.MT_LANE_ERROR: "error",
     lib.MT_LANE_FULL: "full",
-    lib.MT_LANE_ALONE: "alone",
     lib.MT_LANE_QUIET: "quiet",
     lib.MT_LANE_AHEAD: "ahead",
 }
@@ -125,10 +127,13 @@ class Lane:
             in_flight = InFlight(st.call_id, self._names[st.method], st.started_ns / 1e9)
         return Taken(data[in_len:], data[:in_len], in_flight, st.last_ns / 1e9)
 
-    def run(self) -> Turn:
-        """One bounded turn of the lane's work."""
+    def run(self, lone: float = 0.0) -> Turn:
+        """One bounded turn of the lane's work; ``lone`` > 0: the loop has
+        nothing else to do, and the lane's only connection may be served on
+        the spot, waiting up to that many seconds for each of its requests."""
         lib.mt_lane_run(
             self._lane,
+            int(lone * 1e9),
             self._back,
             _BACKS,
             self._nback,

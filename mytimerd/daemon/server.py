@@ -577,13 +577,12 @@ class Server:
     def enter_lane(self, conn: Connection, fd: int) -> int:
         """``conn`` (plaintext, owing nothing, after a run of quick calls)
         offers its socket ``fd`` to the lane: its slot there, or -1 if not
-        taken: no lane, draining, calling alone (read-ahead serves it), its
-        peer's share of the lane or of held calls full, the lane full."""
+        taken: no lane, draining, debug logging, its peer's share of the
+        lane or of held calls full, the lane full."""
         lane = self.lane
         if (
             lane is None
             or self.draining
-            or (conn is self._caller and self._streak >= ALONE)
             or log.isEnabledFor(logging.DEBUG)  # the lane does not log library errors
         ):
             return -1
@@ -640,7 +639,22 @@ class Server:
         """The lane has work: one bounded turn of it, then what it handed back."""
         assert self.lane is not None
         started = _perf_counter()
-        turn = self.lane.run()
+        conns = self._lane_conns
+        sole = next(iter(conns.values())) if len(conns) == 1 else None
+        # The lane's only connection, calling alone as read_ahead means it
+        # (no call of another since its last READ_AHEAD_STREAK, none in
+        # flight): the lane may serve it on the spot, as read-ahead would.
+        lone = 0.0
+        if (
+            sole is not None
+            and sole is self._caller
+            and self._streak >= READ_AHEAD_STREAK
+            and not self.pending
+        ):
+            lone = self._read_ahead_max
+        turn = self.lane.run(lone)
+        if sole is not None and turn.calls:
+            self._alone(sole, turn.calls)  # its calls count as a Python caller's
         record = self.stats.record_many
         for method, ret, seconds in turn.answered:
             record(method, OK if ret == wire.RET_OK else LIBRARY_ERROR, seconds)

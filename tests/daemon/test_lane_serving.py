@@ -1,8 +1,8 @@
 """The lane (glue/lane.h, mytimerd/daemon/lane.py) against a real daemon.
 
 A plaintext connection that makes quick calls (``{}`` payloads) one after
-another while other connections call too is served in C, with no Python per
-call. These tests drive connections into the lane (checked in
+another is served in C, with no Python per call (a lone one on the spot).
+These tests drive connections into the lane (checked in
 ``mytimerd.stats``: ``lane.connections`` / ``lane.calls``) and show that what
 they are answered is exactly what the loop would answer: byte for byte, in
 order, across every way of leaving the lane (another request, bytes in
@@ -26,6 +26,7 @@ from typing import Any
 import cbor2
 import pytest
 
+from mytimerd.daemon.connection import LANE_RUN, READ_AHEAD_TURNS
 from mytimerd.protocol import wire
 from mytimerd.protocol.errors import parse_error_body
 from tests.support.daemon import Daemon, TcpAddress, WireClient, free_tcp_port
@@ -479,6 +480,29 @@ def test_one_peer_takes_at_most_its_share_of_the_lane(
         stop.set()
         for c in bystanders:
             c.close()
+
+
+def test_a_lone_client_stays_in_the_lane(daemon_factory: Callable[..., Daemon]) -> None:
+    """One client calling alone, one call at a time: after its first quick
+    reads it is served in the lane (on the spot, as read-ahead would) for
+    the rest of its calls, every answer exact, and handed back only at its
+    end (or, on a stalled machine, as quiet, to come back in)."""
+    d = daemon_factory()
+    before = stats(d)
+    calls = 1000
+    with d.client() as c:
+        for _ in range(calls):
+            call_version(c.sock)
+        end_cleanly(c.sock)
+    after = stats(d)
+    assert version_ok(after) - version_ok(before) == calls
+    quiet = backs(after, "quiet") - backs(before, "quiet")
+    served = lane(after)["calls"] - lane(before)["calls"]
+    # in Python: its first LANE_RUN quick reads (each with what read-ahead
+    # served behind it), and again after each hand-back
+    in_python = LANE_RUN * (READ_AHEAD_TURNS + 1) * (1 + quiet)
+    assert served >= calls - in_python, (served, lane(after))
+    assert handed_back(before, after) == {"eof": 1}, lane(after)
 
 
 def test_lane_slots_zero_serves_everything_in_python(
