@@ -410,8 +410,9 @@ static bool collect(mt_lane *l, struct turn_out *o) {
 /* The lane's only connection, while the loop has nothing else to do
    (lone_ns > 0): served on the spot, as the loop's read-ahead serves a lone
    client, for MT_LANE_LONE_SLICE_NS at most (then the loop's turn). Its
-   call's answer is waited for (twice the usual time and MT_WAIT_SLACK_NS;
-   not at all if that is over MT_LANE_WAIT_NS) and written, then its next
+   call's answer is waited for (twice the usual time and MT_WAIT_SLACK_NS,
+   MT_LANE_WAIT_NS at most; not at all if the usual time is longer, as the
+   glue's call_wait) and written, then its next
    request is waited for on its socket: l->lone_wait, which halves after a
    wait in vain, down to MT_LANE_LONE_MIN_NS, and doubles after one that
    saw a request, up to lone_ns. So a client calling back to back costs no
@@ -426,9 +427,10 @@ static bool serve_lone(mt_lane *l, int i, int64_t lone_ns, struct turn_out *o) {
     while (!s->back && s->fd >= 0 && *o->ncalls < o->max_calls) {
         if (s->call_id) {
             int64_t usual = glue_answer_ns(l->h, s->method);
-            if (2 * usual + MT_WAIT_SLACK_NS > MT_LANE_WAIT_NS)
+            if (usual > MT_LANE_WAIT_NS)
                 return false; /* a slow call: its answer comes in a later turn */
-            int64_t deadline = now_ns() + 2 * usual + MT_WAIT_SLACK_NS;
+            int64_t wait = 2 * usual + MT_WAIT_SLACK_NS;
+            int64_t deadline = now_ns() + (wait < MT_LANE_WAIT_NS ? wait : MT_LANE_WAIT_NS);
             pthread_mutex_lock(&l->mu);
             l->armed = true; /* collect below looks: no eventfd meanwhile */
             pthread_mutex_unlock(&l->mu);
