@@ -30,7 +30,7 @@ from ..protocol.address import (
     parse_port,
 )
 from ..protocol.cddl import CDDLError
-from ..protocol.limits import FIELDS, MAX_LANE_SLOTS, Limits
+from ..protocol.limits import FIELDS, MAX_LANE_SLOTS, MAX_READ_AHEAD_WAIT, Limits
 from ..protocol.record import replace
 from ..protocol.schema import Interface
 from . import activation, handover
@@ -443,6 +443,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
         parser.error("--tls-allow needs --tls-client-ca (the names come from client certificates)")
     if args.lane_slots > MAX_LANE_SLOTS:
         parser.error(f"--lane-slots {args.lane_slots}: at most {MAX_LANE_SLOTS}")
+    if args.read_ahead_wait > MAX_READ_AHEAD_WAIT:
+        parser.error(f"--read-ahead-wait {args.read_ahead_wait}: at most {MAX_READ_AHEAD_WAIT}")
     described, constructor, probe = _library_options(parser, args)
     library = args.library or os.environ.get(LIBRARY_ENV)
     return Config(

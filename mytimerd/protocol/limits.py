@@ -13,6 +13,9 @@ from .record import Record
 
 #: Most connections --lane-slots may give the lane (the glue's slot numbers).
 MAX_LANE_SLOTS: Final = 1024
+#: Longest --read-ahead-wait, in microseconds: the event loop busy waits that
+#: long for one client; past it, sleeping until the request wakes it is cheaper.
+MAX_READ_AHEAD_WAIT: Final = 1000
 
 
 class LimitField(Record):
@@ -299,11 +302,12 @@ class Limits(Record):
         "--read-ahead-wait",
         "microseconds",
         "While one client makes all the calls (its last 8 in a row, with no other call "
-        "in flight), after each answer the event loop waits up to this long on its "
-        "socket for its next request, busy (a core stays awake while it calls back to "
-        "back), instead of sleeping until the request wakes it: on a virtual machine "
-        "that wake-up costs more than the call. A wait in vain halves the next one "
-        "(down to 4 us); one that saw a request doubles it. 0: never wait.",
+        "in flight), after each answer the event loop (or the lane, in C) waits up to "
+        "this long on its socket for its next request, busy (a core stays awake while it "
+        "calls back to back), instead of sleeping until the request wakes it: on a "
+        "virtual machine that wake-up costs more than the call. A wait in vain halves "
+        "the next one (down to 4 us); one that saw a request doubles it. 0: never wait; "
+        f"at most {MAX_READ_AHEAD_WAIT}.",
         zero_ok=True,
     )
     lane_slots: int = _limit(
@@ -312,9 +316,10 @@ class Limits(Record):
         "connections",
         "Plaintext connections whose quick calls (methods called with {}, such as "
         "version) may be served in C, with no Python per call, while they make them "
-        f"one after another and other clients call too (at most {MAX_LANE_SLOTS}). A connection "
-        "there holds one call of its peer's --max-held-calls-per-peer; one peer may "
-        "take a quarter of them. 0: serve every call in Python.",
+        f"one after another (at most {MAX_LANE_SLOTS}); a client calling alone is served "
+        "there on the spot (see --read-ahead-wait). A connection there holds one call of "
+        "its peer's --max-held-calls-per-peer; one peer may take a quarter of them. "
+        "0: serve every call in Python.",
         zero_ok=True,
     )
 

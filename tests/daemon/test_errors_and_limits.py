@@ -191,12 +191,18 @@ def test_limit_options_reject_nonsense(daemon_factory: Callable[..., Daemon]) ->
     import subprocess
     import sys
 
-    for bad in (["--max-payload", "0"], ["--timeout", "-1"], ["--tcp", "h", "port"]):
+    for bad, why in (
+        (["--max-payload", "0"], ""),
+        (["--timeout", "-1"], ""),
+        (["--tcp", "h", "port"], ""),
+        (["--lane-slots", "1025"], "--lane-slots 1025: at most 1024"),
+        (["--read-ahead-wait", "1001"], "--read-ahead-wait 1001: at most 1000"),
+    ):
         proc = subprocess.run(
             [sys.executable, "-m", "mytimerd", *bad], capture_output=True, text=True, timeout=30
         )
         assert proc.returncode == 2, (bad, proc.stderr)
-        assert "error:" in proc.stderr
+        assert f"error: {why}" in proc.stderr, proc.stderr
 
 
 def _client_from(port: int, source: str) -> WireClient:
