@@ -27,7 +27,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar, cast, dataclass_transform
 
-__all__ = ["Record", "field", "replace"]
+__all__ = ["Fields", "Record", "field", "replace"]
 
 T = TypeVar("T")
 R = TypeVar("R", bound="Record")
@@ -51,12 +51,37 @@ def field(*, default_factory: Callable[[], T]) -> T:
 _MISSING: Any = object()
 
 
-@dataclass_transform(frozen_default=True, field_specifiers=(field,))
-class Record:
-    """Base of the frozen records (see the module's documentation)."""
+class Fields:
+    """Equality, hash and repr by the fields named in ``_fields``, in order
+    (as a dataclass's): for :class:`Record` and for classes that write
+    their own ``__init__`` (wire's frames, made once per request)."""
+
+    __slots__ = ()
 
     #: The fields, in order.
     _fields: ClassVar[tuple[str, ...]] = ()
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self._fields)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, Fields)
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
+        return f"{type(self).__qualname__}({shown})"
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(field,))
+class Record(Fields):
+    """Base of the frozen records (see the module's documentation)."""
+
     #: Field -> default (a _Factory for a field()).
     _defaults: ClassVar[dict[str, Any]] = {}
 
@@ -93,21 +118,6 @@ class Record:
             name = next(iter(kwargs))
             why = "multiple values for" if name in names else "an unexpected keyword"
             raise TypeError(f"{type(self).__name__}() got {why} argument {name!r}")
-
-    def _values(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in self._fields)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._values() == other._values()
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
-        return f"{type(self).__qualname__}({shown})"
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"cannot assign to field {name!r}")

@@ -15,6 +15,8 @@ from __future__ import annotations
 import struct
 from typing import Final
 
+from .record import Fields
+
 RET_OK: Final = 0
 RET_ERR: Final = 1
 
@@ -25,7 +27,7 @@ _RESPONSE_HEAD: Final = struct.Struct(">iI")
 U32_MAX: Final = 0xFFFFFFFF
 
 
-class _Frame:
+class _Frame(Fields):
     """Base of the frame and event classes: equal when of the same class with
     equal fields, hashed and shown by their fields (as a dataclass would be).
 
@@ -34,22 +36,11 @@ class _Frame:
     plain one's, and one of these is made per request or answer. The fields
     are ``Final``: the type checker refuses to assign them."""
 
-    __slots__: tuple[str, ...] = ()
+    __slots__ = ()
 
-    def _values(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, _Frame) or other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._values() == other._values()
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
-        return f"{type(self).__name__}({shown})"
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._fields = cls.__slots__
 
 
 class Request(_Frame):
