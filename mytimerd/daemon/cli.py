@@ -576,11 +576,11 @@ def _collect_garbage() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``mytimerd`` command."""
+    """The daemon (the ``mytimerd`` command runs it through :mod:`mytimerd.start`)."""
     # No garbage collection until serving (serve() turns it back on): during
     # the start (importing uvloop above all) it would run some 30 times,
-    # about 3 ms, and free next to nothing. ``python -m mytimerd`` turns it
-    # off before the modules load (__main__.py).
+    # about 3 ms, and free next to nothing. mytimerd.start turns it off
+    # before the modules load.
     gc.disable()
     try:
         return _main(argv)
