@@ -367,27 +367,28 @@ bool glue_spin_step(int i, int64_t deadline) {
     return true;
 }
 
-long mt_spin_read(int fd, uint8_t *buf, size_t cap, int64_t spin_ns) {
-    int64_t end = now_ns() + spin_ns;
+ssize_t glue_spin_recv(int fd, uint8_t *buf, size_t cap, int64_t deadline) {
+    uint8_t peek;
     for (unsigned i = 0;; i++) {
-        char peek;
-        ssize_t n = recv(fd, &peek, 1, MSG_PEEK | MSG_DONTWAIT);
-        if (n > 0) {
-            if (cap == 0)
-                return 1;
-            n = recv(fd, buf, cap, MSG_DONTWAIT);
-            return n > 0 ? (long)n : 0;
+        ssize_t n = cap ? recv(fd, buf, cap, MSG_DONTWAIT)
+                        : recv(fd, &peek, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+            return n;
+        if (now_ns() >= deadline) {
+            errno = EAGAIN;
+            return -1;
         }
-        if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
-            return 0;
-        if (now_ns() >= end)
-            return 0;
         /* Every other look, yield: the client may be waiting for this core
            to send what we wait for. (glue_spin_step's first steps would not look
            at the clock, and each look here is a system call.) */
         if (i & 1)
             sched_yield();
     }
+}
+
+long mt_spin_read(int fd, uint8_t *buf, size_t cap, int64_t spin_ns) {
+    ssize_t n = glue_spin_recv(fd, buf, cap, now_ns() + spin_ns);
+    return n > 0 ? (long)n : 0;
 }
 
 /* Before the submitter sleeps: while calls come often, look for the next
@@ -547,8 +548,14 @@ int glue_lane_call(mt_host *h, int method, uint64_t id, const uint8_t *payload, 
 
 void glue_set_lane(mt_host *h, struct mt_lane *lane) { h->lane = lane; }
 
-int64_t glue_answer_ns(mt_host *h, int method) {
-    return atomic_load_explicit(&h->answer_ns[method], memory_order_relaxed);
+int64_t glue_answer_wait(mt_host *h, int method, int64_t max_wait_ns) {
+    int64_t usual = atomic_load_explicit(&h->answer_ns[method], memory_order_relaxed);
+    if (max_wait_ns <= 0 || usual > max_wait_ns)
+        return 0;
+    /* Twice the usual time and a little: the common answer is caught, and a
+       slow one costs no more than that before it goes the usual way. */
+    int64_t wait = 2 * usual + MT_WAIT_SLACK_NS;
+    return wait < max_wait_ns ? wait : max_wait_ns;
 }
 
 /* Make call `id` and wait for its answer when the method's calls usually
@@ -558,13 +565,8 @@ static int call_wait(mt_host *h, int method, uint64_t id, const uint8_t *payload
                      int64_t max_wait_ns, struct done **answer) {
     if (method < 0 || method >= h->nmethods)
         return -1;
-    int64_t usual = atomic_load_explicit(&h->answer_ns[method], memory_order_relaxed);
-    /* Twice the usual time and a little: the common answer is caught, and a
-       slow one costs no more than that before it goes the usual way. */
-    int64_t wait = 2 * usual + MT_WAIT_SLACK_NS;
-    int waiting = max_wait_ns > 0 && usual <= max_wait_ns;
-    if (wait > max_wait_ns)
-        wait = max_wait_ns;
+    int64_t wait = glue_answer_wait(h, method, max_wait_ns);
+    int waiting = wait > 0;
     struct call *c;
     if (start_call(h, method, id, payload, len, &c, waiting, 0) != 0)
         return -1;

@@ -26,6 +26,18 @@ typedef struct mt_host mt_host;
 #define MT_MAX_PREFIX 64
 /* mt_call waits twice a method's usual answer time and this much more. */
 #define MT_WAIT_SLACK_NS 5000
+/* The longest the event loop's thread waits for one answer on the spot
+   (mt_call, mt_quick for a lone caller, the lane for a lone client): an
+   answer caught costs no wake-up of the loop (the eventfd, a turn, the
+   drain); a method that usually answers slower is not waited for. Long
+   enough for a library that answers through a thread hand-off (40-60 us
+   on a 2-vCPU VM whose idle CPUs are slow to wake). */
+#define MT_INLINE_WAIT_NS 100000
+/* Reading a lone client ahead (the loop's read-ahead, the lane's lone
+   serving): one go lasts this long at most, and a wait for its next request
+   that came in vain halves the next one, down to MT_READ_AHEAD_MIN_NS. */
+#define MT_READ_AHEAD_SLICE_NS 250000
+#define MT_READ_AHEAD_MIN_NS 4000
 /* While calls come this close together, the submitter thread looks for
    the next one (twice their usual distance, this long at most) before it
    sleeps. */

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <time.h>
 
 /* glue.h (no include guard: cffi reads it) comes first. */
@@ -49,11 +50,17 @@ static inline uint32_t get_be32(const uint8_t *p) {
 int glue_lane_call(mt_host *h, int method, uint64_t id, const uint8_t *payload, size_t len);
 /* The method number of a quick request's name (mt_quick_add), or -1. */
 int glue_quick_method(mt_host *h, const uint8_t *name, size_t len);
-/* How long calls of method number `method` usually take to answer (a
-   moving average, ns). */
-int64_t glue_answer_ns(mt_host *h, int method);
+/* How long to wait on the spot for an answer of method number `method`
+   (ns): twice its usual answer time and MT_WAIT_SLACK_NS, max_wait_ns at
+   most; 0 (do not wait) when it usually takes longer than max_wait_ns. */
+int64_t glue_answer_wait(mt_host *h, int method, int64_t max_wait_ns);
 /* One step of a bounded busy wait (see glue.c); false once past deadline. */
 bool glue_spin_step(int i, int64_t deadline);
+/* recv on non-blocking socket fd until bytes come, it ends or fails, or
+   deadline passes (busy, yielding the core every other look): recv's
+   result, -1 with errno EAGAIN when nothing came in time. cap 0: look
+   only (a byte peeked, left there). */
+ssize_t glue_spin_recv(int fd, uint8_t *buf, size_t cap, int64_t deadline);
 /* The host's lane, set once by mt_lane_new. */
 void glue_set_lane(mt_host *h, struct mt_lane *lane);
 

@@ -23,12 +23,6 @@ _Static_assert(4 + MT_QUICK_NAME + 5 < MT_LANE_IN, "MT_LANE_IN holds a quick req
 
 #define SLOT_BITS 10
 #define MAX_SLOTS (1 << SLOT_BITS)
-/* serve_lone: the longest it waits for an answer, its slice (with those
-   waits, the longest the loop waits for a lone client's turn is about
-   slice + MT_LANE_WAIT_NS + lone_ns), its shortest wait for a request. */
-#define MT_LANE_WAIT_NS 100000
-#define MT_LANE_LONE_SLICE_NS 250000
-#define MT_LANE_LONE_MIN_NS 4000
 /* epoll tag of the answers' eventfd (slots are tagged by their number). */
 #define ANSWERS_TAG UINT64_MAX
 
@@ -409,28 +403,27 @@ static bool collect(mt_lane *l, struct turn_out *o) {
 
 /* The lane's only connection, while the loop has nothing else to do
    (lone_ns > 0): served on the spot, as the loop's read-ahead serves a lone
-   client, for MT_LANE_LONE_SLICE_NS at most (then the loop's turn). Its
-   call's answer is waited for (twice the usual time and MT_WAIT_SLACK_NS,
-   MT_LANE_WAIT_NS at most; not at all if the usual time is longer, as the
-   glue's call_wait) and written, then its next
-   request is waited for on its socket: l->lone_wait, which halves after a
-   wait in vain, down to MT_LANE_LONE_MIN_NS, and doubles after one that
-   saw a request, up to lone_ns. So a client calling back to back costs no
+   client, for MT_READ_AHEAD_SLICE_NS at most (then the loop's turn; with
+   the waits below, a lone client's turn lasts about that slice,
+   MT_INLINE_WAIT_NS and lone_ns at most). Its call's answer is waited for
+   as the glue's call_wait waits (glue_answer_wait) and written, then its
+   next request is waited for on its socket: l->lone_wait, which halves
+   after a wait in vain, down to MT_READ_AHEAD_MIN_NS, and doubles after
+   one that saw a request, up to lone_ns. So a client calling back to back costs no
    eventfd, no wake-up of the loop and no turn per call, which cost more
    than the call on a virtual machine. True if answers were left for a
    later turn (the eventfd says so). */
 static bool serve_lone(mt_lane *l, int i, int64_t lone_ns, struct turn_out *o) {
     struct slot *s = &l->slots[i];
-    int64_t end = now_ns() + MT_LANE_LONE_SLICE_NS;
+    int64_t end = now_ns() + MT_READ_AHEAD_SLICE_NS;
     if (l->lone_wait <= 0 || l->lone_wait > lone_ns)
         l->lone_wait = lone_ns;
     while (!s->back && s->fd >= 0 && *o->ncalls < o->max_calls) {
         if (s->call_id) {
-            int64_t usual = glue_answer_ns(l->h, s->method);
-            if (usual > MT_LANE_WAIT_NS)
+            int64_t wait = glue_answer_wait(l->h, s->method, MT_INLINE_WAIT_NS);
+            if (!wait)
                 return false; /* a slow call: its answer comes in a later turn */
-            int64_t wait = 2 * usual + MT_WAIT_SLACK_NS;
-            int64_t deadline = now_ns() + (wait < MT_LANE_WAIT_NS ? wait : MT_LANE_WAIT_NS);
+            int64_t deadline = now_ns() + wait;
             pthread_mutex_lock(&l->mu);
             l->armed = true; /* collect below looks: no eventfd meanwhile */
             pthread_mutex_unlock(&l->mu);
@@ -448,18 +441,8 @@ static bool serve_lone(mt_lane *l, int i, int64_t lone_ns, struct turn_out *o) {
            edge too, as every read here went on until one came back short. */
         if (s->in_len || now_ns() >= end)
             return false;
-        int64_t deadline = now_ns() + l->lone_wait;
         size_t room = MT_LANE_IN - s->in_len;
-        ssize_t got;
-        for (int k = 0;; k++) {
-            got = recv(s->fd, s->in + s->in_len, room, MSG_DONTWAIT);
-            if (got >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
-                break;
-            if (now_ns() >= deadline)
-                break;
-            if (k & 1)
-                sched_yield(); /* the client may need this core to send it */
-        }
+        ssize_t got = glue_spin_recv(s->fd, s->in + s->in_len, room, now_ns() + l->lone_wait);
         if (got > 0) {
             l->lone_wait = 2 * l->lone_wait < lone_ns ? 2 * l->lone_wait : lone_ns;
             s->in_len += (uint32_t)got;
@@ -468,8 +451,8 @@ static bool serve_lone(mt_lane *l, int i, int64_t lone_ns, struct turn_out *o) {
         } else if (got == 0) {
             hand_back(l, i, MT_LANE_EOF, o->back, o->nback);
         } else if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
-            l->lone_wait = l->lone_wait / 2 < MT_LANE_LONE_MIN_NS ? MT_LANE_LONE_MIN_NS
-                                                                  : l->lone_wait / 2;
+            l->lone_wait = l->lone_wait / 2 < MT_READ_AHEAD_MIN_NS ? MT_READ_AHEAD_MIN_NS
+                                                                   : l->lone_wait / 2;
             s->readable = false;
             return false;
         } else {
