@@ -40,6 +40,7 @@ from typing import Any, Final, Protocol, cast
 from ..protocol import wire
 from ..protocol.limits import Limits
 from .handover import Resume
+from .readahead import READ_AHEAD_SLICE as READ_AHEAD_SLICE  # (tests patch it here)
 from .tls import certificate_names
 from .tlslayer import TLSLayer
 
@@ -57,10 +58,9 @@ REJECT_READ: Final = 64 * 1024
 #: A subscriber's kernel send buffer and the event loop's write buffer mark:
 #: a subscriber that does not read shows backpressure within about this much.
 STREAM_BUFFER: Final = 64 * 1024
-#: Most requests one callback reads ahead for a lone client, and for how
-#: long: a client that joins meanwhile waits at most about this long.
+#: Most requests one callback reads ahead for a lone client (and for
+#: READ_AHEAD_SLICE at most).
 READ_AHEAD_TURNS: Final = 16
-READ_AHEAD_SLICE: Final = 0.00025
 #: Reads in a row that were quick calls only (and none left in part) after
 #: which a connection owing nothing is offered to the host's lane.
 LANE_RUN: Final = 8

@@ -32,13 +32,9 @@ BUNDLED_LIBRARY: Final = Path(__file__).resolve().parents[1] / "_lib" / "libmy_t
 BUNDLED_LIBRARIES: Final = (BUNDLED_LIBRARY, BUNDLED_LIBRARY.with_name("libmy_timer-0.3.so"))
 
 _ERR_LEN: Final = 512
-#: How long :meth:`LibraryHost.call` may wait for an answer, at most: a call
-#: answered within it costs no wake-up of the event loop (the eventfd, a turn
-#: of the loop, the drain); one that is usually slower is not waited for.
-#: Long enough for a library that answers through a thread hand-off (the
-#: submitter's and the library's own: 40-60 us on a 2-vCPU VM whose idle
-#: CPUs are slow to wake); a bound on the loop's time for one lone client.
-INLINE_WAIT_NS: Final = 100_000
+#: How long :meth:`LibraryHost.call` may wait for an answer, at most (the
+#: glue's MT_INLINE_WAIT_NS, which the lane keeps to too: see glue.h).
+INLINE_WAIT_NS: Final[int] = lib.MT_INLINE_WAIT_NS
 #: Answers :meth:`LibraryHost.call` returns at once are at most this large
 #: (a larger one comes through :meth:`LibraryHost.results`), and so are the
 #: answers of one :meth:`LibraryHost.quick` together.

@@ -17,6 +17,13 @@ from .._glue import ffi, lib
 
 #: Most bytes one read ahead takes (as much as one of the event loop's reads).
 READ_CAP: Final = 256 * 1024
+#: How long one callback reads ahead for a lone client at most: a client
+#: that joins meanwhile waits at most about this long (the lane's lone
+#: serving keeps to the same slice: glue.h).
+READ_AHEAD_SLICE: Final[float] = lib.MT_READ_AHEAD_SLICE_NS / 1e9
+#: The shortest wait for a lone client's next request (the longest is
+#: --read-ahead-wait), as the lane's.
+READ_AHEAD_MIN_WAIT: Final[float] = lib.MT_READ_AHEAD_MIN_NS / 1e9
 
 _buf = ffi.new("uint8_t[]", READ_CAP)
 

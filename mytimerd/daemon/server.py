@@ -39,6 +39,7 @@ from .journal import RefusalLog
 from .lane import Lane
 from .library import EVENT_ID_BASE, Library, Result
 from .looplag import LoopLag
+from .readahead import READ_AHEAD_MIN_WAIT as READ_AHEAD_MIN_WAIT  # (tests patch it here)
 from .shares import Budget, CallLedger, nearly_full
 from .stats import LIBRARY_ERROR, OK, Stats
 from .tls import handshake_failure
@@ -68,8 +69,6 @@ ALONE: Final = 2
 #: (:meth:`Server.read_ahead`); many, as a wait for one client while others
 #: call would hold them: with several calling, one seldom calls 8 in a row.
 READ_AHEAD_STREAK: Final = 8
-#: The shortest wait (the longest is --read-ahead-wait).
-READ_AHEAD_MIN_WAIT: Final = 4e-6
 #: Ending connections that get a turn to read (and drop) another
 #: DISCARD_SLICE of what their clients send, per turn of the loop: the loop's
 #: discarding per turn is bounded however many connections end at once.
@@ -550,6 +549,17 @@ class Server:
         self._read_ahead_wait = self._read_ahead_max
         return False
 
+    def _calls_alone(self, conn: Connection) -> bool:
+        """Whether ``conn`` may be read ahead (by the loop, or by the lane in
+        C): its last :data:`READ_AHEAD_STREAK` calls were the only ones,
+        none is in flight, and --read-ahead-wait is not 0."""
+        return (
+            conn is self._caller
+            and self._streak >= READ_AHEAD_STREAK
+            and not self.pending
+            and self._read_ahead_max > 0
+        )
+
     def read_ahead(self, conn: Connection, fd: int, take: bool) -> bytes:
         """If ``conn`` calls alone (its last :data:`READ_AHEAD_STREAK` calls
         were the only ones, and none is in flight), wait a while for its next
@@ -557,12 +567,7 @@ class Server:
         vain, down to :data:`READ_AHEAD_MIN_WAIT`, and doubles after one that
         saw the request, up to ``--read-ahead-wait`` (0: no waiting): a
         client that calls now and then costs little busy waiting."""
-        if (
-            conn is not self._caller
-            or self._streak < READ_AHEAD_STREAK
-            or self.pending
-            or not self._read_ahead_max
-        ):
+        if not self._calls_alone(conn):
             return b""
         wait = self._read_ahead_wait
         data = readahead.spin_read(fd, wait) if take else b""
@@ -641,17 +646,9 @@ class Server:
         started = _perf_counter()
         conns = self._lane_conns
         sole = next(iter(conns.values())) if len(conns) == 1 else None
-        # The lane's only connection, calling alone as read_ahead means it
-        # (no call of another since its last READ_AHEAD_STREAK, none in
-        # flight): the lane may serve it on the spot, as read-ahead would.
-        lone = 0.0
-        if (
-            sole is not None
-            and sole is self._caller
-            and self._streak >= READ_AHEAD_STREAK
-            and not self.pending
-        ):
-            lone = self._read_ahead_max
+        # The lane's only connection, calling alone: the lane may serve it
+        # on the spot, as read-ahead would.
+        lone = self._read_ahead_max if sole is not None and self._calls_alone(sole) else 0.0
         turn = self.lane.run(lone)
         if sole is not None and turn.calls:
             self._alone(sole, turn.calls)  # its calls count as a Python caller's
