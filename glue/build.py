@@ -33,9 +33,10 @@ ffibuilder.cdef(
 ffibuilder.set_source(
     "mytimerd._glue",
     '#include "my_timer_cbor.h"\n#include "glue.h"\n#include "gate.h"\n#include "lane.h"\n',
-    sources=[str(HERE / "glue.c"), str(HERE / "gate.c"), str(HERE / "lane.c")],
+    sources=[str(HERE / n) for n in ("glue.c", "gate.c", "lane.c", "lanetls.c")],
     include_dirs=[str(ROOT / "native" / "include"), str(HERE)],
-    libraries=["dl", "pthread"],
+    # (libssl: the one Python's ssl module runs on, for the lane's TLS)
+    libraries=["dl", "pthread", "ssl", "crypto"],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"],
 )
 

@@ -70,4 +70,17 @@ void lane_answer(struct mt_lane *l, struct done *d);
 /* lane.c: free the lane once no callback can come any more. */
 void lane_free(struct mt_lane *l);
 
+/* lanetls.c: read plaintext of TLS session tls (mt_tls_borrow) on socket
+   fd into buf (room bytes at most; waiting until deadline, when not 0, for
+   the first bytes): recv's result (-1 with errno EPROTO: the session
+   failed, or records came and no request); *more: something may be left to
+   read without a new edge. */
+ssize_t lane_tls_recv(void *tls, int fd, uint8_t *buf, size_t room, int64_t deadline,
+                      bool *more);
+/* lanetls.c: seal an answer (head, then len bytes of data) in one record
+   and send it: 0 all sent; 1 the socket took part, and *rest (malloc'd,
+   *rest_len bytes) holds the sealed rest; -1 failed (errno). */
+int lane_tls_send(void *tls, int fd, const uint8_t head[8], const uint8_t *data, uint32_t len,
+                  uint8_t **rest, size_t *rest_len);
+
 #endif

@@ -37,7 +37,8 @@ struct slot {
     int64_t last_ns;
     uint32_t in_len;
     uint8_t in[MT_LANE_IN];
-    uint8_t *out;       /* the unwritten rest of an answer (MT_LANE_FULL) */
+    void *tls;          /* its TLS session (lanetls.c), NULL: plaintext */
+    uint8_t *out;       /* the unwritten rest of an answer (MT_LANE_FULL), sealed if TLS */
     size_t out_len;
 };
 
@@ -134,7 +135,7 @@ void lane_answer(struct mt_lane *l, struct done *d) {
     }
 }
 
-int mt_lane_add(mt_lane *l, int fd) {
+int mt_lane_add(mt_lane *l, int fd, void *tls) {
     if (!l->nfree)
         return -1;
     int i = l->free_slots[l->nfree - 1];
@@ -153,6 +154,7 @@ int mt_lane_add(mt_lane *l, int fd) {
     s->back = false;
     s->call_id = 0;
     s->in_len = 0;
+    s->tls = tls;
     s->out = NULL;
     s->out_len = 0;
     s->last_ns = now_ns();
@@ -194,6 +196,7 @@ int64_t mt_lane_take(mt_lane *l, int slot, uint8_t *buf, size_t cap, mt_lane_sta
     s->out = NULL;
     s->out_len = 0;
     s->fd = -1;
+    s->tls = NULL;
     s->call_id = 0;
     s->back = false;
     l->free_slots[l->nfree++] = slot;
@@ -233,6 +236,31 @@ static int quick_frame(mt_lane *l, struct slot *s, size_t *size) {
     return method;
 }
 
+/* Read what slot s's client sent into its buffer (waiting until deadline
+   for the first bytes, when not 0): recv's result, and s->readable says
+   whether more may be there without a new edge (a plaintext read that
+   filled the buffer; for TLS, records the session holds). */
+static ssize_t slot_read(struct slot *s, int64_t deadline) {
+    size_t room = MT_LANE_IN - s->in_len;
+    uint8_t *to = s->in + s->in_len;
+    bool more;
+    ssize_t got;
+    if (s->tls) {
+        got = lane_tls_recv(s->tls, s->fd, to, room, deadline, &more);
+    } else {
+        got = deadline ? glue_spin_recv(s->fd, to, room, deadline)
+                       : recv(s->fd, to, room, MSG_DONTWAIT);
+        more = got == (ssize_t)room;
+    }
+    if (got > 0) {
+        s->in_len += (uint32_t)got;
+        s->readable = more;
+    } else if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        s->readable = false; /* all read: what comes next raises an edge */
+    }
+    return got;
+}
+
 /* Serve slot i while it owes nothing: call its next request, reading more
    when the buffer holds too little; or hand it back. */
 static void serve(mt_lane *l, int i, mt_lane_back *back, int *nback) {
@@ -265,19 +293,11 @@ static void serve(mt_lane *l, int i, mt_lane_back *back, int *nback) {
                 hand_back(l, i, MT_LANE_EOF, back, nback);
             return;
         }
-        size_t room = MT_LANE_IN - s->in_len;
-        ssize_t got = recv(s->fd, s->in + s->in_len, room, MSG_DONTWAIT);
-        if (got > 0) {
-            s->in_len += (uint32_t)got;
-            if ((size_t)got < room)
-                s->readable = false;
-        } else if (got == 0) {
+        ssize_t got = slot_read(s, 0);
+        if (got == 0)
             hand_back(l, i, MT_LANE_EOF, back, nback);
-        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            s->readable = false;
-        } else if (errno != EINTR) {
+        else if (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
             hand_back(l, i, MT_LANE_ERROR, back, nback);
-        }
     }
 }
 
@@ -287,6 +307,15 @@ static bool answer(mt_lane *l, int i, struct done *d, mt_lane_back *back, int *n
     uint8_t head[8];
     put_be32(head, (uint32_t)d->ret);
     put_be32(head + 4, d->len);
+    if (s->tls) {
+        int sent = lane_tls_send(s->tls, s->fd, head, d->data, d->len, &s->out, &s->out_len);
+        s->call_id = 0;
+        s->last_ns = now_ns();
+        if (sent == 0)
+            return true;
+        hand_back(l, i, sent > 0 ? MT_LANE_FULL : MT_LANE_ERROR, back, nback);
+        return false;
+    }
     struct iovec iov[2] = {{head, 8}, {d->data, d->len}};
     struct msghdr msg = {.msg_iov = iov, .msg_iovlen = 2};
     size_t total = 8 + (size_t)d->len;
@@ -441,12 +470,9 @@ static bool serve_lone(mt_lane *l, int i, int64_t lone_ns, struct turn_out *o) {
            edge too, as every read here went on until one came back short. */
         if (s->in_len || now_ns() >= end)
             return false;
-        size_t room = MT_LANE_IN - s->in_len;
-        ssize_t got = glue_spin_recv(s->fd, s->in + s->in_len, room, now_ns() + l->lone_wait);
+        ssize_t got = slot_read(s, now_ns() + l->lone_wait);
         if (got > 0) {
             l->lone_wait = 2 * l->lone_wait < lone_ns ? 2 * l->lone_wait : lone_ns;
-            s->in_len += (uint32_t)got;
-            s->readable = (size_t)got == room;
             serve(l, i, o->back, o->nback);
         } else if (got == 0) {
             hand_back(l, i, MT_LANE_EOF, o->back, o->nback);

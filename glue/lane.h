@@ -1,13 +1,16 @@
 /*
  * The lane: quick calls served in C, on the event loop's thread, for
- * plaintext connections that make them one after another (mytimerd's
- * daemon/lane.py decides which). A connection in the lane is read, its
- * quick requests called and their answers written here, with no Python per
- * call: the loop runs mt_lane_run when the lane's epoll descriptor is
- * readable. Anything else the connection does (another request, a frame in
- * part past what a quick one can be, its end, an error, a socket that takes
- * only part of an answer) hands it back to the loop, with the bytes it sent
- * and the rest of the answer not yet written, in order.
+ * connections that make them one after another (mytimerd's daemon/lane.py
+ * decides which). A connection in the lane is read, its quick requests
+ * called and their answers written here, with no Python per call: the loop
+ * runs mt_lane_run when the lane's epoll descriptor is readable. A TLS
+ * connection is served on its session, which Python's ssl made and the
+ * lane borrows (lanetls.c). Anything else the connection does (another
+ * request, a frame in part past what a quick one can be, its end, an
+ * error, a socket that takes only part of an answer) hands it back to the
+ * loop, with the bytes it sent and the rest of the answer not yet written
+ * (sealed, for TLS), in order; for TLS, what the session holds unread
+ * stays there for Python's ssl.
  *
  * One call in flight per connection at most; a client that sends its next
  * request before the answer (a pipeline) goes back to the loop, which
@@ -66,9 +69,10 @@ mt_lane *mt_lane_new(mt_host *h, int slots, uint64_t id_base);
 /* The descriptor the loop watches: readable when mt_lane_run has work. */
 int mt_lane_fd(mt_lane *l);
 /* Take the connection on socket fd (non-blocking, owing nothing, its
-   reading paused by the loop): its slot, or -1 when the lane is full or
-   epoll refuses. */
-int mt_lane_add(mt_lane *l, int fd);
+   reading paused by the loop), plaintext or, with tls (mt_tls_borrow), in
+   that TLS session, which the loop leaves alone until mt_lane_take: its
+   slot, or -1 when the lane is full or epoll refuses. */
+int mt_lane_add(mt_lane *l, int fd, void *tls);
 /* Give slot back to the loop, whatever it is doing: its unserved bytes and
    then the unwritten rest of an answer go to buf; returns the bytes written
    to buf (*st says how they split and what is in flight) and the lane
@@ -95,3 +99,12 @@ int mt_lane_run(mt_lane *l, int64_t lone_ns, mt_lane_back *back, int back_cap, i
 int mt_lane_sweep(mt_lane *l, int64_t idle_ns, int64_t slow_ns, mt_lane_back *back, int back_cap);
 /* Connections in the lane now. */
 int mt_lane_count(mt_lane *l);
+
+/* The OpenSSL the glue runs on (OpenSSL_version_num): the lane borrows
+   Python's TLS sessions only when it is the one Python's ssl runs on. */
+unsigned long mt_tls_openssl(void);
+/* The OpenSSL session of a Python ssl.SSLObject whose handshake is done:
+   the addresses of its _ssl._SSLSocket (SSLObject._sslobj) and of its two
+   ssl.MemoryBIO objects, incoming and outgoing. NULL unless the session
+   found there is that object's, on those BIOs (see lanetls.c). */
+void *mt_tls_borrow(uintptr_t sslsocket, uintptr_t in_bio, uintptr_t out_bio);

@@ -39,6 +39,7 @@ from typing import Any, Final, Protocol, cast
 
 from ..protocol import wire
 from ..protocol.limits import Limits
+from . import tlslane
 from .handover import Resume
 from .readahead import READ_AHEAD_SLICE as READ_AHEAD_SLICE  # (tests patch it here)
 from .tls import certificate_names
@@ -157,9 +158,10 @@ class Host(Protocol):
     #: Whether :meth:`enter_lane` may take connections.
     lane_calls: bool
 
-    def enter_lane(self, conn: Connection, fd: int) -> int:
-        """``conn``, plaintext and owing nothing after a run of quick calls,
-        offers its socket to the lane (:mod:`.lane`): its slot, or -1."""
+    def enter_lane(self, conn: Connection, fd: int, tls: object = None) -> int:
+        """``conn``, owing nothing after a run of quick calls, offers its
+        socket to the lane (:mod:`.lane`), and with TLS its session
+        (:mod:`.tlslane`): its slot, or -1."""
 
     def leave_lane(self, conn: Connection) -> None:
         """Take ``conn`` back from the lane: :meth:`Connection.left_lane`
@@ -264,9 +266,12 @@ class Connection(asyncio.Protocol):
         self._ahead = False
         #: Its slot in the host's lane, -1 while the loop serves it.
         self.lane_slot = -1
-        # May be offered to the lane (plaintext, with a socket, the host has
-        # one), and its reads in a row that were quick calls only.
+        # May be offered to the lane (with a socket, the host has one, and
+        # with TLS the session can be lent), and its reads in a row that
+        # were quick calls only.
         self._lane_ok = False
+        # Its TLS layer, once the handshake is done.
+        self._layer: TLSLayer | None = None
         self._quick_run = 0
 
     # asyncio callbacks -------------------------------------------------
@@ -303,11 +308,13 @@ class Connection(asyncio.Protocol):
             return
         # From now on answers go through TLS.
         self._transport = cast(asyncio.Transport, layer)
+        self._layer = layer
         self.tls_names = certificate_names(layer.get_extra_info("peercert"))
         sock = layer.get_extra_info("socket")
         if sock is not None:
             self._fd = sock.fileno()
             self._feed = layer.data_received
+            self._lane_ok = self.host.lane_calls and tlslane.available()
         if self.tls_names:
             self.peer = f"cert:{self.tls_names[0]}"
         self.state = State.SERVING
@@ -494,7 +501,12 @@ class Connection(asyncio.Protocol):
             or transport.get_write_buffer_size()
         ):
             return
-        slot = self.host.enter_lane(self, self._fd)
+        tls = None
+        if self._layer is not None:
+            tls = self._layer.lane_session()
+            if tls is None:
+                return
+        slot = self.host.enter_lane(self, self._fd, tls)
         if slot >= 0:
             self.lane_slot = slot
             self._pause_reading()
@@ -502,15 +514,23 @@ class Connection(asyncio.Protocol):
     def left_lane(self, unwritten: bytes, sent: bytes, last_active: float) -> None:
         """Back from the lane: write the rest of an answer it could not,
         then read on from the requests it had read and not served (behind a
-        call it had in flight, which the host made this connection's)."""
+        call it had in flight, which the host made this connection's), and
+        with TLS from what the session holds unread. With TLS, ``unwritten``
+        is sealed already."""
         self.lane_slot = -1
         self._quick_run = 0
         self.last_active = max(self.last_active, last_active)
+        layer = self._layer
         transport = self._transport
         if unwritten and transport is not None:
-            transport.write(unwritten)
+            if layer is not None:
+                layer.write_sealed(unwritten)
+            else:
+                transport.write(unwritten)
         if sent:
             self._receive(sent)
+        if layer is not None:
+            layer.read_held()
         self.deliver()
 
     def answer(self, frame: bytes) -> None:

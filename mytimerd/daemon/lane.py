@@ -1,11 +1,12 @@
 """The lane: quick calls served in C for connections that make them one
 after another, with no Python per call (glue/lane.h).
 
-A plaintext connection that has made a run of quick calls (methods served
-with ``{}``, as :meth:`~mytimerd.daemon.server.Server.quick` takes them) and
+A connection that has made a run of quick calls (methods served with
+``{}``, as :meth:`~mytimerd.daemon.server.Server.quick` takes them) and
 owes nothing is given to the lane: the event loop stops reading it, and the
 lane reads its requests, makes the calls and writes the answers, in C, when
-the loop finds the lane's descriptor readable. A client calling alone (the
+the loop finds the lane's descriptor readable; a TLS connection with its
+session, which Python's ssl lends (:mod:`.tlslane`). A client calling alone (the
 lane's only connection, and the loop's only caller, with no call in flight
 elsewhere) is served on the spot, one call after another, for a bounded
 slice of each turn, as the loop's read-ahead would in Python. Anything else
@@ -106,10 +107,11 @@ class Lane:
     def __len__(self) -> int:
         return int(lib.mt_lane_count(self._lane))
 
-    def add(self, fd: int) -> int:
-        """Take the connection on socket ``fd`` (its reading paused): its
-        slot, or -1 when the lane is full."""
-        return int(lib.mt_lane_add(self._lane, fd))
+    def add(self, fd: int, tls: object = None) -> int:
+        """Take the connection on socket ``fd`` (its reading paused), with
+        ``tls`` in that TLS session (:func:`.tlslane.session`): its slot, or
+        -1 when the lane is full."""
+        return int(lib.mt_lane_add(self._lane, fd, ffi.NULL if tls is None else tls))
 
     def take(self, slot: int) -> Taken:
         """Give ``slot``'s connection back, whatever it is doing."""

@@ -579,9 +579,10 @@ class Server:
 
     # the lane -------------------------------------------------------------------
 
-    def enter_lane(self, conn: Connection, fd: int) -> int:
-        """``conn`` (plaintext, owing nothing, after a run of quick calls)
-        offers its socket ``fd`` to the lane: its slot there, or -1 if not
+    def enter_lane(self, conn: Connection, fd: int, tls: object = None) -> int:
+        """``conn`` (owing nothing, after a run of quick calls) offers its
+        socket ``fd``, and with TLS its session ``tls``
+        (:func:`.tlslane.session`), to the lane: its slot there, or -1 if not
         taken: no lane, draining, debug logging, its peer's share of the
         lane or of held calls full, the lane full."""
         lane = self.lane
@@ -595,7 +596,7 @@ class Server:
         there = self._lane_peers.get(peer, 0)
         if there >= self._lane_share or self.ledger.check_call(peer, 1) is not None:
             return -1
-        slot = lane.add(fd)
+        slot = lane.add(fd, tls)
         if slot < 0:
             return -1
         self._lane_peers[peer] = there + 1

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..protocol.tlshello import DEFAULT_MAX_HELLO, HelloReader, HelloRefused, alert_record
+from . import tlslane
 
 __all__ = ["HandshakeTimeout", "HelloRefused", "TLSLayer"]
 
@@ -257,6 +258,36 @@ class TLSLayer(asyncio.Protocol):
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         """Backpressure marks, on the encrypted bytes of the TCP transport."""
         self._raw.set_write_buffer_limits(high, low)
+
+    # lending the session to the lane (.tlslane) ------------------------------------
+
+    def lane_session(self) -> object:
+        """The session, for the lane, when it holds nothing unread or unsent
+        (else None: the lane would not know of it)."""
+        tls, incoming, out = self._ssl, self._in, self._out
+        if (
+            tls is None
+            or incoming is None
+            or out is None
+            or self._done is not None
+            or self._eof_sent
+            or incoming.pending
+            or out.pending
+            or tls.pending()
+        ):
+            return None
+        return tlslane.session(tls, incoming, out)
+
+    def write_sealed(self, data: bytes) -> None:
+        """Send records the lane sealed on this session and could not send."""
+        if not self._raw.is_closing():
+            self._raw.write(data)
+
+    def read_held(self) -> None:
+        """Back from the lane: hand on what the session holds unread (records
+        read by the lane behind the requests it served)."""
+        if self._ssl is not None and self._done is None:
+            self.data_received(b"")
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """``peercert`` and ``cipher`` from TLS; the rest from the TCP transport."""

@@ -314,10 +314,11 @@ class Limits(Record):
         1024,
         "--lane-slots",
         "connections",
-        "Plaintext connections whose quick calls (methods called with {}, such as "
-        "version) may be served in C, with no Python per call, while they make them "
+        "Connections whose quick calls (methods called with {}, such as version) may "
+        "be served in C, with no Python per call, while they make them "
         f"one after another (at most {MAX_LANE_SLOTS}); a client calling alone is served "
-        "there on the spot (see --read-ahead-wait). A connection there holds one call of "
+        "there on the spot (see --read-ahead-wait). TLS connections too, on the session "
+        "Python's ssl made. A connection there holds one call of "
         "its peer's --max-held-calls-per-peer; one peer may take a quarter of them. "
         "0: serve every call in Python.",
         zero_ok=True,

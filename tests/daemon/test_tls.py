@@ -312,3 +312,60 @@ def open_connections(d: Daemon) -> object:
     connections = stats(d)["connections"]
     assert isinstance(connections, dict)
     return connections["open"]
+
+
+def test_tls_quick_calls_are_served_in_the_lane_a_share_per_certificate(
+    daemon_factory: Callable[..., Daemon], pki: PKI
+) -> None:
+    """TLS connections making quick calls are served in C on their session
+    (mytimerd.stats' lane), every answer exact, and on the same session as
+    before and after: a call the lane does not serve in between, and the
+    end (close_notify) are Python's. --lane-slots 4: the client certificate
+    (the peer) takes 1 place, whatever the connections it opens; a plain
+    client on the unix socket still gets one."""
+    d, port = start_tls(daemon_factory, pki, "--lane-slots", "4")
+    ctx = client_context(pki, pki.alice)
+    version = wire.encode_request("version", b"\xa0")
+    ok = wire.encode_response(wire.RET_OK, cbor2.dumps("nim-timer v0.1.0"))
+    before = stats(d)["lane"]
+    assert isinstance(before, dict)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw1,
+        ctx.wrap_socket(raw1, server_hostname="localhost") as s1,
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw2,
+        ctx.wrap_socket(raw2, server_hostname="localhost") as s2,
+        d.client() as plain,
+    ):
+
+        def call(s: ssl.SSLSocket, request: bytes, want: bytes) -> None:
+            s.sendall(request)
+            got = b""
+            while len(got) < len(want):
+                data = s.recv(len(want) - len(got))
+                assert data, "the daemon closed"
+                got += data
+            assert got == want
+
+        seen = []
+        for _ in range(100):  # in turn: neither calls alone
+            call(s1, version, ok)
+            call(s2, version, ok)
+            assert plain.call("version").ret == wire.RET_OK
+            lane = stats(d)["lane"]
+            assert isinstance(lane, dict)
+            seen.append(lane["connections"])
+        assert max(seen) == 2, seen  # one of alice's and the unix client
+        echo = wire.encode_request("echo", cbor2.dumps({"req": {"message": "m", "delayMs": 0}}))
+        s1.sendall(echo)
+        parser = wire.ResponseParser()
+        answers: list[wire.Response] = []
+        while not answers:
+            answers = parser.feed(s1.recv(65536))
+        assert cbor2.loads(answers[0].body)["echoed"] == "m"
+        for _ in range(50):
+            call(s1, version, ok)
+        s1.unwrap()
+    after = stats(d)["lane"]
+    assert isinstance(after, dict)
+    assert after["calls"] - before["calls"] >= 150, after
+    assert "Traceback" not in d.log()

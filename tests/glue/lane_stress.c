@@ -326,7 +326,7 @@ static size_t answered(const struct stress *s) { return s->by_lane + s->by_orpha
 
 static void readd(struct stress *s, struct client *c) {
     CHECK(c->slot < 0 && !c->parked, "client %d re-added twice", c->idx);
-    int slot = mt_lane_add(s->lb.lane, c->sv[0]);
+    int slot = mt_lane_add(s->lb.lane, c->sv[0], NULL);
     CHECK(slot >= 0 && slot < NCLIENTS, "mt_lane_add(client %d) = %d", c->idx, slot);
     CHECK(s->owner[slot] < 0, "slot %d given twice", slot);
     s->owner[slot] = c->idx;
@@ -481,7 +481,7 @@ static int scenario_stress(const char *path, int direct, size_t calls) {
     CHECK(mt_lane_count(s.lb.lane) == NCLIENTS, "count %d", mt_lane_count(s.lb.lane));
     int extra[2];
     pair(extra);
-    CHECK(mt_lane_add(s.lb.lane, extra[0]) == -1, "a full lane takes one more");
+    CHECK(mt_lane_add(s.lb.lane, extra[0], NULL) == -1, "a full lane takes one more");
     close(extra[0]);
     close(extra[1]);
     for (int i = 0; i < NCLIENTS; i++)
@@ -617,7 +617,7 @@ static int scenario_shutdown(const char *path, int direct, int wait) {
     int sv[4][2];
     for (int i = 0; i < 4; i++) {
         pair(sv[i]);
-        CHECK(mt_lane_add(lb.lane, sv[i][0]) == i, "slot of socket %d", i);
+        CHECK(mt_lane_add(lb.lane, sv[i][0], NULL) == i, "slot of socket %d", i);
     }
     for (int i = 0; i < 4; i++)
         write_all(sv[i][1], VERSION_REQ, REQ_LEN);
@@ -672,7 +672,7 @@ static int scenario_eof(const char *path, int direct) {
     write_all(sv[A][1], VERSION_REQ, REQ_LEN);
     CHECK(shutdown(sv[A][1], SHUT_WR) == 0, "shutdown");
     for (int i = 0; i < N; i++) {
-        slot[i] = mt_lane_add(lb.lane, sv[i][0]);
+        slot[i] = mt_lane_add(lb.lane, sv[i][0], NULL);
         CHECK(slot[i] >= 0, "mt_lane_add");
     }
     /* B: part of a request, then gone */
@@ -785,7 +785,7 @@ static int scenario_full(const char *path, int direct) {
     for (int i = 0; i < 2; i++) {
         pair(sv[i]);
         filled[i] = fill(sv[i][0]);
-        slot[i] = mt_lane_add(lb.lane, sv[i][0]);
+        slot[i] = mt_lane_add(lb.lane, sv[i][0], NULL);
         CHECK(slot[i] >= 0, "mt_lane_add");
         write_all(sv[i][1], VERSION_REQ, REQ_LEN);
     }

@@ -39,7 +39,9 @@ VARIANTS = ["asan", "tsan"]
 def _compile(variant: str, sources: list[Path], out: Path, extra: tuple[str, ...]) -> Path:
     """Compile ``sources`` with the project's warnings and ``variant``'s sanitizer."""
     cmd = ["gcc", *C_WARNINGS, *SANITIZE[variant], *extra, *map(str, sources), "-o", str(out)]
-    proc = subprocess.run([*cmd, "-ldl", "-pthread"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [*cmd, "-ldl", "-pthread", "-lssl", "-lcrypto"], capture_output=True, text=True
+    )
     assert proc.returncode == 0, f"compile failed: {' '.join(cmd)}\n{proc.stdout}{proc.stderr}"
     return out
 
@@ -57,7 +59,7 @@ def build_drivers(source: Path, build_dir: Path) -> dict[str, Path]:
     return {
         v: _compile(
             v,
-            [source, GLUE_DIR / "glue.c", GLUE_DIR / "lane.c"],
+            [source, *(GLUE_DIR / n for n in ("glue.c", "lane.c", "lanetls.c"))],
             build_dir / f"{source.stem}_{v}",
             includes,
         )
