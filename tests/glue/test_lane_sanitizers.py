@@ -10,6 +10,11 @@ each use only their own end of a socketpair. It is compiled with the project's
 build of libmy_timer. Every scenario runs in its own process, in direct and in
 threaded mode; any sanitizer report, a non-zero exit or a missing PASS line
 fails the test.
+
+``lane_tls_stress.c`` does the same for TLS connections (glue/lanetls.c): the
+server side of each is an OpenSSL session on memory BIOs, as Python's ssl makes
+it, lent to the lane; its client an OpenSSL client in its own thread, with
+certificates made here.
 """
 
 from __future__ import annotations
@@ -26,21 +31,39 @@ from tests.glue.test_glue_sanitizers import (
     _launcher,
     build_drivers,
 )
+from tests.support.certs import make_pki
 from tests.support.native import build_native
 from tests.support.sanitizers import run_scenario
 
 HERE: Path = Path(__file__).resolve().parent
 DRIVER_SRC: Path = HERE / "lane_stress.c"
+TLS_DRIVER_SRC: Path = HERE / "lane_tls_stress.c"
 
 #: Version calls per stress run (each of direct and threaded mode, per
 #: sanitizer), spread over 8 clients; client 0 makes 1,280 more on its own.
 STRESS_CALLS: int = int(os.environ.get("MYTIMER_LANE_STRESS_CALLS", "50000"))
+#: Version calls per TLS stress run, spread over 4 clients; client 0 makes
+#: 2,000 more on its own.
+TLS_STRESS_CALLS: int = int(os.environ.get("MYTIMER_LANE_TLS_STRESS_CALLS", "40000"))
 
 
 @pytest.fixture(scope="module")
 def lane_driver(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """lane_stress + glue.c + lane.c, built once per sanitizer."""
     return build_drivers(DRIVER_SRC, tmp_path_factory.mktemp("lane-sanitizers"))
+
+
+@pytest.fixture(scope="module")
+def lane_tls_driver(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """lane_tls_stress + glue.c + lane.c + lanetls.c, built once per sanitizer."""
+    return build_drivers(TLS_DRIVER_SRC, tmp_path_factory.mktemp("lane-tls-sanitizers"))
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """The server's certificate and key, and the CA its clients trust."""
+    pki = make_pki(tmp_path_factory.mktemp("lane-tls-pki"))
+    return pki.server.cert, pki.server.key, pki.ca.pem
 
 
 def run_lane(variant: str, exe: Path, *args: str | int | Path) -> str:
@@ -101,3 +124,46 @@ def test_lane_socket_full(variant: str, direct: int, lane_driver: dict[str, Path
     left that way at mt_shutdown is freed with the lane."""
     lib = build_native(variant)
     run_lane(variant, lane_driver[variant], "full", lib, direct)
+
+
+@pytest.mark.parametrize("direct", [0, 1], ids=["threaded", "direct"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_lane_tls_stress(
+    variant: str,
+    direct: int,
+    lane_tls_driver: dict[str, Path],
+    tls_files: tuple[Path, Path, Path],
+) -> None:
+    """4 TLS clients (each verifying the server's certificate) make version
+    calls one at a time through the lane, which reads and seals them on the
+    sessions it was lent; now and then two requests in one record, or 20
+    (more than the lane reads: the session keeps the rest), come back
+    MT_LANE_AHEAD, and one in two records waits in the lane. The loop's
+    thread runs the lane with small limits, serves what comes back (the
+    bytes taken back, then the plaintext the session still holds) on the
+    session, lends it again, and sweeps. Every client reads exactly its
+    answers, byte for byte, then its close_notify comes back MT_LANE_EOF and
+    ours ends it; client 0 makes its last calls alone, served on the spot;
+    the answers add up to the calls made; nothing leaks or races."""
+    lib = build_native(variant)
+    exe = lane_tls_driver[variant]
+    out = run_lane(variant, exe, "stress", lib, direct, TLS_STRESS_CALLS, *tls_files)
+    assert "ahead=0 " not in out, out
+
+
+@pytest.mark.parametrize("direct", [0, 1], ids=["threaded", "direct"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_lane_tls_socket_full(
+    variant: str,
+    direct: int,
+    lane_tls_driver: dict[str, Path],
+    tls_files: tuple[Path, Path, Path],
+) -> None:
+    """A TLS client that reads nothing (its socket's buffers small) while it
+    makes calls one at a time comes back MT_LANE_FULL; mt_lane_take hands
+    over the sealed rest, which the loop writes: the client then reads every
+    answer, exact, on a session still in step, makes more calls through the
+    lane, and ends with close_notify (MT_LANE_EOF)."""
+    lib = build_native(variant)
+    out = run_lane(variant, lane_tls_driver[variant], "full", lib, direct, *tls_files)
+    assert "full=0 " not in out, out
