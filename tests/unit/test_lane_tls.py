@@ -56,7 +56,13 @@ class Session:
     """The daemon's side of a TLS connection (socket, SSL object on memory
     BIOs) and the client's (a blocking ssl socket), handshake done."""
 
-    def __init__(self, pki: PKI, rcvbuf: int = 0, tcp: bool = False) -> None:
+    def __init__(
+        self,
+        pki: PKI,
+        rcvbuf: int = 0,
+        tcp: bool = False,
+        version: ssl.TLSVersion = ssl.TLSVersion.MAXIMUM_SUPPORTED,
+    ) -> None:
         ours, theirs = tcp_pair(rcvbuf) if tcp else socket.socketpair()
         if rcvbuf:
             ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, rcvbuf)
@@ -65,6 +71,7 @@ class Session:
         server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         server.load_cert_chain(pki.server.cert, pki.server.key)
         client = ssl.create_default_context(cafile=str(pki.ca.pem))
+        client.maximum_version = version
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.tls = server.wrap_bio(self.incoming, self.outgoing, server_side=True)
         self.client = client.wrap_socket(
@@ -139,15 +146,22 @@ def test_a_session_is_lent_only_when_it_is_the_one_there(pki: PKI) -> None:
     assert tlslane.session(s.tls, s.incoming, s.outgoing) is not None
 
 
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
 def test_tls_quick_calls_are_answered_byte_for_byte(
     host: LibraryHost,  # noqa: F811
     lane: Lane,  # noqa: F811
-    session: Session,
+    pki: PKI,
+    version: ssl.TLSVersion,
 ) -> None:
     """One request after another's answer, sealed and opened on the lent
-    session: each answered exactly, never handed back; Python's ssl then
-    goes on with the session (the next call through it works)."""
+    session (TLS 1.2 and 1.3): each answered exactly, never handed back;
+    Python's ssl then goes on with the session (the next call through it
+    works)."""
     expected = version_answer(host)
+    session = Session(pki, version=version)
+    assert session.client.version() == (
+        "TLSv1.2" if version is ssl.TLSVersion.TLSv1_2 else "TLSv1.3"
+    )
     slot = lane.add(session.ours.fileno(), session.lend())
     turns: list[Turn] = []
     for _ in range(50):
@@ -165,6 +179,8 @@ def test_tls_quick_calls_are_answered_byte_for_byte(
     session.tls.write(b"after the lane")
     session.ours.sendall(session.outgoing.read())
     assert session.read(14) == b"after the lane"
+    session.client.close()
+    session.ours.close()
 
 
 def test_a_lone_tls_client_is_served_on_the_spot(
