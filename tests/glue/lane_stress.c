@@ -39,36 +39,10 @@
 #include "glue.h"
 #include "lane.h"
 #include "check.h"
+#include "lane_common.h"
 
 /* The lane's call ids: base + seq * 1024 + slot; the high bit has to survive. */
 #define ID_BASE (1ULL << 62)
-
-/* [u32 7]["version"][u32 1][0xa0] */
-static const uint8_t VERSION_REQ[] = {0, 0, 0, 7, 'v', 'e', 'r', 's', 'i', 'o', 'n', 0, 0, 0, 1, 0xa0};
-#define REQ_LEN ((int)sizeof VERSION_REQ)
-static const uint8_t VERSION_BODY[] = "\x70" "nim-timer v0.1.0"; /* + NUL */
-#define BODY_LEN (sizeof VERSION_BODY - 1)
-/* [i32 0][u32 17][body] */
-#define FRAME_LEN (8 + (int)BODY_LEN)
-static uint8_t FRAME[FRAME_LEN];
-
-static void init_frame(void) {
-    memset(FRAME, 0, 8);
-    FRAME[7] = (uint8_t)BODY_LEN;
-    memcpy(FRAME + 8, VERSION_BODY, BODY_LEN);
-}
-
-static int64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_us(long us) {
-    struct timespec ts = {us / 1000000, (us % 1000000) * 1000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
 
 /* {"config": {"name": "x"}} */
 static size_t create_req(uint8_t *out) {
@@ -113,32 +87,6 @@ static void pair(int sv[2]) {
     CHECK(fl >= 0 && fcntl(sv[0], F_SETFL, fl | O_NONBLOCK) == 0, "O_NONBLOCK");
 }
 
-static void wait_fd(int fd, short events, int timeout_ms) {
-    struct pollfd p = {.fd = fd, .events = events};
-    int r;
-    do
-        r = poll(&p, 1, timeout_ms);
-    while (r < 0 && errno == EINTR);
-    CHECK(r > 0, "fd %d not ready (%d) within %d ms: %s", fd, events, timeout_ms,
-          r < 0 ? strerror(errno) : "timeout");
-}
-
-/* All n bytes to fd, blocking or not (a non-blocking one is waited for). */
-static void write_all(int fd, const uint8_t *p, size_t n) {
-    while (n) {
-        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            wait_fd(fd, POLLOUT, 10000);
-            continue;
-        }
-        if (w < 0 && errno == EINTR)
-            continue;
-        CHECK(w > 0, "send on %d: %s", fd, strerror(errno));
-        p += w;
-        n -= (size_t)w;
-    }
-}
-
 /* Exactly n bytes from fd, blocking or not; fails on an end or an error. */
 static void read_exact(int fd, uint8_t *p, size_t n) {
     while (n) {
@@ -161,80 +109,6 @@ static void check_nothing_left(int fd, const char *who) {
     ssize_t r = recv(fd, &b, 1, MSG_DONTWAIT);
     CHECK(r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK),
           "%s: unexpected bytes or end after the last answer (recv %zd)", who, r);
-}
-
-static void check_frame(const uint8_t *got, const char *who, size_t k) {
-    if (memcmp(got, FRAME, FRAME_LEN) != 0) {
-        fprintf(stderr, "%s answer %zu:", who, k);
-        for (int i = 0; i < FRAME_LEN; i++)
-            fprintf(stderr, " %02x", got[i]);
-        fputc('\n', stderr);
-        CHECK(0, "%s: answer %zu is not the version answer frame", who, k);
-    }
-}
-
-/* Poll the lane's descriptor (not waiting when work is left) and run one turn. */
-struct turn {
-    mt_lane_back back[MT_LANE_EVENTS + 16];
-    int nback;
-    mt_lane_tally tally[16];
-    int ntally;
-    double secs[16];
-    int ncalls;
-    uint8_t orphans[4096];
-    int64_t orphans_len;
-    int left;
-};
-
-static int run_turn(mt_lane *l, struct turn *t, int max_calls, size_t orphans_cap,
-                    int timeout_ms, int64_t lone_ns) {
-    CHECK(max_calls >= 1 && max_calls <= 16 && orphans_cap <= sizeof t->orphans, "turn sizes");
-    /* Work left for another turn makes the descriptor readable at once
-       (with at most 9 descriptors in the lane's epoll, never 64 events: it
-       can only be answers that did not fit, put back in its queue). */
-    struct pollfd p = {.fd = mt_lane_fd(l), .events = POLLIN};
-    int r;
-    do
-        r = poll(&p, 1, t->left ? 0 : timeout_ms);
-    while (r < 0 && errno == EINTR);
-    CHECK(r >= 0, "poll: %s", strerror(errno));
-    int ready = r > 0;
-    CHECK(ready || !t->left, "work left, but the lane's descriptor is not readable");
-    /* run even when poll timed out: a turn with nothing to do does nothing */
-    t->left = mt_lane_run(l, lone_ns, t->back, MT_LANE_EVENTS + max_calls, &t->nback, t->tally,
-                          &t->ntally, t->secs, max_calls, &t->ncalls, t->orphans, orphans_cap,
-                          &t->orphans_len);
-    CHECK(t->left == 0 || t->left == 1, "mt_lane_run returned %d", t->left);
-    CHECK(t->nback >= 0 && t->nback <= MT_LANE_EVENTS + max_calls, "nback %d", t->nback);
-    CHECK(t->ncalls >= 0 && t->ncalls <= max_calls, "ncalls %d > %d", t->ncalls, max_calls);
-    CHECK(t->orphans_len >= 0 && (size_t)t->orphans_len <= orphans_cap, "orphans_len %" PRId64,
-          t->orphans_len);
-    return ready;
-}
-
-static void check_calls(const struct lib *lb, const struct turn *t) {
-    /* runs of one method and outcome: here every answer is version's, so
-       one run holds them all */
-    CHECK(t->ntally == (t->ncalls > 0), "%d runs for %d answers", t->ntally, t->ncalls);
-    if (t->ntally)
-        CHECK(t->tally[0].method == lb->version && t->tally[0].ret == RET_OK &&
-                  t->tally[0].count == t->ncalls,
-              "run: method %d ret %d count %d of %d answers", t->tally[0].method,
-              t->tally[0].ret, t->tally[0].count, t->ncalls);
-    for (int k = 0; k < t->ncalls; k++)
-        CHECK(t->secs[k] >= 0 && t->secs[k] < 60, "answer %d: latency %g s", k, t->secs[k]);
-}
-
-static const char *why_name(int why) {
-    switch (why) {
-    case MT_LANE_OTHER: return "other";
-    case MT_LANE_EOF: return "eof";
-    case MT_LANE_ERROR: return "error";
-    case MT_LANE_FULL: return "full";
-    case MT_LANE_QUIET: return "quiet";
-    case MT_LANE_AHEAD: return "ahead";
-    default: return "?";
-    }
 }
 
 /* ---------------------------------------------------------------- scenario 1 */
@@ -501,7 +375,7 @@ static int scenario_stress(const char *path, int direct, size_t calls) {
         int alone = mt_lane_count(s.lb.lane) == 1;
         run_turn(s.lb.lane, t, max_calls, ocap, 5, LONE_NS);
         s.lone_turns += alone && t->ncalls >= 2;
-        check_calls(&s.lb, t);
+        check_calls(s.lb.version, t);
         s.by_lane += (size_t)t->ncalls;
         orphans(&s, t);
         backs(&s, t->back, t->nback, 1u << MT_LANE_AHEAD | 1u << MT_LANE_QUIET);
@@ -692,7 +566,7 @@ static int scenario_eof(const char *path, int direct) {
     while (backs < N) {
         CHECK(mono_ms() < deadline, "%d of %d handed back, %d calls answered", backs, N, ncalls);
         run_turn(lb.lane, t, 16, sizeof t->orphans, 20, 0);
-        check_calls(&lb, t);
+        check_calls(lb.version, t);
         CHECK(t->orphans_len == 0, "orphans without a take");
         /* which slots were answered: the call records do not say; A, C and D
            each make one call, B none */
@@ -796,7 +670,7 @@ static int scenario_full(const char *path, int direct) {
     while (backs < 2) {
         CHECK(mono_ms() < deadline, "%d of 2 handed back", backs);
         run_turn(lb.lane, t, 16, sizeof t->orphans, 20, 0);
-        check_calls(&lb, t);
+        check_calls(lb.version, t);
         ncalls += t->ncalls;
         for (int k = 0; k < t->nback; k++) {
             CHECK(t->back[k].why == MT_LANE_FULL, "slot %d came back: %s", t->back[k].slot,

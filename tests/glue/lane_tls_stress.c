@@ -43,6 +43,7 @@
 #include "glue.h"
 #include "lane.h"
 #include "check.h"
+#include "lane_common.h"
 
 #define ID_BASE (1ULL << 62)
 #define NMAX 4
@@ -56,74 +57,14 @@
 #define BURST 20
 _Static_assert(BURST * 16 > MT_LANE_IN, "a burst does not fit in the lane's buffer");
 
-/* [u32 7]["version"][u32 1][0xa0] */
-static const uint8_t REQ[] = {0, 0, 0, 7, 'v', 'e', 'r', 's', 'i', 'o', 'n', 0, 0, 0, 1, 0xa0};
-#define REQ_LEN ((int)sizeof REQ)
-static const uint8_t BODY[] = "\x70" "nim-timer v0.1.0"; /* + NUL */
-#define BODY_LEN (sizeof BODY - 1)
-/* [i32 0][u32 17][body] */
-#define FRAME_LEN (8 + (int)BODY_LEN)
-static uint8_t FRAME[FRAME_LEN];
-
-static int64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_us(long us) {
-    struct timespec ts = {us / 1000000, (us % 1000000) * 1000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
-static void wait_fd(int fd, short events) {
-    struct pollfd p = {.fd = fd, .events = events};
-    int r;
-    do
-        r = poll(&p, 1, 10000);
-    while (r < 0 && errno == EINTR);
-    CHECK(r > 0, "fd %d not ready (%d) within 10 s: %s", fd, events,
-          r < 0 ? strerror(errno) : "timeout");
-}
-
-/* All n bytes to fd, blocking or not (a non-blocking one is waited for). */
-static void write_all(int fd, const uint8_t *p, size_t n) {
-    while (n) {
-        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            wait_fd(fd, POLLOUT);
-            continue;
-        }
-        if (w < 0 && errno == EINTR)
-            continue;
-        CHECK(w > 0, "send on %d: %s", fd, strerror(errno));
-        p += w;
-        n -= (size_t)w;
-    }
-}
-
 /* CHECK that first prints OpenSSL's error queue (cond evaluated once). */
 #define TLS_CHECK(cond, ...)                                                  \
     do {                                                                      \
         if (!(cond)) {                                                        \
             ERR_print_errors_fp(stderr);                                      \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);   \
-            fprintf(stderr, __VA_ARGS__);                                     \
-            fputc('\n', stderr);                                              \
-            exit(1);                                                          \
+            CHECK_FAILED(#cond, __VA_ARGS__);                                 \
         }                                                                     \
     } while (0)
-
-static void check_frame(const uint8_t *got, int idx, size_t k) {
-    if (memcmp(got, FRAME, FRAME_LEN) != 0) {
-        fprintf(stderr, "client %d answer %zu:", idx, k);
-        for (int i = 0; i < FRAME_LEN; i++)
-            fprintf(stderr, " %02x", got[i]);
-        fputc('\n', stderr);
-        CHECK(0, "client %d: answer %zu is not the version answer frame", idx, k);
-    }
-}
 
 struct conn {
     int idx;
@@ -180,10 +121,12 @@ static void tls_read(SSL *ssl, uint8_t *p, size_t n) {
 }
 
 static void read_answers(struct conn *c, SSL *ssl, size_t n) {
+    char who[32];
+    snprintf(who, sizeof who, "client %d", c->idx);
     uint8_t got[FRAME_LEN];
     for (size_t j = 0; j < n; j++) {
         tls_read(ssl, got, FRAME_LEN);
-        check_frame(got, c->idx, c->answered++);
+        check_frame(got, who, c->answered++);
     }
 }
 
@@ -198,15 +141,15 @@ static void stress_calls(struct conn *c, SSL *ssl) {
             while (atomic_load(&ended_count) < D.n - 1)
                 sleep_us(1000);
         if (c->made >= shared) {
-            tls_write(ssl, REQ, REQ_LEN);
+            tls_write(ssl, VERSION_REQ, REQ_LEN);
         } else if (r % 16 == 0) {
             size_t cut = 1 + (r >> 4) % (REQ_LEN - 1);
-            tls_write(ssl, REQ, cut);
+            tls_write(ssl, VERSION_REQ, cut);
             if ((r >> 12) & 1)
                 sched_yield();
             else
                 sleep_us(20 + (r >> 13) % 100);
-            tls_write(ssl, REQ + cut, REQ_LEN - cut);
+            tls_write(ssl, VERSION_REQ + cut, REQ_LEN - cut);
         } else if ((r % 32 == 1 && shared - c->made >= 2) ||
                    (r % 64 == 2 && shared - c->made >= BURST)) {
             /* BURST: more than MT_LANE_IN, the session keeps what the lane
@@ -214,10 +157,10 @@ static void stress_calls(struct conn *c, SSL *ssl) {
             uint8_t many[BURST * REQ_LEN];
             n = r % 32 == 1 ? 2 : BURST;
             for (size_t j = 0; j < n; j++)
-                memcpy(many + j * REQ_LEN, REQ, REQ_LEN);
+                memcpy(many + j * REQ_LEN, VERSION_REQ, REQ_LEN);
             tls_write(ssl, many, n * REQ_LEN);
         } else {
-            tls_write(ssl, REQ, REQ_LEN);
+            tls_write(ssl, VERSION_REQ, REQ_LEN);
         }
         c->made += n;
         read_answers(c, ssl, n);
@@ -231,7 +174,7 @@ static void full_calls(struct conn *c, SSL *ssl) {
     int64_t deadline = mono_ms() + 20000;
     while (!atomic_load(&full_seen)) {
         CHECK(c->made < 10000, "no MT_LANE_FULL after %zu answers left unread", c->made);
-        tls_write(ssl, REQ, REQ_LEN);
+        tls_write(ssl, VERSION_REQ, REQ_LEN);
         c->made++;
         for (;;) {
             size_t a = atomic_load(&answers);
@@ -243,7 +186,7 @@ static void full_calls(struct conn *c, SSL *ssl) {
     }
     read_answers(c, ssl, c->made);
     for (int k = 0; k < AFTER_FULL; k++) {
-        tls_write(ssl, REQ, REQ_LEN);
+        tls_write(ssl, VERSION_REQ, REQ_LEN);
         c->made++;
         read_answers(c, ssl, 1);
     }
@@ -290,7 +233,7 @@ static void feed_in(struct conn *c) {
     uint8_t raw[16384];
     ssize_t r;
     do {
-        wait_fd(c->sv[0], POLLIN);
+        wait_fd(c->sv[0], POLLIN, 10000);
         r = recv(c->sv[0], raw, sizeof raw, MSG_DONTWAIT);
     } while (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR));
     CHECK(r > 0, "client %d: recv %zd: %s", c->idx, r, r ? strerror(errno) : "end of stream");
@@ -349,13 +292,14 @@ static void serve_self(struct conn *c, const uint8_t *in, int n) {
         TLS_CHECK(e == SSL_ERROR_WANT_READ, "client %d: server SSL_read_ex error %d", c->idx, e);
         size_t pos = 0;
         for (; len - pos >= (size_t)REQ_LEN; pos += REQ_LEN) {
-            CHECK(memcmp(buf + pos, REQ, REQ_LEN) == 0, "client %d: not a version request",
-                  c->idx);
+            CHECK(memcmp(buf + pos, VERSION_REQ, REQ_LEN) == 0,
+                  "client %d: not a version request", c->idx);
             answer_self(c);
         }
         memmove(buf, buf + pos, len - pos);
         len -= pos;
-        CHECK(memcmp(buf, REQ, len) == 0, "client %d: not the start of a request", c->idx);
+        CHECK(memcmp(buf, VERSION_REQ, len) == 0, "client %d: not the start of a request",
+              c->idx);
         if (!len && !BIO_ctrl_pending(SSL_get_rbio(c->srv)))
             break;
         feed_in(c); /* the rest of a request, or of a record, is on its way */
@@ -405,18 +349,6 @@ static void open_conn(struct conn *c, int idx) {
     serve_self(c, NULL, 0);
 }
 
-static const char *why_name(int why) {
-    switch (why) {
-    case MT_LANE_OTHER: return "other";
-    case MT_LANE_EOF: return "eof";
-    case MT_LANE_ERROR: return "error";
-    case MT_LANE_FULL: return "full";
-    case MT_LANE_QUIET: return "quiet";
-    case MT_LANE_AHEAD: return "ahead";
-    default: return "?";
-    }
-}
-
 /* Take back what the lane handed back: write the sealed rest of an answer
    (MT_LANE_FULL), end it (MT_LANE_EOF), or serve what it sent and lend it
    again. `allowed`: the reasons this scenario may see. */
@@ -457,18 +389,6 @@ static void backs(const mt_lane_back *back, int n, unsigned allowed) {
     }
 }
 
-struct turn {
-    mt_lane_back back[MT_LANE_EVENTS + 16];
-    int nback;
-    mt_lane_tally tally[16];
-    int ntally;
-    double secs[16];
-    int ncalls;
-    uint8_t orphans[256];
-    int64_t orphans_len;
-    int left;
-};
-
 /* Runs the lane as the loop does until every client has ended. */
 static void run_loop(unsigned allowed, int quiet_sweeps) {
     static struct turn t;
@@ -481,23 +401,9 @@ static void run_loop(unsigned allowed, int quiet_sweeps) {
         int max_calls = 1 + (int)(r % 16); /* small limits: answers put back for the next turn */
         int alone = mt_lane_count(D.lane) == 1;
         int64_t lone = alone ? LONE_NS : 0;
-        struct pollfd p = {.fd = mt_lane_fd(D.lane), .events = POLLIN};
-        int pr;
-        do
-            pr = poll(&p, 1, t.left ? 0 : 5);
-        while (pr < 0 && errno == EINTR);
-        CHECK(pr >= 0, "poll: %s", strerror(errno));
-        CHECK(pr > 0 || !t.left, "work left, but the lane's descriptor is not readable");
-        t.left = mt_lane_run(D.lane, lone, t.back, MT_LANE_EVENTS + max_calls, &t.nback,
-                             t.tally, &t.ntally, t.secs, max_calls, &t.ncalls, t.orphans,
-                             sizeof t.orphans, &t.orphans_len);
-        CHECK(t.left == 0 || t.left == 1, "mt_lane_run = %d", t.left);
-        CHECK(t.ncalls >= 0 && t.ncalls <= max_calls && t.orphans_len == 0,
-              "%d calls, %" PRId64 " orphan bytes", t.ncalls, t.orphans_len);
-        CHECK(t.ntally == (t.ncalls > 0) &&
-                  (!t.ntally || (t.tally[0].method == D.version && t.tally[0].ret == RET_OK &&
-                                 t.tally[0].count == t.ncalls)),
-              "%d runs for %d answers", t.ntally, t.ncalls);
+        run_turn(D.lane, &t, max_calls, sizeof t.orphans, 5, lone);
+        CHECK(t.orphans_len == 0, "%" PRId64 " orphan bytes", t.orphans_len);
+        check_calls(D.version, &t);
         D.lone_turns += lone && t.ncalls >= 2;
         backs(t.back, t.nback, allowed); /* (MT_LANE_FULL published before the count) */
         D.by_lane += (size_t)t.ncalls;
@@ -532,9 +438,7 @@ static void run_loop(unsigned allowed, int quiet_sweeps) {
 
 static int scenario(int full, const char *lib, int direct, size_t calls, const char *cert,
                     const char *key, const char *ca) {
-    memset(FRAME, 0, 8);
-    FRAME[7] = (uint8_t)BODY_LEN;
-    memcpy(FRAME + 8, BODY, BODY_LEN);
+    init_frame();
     char err[512] = "";
     D.h = mt_open(lib, "my_timer", err, sizeof err);
     CHECK(D.h, "mt_open(%s): %s", lib, err);
