@@ -301,46 +301,48 @@ static void serve(mt_lane *l, int i, mt_lane_back *back, int *nback) {
     }
 }
 
-/* Write the answer d of slot i's call; false if the slot went back. */
+/* Send an answer (head, then len bytes of data) in the clear: as
+   lane_tls_send (lanetls.c), 0 all sent; 1 the socket took part, and
+   *rest (malloc'd, *rest_len bytes) holds the rest; -1 failed (errno). */
+static int plain_send(int fd, const uint8_t head[8], const uint8_t *data, uint32_t len,
+                      uint8_t **rest, size_t *rest_len) {
+    struct iovec iov[2] = {{(void *)head, 8}, {(void *)data, len}};
+    struct msghdr msg = {.msg_iov = iov, .msg_iovlen = 2};
+    size_t total = 8 + (size_t)len;
+    ssize_t put = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (put == (ssize_t)total)
+        return 0;
+    if (put < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+        return -1;
+    size_t done = put > 0 ? (size_t)put : 0;
+    size_t left = total - done;
+    uint8_t *out = malloc(left);
+    if (!out) {
+        errno = ENOMEM; /* the client's answer is cut; it reads an error */
+        return -1;
+    }
+    size_t from_head = done < 8 ? 8 - done : 0;
+    memcpy(out, head + (8 - from_head), from_head);
+    memcpy(out + from_head, data + (done > 8 ? done - 8 : 0), left - from_head);
+    *rest = out;
+    *rest_len = left;
+    return 1;
+}
+
+/* Write the answer d of slot i's call; false if the slot went back (its
+   unwritten rest, sealed if TLS, in s->out: MT_LANE_FULL). */
 static bool answer(mt_lane *l, int i, struct done *d, mt_lane_back *back, int *nback) {
     struct slot *s = &l->slots[i];
     uint8_t head[8];
     put_be32(head, (uint32_t)d->ret);
     put_be32(head + 4, d->len);
-    if (s->tls) {
-        int sent = lane_tls_send(s->tls, s->fd, head, d->data, d->len, &s->out, &s->out_len);
-        s->call_id = 0;
-        s->last_ns = now_ns();
-        if (sent == 0)
-            return true;
-        hand_back(l, i, sent > 0 ? MT_LANE_FULL : MT_LANE_ERROR, back, nback);
-        return false;
-    }
-    struct iovec iov[2] = {{head, 8}, {d->data, d->len}};
-    struct msghdr msg = {.msg_iov = iov, .msg_iovlen = 2};
-    size_t total = 8 + (size_t)d->len;
-    ssize_t put = sendmsg(s->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+    int sent = s->tls ? lane_tls_send(s->tls, s->fd, head, d->data, d->len, &s->out, &s->out_len)
+                      : plain_send(s->fd, head, d->data, d->len, &s->out, &s->out_len);
     s->call_id = 0;
     s->last_ns = now_ns();
-    if (put == (ssize_t)total)
+    if (sent == 0)
         return true;
-    if (put < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-        hand_back(l, i, MT_LANE_ERROR, back, nback);
-        return false;
-    }
-    size_t done = put > 0 ? (size_t)put : 0;
-    s->out_len = total - done;
-    s->out = malloc(s->out_len);
-    if (s->out) {
-        size_t from_head = done < 8 ? 8 - done : 0;
-        memcpy(s->out, head + (8 - from_head), from_head);
-        memcpy(s->out + from_head, d->data + (done > 8 ? done - 8 : 0), s->out_len - from_head);
-    } else {
-        s->out_len = 0; /* out of memory: the client's answer is cut; it reads an error */
-        hand_back(l, i, MT_LANE_ERROR, back, nback);
-        return false;
-    }
-    hand_back(l, i, MT_LANE_FULL, back, nback);
+    hand_back(l, i, sent > 0 ? MT_LANE_FULL : MT_LANE_ERROR, back, nback);
     return false;
 }
 
