@@ -38,6 +38,12 @@ typedef struct mt_host mt_host;
    that came in vain halves the next one, down to MT_READ_AHEAD_MIN_NS. */
 #define MT_READ_AHEAD_SLICE_NS 250000
 #define MT_READ_AHEAD_MIN_NS 4000
+/* The lane serving several connections round after round while the loop
+   has nothing else to do: one go lasts this long at most (and one answer's
+   wait), which is how much longer a client that joins meanwhile waits.
+   Measured with 16 clients: 100 us keeps most of 250 us's gain, and a
+   bystander's median wait grows by about 120 us instead of 320 us. */
+#define MT_BUSY_SLICE_NS 100000
 /* While calls come this close together, the submitter thread looks for
    the next one (twice their usual distance, this long at most) before it
    sleeps. */

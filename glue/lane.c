@@ -59,6 +59,7 @@ struct mt_lane {
     /* how long serve_lone waits for the next request now */
     int64_t lone_wait;
     atomic_int queued; /* answers in the queue */
+    int64_t expect_ns; /* the answers of the calls made so far are due by then */
 };
 
 mt_lane *mt_lane_new(mt_host *h, int slots, uint64_t id_base) {
@@ -273,6 +274,9 @@ static void serve(mt_lane *l, int i, mt_lane_back *back, int *nback) {
             s->call_id = id;
             s->method = method;
             s->started_ns = s->last_ns = now_ns();
+            int64_t due = glue_answer_wait(l->h, method, MT_INLINE_WAIT_NS);
+            if (due && s->started_ns + due > l->expect_ns)
+                l->expect_ns = s->started_ns + due;
             if (glue_lane_call(l->h, method, id, s->in + size - 1, 1) != 0) {
                 s->call_id = 0; /* not made (shutting down): the loop answers it */
                 hand_back(l, i, MT_LANE_OTHER, back, nback);
@@ -362,14 +366,15 @@ struct turn_out {
 
 /* Write the answers queued so far (from the library's threads), then serve
    each answered connection's next request; answers of calls no longer in
-   the lane go to the orphans. True if some did not fit this turn (they go
-   back to the queue, and the eventfd says so). */
-static bool collect(mt_lane *l, struct turn_out *o) {
+   the lane go to the orphans. looking: the caller looks at the queue again
+   (no eventfd meanwhile), else the next answer writes it. True if some did
+   not fit this turn (they go back to the queue, and the eventfd says so). */
+static bool collect(mt_lane *l, struct turn_out *o, bool looking) {
     pthread_mutex_lock(&l->mu);
     struct done *d = l->head;
     l->head = NULL;
     l->tail = &l->head;
-    l->armed = false;
+    l->armed = looking;
     atomic_store_explicit(&l->queued, 0, memory_order_relaxed);
     pthread_mutex_unlock(&l->mu);
     size_t olen = (size_t)*o->orphans_len;
@@ -462,7 +467,7 @@ static bool serve_lone(mt_lane *l, int i, int64_t lone_ns, struct turn_out *o) {
                 if (!glue_spin_step(k, deadline))
                     break;
             uint64_t call = s->call_id;
-            bool left = collect(l, o);
+            bool left = collect(l, o, false);
             if (left || s->call_id == call)
                 return left; /* not answered in time: it comes in a later turn */
             continue;        /* answered; collect served what it had buffered */
@@ -490,6 +495,89 @@ static bool serve_lone(mt_lane *l, int i, int64_t lone_ns, struct turn_out *o) {
     return false;
 }
 
+/* Look at the lane's sockets without waiting: each that epoll says is
+   ready is marked readable (and ended, if so) and evs[0..n) tells which;
+   *answers says whether the answers' eventfd was among them. */
+static int look(mt_lane *l, struct epoll_event evs[MT_LANE_EVENTS], bool *answers) {
+    int n = epoll_wait(l->ep, evs, MT_LANE_EVENTS, 0);
+    *answers = false;
+    for (int k = 0; k < n; k++) {
+        if (evs[k].data.u64 == ANSWERS_TAG) {
+            *answers = true;
+            continue;
+        }
+        struct slot *s = &l->slots[evs[k].data.u64];
+        if (s->fd >= 0) {
+            s->readable = true;
+            if (evs[k].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+                s->hup = true;
+        }
+    }
+    return n;
+}
+
+/* Serve each socket look() found ready; false if there was none. */
+static bool serve_ready(mt_lane *l, const struct epoll_event *evs, int n, mt_lane_back *back,
+                        int *nback) {
+    bool any = false;
+    for (int k = 0; k < n; k++) {
+        uint64_t tag = evs[k].data.u64;
+        if (tag != ANSWERS_TAG && l->slots[tag].fd >= 0) {
+            serve(l, (int)tag, back, nback);
+            any = true;
+        }
+    }
+    return any;
+}
+
+/* Several connections, while the loop has nothing else to do: the answers
+   of the calls made are waited for on the spot while they are due
+   (expect_ns: each method's usual time, as serve_lone waits), written, and
+   the requests that came meanwhile served, one round after another, for
+   MT_BUSY_SLICE_NS at most. So a busy lane costs no eventfd, no
+   wake-up of the loop and no turn of Python per round of calls; once
+   nothing comes and nothing is due, the loop's turn. True if answers were
+   left for a later turn (the eventfd says so). */
+static bool serve_busy(mt_lane *l, struct turn_out *o, int back_cap) {
+    int64_t end = now_ns() + MT_BUSY_SLICE_NS;
+    bool left = false;
+    pthread_mutex_lock(&l->mu);
+    l->armed = true; /* this turn looks at the queue: no eventfd meanwhile */
+    pthread_mutex_unlock(&l->mu);
+    /* (room for a round's hand-backs: one per socket event, one per answer) */
+    for (int idle = 0; *o->ncalls < o->max_calls &&
+                       *o->nback + MT_LANE_EVENTS + o->max_calls - *o->ncalls <= back_cap;) {
+        bool answered = atomic_load_explicit(&l->queued, memory_order_acquire) != 0;
+        if (answered && (left = collect(l, o, true)))
+            break;
+        struct epoll_event evs[MT_LANE_EVENTS];
+        bool unused;
+        int n = look(l, evs, &unused);
+        bool ready = serve_ready(l, evs, n, o->back, o->nback);
+        int64_t now = now_ns();
+        if (now >= end)
+            break;
+        if (answered || ready) {
+            idle = 0;
+            continue;
+        }
+        int64_t due = l->expect_ns < end ? l->expect_ns : end;
+        if (now >= due || !glue_spin_step(idle++, due))
+            break;
+    }
+    /* the loop's turn: from now on an answer writes the eventfd */
+    pthread_mutex_lock(&l->mu);
+    bool wake = l->head != NULL;
+    l->armed = wake;
+    pthread_mutex_unlock(&l->mu);
+    if (wake) {
+        uint64_t one = 1;
+        ssize_t w = write(l->efd, &one, sizeof one);
+        (void)w;
+    }
+    return left;
+}
+
 int mt_lane_run(mt_lane *l, int64_t lone_ns, mt_lane_back *back, int back_cap, int *nback,
                 mt_lane_tally *tally, int *ntally, double *secs, int max_calls, int *ncalls,
                 uint8_t *orphans, size_t orphans_cap, int64_t *orphans_len) {
@@ -504,34 +592,20 @@ int mt_lane_run(mt_lane *l, int64_t lone_ns, mt_lane_back *back, int back_cap, i
     struct turn_out o = {back,      nback,  tally,   ntally,      secs,
                          max_calls, ncalls, orphans, orphans_cap, orphans_len};
     struct epoll_event evs[MT_LANE_EVENTS];
-    int n = epoll_wait(l->ep, evs, MT_LANE_EVENTS, 0);
-    bool answers = false;
-    for (int k = 0; k < n; k++) {
-        if (evs[k].data.u64 == ANSWERS_TAG) {
-            answers = true;
-            continue;
-        }
-        struct slot *s = &l->slots[evs[k].data.u64];
-        if (s->fd >= 0) {
-            s->readable = true;
-            if (evs[k].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-                s->hup = true;
-        }
-    }
+    bool answers;
+    int n = look(l, evs, &answers);
     bool left = n == MT_LANE_EVENTS;
     if (answers) {
         uint64_t count;
         ssize_t r = read(l->efd, &count, sizeof count); /* reset; EAGAIN is fine */
         (void)r;
-        left |= collect(l, &o);
+        left |= collect(l, &o, false);
     }
-    for (int k = 0; k < n; k++) {
-        uint64_t tag = evs[k].data.u64;
-        if (tag != ANSWERS_TAG && l->slots[tag].fd >= 0)
-            serve(l, (int)tag, back, nback);
-    }
+    serve_ready(l, evs, n, back, nback);
     if (lone_ns > 0 && l->used == 1 && l->sole >= 0)
         left |= serve_lone(l, l->sole, lone_ns, &o);
+    else if (lone_ns > 0 && l->used > 1 && !left && l->expect_ns > now_ns())
+        left |= serve_busy(l, &o, back_cap);
     return left;
 }
 

@@ -14,9 +14,10 @@
  *
  * One call in flight per connection at most; a client that sends its next
  * request before the answer (a pipeline) goes back to the loop, which
- * serves pipelines in batches. A connection alone in the lane, while the
- * loop has nothing else to do, is served on the spot, one call after
- * another, for a bounded time (mt_lane_run's lone_ns). mt_lane_run does a
+ * serves pipelines in batches. While the loop has nothing else to do
+ * (mt_lane_run's lone_ns), a connection alone in the lane is served on the
+ * spot, one call after another, and several are served round after round
+ * while their answers are due, each for a bounded time. mt_lane_run does a
  * bounded slice of work per turn.
  *
  * This file is read by cffi's cdef(): declarations only, no preprocessor.
@@ -86,10 +87,12 @@ int64_t mt_lane_take(mt_lane *l, int slot, uint8_t *buf, size_t cap, mt_lane_sta
    call to its answer, to secs[] (*ncalls; both arrays hold max_calls);
    answers of calls no longer in the lane (taken back meanwhile) go to
    orphans as mt_drain records (*orphans_len bytes). lone_ns > 0: the loop
-   has nothing else to do, and the lane's only connection (if it holds
-   one) is served on the spot for a while, waiting up to lone_ns for each
-   of its requests (as the loop's read-ahead). Returns 1 if work is left
-   for another turn, 0 if not. */
+   has nothing else to do; the lane's only connection (if it holds one) is
+   served on the spot for a while, waiting up to lone_ns for each of its
+   requests (as the loop's read-ahead); several are served round after
+   round while the answers of their calls are due (each method's usual
+   time, 100 us at most), 100 us at most. Returns 1 if work is left for
+   another turn, 0 if not. */
 int mt_lane_run(mt_lane *l, int64_t lone_ns, mt_lane_back *back, int back_cap, int *nback,
                 mt_lane_tally *tally, int *ntally, double *secs, int max_calls, int *ncalls,
                 uint8_t *orphans, size_t orphans_cap, int64_t *orphans_len);

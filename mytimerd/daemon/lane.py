@@ -9,7 +9,9 @@ the loop finds the lane's descriptor readable; a TLS connection with its
 session, which Python's ssl lends (:mod:`.tlslane`). A client calling alone (the
 lane's only connection, and the loop's only caller, with no call in flight
 elsewhere) is served on the spot, one call after another, for a bounded
-slice of each turn, as the loop's read-ahead would in Python. Anything else
+slice of each turn, as the loop's read-ahead would in Python; several, with
+no call in flight elsewhere, round after round while their answers are due,
+so that a busy lane does not wake the loop for every round. Anything else
 hands it back with what it sent and any answer not yet written, in order;
 so does a quiet connection, a slow call and every change of the
 connection's state (drain, hand-over, end).
@@ -131,8 +133,10 @@ class Lane:
 
     def run(self, lone: float = 0.0) -> Turn:
         """One bounded turn of the lane's work; ``lone`` > 0: the loop has
-        nothing else to do, and the lane's only connection may be served on
-        the spot, waiting up to that many seconds for each of its requests."""
+        nothing else to do, so the lane's only connection may be served on
+        the spot, waiting up to that many seconds for each of its requests,
+        and several may be served round after round while their answers are
+        due (each method's usual time), for a bounded slice."""
         lib.mt_lane_run(
             self._lane,
             int(lone * 1e9),

@@ -648,9 +648,10 @@ class Server:
         conns = self._lane_conns
         sole = next(iter(conns.values())) if len(conns) == 1 else None
         # The lane's only connection, calling alone: the lane may serve it
-        # on the spot, as read-ahead would.
-        lone = self._read_ahead_max if sole is not None and self._calls_alone(sole) else 0.0
-        turn = self.lane.run(lone)
+        # on the spot, as read-ahead would. Several, with no call in flight
+        # outside the lane: the turn may wait for their answers due.
+        idle = self._calls_alone(sole) if sole is not None else not self.pending
+        turn = self.lane.run(self._read_ahead_max if idle else 0.0)
         if sole is not None and turn.calls:
             self._alone(sole, turn.calls)  # its calls count as a Python caller's
         record = self.stats.record_many

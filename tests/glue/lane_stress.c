@@ -193,6 +193,7 @@ struct stress {
     size_t why_count[8];
     size_t taken_in_flight, taken_with_bytes, random_takes, sweeps_quiet;
     size_t lone_turns; /* turns that answered 2 calls or more of the lane's only connection */
+    size_t round_turns; /* turns that answered more calls than there were connections */
     uint8_t buf[4096];
 };
 
@@ -372,9 +373,10 @@ static int scenario_stress(const char *path, int direct, size_t calls) {
         unsigned r = (unsigned)rand_r(&seed);
         int max_calls = 1 + (int)(r % 16);
         size_t ocap = (r >> 4) % 4 == 0 ? 16 + BODY_LEN : sizeof t->orphans;
-        int alone = mt_lane_count(s.lb.lane) == 1;
+        int there = mt_lane_count(s.lb.lane);
         run_turn(s.lb.lane, t, max_calls, ocap, 5, LONE_NS);
-        s.lone_turns += alone && t->ncalls >= 2;
+        s.lone_turns += there == 1 && t->ncalls >= 2;
+        s.round_turns += there > 1 && t->ncalls > there;
         check_calls(s.lb.version, t);
         s.by_lane += (size_t)t->ncalls;
         orphans(&s, t);
@@ -469,12 +471,14 @@ static int scenario_stress(const char *path, int direct, size_t calls) {
     }
     free(t);
     printf("lane=%zu orphans=%zu ours=%zu taken_in_flight=%zu taken_with_bytes=%zu "
-           "random_takes=%zu lone_turns=%zu ahead=%zu quiet=%zu iterations=%zu ms=%" PRId64 "\n",
+           "random_takes=%zu lone_turns=%zu round_turns=%zu ahead=%zu quiet=%zu iterations=%zu "
+           "ms=%" PRId64 "\n",
            s.by_lane, s.by_orphan, s.by_us, s.taken_in_flight, s.taken_with_bytes,
-           s.random_takes, s.lone_turns, s.why_count[MT_LANE_AHEAD],
+           s.random_takes, s.lone_turns, s.round_turns, s.why_count[MT_LANE_AHEAD],
            s.why_count[MT_LANE_QUIET], iter, took);
     /* the paths this run is for were taken */
     CHECK(s.lone_turns > 0, "the lane's only connection was never served on the spot");
+    CHECK(s.round_turns > 0, "no turn served a connection twice (serve_busy)");
     CHECK(s.why_count[MT_LANE_AHEAD] > 0, "no pipeline was handed back");
     CHECK(s.by_orphan > 0, "no call taken back in flight came back as an orphan");
     printf("PASS stress direct=%d calls=%zu\n", direct, total);

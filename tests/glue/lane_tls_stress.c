@@ -90,7 +90,7 @@ static struct {
     struct conn cl[NMAX];
     int n;
     int owner[NMAX]; /* slot -> client */
-    size_t by_lane, by_us, why_count[8], lone_turns, rest_bytes;
+    size_t by_lane, by_us, why_count[8], lone_turns, round_turns, rest_bytes;
     size_t held; /* plaintext read from a session taken back (or after its handshake) */
     uint8_t buf[4096];
 } D;
@@ -399,12 +399,14 @@ static void run_loop(unsigned allowed, int quiet_sweeps) {
         iter++;
         unsigned r = (unsigned)rand_r(&seed);
         int max_calls = 1 + (int)(r % 16); /* small limits: answers put back for the next turn */
-        int alone = mt_lane_count(D.lane) == 1;
-        int64_t lone = alone ? LONE_NS : 0;
+        int there = mt_lane_count(D.lane);
+        /* the loop idle: always for one connection, every other turn for several */
+        int64_t lone = there == 1 || (r >> 4) % 2 ? LONE_NS : 0;
         run_turn(D.lane, &t, max_calls, sizeof t.orphans, 5, lone);
         CHECK(t.orphans_len == 0, "%" PRId64 " orphan bytes", t.orphans_len);
         check_calls(D.version, &t);
-        D.lone_turns += lone && t.ncalls >= 2;
+        D.lone_turns += there == 1 && t.ncalls >= 2;
+        D.round_turns += there > 1 && t.ncalls > there;
         backs(t.back, t.nback, allowed); /* (MT_LANE_FULL published before the count) */
         D.by_lane += (size_t)t.ncalls;
         atomic_fetch_add(&answers, (size_t)t.ncalls);
@@ -503,9 +505,9 @@ static int scenario(int full, const char *lib, int direct, size_t calls, const c
     SSL_CTX_free(D.sctx);
     SSL_CTX_free(D.cctx);
     printf("lane=%zu ours=%zu ahead=%zu quiet=%zu full=%zu rest_bytes=%zu held=%zu "
-           "lone_turns=%zu ms=%" PRId64 "\n",
+           "lone_turns=%zu round_turns=%zu ms=%" PRId64 "\n",
            D.by_lane, D.by_us, D.why_count[MT_LANE_AHEAD], D.why_count[MT_LANE_QUIET],
-           D.why_count[MT_LANE_FULL], D.rest_bytes, D.held, D.lone_turns, took);
+           D.why_count[MT_LANE_FULL], D.rest_bytes, D.held, D.lone_turns, D.round_turns, took);
     /* the paths this run is for were taken */
     CHECK(D.why_count[MT_LANE_EOF] == (size_t)D.n, "%zu ends", D.why_count[MT_LANE_EOF]);
     if (full) {
@@ -515,6 +517,7 @@ static int scenario(int full, const char *lib, int direct, size_t calls, const c
         CHECK(D.why_count[MT_LANE_AHEAD] > 0, "no pipeline was handed back");
         CHECK(D.held > 0, "no session held plaintext when taken back");
         CHECK(D.lone_turns > 0, "the lane's only connection was never served on the spot");
+        CHECK(D.round_turns > 0, "no turn served a connection twice (serve_busy)");
         printf("PASS stress direct=%d calls=%zu total=%zu\n", direct, made, total);
     }
     return 0;

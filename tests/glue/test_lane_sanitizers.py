@@ -82,10 +82,12 @@ def test_lane_stress(variant: str, direct: int, lane_driver: dict[str, Path]) ->
     whatever it is doing, and sweeps: every client reads exactly its
     answers, byte for byte; the lane's answers, the orphans of calls taken
     back in flight and those the loop wrote itself add up to the calls made;
-    work left always leaves the lane's descriptor readable; shutdown is
-    clean."""
+    work left always leaves the lane's descriptor readable; turns with the
+    loop idle serve several connections round after round (serve_busy);
+    shutdown is clean."""
     lib = build_native(variant)
     out = run_lane(variant, lane_driver[variant], "stress", lib, direct, STRESS_CALLS)
+    print(out)
     assert "orphans=0 " not in out, out
 
 
@@ -144,10 +146,13 @@ def test_lane_tls_stress(
     session, lends it again, and sweeps. Every client reads exactly its
     answers, byte for byte, then its close_notify comes back MT_LANE_EOF and
     ours ends it; client 0 makes its last calls alone, served on the spot;
-    the answers add up to the calls made; nothing leaks or races."""
+    every other turn the loop is idle, and several sessions are served round
+    after round; the answers add up to the calls made; nothing leaks or
+    races."""
     lib = build_native(variant)
     exe = lane_tls_driver[variant]
     out = run_lane(variant, exe, "stress", lib, direct, TLS_STRESS_CALLS, *tls_files)
+    print(out)
     assert "ahead=0 " not in out, out
 
 

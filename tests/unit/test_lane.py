@@ -352,9 +352,11 @@ def test_a_lone_connection_is_served_on_the_spot(host: LibraryHost, lane: Lane) 
     assert lane.take(slot).sent == b""
 
 
-def test_no_connection_is_served_on_the_spot_beside_another(host: LibraryHost, lane: Lane) -> None:
-    """Two connections in the lane, a lone wait given: neither is served on
-    the spot, as neither calls alone: one answer per connection per turn."""
+def test_beside_other_work_a_turn_answers_each_connection_once(
+    host: LibraryHost, lane: Lane
+) -> None:
+    """Two connections in the lane, and the loop has other work (no wait
+    given): neither is waited for: one answer per connection per turn."""
     expected = version_answer(host)
     socks = [pair() for _ in range(2)]
     slots = [lane.add(ours.fileno()) for ours, _ in socks]
@@ -365,6 +367,42 @@ def test_no_connection_is_served_on_the_spot_beside_another(host: LibraryHost, l
         client.join(5)
     assert all(t.calls <= 2 for t in turns), max(t.calls for t in turns)
     assert not backs(turns)
+    for slot in slots:
+        assert lane.take(slot).sent == b""
+
+
+def test_several_connections_are_served_round_after_round(host: LibraryHost, lane: Lane) -> None:
+    """Four connections calling back to back, and the loop with nothing else
+    to do (a wait given): a turn waits for the answers due, writes them and
+    serves the requests that came meanwhile, so that turns answer more than
+    one call per connection; every answer right, none handed back, and a
+    turn lasts about the slice (0.1 ms) and one answer's wait, never the
+    clients' whole run (4 x 1,000 calls)."""
+    expected = version_answer(host)
+    socks = [pair() for _ in range(4)]
+    slots = [lane.add(ours.fileno()) for ours, _ in socks]
+    calls = 1000
+    clients = [calling_back_to_back(theirs, calls, expected) for _, theirs in socks]
+    turns: list[Turn] = []
+    longest = 0.0
+    deadline = time.monotonic() + 30
+    while sum(t.calls for t in turns) < 4 * calls:
+        assert time.monotonic() < deadline, f"{sum(t.calls for t in turns)} answered"
+        select.select([lane.fd], [], [], 0.05)
+        started = time.monotonic()
+        turns.append(lane.run(0.001))
+        longest = max(longest, time.monotonic() - started)
+    for client in clients:
+        client.join(5)
+    assert [(m, r) for m, r, _ in answered(turns)] == [("version", wire.RET_OK)] * 4 * calls
+    assert not backs(turns)
+    busy = [t.calls for t in turns if t.calls]
+    print(f"{len(busy)} turns answered {4 * calls} calls, at most {max(busy)} in one")
+    print(f"the longest turn: {longest * 1e3:.2f} ms")
+    assert max(busy) > 4, "no turn served a connection twice"
+    assert len(busy) < 4 * calls / 4
+    # a loaded machine stretches a turn, but never to the clients' whole run
+    assert longest < 0.05, f"one turn took {longest * 1e3:.1f} ms"
     for slot in slots:
         assert lane.take(slot).sent == b""
 
