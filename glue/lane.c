@@ -119,6 +119,13 @@ int mt_lane_fd(mt_lane *l) { return l->ep; }
 
 int mt_lane_count(mt_lane *l) { return l->used; }
 
+/* Make the lane's descriptor readable: answers wait in the queue. */
+static void signal_answers(mt_lane *l) {
+    uint64_t one = 1;
+    ssize_t n = write(l->efd, &one, sizeof one); /* EAGAIN (a full count) is as good */
+    (void)n;
+}
+
 void lane_answer(struct mt_lane *l, struct done *d) {
     if (!d)
         return;
@@ -129,11 +136,8 @@ void lane_answer(struct mt_lane *l, struct done *d) {
     bool wake = !l->armed;
     l->armed = true;
     pthread_mutex_unlock(&l->mu);
-    if (wake) {
-        uint64_t one = 1;
-        ssize_t n = write(l->efd, &one, sizeof one);
-        (void)n;
-    }
+    if (wake)
+        signal_answers(l);
 }
 
 int mt_lane_add(mt_lane *l, int fd, void *tls) {
@@ -397,9 +401,7 @@ static bool collect(mt_lane *l, struct turn_out *o, bool looking) {
             l->head = d;
             atomic_fetch_add_explicit(&l->queued, more, memory_order_relaxed);
             pthread_mutex_unlock(&l->mu);
-            uint64_t one = 1;
-            ssize_t w = write(l->efd, &one, sizeof one);
-            (void)w;
+            signal_answers(l);
             left = true;
             break;
         }
@@ -570,11 +572,8 @@ static bool serve_busy(mt_lane *l, struct turn_out *o, int back_cap) {
     bool wake = l->head != NULL;
     l->armed = wake;
     pthread_mutex_unlock(&l->mu);
-    if (wake) {
-        uint64_t one = 1;
-        ssize_t w = write(l->efd, &one, sizeof one);
-        (void)w;
-    }
+    if (wake)
+        signal_answers(l);
     return left;
 }
 
