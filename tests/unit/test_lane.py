@@ -397,10 +397,11 @@ def test_several_connections_are_served_round_after_round(host: LibraryHost, lan
     assert [(m, r) for m, r, _ in answered(turns)] == [("version", wire.RET_OK)] * 4 * calls
     assert not backs(turns)
     busy = [t.calls for t in turns if t.calls]
+    rounds = sum(1 for n in busy if n > 4)  # a connection served twice or more
     print(f"{len(busy)} turns answered {4 * calls} calls, at most {max(busy)} in one")
+    print(f"{rounds} turns served a connection more than once")
     print(f"the longest turn: {longest * 1e3:.2f} ms")
-    assert max(busy) > 4, "no turn served a connection twice"
-    assert len(busy) < 4 * calls / 4
+    assert rounds >= 10, "turns do not serve connections round after round"
     # a loaded machine stretches a turn, but never to the clients' whole run
     assert longest < 0.05, f"one turn took {longest * 1e3:.1f} ms"
     for slot in slots:
