@@ -48,6 +48,10 @@ typedef struct mt_host mt_host;
    the next one (twice their usual distance, this long at most) before it
    sleeps. */
 #define MT_SUBMIT_SPIN_NS 150000
+/* A library whose calls usually take the submitter this long or more (the
+   real nim-ffi build's: a call returns once the library's thread has taken
+   the request) is called from the CPU that thread calls back from. */
+#define MT_HANDOFF_NS 4000
 /* Methods mt_quick serves, at most, and their longest name. */
 #define MT_QUICK_METHODS 8
 #define MT_QUICK_NAME 64
