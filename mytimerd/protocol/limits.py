@@ -317,7 +317,9 @@ class Limits(Record):
         "Connections whose quick calls (methods called with {}, such as version) may "
         "be served in C, with no Python per call, while they make them "
         f"one after another (at most {MAX_LANE_SLOTS}); a client calling alone is served "
-        "there on the spot (see --read-ahead-wait). TLS connections too, on the session "
+        "there on the spot (see --read-ahead-wait), and several, while no other call is "
+        "in flight, round after round while their answers are due, 100 us of a turn at "
+        "most (--read-ahead-wait 0 turns both off). TLS connections too, on the session "
         "Python's ssl made. A connection there holds one call of "
         "its peer's --max-held-calls-per-peer; one peer may take a quarter of them. "
         "0: serve every call in Python.",
