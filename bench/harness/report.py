@@ -2,8 +2,7 @@
 
 A row is a dict: scenario, transport, unit, floor, daemon (figures), their
 errors, ratio, and for a target: target (text), threshold and result (PASS,
-FAIL, SKIP). Goals (rows with "goal": True) are issue targets not enforced
-yet: their result is MET, MISSED or SKIP and --strict ignores them."""
+FAIL, SKIP)."""
 
 from __future__ import annotations
 
@@ -25,14 +24,6 @@ def verdict(ok: bool | None, daemon_ok: bool) -> str:
     if ok is None:
         return "SKIP" if not daemon_ok else "FAIL"
     return "PASS" if ok else "FAIL"
-
-
-def goal_verdict(ok: bool | None, ran: bool) -> str:
-    """MET/MISSED for a goal (issue 21's, not enforced by --strict); a figure
-    that is missing is MISSED, or SKIP when its server never ran."""
-    if ok is None:
-        return "MISSED" if ran else "SKIP"
-    return "MET" if ok else "MISSED"
 
 
 def per_round(
@@ -137,9 +128,5 @@ def print_table(result: dict[str, Any]) -> None:
     if targets:
         n_pass = sum(1 for r in targets if r.get("result") == "PASS")
         print(f"targets: {n_pass}/{len(targets)} PASS")
-    goals = result["goals"]
-    if goals:
-        n_met = sum(1 for r in goals if r.get("result") == "MET")
-        print(f"goals (issue 21, not enforced by --strict): {n_met}/{len(goals)} MET")
     for n in result["notes"]:
         print(f"note: {n}")
