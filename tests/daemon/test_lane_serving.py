@@ -18,7 +18,6 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import traceback
@@ -31,6 +30,7 @@ import pytest
 from mytimerd.daemon.connection import LANE_RUN, READ_AHEAD_TURNS
 from mytimerd.protocol import wire
 from mytimerd.protocol.errors import parse_error_body
+from tests.support import callers
 from tests.support.daemon import Daemon, TcpAddress, WireClient, free_tcp_port
 
 #: A ``version`` request with the empty map: a quick call the lane serves.
@@ -610,33 +610,6 @@ def test_a_drain_answers_every_request_of_connections_in_the_lane(
     assert all(t["shuttingDown"] + t["dropped"] == 1 for t in tallies), tallies
 
 
-#: A separate process (no GIL shared with the test) keeping ``conns``
-#: connections busy with ``version``: each sends its request, then all read
-#: their answers (exact), round after round, for ``secs`` seconds; prints
-#: the calls made.
-_BUSY_CLIENTS = """
-import socket, sys, time
-host, port, conns, secs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-request, answer = bytes.fromhex(sys.argv[5]), bytes.fromhex(sys.argv[6])
-socks = [socket.create_connection((host, port)) for _ in range(conns)]
-for s in socks:
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-calls, end = 0, time.monotonic() + secs
-while time.monotonic() < end:
-    for s in socks:
-        s.sendall(request)
-    for s in socks:
-        got = b""
-        while len(got) < len(answer):
-            chunk = s.recv(len(answer) - len(got))
-            assert chunk, "EOF"
-            got += chunk
-        assert got == answer, got
-        calls += 1
-print(calls)
-"""
-
-
 def test_a_busy_lane_holds_the_loop_a_bounded_time_while_a_bystander_is_served(
     daemon_factory: Callable[..., Daemon],
 ) -> None:
@@ -654,10 +627,9 @@ def test_a_busy_lane_holds_the_loop_a_bounded_time_while_a_bystander_is_served(
     before = stats(d)
     secs = 3.0
     # 4 processes of 4 connections: while one reads its answers, others send
-    argv = [sys.executable, "-c", _BUSY_CLIENTS, "127.0.0.1", str(port), "4", str(secs)]
     attackers = [
         subprocess.Popen(
-            [*argv, VERSION.hex(), VERSION_OK.hex()],
+            callers.command(address, 4, secs),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

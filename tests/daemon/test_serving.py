@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +14,7 @@ import cbor2
 import pytest
 
 from mytimerd.protocol import wire
+from tests.support import callers
 from tests.support.daemon import Daemon, TcpAddress, UnixAddress, WireClient, free_tcp_port
 
 VECTORS = json.loads(
@@ -131,32 +131,6 @@ def test_a_lone_client_answered_on_the_spot(timed_daemon: Daemon) -> None:
     assert stats["inFlight"] == 0 and stats["held"]["calls"] == stats["held"]["bytes"] == 0
 
 
-# A client calling version one call at a time, as fast as it can, for the
-# given seconds; every answer must be the version; prints how many it made.
-_LONE_CLIENT = """
-import socket, sys, time
-import cbor2
-from mytimerd.protocol import wire
-path, seconds = sys.argv[1], float(sys.argv[2])
-request = wire.encode_request("version", b"\\xa0")
-expected = wire.Response(wire.RET_OK, cbor2.dumps("nim-timer v0.1.0"))
-s = socket.socket(socket.AF_UNIX)
-s.connect(path)
-parser = wire.ResponseParser()
-end, calls = time.monotonic() + seconds, 0
-while time.monotonic() < end:
-    s.sendall(request)
-    answers = []
-    while not answers:
-        chunk = s.recv(65536)
-        assert chunk, "closed"
-        answers = parser.feed(chunk)
-    assert answers == [expected], answers
-    calls += 1
-print(calls)
-"""
-
-
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 def test_a_client_joining_a_lone_caller_is_served_at_once(
     daemon_factory: Callable[..., Daemon], loop: str
@@ -171,7 +145,7 @@ def test_a_client_joining_a_lone_caller_is_served_at_once(
     address = d.address
     assert isinstance(address, UnixAddress)
     lone = subprocess.Popen(
-        [sys.executable, "-c", _LONE_CLIENT, address.path, "3"],
+        callers.command(address, 1, 3),
         stdout=subprocess.PIPE,
         text=True,
     )
