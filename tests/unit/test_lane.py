@@ -64,6 +64,22 @@ def run_until(lane: Lane, done: Callable[[list[Turn]], bool], timeout: float = 5
     return turns
 
 
+def run_timed(lane: Lane, calls: int, lone: float) -> tuple[list[Turn], float]:
+    """Turns with the wait ``lone`` given, as the loop runs them, until
+    ``calls`` answers (30 s at most): the turns, and the longest one in
+    seconds."""
+    turns: list[Turn] = []
+    longest = 0.0
+    deadline = time.monotonic() + 30
+    while sum(t.calls for t in turns) < calls:
+        assert time.monotonic() < deadline, f"{sum(t.calls for t in turns)} of {calls} answered"
+        select.select([lane.fd], [], [], 0.05)
+        started = time.monotonic()
+        turns.append(lane.run(lone))
+        longest = max(longest, time.monotonic() - started)
+    return turns, longest
+
+
 def answered(turns: list[Turn]) -> list[tuple[str, int, float]]:
     """Each answer of ``turns``: (method, ret, seconds), out of their runs."""
     out = [(m, r, s) for t in turns for m, r, secs in t.answered for s in secs]
@@ -329,15 +345,7 @@ def test_a_lone_connection_is_served_on_the_spot(host: LibraryHost, lane: Lane) 
     slot = lane.add(ours.fileno())
     calls = 2000
     client = calling_back_to_back(theirs, calls, expected)
-    turns: list[Turn] = []
-    longest = 0.0
-    deadline = time.monotonic() + 30
-    while sum(t.calls for t in turns) < calls:
-        assert time.monotonic() < deadline, f"{sum(t.calls for t in turns)} of {calls} answered"
-        select.select([lane.fd], [], [], 0.05)
-        started = time.monotonic()
-        turns.append(lane.run(0.001))
-        longest = max(longest, time.monotonic() - started)
+    turns, longest = run_timed(lane, calls, 0.001)
     client.join(5)
     assert [(m, r) for m, r, _ in answered(turns)] == [("version", wire.RET_OK)] * calls
     assert not backs(turns)
@@ -383,15 +391,7 @@ def test_several_connections_are_served_round_after_round(host: LibraryHost, lan
     slots = [lane.add(ours.fileno()) for ours, _ in socks]
     calls = 1000
     clients = [calling_back_to_back(theirs, calls, expected) for _, theirs in socks]
-    turns: list[Turn] = []
-    longest = 0.0
-    deadline = time.monotonic() + 30
-    while sum(t.calls for t in turns) < 4 * calls:
-        assert time.monotonic() < deadline, f"{sum(t.calls for t in turns)} answered"
-        select.select([lane.fd], [], [], 0.05)
-        started = time.monotonic()
-        turns.append(lane.run(0.001))
-        longest = max(longest, time.monotonic() - started)
+    turns, longest = run_timed(lane, 4 * calls, 0.001)
     for client in clients:
         client.join(5)
     assert [(m, r) for m, r, _ in answered(turns)] == [("version", wire.RET_OK)] * 4 * calls
