@@ -38,9 +38,9 @@ class Runner:
         self.load0 = [round(x, 2) for x in os.getloadavg()]
         self.current: Server | None = None  # the server the running scenario targets
         self.workdir = Path()  # the private temporary folder, set when the run starts
-        # A full run's rounds and repetitions: on a shared 2-vCPU machine the
-        # rounds of one run differ by up to 25%; a median of 5 needs three
-        # slow ones to move, a median of 3 two.
+        # A full run's rounds and repetitions: on a shared 2-vCPU machine a
+        # round or two of one run are often 15-30% off the others; a median
+        # of 5 needs three slow ones to move, a median of 3 two.
         self.rounds = 2 if quick else 5
         if quick:
             self.dur, self.warm = 0.5, 0.2
