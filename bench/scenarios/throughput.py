@@ -19,8 +19,8 @@ T_RATIO_16CONN = 0.30
 T_RATIO_PIPE = 1.0
 # issue 12: TLS throughput vs the daemon's own plaintext TCP in the same run
 T_RATIO_TLS = 0.50
-# issue 21's target: version on 16 unix connections against the floor
-G_RATIO_16CONN_UNIX = 0.50
+# issue 21: version on 16 unix connections against the floor
+T_RATIO_16CONN_UNIX_21 = 0.50
 
 
 def measure(
@@ -103,9 +103,9 @@ def rows(run: Runner, t: str, daemon_ok: bool) -> list[dict[str, Any]]:
         ratio = row["ratio"]
         row.update(
             scenario="version, 16 conns (issue 21)",
-            target=f">= {G_RATIO_16CONN_UNIX:.2f}x floor",
-            threshold=G_RATIO_16CONN_UNIX,
-            result=verdict(None if ratio is None else ratio >= G_RATIO_16CONN_UNIX, daemon_ok),
+            target=f">= {T_RATIO_16CONN_UNIX_21:.2f}x floor",
+            threshold=T_RATIO_16CONN_UNIX_21,
+            result=verdict(None if ratio is None else ratio >= T_RATIO_16CONN_UNIX_21, daemon_ok),
         )
         out.append(row)
     return out
