@@ -26,3 +26,14 @@ def test_limits_is_a_frozen_record() -> None:
     assert hash(limits) == hash(Limits(max_payload=5))
     with pytest.raises(AttributeError):
         limits.max_payload = 6  # type: ignore[misc]
+
+
+def test_helps_state_the_glues_own_figures() -> None:
+    """Two helps state a time that the glue's C fixes at build time (the
+    sans-IO protocol layer does not load the glue to ask it): a change to
+    either constant must change the help too."""
+    from mytimerd._glue import lib
+
+    docs = {f.name: f.doc for f in FIELDS}
+    assert f"{lib.MT_BUSY_SLICE_NS // 1000} us of a turn" in docs["lane_slots"]
+    assert f"down to {lib.MT_READ_AHEAD_MIN_NS // 1000} us" in docs["read_ahead_wait"]
