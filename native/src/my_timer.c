@@ -555,10 +555,11 @@ static void *lib_main(void *arg)
          * callers the cores are busy, and a longer spin would take one from
          * them), spin for twice the usual wait: waking a sleeping thread
          * costs tens of microseconds on a virtual machine, more than such a
-         * call. After a batch of several requests (several callers, who
-         * keep both cores busy), spin only BUSY_SPIN_NS: on a machine shared
-         * with the callers, the spin's core is one a caller needs. Not in
-         * handoff mode, which keeps to the real build's timing. */
+         * call. After a turn that was not one request alone (a batch of
+         * several: several callers, who keep the cores busy; or timers
+         * only), spin only BUSY_SPIN_NS: on a machine shared with the
+         * callers, the spin's core is one a caller needs. Not in handoff
+         * mode, which keeps to the real build's timing. */
         idle_since = now_ns();
         int64_t spin = SPIN_NS;
         if (!handoff && c->lone >= LONE_BATCHES && c->gap_ns <= SPIN_MAX_NS &&
