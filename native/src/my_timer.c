@@ -54,7 +54,7 @@ static const char *const method_name[] = {"create", "version", "echo", "complex"
 #define SPIN_NS 30000          /* idle spin before sleeping: keeps round trips cheap */
 #define SPIN_MAX_NS 200000     /* ... up to twice the usual gap between requests, this long */
 #define LONE_BATCHES 8         /* ... for a caller alone: batches of one request in a row */
-#define BUSY_SPIN_NS 5000      /* ... but this long after a batch of several requests */
+#define BUSY_SPIN_NS 5000      /* ... but this long after a turn not of one lone request */
 #define DEFAULT_GRACE_MS 1500  /* like the real library's destroy bound */
 #define MAX_GRACE_MS 3600000
 #define DEFAULT_STALE_MS 5000  /* 0.3: RET_STALE_WARN interval */
