@@ -5,6 +5,7 @@ without its _limit() (or out of order) must not go unnoticed."""
 from __future__ import annotations
 
 import pytest
+from mytimerd._glue import lib
 
 from mytimerd.protocol.limits import FIELDS, Limits
 
@@ -32,8 +33,6 @@ def test_helps_state_the_glues_own_figures() -> None:
     """Two helps state a time that the glue's C fixes at build time (the
     sans-IO protocol layer does not load the glue to ask it): a change to
     either constant must change the help too."""
-    from mytimerd._glue import lib
-
     docs = {f.name: f.doc for f in FIELDS}
     assert f"{lib.MT_BUSY_SLICE_NS // 1000} us of a turn" in docs["lane_slots"]
     assert f"down to {lib.MT_READ_AHEAD_MIN_NS // 1000} us" in docs["read_ahead_wait"]
